@@ -1,0 +1,203 @@
+"""Run directories: one folder per run, written atomically, never overwritten.
+
+Layout (the contract every model follows)::
+
+    runs/<config name>/<YYYYmmdd-HHMMSS>/
+        config.toml     fully resolved configuration
+        env.json        package, torch, pyro, arviz versions; device; seed; git commit
+        metrics.jsonl   one JSON object per logged step or epoch
+        summary.json    the run's numbers, with "status": "complete" (or "failed" and the error)
+        posterior.nc    ArviZ InferenceData
+        figures/*.png
+        report.html
+
+Every file is written to a temporary name in the same folder and renamed, so a reader never
+sees half a file. A run that raises leaves ``summary.json`` with ``status: failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .config import config_to_toml
+
+DEFAULT_ROOT = Path("runs")
+STATUS_COMPLETE = "complete"
+STATUS_FAILED = "failed"
+
+
+def atomic_save(path: Path, save: Callable[[Path], None]) -> None:
+    """Call ``save(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_save(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Read ``metrics.jsonl`` (a run directory or the file itself) into a list of dicts."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Run:
+    """A run directory being written (or read back, via :meth:`open`)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, config_name: str, out: Path | None = None, root: Path = DEFAULT_ROOT) -> Run:
+        """Create ``out`` or ``root/<config_name>/<timestamp>``; never reuse a non-empty folder.
+
+        Raises ``ValueError`` when ``out`` exists and is not empty, or when the folder cannot be
+        created (for example an unwritable parent, or a parent that is a file).
+        """
+        if out is not None:
+            path = Path(out)
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
+                raise ValueError(f"output directory {path} already exists and is not empty")
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            base = Path(root) / config_name / stamp
+            path, n = base, 1
+            while path.exists():
+                path, n = base.with_name(f"{stamp}-{n}"), n + 1
+        try:
+            (path / "figures").mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise ValueError(
+                f"cannot write the run directory {path}: {err.strerror or err}"
+            ) from None
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> Run:
+        """An existing run directory (it must hold ``config.toml``)."""
+        path = Path(path)
+        if not (path / "config.toml").is_file():
+            raise FileNotFoundError(f"not a run directory (no config.toml): {path}")
+        return cls(path)
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_config(self, config: Any) -> None:
+        atomic_write_text(self.file("config.toml"), config_to_toml(config))
+
+    def write_env(self, *, seed: int, device: str, extra: dict | None = None) -> None:
+        env = environment(seed=seed, device=device)
+        env.update(extra or {})
+        atomic_write_json(self.file("env.json"), env)
+
+    def log_metrics(self, **record: Any) -> None:
+        """Append one JSON line to ``metrics.jsonl`` (a line is written whole, then flushed)."""
+        line = json.dumps(record, default=_jsonable) + "\n"
+        with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.file("summary.json"), {"status": STATUS_COMPLETE, **summary})
+
+    def mark_failed(self, error: BaseException) -> None:
+        """Record the failure in ``summary.json`` so the run never looks like a success."""
+        message = str(error) or type(error).__name__
+        atomic_write_json(
+            self.file("summary.json"),
+            {"status": STATUS_FAILED, "error": f"{type(error).__name__}: {message}"},
+        )
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None:
+            self.mark_failed(exc)
+        return False
+
+
+def environment(*, seed: int, device: str) -> dict:
+    """Versions, platform, device, seed and git commit, for ``env.json`` and report provenance."""
+    import torch
+
+    versions = {}
+    for name in ("ppl_models", "torch", "torchvision", "pyro-ppl", "arviz", "numpy", "scipy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "device_name": (
+            torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor()
+        ),
+        "seed": seed,
+        "git_commit": _git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _jsonable(obj: Any) -> Any:
+    """JSON fallback for NumPy/torch scalars and arrays, and paths."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,39 @@
+"""Every test runs seeded, on the CPU unless marked ``cuda``, with a non-interactive matplotlib."""
+
+import os
+from pathlib import Path
+
+import matplotlib
+import pyro
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The offline MNIST test split (``PPL_MODELS_DATA`` or ``../shared/data/mnist``)."""
+    path = Path(os.environ.get("PPL_MODELS_DATA", SHARED_MNIST))
+    if not (path / "MNIST" / "raw").is_dir():
+        pytest.skip(f"MNIST not found under {path}")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
