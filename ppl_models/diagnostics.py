@@ -1,0 +1,195 @@
+r"""Posterior diagnostics; the only module of the package that imports ArviZ.
+
+Importance weights :math:`\log w = \log p(x, z) - \log q(z)` with :math:`z \sim q` carry two
+questions about a variational fit: how far the ELBO is from the evidence (importance-weighted
+bounds, Burda et al. 2016) and whether the weights' tail is heavy enough to make any importance
+estimate unreliable (Pareto-smoothed importance sampling k-hat, Yao et al. 2018; Vehtari et al.
+2024).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from scipy.special import logsumexp
+
+with warnings.catch_warnings():
+    # ArviZ 0.2x announces its 1.0 refactor at import; the package pins arviz < 1.
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
+
+
+def khat_threshold(n_draws: int) -> float:
+    r"""Sample-size dependent k-hat threshold :math:`\min(1 - 1/\log_{10} S,\ 0.7)`.
+
+    Above it, Pareto-smoothed importance sampling with ``S`` draws is not reliable
+    (Vehtari et al. 2024, section 3); ``0.7`` is the large-sample limit.
+    """
+    if n_draws <= 10:
+        return 0.0
+    return min(1.0 - 1.0 / math.log10(n_draws), 0.7)
+
+
+def psis_khat(log_weights: np.ndarray) -> np.ndarray:
+    r"""Pareto k-hat of the upper tail of importance weights, per row.
+
+    Parameters
+    ----------
+    log_weights
+        ``(n_draws,)`` or ``(n_rows, n_draws)`` log importance ratios
+        :math:`\log p(x, z_s) - \log q(z_s)`, :math:`z_s \sim q` (any additive constant).
+
+    Returns
+    -------
+    numpy.ndarray
+        k-hat per row (a 0-d array for 1-D input). Low (< 0.5) means the weights are close to
+        uniform in the tail and q covers p well; above :func:`khat_threshold` the weights'
+        variance is effectively infinite. Rows of equal weights (q proportional to p) have a
+        degenerate tail, the limit :math:`k \to -\infty`, and get ``-inf``.
+    """
+    lw = np.asarray(log_weights, dtype=np.float64)
+    if lw.ndim not in (1, 2) or lw.shape[-1] < 10:
+        raise ValueError(f"log_weights must be (n_draws,) or (n_rows, n_draws) with >= 10 draws, "
+                         f"got shape {lw.shape}")
+    if not np.isfinite(lw).all():
+        raise ValueError("log_weights contain NaN or infinite values")
+    _, khat = az.psislw(lw, reff=1.0)
+    khat = np.asarray(khat, dtype=np.float64)
+    # ArviZ's fit is undefined for a zero-width tail and returns +inf there; flip it to the limit.
+    flat = np.ptp(lw, axis=-1) <= 1e-12 * np.maximum(1.0, np.abs(lw).max(axis=-1))
+    return np.where(flat, -np.inf, khat)
+
+
+def importance_ess(log_weights: np.ndarray) -> float:
+    r"""Effective sample size of self-normalised importance weights,
+    :math:`(\sum_s w_s)^2 / \sum_s w_s^2`, between 1 and the number of draws."""
+    lw = np.asarray(log_weights, dtype=np.float64).ravel()
+    return float(np.exp(2 * logsumexp(lw) - logsumexp(2 * lw)))
+
+
+def iw_bound(log_weights: np.ndarray, k: int) -> tuple[float, float]:
+    r"""Importance-weighted bound :math:`E[\log \frac1K \sum_{k=1}^K w_k]` and its standard error.
+
+    The draws along the last axis are cut into ``n_draws // k`` disjoint groups of ``k``; each
+    group gives one estimate :math:`\log \frac1K \sum_k w_k`, and the groups (and any leading
+    rows, such as images) are averaged. ``K = 1`` is the ELBO; the bound increases with ``K``
+    towards :math:`\log p(x)` (Burda et al. 2016).
+    """
+    lw = np.asarray(log_weights, dtype=np.float64)
+    n = lw.shape[-1]
+    if k < 1 or k > n:
+        raise ValueError(f"K must be between 1 and the number of draws ({n}), got {k}")
+    groups = n // k
+    grouped = lw[..., : groups * k].reshape(*lw.shape[:-1], groups, k)
+    estimates = logsumexp(grouped, axis=-1) - math.log(k)
+    # 1-D: the groups are the replicates; 2-D: one estimate per row (image), averaged over groups.
+    samples = estimates if lw.ndim == 1 else estimates.mean(axis=-1)
+    samples = samples.reshape(-1)
+    se = float(samples.std(ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
+    return float(samples.mean()), se
+
+
+def inference_data(
+    draws: np.ndarray,
+    *,
+    log_joint: np.ndarray | None = None,
+    log_q: np.ndarray | None = None,
+    var_name: str = "z",
+    chains: int = 4,
+) -> az.InferenceData:
+    r"""InferenceData of independent ``draws`` and, when given, per-draw log densities.
+
+    The draws are independent, so cutting them into ``chains`` pseudo-chains loses nothing and
+    lets ArviZ compute its multi-chain summaries (ESS, R-hat) without warnings. ``log_joint``
+    (:math:`\log p(x, z)`) and ``log_q`` (:math:`\log q(z)`) go to ``sample_stats``, so the
+    importance weights can be recomputed from the file alone.
+    """
+    n = len(draws)
+    if n % chains:
+        raise ValueError(f"the number of draws ({n}) must be a multiple of chains ({chains})")
+
+    def shaped(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        return values.reshape(chains, n // chains, *values.shape[1:])
+
+    stats = {name: shaped(v) for name, v in (("log_joint", log_joint), ("log_q", log_q))
+             if v is not None}
+    return az.from_dict(posterior={var_name: shaped(draws)}, sample_stats=stats or None)
+
+
+def merge_methods(datasets: dict[str, az.InferenceData]) -> az.InferenceData:
+    """One InferenceData holding several methods' posteriors as groups ``posterior_<method>``.
+
+    The first method's posterior (and sample stats) stay the main ``posterior`` group, so ArviZ
+    functions act on it by default; the others remain comparable side by side in the same file.
+    """
+    names = list(datasets)
+    main = datasets[names[0]]
+    extra = {f"posterior_{name.replace('-', '_')}": ds.posterior for name, ds in datasets.items()}
+    merged = az.InferenceData(
+        posterior=main.posterior,
+        **({"sample_stats": main.sample_stats} if "sample_stats" in main.groups() else {}),
+    )
+    for group, ds in extra.items():
+        merged.add_groups({group: ds}, warn_on_custom_groups=False)
+    return merged
+
+
+def method_posterior(idata: az.InferenceData, method: str) -> xr.Dataset:
+    """The posterior dataset of ``method`` from :func:`merge_methods`."""
+    return idata[f"posterior_{method.replace('-', '_')}"]
+
+
+def summary_row(draws: np.ndarray, hdi_prob: float = 0.94) -> dict[str, float]:
+    """ArviZ summary statistics of one scalar's independent draws: mean, sd, 94% HDI, bulk ESS."""
+    table = az.summary(
+        inference_data(draws),
+        hdi_prob=hdi_prob,
+        round_to="none",
+    )
+    row = table.iloc[0]
+    return {
+        "mean": float(row["mean"]),
+        "sd": float(row["sd"]),
+        "hdi_3%": float(row["hdi_3%"]),
+        "hdi_97%": float(row["hdi_97%"]),
+        "ess_bulk": float(row["ess_bulk"]),
+    }
+
+
+def load(path: Path) -> az.InferenceData:
+    """Read an InferenceData written by a run (``posterior.nc``)."""
+    return az.from_netcdf(str(path))
+
+
+def _cdf_grid(q: torch.distributions.Distribution, p: torch.distributions.Distribution,
+              n_points: int = 200_001) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both CDFs on one fine grid over [0, U], U where both CDFs exceed 1 - 1e-12."""
+    upper = float(p.mean + 10 * p.variance.sqrt()) + 1.0
+    for _ in range(60):
+        u = torch.tensor(upper, dtype=torch.float64)
+        if min(float(q.cdf(u)), float(p.cdf(u))) > 1 - 1e-12:
+            break
+        upper *= 2
+    z = torch.linspace(0.0, upper, n_points, dtype=torch.float64)
+    return z.numpy(), q.cdf(z).numpy(), p.cdf(z).numpy()
+
+
+def wasserstein1(q: torch.distributions.Distribution,
+                 p: torch.distributions.Distribution) -> float:
+    r"""Wasserstein-1 distance :math:`\int_0^\infty |F_q(z) - F_p(z)|\,dz` of two
+    distributions on :math:`z > 0`, by the trapezoid rule on a fine grid."""
+    z, fq, fp = _cdf_grid(q, p)
+    return float(np.trapezoid(np.abs(fq - fp), z))
+
+
+def ks_distance(q: torch.distributions.Distribution,
+                p: torch.distributions.Distribution) -> float:
+    r"""Kolmogorov-Smirnov distance :math:`\sup_z |F_q(z) - F_p(z)|` on :math:`z > 0`."""
+    _, fq, fp = _cdf_grid(q, p)
+    return float(np.max(np.abs(fq - fp)))

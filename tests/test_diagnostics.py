@@ -1,0 +1,98 @@
+"""Diagnostics against closed forms built from pairs of exponential distributions.
+
+For z ~ q = Exponential(1) and a normalised target p = Exponential(lam), lam < 1, the weights
+w = p/q = lam exp((1 - lam) z) have P(w > t) proportional to t^(-1/(1-lam)): a Pareto tail with
+shape k = 1 - lam. The evidence is 1, so every importance-weighted bound is <= 0, and
+E[log w] = log lam - (lam - 1) E[z] = log lam + 1 - lam.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ppl_models import diagnostics
+
+
+def _log_weights(lam, n, seed=0):
+    z = np.random.default_rng(seed).exponential(1.0, n)
+    return np.log(lam) + (1 - lam) * z
+
+
+@pytest.mark.parametrize("lam", [0.9, 0.5, 0.25])
+def test_khat_recovers_the_pareto_shape(lam):
+    khat = diagnostics.psis_khat(_log_weights(lam, 200_000))
+    assert float(khat) == pytest.approx(1 - lam, abs=0.06)
+
+
+def test_khat_of_q_equal_to_p_is_low_and_rows_are_independent():
+    flat = np.full(1000, -3.2)
+    rows = np.stack([flat, _log_weights(0.25, 1000)])
+    khat = diagnostics.psis_khat(rows)
+    assert khat.shape == (2,)
+    assert khat[0] == -np.inf  # equal weights: the degenerate limit
+    assert khat[1] > 0.5
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        diagnostics.psis_khat(np.array([np.nan] * 20))
+    with pytest.raises(ValueError, match=">= 10 draws"):
+        diagnostics.psis_khat(np.zeros(5))
+
+
+def test_threshold_follows_vehtari_et_al():
+    assert diagnostics.khat_threshold(100) == pytest.approx(0.5)
+    assert diagnostics.khat_threshold(1000) == pytest.approx(1 - 1 / 3)
+    assert diagnostics.khat_threshold(10**6) == 0.7
+
+
+def test_iw_bounds_rise_towards_the_evidence():
+    lam = 0.5
+    lw = _log_weights(lam, 400_000, seed=1)
+    k1, se1 = diagnostics.iw_bound(lw, 1)
+    assert k1 == pytest.approx(math.log(lam) + 1 - lam, abs=4 * se1)
+    values = [diagnostics.iw_bound(lw, k)[0] for k in (1, 10, 100, 1000)]
+    assert all(b > a for a, b in zip(values, values[1:], strict=False))
+    assert values[-1] < 0 and values[-1] > -0.01  # log p(x) = 0
+    with pytest.raises(ValueError, match="K must be between 1"):
+        diagnostics.iw_bound(lw[:10], 11)
+
+
+def test_iw_bound_per_row_averages_rows():
+    rows = np.stack([np.full(100, -1.0), np.full(100, -3.0)])
+    mean, se = diagnostics.iw_bound(rows, 10)
+    assert mean == pytest.approx(-2.0) and se == pytest.approx(1.0)
+
+
+def test_importance_ess():
+    assert diagnostics.importance_ess(np.zeros(500)) == pytest.approx(500)
+    assert diagnostics.importance_ess(np.array([0.0, -800.0, -900.0])) == pytest.approx(1.0)
+
+
+def test_distances_between_exponentials_match_closed_forms():
+    a, b = 2.0, 0.5
+    qa = torch.distributions.Exponential(torch.tensor(a, dtype=torch.float64))
+    qb = torch.distributions.Exponential(torch.tensor(b, dtype=torch.float64))
+    # CDFs are ordered, so W1 is the difference of means; KS is at z* = log(a/b) / (a - b).
+    assert diagnostics.wasserstein1(qa, qb) == pytest.approx(1 / b - 1 / a, rel=1e-6)
+    z = math.log(a / b) / (a - b)
+    assert diagnostics.ks_distance(qa, qb) == pytest.approx(math.exp(-b * z) - math.exp(-a * z),
+                                                            rel=1e-6)
+
+
+def test_inference_data_and_summary_row(tmp_path):
+    draws = np.random.default_rng(3).normal(2.0, 0.5, 4000)
+    idata = diagnostics.inference_data(draws, log_joint=-draws**2, log_q=np.zeros(4000))
+    assert idata.posterior["z"].shape == (4, 1000)
+    assert np.array_equal(idata.sample_stats["log_joint"].values.ravel(), -draws**2)
+    row = diagnostics.summary_row(draws)
+    assert row["mean"] == pytest.approx(draws.mean())
+    assert row["sd"] == pytest.approx(draws.std(ddof=1), rel=1e-3)
+    inside = np.mean((draws >= row["hdi_3%"]) & (draws <= row["hdi_97%"]))
+    assert inside == pytest.approx(0.94, abs=0.01)
+    merged = diagnostics.merge_methods({"a": idata, "b": diagnostics.inference_data(draws + 1)})
+    path = tmp_path / "p.nc"
+    merged.to_netcdf(str(path))
+    back = diagnostics.load(path)
+    assert np.allclose(diagnostics.method_posterior(back, "b")["z"].values.ravel(), draws + 1)
+    with pytest.raises(ValueError, match="multiple of chains"):
+        diagnostics.inference_data(np.zeros(10))
