@@ -1,0 +1,77 @@
+"""The ``ppl-models`` command (also ``python -m ppl_models``).
+
+Each job module (``ppl_models.jobs.*``) and benchmark module (``ppl_models.bench.*``) exposes
+``add_arguments(parser)`` and ``main(args) -> int``; this module only wires them into argparse
+and turns expected errors into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .runs import STATUS_COMPLETE, read_json
+from .svi import NonFiniteLossError
+
+# command name -> module implementing it; the summary's "model" key names the same modules.
+JOBS = {"exp-normal": "ppl_models.jobs.exp_normal"}
+BENCHMARKS = {"exp-normal": "ppl_models.bench.exp_normal"}
+EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppl-models",
+        description="Fit Pyro models by SVI and write posterior-diagnostics reports.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in JOBS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=module.__doc__.strip().splitlines()[0],
+                                  description=module.__doc__)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.main)
+
+    report = commands.add_parser("report", help="regenerate a run's report from its saved files")
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    report.set_defaults(handler=_report)
+
+    bench = commands.add_parser("bench", help="run a benchmark and write bench.json")
+    benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, module_name in BENCHMARKS.items():
+        module = importlib.import_module(module_name)
+        sub = benches.add_parser(name, help=module.__doc__.strip().splitlines()[0],
+                                 description=module.__doc__)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.main)
+    return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    summary_path = args.run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"not a finished run directory (no summary.json): {args.run_dir}")
+    summary = read_json(summary_path)
+    if summary.get("status") != STATUS_COMPLETE:
+        raise ValueError(f"run {args.run_dir} did not complete ({summary.get('error', 'unknown')})"
+                         "; there is nothing to report")
+    model = summary.get("model")
+    if model not in JOBS:
+        raise ValueError(f"summary.json names model {model!r}; expected one of {', '.join(JOBS)}")
+    path = importlib.import_module(JOBS[model]).rebuild_report(args.run_dir)
+    print(f"report: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError) as err:
+        print(f"ppl-models: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ppl-models: interrupted", file=sys.stderr)
+        return 130
