@@ -50,6 +50,12 @@ def load_config(cls: type[C], path: Path | None, overrides: Mapping[str, Any] = 
     return cls(**kwargs)
 
 
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    """Raise ``ValueError("<key> must be <expected>, got <value>")`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{key} must be {expected}, got {value!r}")
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
     """Turn ``["steps=100", "lr=0.1"]`` into a dict; a pair without ``=`` is a ``ValueError``."""
     result = {}

@@ -119,7 +119,11 @@ def inference_data(
 
     stats = {name: shaped(v) for name, v in (("log_joint", log_joint), ("log_q", log_q))
              if v is not None}
-    return az.from_dict(posterior={var_name: shaped(draws)}, sample_stats=stats or None)
+    # Per-item log densities (say one row per image) share their dimension names, so that
+    # log_joint - log_q subtracts element-wise instead of broadcasting to an outer product.
+    dims = {name: [f"item_dim_{i}" for i in range(v.ndim - 2)] for name, v in stats.items()}
+    return az.from_dict(posterior={var_name: shaped(draws)}, sample_stats=stats or None,
+                        dims=dims)
 
 
 def merge_methods(datasets: dict[str, az.InferenceData]) -> az.InferenceData:

@@ -33,6 +33,8 @@ from .config import config_to_toml
 DEFAULT_ROOT = Path("runs")
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_save(path: Path, save: Callable[[Path], None]) -> None:
@@ -42,6 +44,7 @@ def atomic_save(path: Path, save: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         save(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -174,12 +177,23 @@ def environment(*, seed: int, device: str) -> dict:
         "platform": platform.platform(),
         "device": device,
         "device_name": (
-            torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor()
+            torch.cuda.get_device_name(0) if device.startswith("cuda") else _cpu_name()
         ),
         "seed": seed,
         "git_commit": _git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _cpu_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _git_commit() -> str | None:

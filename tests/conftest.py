@@ -9,6 +9,8 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
+# The suite's tensors are small: one thread avoids oversubscribing a 2-core machine.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"

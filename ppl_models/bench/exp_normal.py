@@ -84,10 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="package fits with different SVI seeds (median reported)")
     parser.add_argument("--baseline-steps", type=int, default=1000, dest="baseline_steps",
                         help="steps of the notebook loop (the notebook runs 1000)")
-    parser.add_argument("--out", type=Path, default=Path("bench.json"), help="where to write JSON")
+    parser.add_argument("--out", type=Path, default=Path("."),
+                        help="existing folder to write bench.json into (default: here)")
 
 
 def main(args: argparse.Namespace) -> int:
+    if not args.out.is_dir():
+        raise NotADirectoryError(f"--out must be an existing folder, got {args.out}")
     if args.repeats < 1 or args.baseline_steps < 1:
         raise ValueError(f"--repeats and --baseline-steps must be >= 1, got {args.repeats} and "
                          f"{args.baseline_steps}")
@@ -146,9 +149,9 @@ def main(args: argparse.Namespace) -> int:
                     "torch": torch.__version__, "pyro-ppl": metadata.version("pyro-ppl")},
         "date": time.strftime("%Y-%m-%d"),
     }
-    atomic_write_json(args.out, result)
+    atomic_write_json(args.out / "bench.json", result)
     _print_table(result)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out / 'bench.json'}")
     return 0
 
 

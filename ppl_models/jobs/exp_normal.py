@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import diagnostics, exp_normal, plots
-from ..config import load_config, parse_overrides
+from ..config import load_config, parse_overrides, require
 from ..report import Figure, Report, Table, write_report
 from ..runs import Run, atomic_save, atomic_write_json, read_json, read_metrics
 from ..svi import ELBO_KINDS, make_elbo, make_objective, resolve_device, seed_everything, train
@@ -54,24 +54,20 @@ class ExpNormalConfig:
 
     def __post_init__(self):
         exp_normal.validate_rate(self.rate)
-        _require(self.n_obs >= 1, "n_obs", self.n_obs, "an integer >= 1")
-        _require(self.guide in exp_normal.GUIDE_FAMILIES, "guide", self.guide,
+        require(self.n_obs >= 1, "n_obs", self.n_obs, "an integer >= 1")
+        require(self.guide in exp_normal.GUIDE_FAMILIES, "guide", self.guide,
                  f"one of {', '.join(exp_normal.GUIDE_FAMILIES)}")
-        _require(self.elbo in ELBO_KINDS, "elbo", self.elbo, f"one of {', '.join(ELBO_KINDS)}")
-        _require(self.particles >= 1, "particles", self.particles, "an integer >= 1")
-        _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
-        _require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
-        _require(0 < self.lr_final <= self.lr, "lr_final", self.lr_final,
+        require(self.elbo in ELBO_KINDS, "elbo", self.elbo, f"one of {', '.join(ELBO_KINDS)}")
+        require(self.particles >= 1, "particles", self.particles, "an integer >= 1")
+        require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
+        require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
+        require(0 < self.lr_final <= self.lr, "lr_final", self.lr_final,
                  f"a positive number no larger than lr ({self.lr})")
-        _require(0 <= self.average_from < 1, "average_from", self.average_from,
+        require(0 <= self.average_from < 1, "average_from", self.average_from,
                  "a fraction in [0, 1)")
-        _require(self.draws >= 100, "draws", self.draws, "an integer >= 100")
-        _require(self.grid_points >= 101, "grid_points", self.grid_points, "an integer >= 101")
+        require(self.draws >= 100, "draws", self.draws, "an integer >= 100")
+        require(self.grid_points >= 101, "grid_points", self.grid_points, "an integer >= 101")
 
-
-def _require(ok: bool, key: str, value, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"{key} must be {expected}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- fitting
