@@ -16,8 +16,8 @@ from .runs import STATUS_COMPLETE, read_json
 from .svi import NonFiniteLossError
 
 # command name -> module implementing it; the summary's "model" key names the same modules.
-JOBS = {"exp-normal": "ppl_models.jobs.exp_normal"}
-BENCHMARKS = {"exp-normal": "ppl_models.bench.exp_normal"}
+JOBS = {"exp-normal": "ppl_models.jobs.exp_normal", "vae": "ppl_models.jobs.vae"}
+BENCHMARKS = {"exp-normal": "ppl_models.bench.exp_normal", "vae": "ppl_models.bench.vae"}
 EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
 
 
@@ -27,26 +27,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit Pyro models by SVI and write posterior-diagnostics reports.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in JOBS.items():
-        module = importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=module.__doc__.strip().splitlines()[0],
-                                  description=module.__doc__)
-        module.add_arguments(sub)
-        sub.set_defaults(handler=module.main)
+    _add_modules(commands, JOBS)
 
     report = commands.add_parser("report", help="regenerate a run's report from its saved files")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     report.set_defaults(handler=_report)
 
     bench = commands.add_parser("bench", help="run a benchmark and write bench.json")
-    benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    for name, module_name in BENCHMARKS.items():
+    _add_modules(bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK"),
+                 BENCHMARKS)
+    return parser
+
+
+def _add_modules(subparsers, modules: dict[str, str]) -> None:
+    """One subcommand per module; its docstring is the help, its ``main`` the handler."""
+    for name, module_name in modules.items():
         module = importlib.import_module(module_name)
-        sub = benches.add_parser(name, help=module.__doc__.strip().splitlines()[0],
-                                 description=module.__doc__)
+        sub = subparsers.add_parser(name, help=module.__doc__.strip().splitlines()[0],
+                                    description=module.__doc__)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.main)
-    return parser
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError) as err:
-        print(f"ppl-models: error: {err}", file=sys.stderr)
+        # one line: messages from deeper libraries can carry tables after their first line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"ppl-models: error: {first}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ppl-models: interrupted", file=sys.stderr)
