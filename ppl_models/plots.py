@@ -1,32 +1,40 @@
-"""Figure builders (matplotlib, Agg backend: no display needed).
+"""Figure builders: matplotlib figures written atomically as PNG, no display needed.
 
-Each builder draws from saved run artifacts, so ``ppl-models report`` can redraw every figure
-without refitting. Figures are written atomically as PNG.
+Figures are ``matplotlib.figure.Figure`` objects rendered by their own canvas, not pyplot
+figures, so importing the package never changes a user's matplotlib backend (inline figures in a
+notebook keep working). Each builder draws from saved run artifacts, so ``ppl-models report``
+can redraw every figure without refitting.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+from scipy.special import logsumexp
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy.special import logsumexp  # noqa: E402
-
-from . import exp_normal  # noqa: E402
-from .runs import atomic_save  # noqa: E402
+from . import exp_normal
+from .runs import atomic_save
 
 COLORS = {"exact": "black", "grid": "tab:orange", "variational": "tab:blue", "joint": "tab:gray"}
 
 
-def save_figure(fig: plt.Figure, path: Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (atomically) and close it."""
-    fig.tight_layout()
-    atomic_save(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+DPI = 110
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7.5, 4.2)):
+    """A figure and its axes (as ``pyplot.subplots`` returns them), outside pyplot's state."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols)
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path``, atomically; returns the path."""
+    atomic_save(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI,
+                                                    bbox_inches="tight"))
     return Path(path)
 
 
@@ -53,7 +61,7 @@ def exp_normal_figures(fig_dir: Path, x: np.ndarray, rate: float, summary: dict,
     z = np.linspace(0.0, upper, 1200)[1:]
     out = []
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = new_figure(figsize=(7.5, 4.2))
     ax.plot(z, _density(exact, z), color=COLORS["exact"], lw=2, label="exact posterior")
     ax.plot(z, grid.pdf(z), color=COLORS["grid"], ls="--", lw=2, label="grid posterior")
     ax.plot(z, _density(q, z), color=COLORS["variational"], lw=2,
@@ -74,7 +82,7 @@ def exp_normal_figures(fig_dir: Path, x: np.ndarray, rate: float, summary: dict,
 
     theta_star = summary["theta_star"]
     thetas = np.geomspace(theta_star / 5, theta_star * 5, 400)
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = new_figure(figsize=(7.5, 4.2))
     ax.plot(thetas, exp_normal.kl_to_posterior(thetas, x, rate), color="tab:blue",
             label="closed form: log p(x) - ELBO(theta)")
     checks = np.geomspace(theta_star / 4, theta_star * 4, 9)
@@ -88,6 +96,9 @@ def exp_normal_figures(fig_dir: Path, x: np.ndarray, rate: float, summary: dict,
                    label=f"theta (SVI) = {summary['theta_svi']:.4g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("theta (Exponential guide rate)")
     ax.set_ylabel("KL(q_theta || p(z | x)) [nats]")
     ax.legend()
@@ -96,7 +107,7 @@ def exp_normal_figures(fig_dir: Path, x: np.ndarray, rate: float, summary: dict,
                 "the closed form and the full-range grid agree."))
 
     steps = np.array([m["step"] for m in metrics])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(10, 3.8))
     ax1.plot(steps, [-m["loss"] for m in metrics], color="tab:blue", lw=0.8,
              label="ELBO estimate per step")
     ax1.axhline(summary["elbo_at_theta_star"], color="black", ls="--", label="ELBO(theta*)")
@@ -121,7 +132,7 @@ def exp_normal_figures(fig_dir: Path, x: np.ndarray, rate: float, summary: dict,
                 "Left: the Monte Carlo ELBO per step against ELBO(theta*) and log p(x). Right: "
                 "the reported guide parameters per step."))
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = new_figure(figsize=(7.5, 4.2))
     for method, values in draws.items():
         sorted_values = np.sort(values)
         ax.step(sorted_values, np.arange(1, len(values) + 1) / len(values), where="post",
@@ -139,7 +150,7 @@ def exp_normal_figures(fig_dir: Path, x: np.ndarray, rate: float, summary: dict,
     stats = idata["sample_stats"]
     log_w = (stats["log_joint"] - stats["log_q"]).values.ravel()
     log_w_norm = np.sort(log_w - logsumexp(log_w))[::-1]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(10, 3.8))
     ax1.hist(log_w - log_w.max(), bins=60, color="tab:blue", alpha=0.8)
     ax1.set_xlabel("log w - max log w")
     ax1.set_ylabel("draws")
@@ -155,7 +166,7 @@ def exp_normal_figures(fig_dir: Path, x: np.ndarray, rate: float, summary: dict,
                 "log w = log p(x, z) - log q(z) for draws of q. A few dominant weights (a steep "
                 "rank plot) and a large k-hat mean q misses posterior mass."))
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = new_figure(figsize=(7.5, 4.2))
     ax.plot(z, _density(exact, z), color="black", lw=2.5, label="exact posterior")
     for family, kl in summary["kl_by_family"].items():
         params = exp_normal.optimal_guide_params(family, x, rate)
