@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ppl-models`` parser with every job, ``report`` and every benchmark."""
     parser = argparse.ArgumentParser(
         prog="ppl-models",
         description="Fit Pyro models by SVI and write posterior-diagnostics reports.",
@@ -43,10 +45,16 @@ def _add_modules(subparsers, modules: dict[str, str]) -> None:
     """One subcommand per module; its docstring is the help, its ``main`` the handler."""
     for name, module_name in modules.items():
         module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=module.__doc__.strip().splitlines()[0],
-                                    description=module.__doc__)
+        doc = _plain(module.__doc__)
+        sub = subparsers.add_parser(name, help=doc.splitlines()[0], description=doc)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.main)
+
+
+def _plain(docstring: str) -> str:
+    """A module docstring as plain text for ``--help``: Sphinx roles and literals unwrapped."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", docstring.strip())
+    return text.replace("``", "")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -66,6 +74,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the command; expected errors become one stderr line and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)

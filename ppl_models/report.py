@@ -45,6 +45,8 @@ class Figure:
 
 @dataclass(frozen=True)
 class Report:
+    """A whole report: title, verdict paragraphs in plain words, tables and figures."""
+
     title: str
     verdict: list[str]
     tables: list[Table] = field(default_factory=list)

@@ -80,6 +80,7 @@ def time_to_stay(thetas: np.ndarray, elapsed: np.ndarray, theta_star: float,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's options to its ``bench exp-normal`` subparser."""
     parser.add_argument("--repeats", type=int, default=5,
                         help="package fits with different SVI seeds (median reported)")
     parser.add_argument("--baseline-steps", type=int, default=1000, dest="baseline_steps",
@@ -89,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run both fits, print the table, write ``bench.json``; returns the exit code."""
     if not args.out.is_dir():
         raise NotADirectoryError(f"--out must be an existing folder, got {args.out}")
     if args.repeats < 1 or args.baseline_steps < 1:

@@ -152,6 +152,7 @@ def epoch_seconds(images: torch.Tensor, args, device: torch.device) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's options to its ``bench vae`` subparser."""
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to run (default: CUDA when present)")
     parser.add_argument("--arch", choices=ARCHS, default="conv", help="networks (default conv)")
@@ -187,6 +188,7 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Measure the three training steps, print the table, write ``bench.json``; returns 0."""
     sizes = _batch_sizes(args.batch_sizes)
     if (args.steps < 1 or args.repeats < 1 or args.warmup < 0
             or args.epoch_images < max(sizes)):

@@ -253,6 +253,7 @@ def rebuild_report(run_dir: Path) -> Path:
 
 
 def build_report(run_dir: Path, summary: dict) -> Path:
+    """Draw the figures from the run's files and write ``report.html``; returns its path."""
     saved = read_json(run_dir / "observations.json")
     x, rate = np.asarray(saved["x"], dtype=np.float64), float(saved["rate"])
     idata = diagnostics.load(run_dir / "posterior.nc")
@@ -310,14 +311,18 @@ def verdict(s: dict) -> list[str]:
         f"({100 * ess_share:.2g}%)"
         + (", so many draws are needed." if ess_share < 0.1 else "."))
     gap = s["log_evidence_exact"] - s["iw_bounds"]["1000"]
+    error = 2 * s["iw_bounds_se"]["1000"]
+    closing = (f"narrows the gap to {gap:.2g} nats" if gap > error else
+               f"closes the gap to within its Monte Carlo error ({gap:.1e} ± {error:.1e} nats)")
     lines.append(
         f"Evidence: log p(x) = {s['log_evidence_exact']:.6g} (grid {s['log_evidence_grid']:.6g}). "
         f"The ELBO is {s['log_evidence_exact'] - s['elbo_at_svi']:.3g} nats below it; "
-        f"importance weighting with K = 1000 narrows the gap to {gap:.2g} nats.")
+        f"importance weighting with K = 1000 {closing}.")
     return lines
 
 
 def tables(s: dict) -> list[Table]:
+    """The report's tables, from ``summary.json``'s contents."""
     numbers = [
         ["theta*", s["theta_star"]], ["theta (SVI)", s["theta_svi"]],
         ["relative error of theta", s["theta_rel_error"]],
@@ -359,6 +364,7 @@ def tables(s: dict) -> list[Table]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``ppl-models exp-normal``'s options (each overrides the config file)."""
     parser.add_argument("--config", type=Path, default=None,
                         help=f"TOML run configuration (default {DEFAULT_CONFIG} when present)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
@@ -377,6 +383,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[ExpNormalConfig, str]:
+    """The resolved configuration and its name (the config file's stem) from parsed options."""
     path = args.config
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
@@ -390,6 +397,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExpNormalConfig, str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``ppl-models exp-normal``: fit, report, print the key numbers; returns 0."""
     config, name = config_from_args(args)
     run = execute(config, name, out=args.out, progress=not args.quiet)
     summary = read_json(run.file("summary.json"))

@@ -144,6 +144,7 @@ class Splits:
 
 
 def prepare_data(config: VaeConfig, device: torch.device) -> Splits:
+    """Load MNIST onto ``device`` and cut the training and held-out sets the config asks for."""
     root = resolve_root(config.data_dir)
     data = load_mnist(root, device, download_missing=config.download)
     n_train = len(data.train_images)
@@ -170,6 +171,7 @@ def prepare_data(config: VaeConfig, device: torch.device) -> Splits:
 
 
 def build_model(config: VaeConfig, device: torch.device) -> tuple[VaeModel, VaeGuide]:
+    """The model/guide pair of the config, on ``device``."""
     encoder, decoder = build_networks(config.arch, config.latent_dim, config.hidden_dim)
     model, guide = build_vae(encoder, decoder, config.latent_dim, config.likelihood,
                              autocast=config.bf16)
@@ -177,6 +179,7 @@ def build_model(config: VaeConfig, device: torch.device) -> tuple[VaeModel, VaeG
 
 
 def run_device(config: VaeConfig) -> torch.device:
+    """The device of the run; bf16 autocast is refused anywhere but CUDA."""
     device = resolve_device(config.device)
     if config.bf16 and device.type != "cuda":
         raise ValueError(f"bf16 autocast is for CUDA; the run's device is {device} "
@@ -201,6 +204,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the generators saved by :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -212,6 +216,7 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: Path, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     epoch: int, config: VaeConfig) -> None:
+    """Write networks, optimizer, epoch, RNG states and config to ``path`` atomically."""
     state = {
         "epoch": epoch,
         "networks": loss_fn.state_dict(),
@@ -223,6 +228,7 @@ def save_checkpoint(path: Path, loss_fn: torch.nn.Module, optimizer: torch.optim
 
 
 def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (a missing file is a clear error)."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: the run stopped before its first "
                                 "epoch ended; start a new run instead")
@@ -360,6 +366,7 @@ def finish(run: Run, config: VaeConfig, splits: Splits, model: VaeModel, guide: 
 
 def make_summary(config: VaeConfig, splits: Splits, evaluation: evaluate.Evaluation,
                  metrics: list[dict], device: torch.device, eval_seconds: float) -> dict:
+    """The numbers of ``summary.json`` from the config, data, evaluation and metrics."""
     elbo, elbo_se = evaluate.mean_and_se(evaluation.elbo)
     ks = [int(k) for k in evaluation.iw_k]
     khat = evaluation.khat
@@ -412,6 +419,7 @@ def rebuild_report(run_dir: Path) -> Path:
 
 
 def build_report(run_dir: Path, summary: dict) -> Path:
+    """Draw the figures from the run's files and write ``report.html``; returns its path."""
     evaluation = evaluate.Evaluation.load(run_dir / EVALUATION)
     metrics = read_metrics(run_dir)
     report = Report(
@@ -427,6 +435,7 @@ def build_report(run_dir: Path, summary: dict) -> Path:
 
 def make_figures(folder: Path, evaluation: evaluate.Evaluation,
                  metrics: list[dict]) -> list[Figure]:
+    """Draw every figure of the report into ``folder`` and return them as report figures."""
     result = [
         Figure("Training curves", figures.training_curves(folder / "training.png", metrics),
                "ELBO per image after each epoch: on the training images (the average of the "
@@ -475,8 +484,10 @@ def verdict(s: dict) -> list[str]:
         f"images): the amortized posterior costs at least {gap:.2f} nats per image of "
         "KL(q(z | x) || p(z | x)). " + _monotone_note(s),
         f"{s['active_units']} of {s['latent_dim']} latent units are active "
-        "(Var over images of E[z_u | x] > 0.01); the others carry no information about the "
-        "image (their posterior stays at the prior).",
+        "(Var over images of E[z_u | x] > 0.01)"
+        + ("." if s["active_units"] == s["latent_dim"] else
+           "; the others carry no information about the image (their posterior stays at the "
+           "prior)."),
         _khat_note(s),
         _comparability_note(s),
     ]
@@ -520,6 +531,7 @@ def _comparability_note(s: dict) -> str:
 
 
 def tables(s: dict, metrics: list[dict]) -> list[Table]:
+    """The report's tables, from ``summary.json`` and the per-epoch metrics."""
     ks = list(s["iw_bounds"])
     evaluation = [["held-out ELBO", s["heldout_elbo"], s["heldout_elbo_se"]]]
     evaluation += [[f"IW bound, K = {k}", s["iw_bounds"][k], s["iw_bounds_se"][k]] for k in ks]
@@ -569,6 +581,7 @@ FLAGS = ("arch", "likelihood", "latent_dim", "epochs", "batch_size", "lr", "elbo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``ppl-models vae``'s options (each overrides the config file)."""
     parser.add_argument("--config", type=Path, default=None,
                         help=f"TOML run configuration (default {DEFAULT_CONFIG} when present)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
@@ -606,6 +619,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[VaeConfig, str]:
+    """The resolved configuration and its name (the config file's stem) from parsed options."""
     path = args.config
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
@@ -614,6 +628,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[VaeConfig, str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run (or resume) ``ppl-models vae`` and print the key numbers; returns 0."""
     if args.resume is not None:
         extra = sorted(set(_flag_overrides(args)) - set(RESUME_KEYS))
         extra += [name for name in ("config", "out") if getattr(args, name) is not None]

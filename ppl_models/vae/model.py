@@ -36,6 +36,7 @@ LIKELIHOODS = ("normal", "normal-learned-scale", "bernoulli")
 
 
 def check_likelihood(likelihood: str) -> None:
+    """Raise ``ValueError`` unless ``likelihood`` is one of :data:`LIKELIHOODS`."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
 
