@@ -1,0 +1,239 @@
+"""The documentation's structure, checked without building it (``make docs`` builds and executes).
+
+- Every entry of every ``{toctree}`` resolves to a page, and every tutorial and API page is
+  listed in one.
+- Every tutorial is a MyST notebook (Jupytext front matter, ``python3`` kernel, code cells), so
+  MyST-NB executes it rather than rendering it as plain text, and it reads
+  ``PPL_MODELS_DOCS_MODE`` if it computes anything expensive.
+- Tutorials use the public API: no ``ppl_models`` name starting with ``_``.
+- The API reference covers the package. The approach: the API pages are reStructuredText files
+  ``docs/api/*.rst`` made of ``.. automodule::`` directives. For every module of the package
+  (found by walking ``ppl_models``), its public functions and classes are the names in its
+  namespace that do not start with ``_`` and whose ``__module__`` is the module itself (so
+  re-exports count once, where they are defined). Each module that has any must be documented
+  by exactly one ``automodule`` with ``:members:`` and ``:undoc-members:`` and must not exclude
+  any of them; that is the set autodoc renders (a duplicate would be a Sphinx warning). A
+  separate test asks that each of those names has a docstring of its own, since
+  ``:undoc-members:`` would otherwise list it without a word.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+
+import ppl_models
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+TUTORIALS = DOCS / "tutorials"
+API = DOCS / "api"
+SOURCE_SUFFIXES = (".md", ".rst", ".ipynb")
+REQUIRED_TUTORIALS = (
+    "01-vi-by-hand",
+    "02-fitting-with-pyro",
+    "03-monte-carlo-kl",
+    "04-vae-mnist",
+    "05-reading-a-report",
+)
+TOCTREE = re.compile(r"```\{toctree\}\n(.*?)```", re.S)
+AUTOMODULE = re.compile(r"^\.\. automodule:: *(\S+)\s*\n((?:[ \t]+:.*\n?)*)", re.M)
+
+
+# ----------------------------------------------------------------------------- table of contents
+
+
+def toctree_entries() -> dict[Path, list[str]]:
+    """Each MyST page with toctrees -> the entries listed in them (options and blanks dropped)."""
+    found = {}
+    for page in DOCS.rglob("*.md"):
+        if "_build" in page.parts or "jupyter_execute" in page.parts:
+            continue
+        entries = []
+        for body in TOCTREE.findall(page.read_text()):
+            entries += [line.strip() for line in body.splitlines()
+                        if line.strip() and not line.strip().startswith(":")]
+        if entries:
+            found[page] = entries
+    return found
+
+
+def resolve(page: Path, entry: str) -> Path | None:
+    base = page.parent / entry
+    for candidate in (base, *(base.with_name(base.name + s) for s in SOURCE_SUFFIXES)):
+        if candidate.is_file() and candidate.suffix in SOURCE_SUFFIXES:
+            return candidate
+    return None
+
+
+def listed_pages() -> set[Path]:
+    return {resolve(page, entry) for page, entries in toctree_entries().items()
+            for entry in entries}
+
+
+def test_every_toctree_entry_exists():
+    missing = [f"{page.relative_to(DOCS)}: {entry}"
+               for page, entries in toctree_entries().items() for entry in entries
+               if resolve(page, entry) is None]
+    assert not missing, f"toctree entries without a page: {missing}"
+
+
+def test_required_pages_are_in_the_table_of_contents():
+    listed = listed_pages()
+    required = [TUTORIALS / f"{name}.md" for name in REQUIRED_TUTORIALS]
+    required += [DOCS / "getting-started.md", DOCS / "benchmarks.md", API / "index.md"]
+    missing = [str(p.relative_to(DOCS)) for p in required if p not in listed]
+    assert not missing, f"pages missing from the table of contents: {missing}"
+
+
+def test_every_tutorial_and_api_page_is_listed():
+    listed = listed_pages()
+    pages = [p for p in TUTORIALS.glob("*.md")] + [p for p in API.glob("*.rst")]
+    orphans = [str(p.relative_to(DOCS)) for p in pages if p not in listed]
+    assert not orphans, f"pages no toctree lists: {orphans}"
+
+
+# ----------------------------------------------------------------------------- tutorials
+
+
+def tutorial_pages() -> list[Path]:
+    return sorted(TUTORIALS.glob("*.md")) + [DOCS / "getting-started.md"]
+
+
+def code_cells(text: str) -> list[str]:
+    return re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", text, re.S)
+
+
+@pytest.mark.parametrize("page", tutorial_pages(), ids=lambda p: p.name)
+def test_tutorials_are_executable_notebooks(page):
+    text = page.read_text()
+    front = re.match(r"---\n(.*?)\n---\n", text, re.S)
+    assert front, f"{page.name}: no front matter, so MyST-NB would not execute it"
+    assert "format_name: myst" in front.group(1), f"{page.name}: no jupytext myst format"
+    assert re.search(r"kernelspec:.*\n(?:\s+.*\n)*?\s+name: python3\b", front.group(1) + "\n"), (
+        f"{page.name}: the kernelspec must be python3")
+    assert code_cells(text), f"{page.name}: no code cells to execute"
+
+
+@pytest.mark.parametrize("page", sorted(TUTORIALS.glob("*.md")), ids=lambda p: p.name)
+def test_expensive_tutorials_read_the_docs_mode(page):
+    code = "\n".join(code_cells(page.read_text()))
+    expensive = re.search(r"\b(execute|fit|train|train_vae|run_notebook_loop)\(", code)
+    if expensive:
+        assert "PPL_MODELS_DOCS_MODE" in code, (
+            f"{page.name} trains or fits but ignores PPL_MODELS_DOCS_MODE (smoke builds)")
+
+
+def imported_names(code: str) -> dict[str, str]:
+    """Local name -> imported name, for every ``import``/``from ... import`` of ``ppl_models``."""
+    names = {}
+    for module, alias in re.findall(r"^\s*import (ppl_models[\w.]*)(?: as (\w+))?", code, re.M):
+        names[alias or module.split(".")[0]] = module
+    for clause in re.findall(r"^\s*from ppl_models[\w.]* import (\([^)]*\)|[^\n]*)", code, re.M):
+        for item in clause.strip("()").replace("\n", " ").split(","):
+            parts = item.split("#")[0].split()
+            if parts:
+                names[parts[-1]] = parts[0]
+    return names
+
+
+@pytest.mark.parametrize("page", tutorial_pages(), ids=lambda p: p.name)
+def test_tutorials_use_only_public_names(page):
+    code = "\n".join(code_cells(page.read_text()))
+    names = imported_names(code)
+    private = [name for name in names.values() if name.split(".")[-1].startswith("_")]
+    private += re.findall(r"\bppl_models(?:\.\w+)*\._\w+", code)
+    for local in names:
+        attributes = re.findall(rf"\b{re.escape(local)}\.(_\w+)", code)
+        private += [f"{local}.{attr}" for attr in attributes]
+    assert names or "ppl_models" in code, f"{page.name} does not use the package"
+    assert not private, f"{page.name} uses private names: {sorted(set(private))}"
+
+
+# ----------------------------------------------------------------------------- API reference
+
+
+def package_modules() -> list[str]:
+    names = [ppl_models.__name__]
+    names += [m.name for m in pkgutil.walk_packages(ppl_models.__path__, "ppl_models.")]
+    return [name for name in names if not name.endswith("__main__")]
+
+
+def public_objects(module_name: str) -> dict[str, object]:
+    module = importlib.import_module(module_name)
+    return {name: obj for name, obj in vars(module).items()
+            if not name.startswith("_")
+            and (inspect.isfunction(obj) or inspect.isclass(obj))
+            and getattr(obj, "__module__", None) == module_name}
+
+
+def automodule_directives() -> list[tuple[str, str, set[str], set[str]]]:
+    """(page, module, option names, excluded members) for every automodule in docs/api."""
+    found = []
+    for page in sorted(API.glob("*.rst")):
+        for module, block in AUTOMODULE.findall(page.read_text()):
+            options, excluded = set(), set()
+            for line in block.splitlines():
+                match = re.match(r"\s+:([\w-]+):\s*(.*)", line)
+                if match:
+                    options.add(match.group(1))
+                    if match.group(1) == "exclude-members":
+                        excluded.update(n.strip() for n in match.group(2).split(","))
+            found.append((page.name, module, options, excluded))
+    return found
+
+
+def test_api_pages_are_automodule_rst_files():
+    assert API.is_dir() and automodule_directives(), "docs/api/*.rst hold no automodule"
+    for page in API.glob("*.md"):
+        assert page.name == "index.md", f"API pages are .rst automodule pages, found {page.name}"
+
+
+def test_every_module_is_documented_once():
+    documented = [module for _, module, _, _ in automodule_directives()]
+    duplicates = sorted({m for m in documented if documented.count(m) > 1})
+    assert not duplicates, f"modules documented twice (duplicate object warnings): {duplicates}"
+    unknown = sorted(set(documented) - set(package_modules()))
+    assert not unknown, f"automodule of modules that do not exist: {unknown}"
+
+
+def test_api_reference_covers_every_public_name():
+    directives = {module: (page, options, excluded)
+                  for page, module, options, excluded in automodule_directives()}
+    problems = []
+    for module_name in package_modules():
+        names = public_objects(module_name)
+        if not names:
+            continue
+        if module_name not in directives:
+            problems.append(f"{module_name}: no automodule page documents {sorted(names)}")
+            continue
+        page, options, excluded = directives[module_name]
+        for option in ("members", "undoc-members"):
+            if option not in options:
+                problems.append(f"{page}: automodule {module_name} lacks :{option}:")
+        hidden = sorted(set(names) & excluded)
+        if hidden:
+            problems.append(f"{page}: {module_name} excludes public names {hidden}")
+    assert not problems, "\n".join(problems)
+
+
+def own_docstring(obj) -> str:
+    doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
+    doc = (doc or "").strip()
+    # a dataclass without a docstring gets its signature as __doc__: that documents nothing
+    if inspect.isclass(obj) and doc.startswith(f"{obj.__name__}("):
+        return ""
+    return doc
+
+
+def test_every_public_name_has_a_docstring():
+    missing = [f"{module_name}.{name}" for module_name in package_modules()
+               for name, obj in public_objects(module_name).items() if not own_docstring(obj)]
+    assert not missing, (
+        "public functions and classes without a docstring (the API reference lists them "
+        f"empty): {missing}")
