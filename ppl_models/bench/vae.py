@@ -9,8 +9,9 @@ Three ways to take the same Adam step on the same networks and MNIST images (til
 (c) ``dataloader``: (a)'s objective fed as Pyro's VAE example does, a ``DataLoader`` over a
     ``TensorDataset`` in host memory, each batch moved with ``.to(device)``.
 
-(a)/(b) is the price of Pyro's machinery; (c)/(a) the price of the per-item data path. On CUDA it
-also times one epoch of 60,000 images of the conv network at batch 256.
+Ratios are of time per step: (a)/(b) is the price of Pyro's machinery (target <= 1.15), (c)/(a)
+the price of the per-item data path (target >= 3 on CUDA). On CUDA it also times one epoch of
+60,000 images of the conv network at batch 256 (target < 1.5 s on an H100).
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ def measure(images: torch.Tensor, host_images: torch.Tensor, batch_size: int, ar
         "package_images_per_s": rates["package"],
         "handwritten_images_per_s": rates["handwritten"],
         "dataloader_images_per_s": rates["dataloader"],
-        "package_over_handwritten": rates["package"] / rates["handwritten"],
-        "dataloader_over_package": rates["dataloader"] / rates["package"],
+        # time ratios, as the targets are stated: (a)/(b) <= 1.15, (c)/(a) >= 3 on CUDA
+        "time_package_over_handwritten": rates["handwritten"] / rates["package"],
+        "time_dataloader_over_package": rates["package"] / rates["dataloader"],
     }
 
 
@@ -236,14 +238,16 @@ def _print_table(result: dict) -> None:
     print(f"VAE SVI step, {result['arch']} / {result['likelihood']}, device {result['device']} "
           f"({result['device_name']}), {result['cpu_threads']} CPU threads, "
           f"torch {result['versions']['torch']}, pyro {result['versions']['pyro-ppl']}")
-    header = ("batch", "(a) package", "(b) hand-written", "(c) DataLoader", "(a)/(b)", "(c)/(a)")
+    header = ("batch", "(a) package", "(b) hand-written", "(c) DataLoader", "time (a)/(b)",
+              "time (c)/(a)")
     print("  ".join(f"{h:>16}" for h in header))
     for r in result["rows"]:
         cells = (r["batch_size"], r["package_images_per_s"], r["handwritten_images_per_s"],
-                 r["dataloader_images_per_s"], r["package_over_handwritten"],
-                 r["dataloader_over_package"])
+                 r["dataloader_images_per_s"], r["time_package_over_handwritten"],
+                 r["time_dataloader_over_package"])
         print("  ".join(f"{c:>16.4g}" if isinstance(c, float) else f"{c:>16}" for c in cells))
-    print("images per second; (a)/(b) < 1 is Pyro's overhead, (c)/(a) < 1 the DataLoader's")
+    print("images per second; time ratios: (a)/(b) > 1 is Pyro's overhead (target <= 1.15), "
+          "(c)/(a) > 1 the DataLoader's cost (target >= 3 on CUDA)")
     epoch = result["epoch"]
     if epoch["seconds"] is not None:
         how = "measured" if epoch["measured"] else "estimated from (a)"
