@@ -204,3 +204,12 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("ppl-models: error: rate must be a positive finite number, "
                                    "got -2.0")
+
+
+@pytest.mark.cuda
+def test_svi_on_cuda_lands_within_half_a_percent():
+    _, x = exp_normal.simulate(1.0, 5, 0)
+    seed_everything(0)
+    config = ExpNormalConfig(device="cuda")
+    fitted = fit(torch.as_tensor(x, dtype=torch.float64, device="cuda"), config, progress=False)
+    assert fitted.params["theta"] == pytest.approx(exp_normal.optimal_theta(x, 1.0), rel=0.005)
