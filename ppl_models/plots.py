@@ -169,7 +169,7 @@ def exp_normal_figures(fig_dir: Path, x: np.ndarray, rate: float, summary: dict,
     fig, ax = new_figure(figsize=(7.5, 4.2))
     ax.plot(z, _density(exact, z), color="black", lw=2.5, label="exact posterior")
     for family, kl in summary["kl_by_family"].items():
-        params = exp_normal.optimal_guide_params(family, x, rate)
+        params = summary["guide_params_by_family"][family]
         ax.plot(z, _density(exp_normal.guide_distribution(family, params), z), lw=1.5,
                 ls="--" if family == "truncated-normal" else "-",
                 label=f"best {family}: KL = {kl:.2g}")
