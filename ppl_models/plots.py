@@ -120,7 +120,9 @@ def exp_normal_figures(fig_dir: Path, x: np.ndarray, rate: float, summary: dict,
     ax1.set_ylabel("nats")
     ax1.legend(loc="upper right", fontsize="small")
     for name in summary["guide_params_svi"]:
-        ax2.plot(steps, [m[name] for m in metrics], label=f"{name} (averaged after burn-in)")
+        ax2.plot(steps, [m[f"{name}_iterate"] for m in metrics], lw=0.7, alpha=0.6,
+                 label=f"{name}, last iterate")
+        ax2.plot(steps, [m[name] for m in metrics], lw=1.8, label=f"{name}, suffix average")
     if summary.get("theta_svi") is not None:
         ax2.axhline(theta_star, color="black", ls="--", label="theta*")
         ax2.axhspan(theta_star * 0.995, theta_star * 1.005, color="gray", alpha=0.3,

@@ -126,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
     reached = [r["seconds_to_tolerance"] for r in runs if r["seconds_to_tolerance"] is not None]
     package = {
         "config": {"particles": config.particles, "steps": config.steps, "lr": config.lr,
-                   "lr_final": config.lr_final, "average_from": config.average_from},
+                   "lr_final": config.lr_final, "average_window": config.average_window},
         "runs": runs,
         "reached": f"{len(reached)}/{len(runs)}",
         "seconds_per_step": statistics.median(r["seconds_per_step"] for r in runs),

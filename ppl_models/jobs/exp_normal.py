@@ -47,7 +47,7 @@ class ExpNormalConfig:
     steps: int = 300
     lr: float = 0.1
     lr_final: float = 0.001
-    average_from: float = 0.3
+    average_window: float = 0.7
     device: str = "auto"
     draws: int = 4000
     grid_points: int = 4001
@@ -63,8 +63,8 @@ class ExpNormalConfig:
         require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
         require(0 < self.lr_final <= self.lr, "lr_final", self.lr_final,
                  f"a positive number no larger than lr ({self.lr})")
-        require(0 <= self.average_from < 1, "average_from", self.average_from,
-                 "a fraction in [0, 1)")
+        require(0 < self.average_window <= 1, "average_window", self.average_window,
+                 "a fraction in (0, 1]")
         require(self.draws >= 100, "draws", self.draws, "an integer >= 100")
         require(self.grid_points >= 101, "grid_points", self.grid_points, "an integer >= 101")
 
@@ -80,6 +80,7 @@ class Fit:
     params: dict[str, float]
     losses: np.ndarray
     traces: dict[str, np.ndarray]
+    raw_traces: dict[str, np.ndarray]
     elapsed: np.ndarray
     seconds: float
 
@@ -87,9 +88,13 @@ class Fit:
 def fit(x: torch.Tensor, config: ExpNormalConfig, run: Run | None = None,
         progress: bool = True) -> Fit:
     r"""Fit the guide by SVI: Adam on :math:`-\mathrm{ELBO}`, step size decaying geometrically
-    from ``lr`` to ``lr_final``, and Polyak-Ruppert averaging of the iterates after the first
-    ``average_from`` share of the steps (averaging cancels the gradient noise that a constant
-    step leaves in the last iterate). Traces hold the reported (averaged) parameters per step.
+    from ``lr`` to ``lr_final``, and suffix averaging of the iterates.
+
+    After step :math:`t` the reported parameter is the mean of the iterates
+    :math:`\theta_s` for :math:`(1 - w)\,t < s \le t`, :math:`w` = ``average_window``: the
+    average cancels the gradient noise left in the last iterate, and, unlike averaging from a
+    fixed step, it forgets the early transient as the run goes on. ``traces`` hold the reported
+    parameters per step, ``raw_traces`` the iterates.
     """
     guide = exp_normal.make_guide(config.guide, x, config.rate)
     loss_fn = make_objective(exp_normal.model, guide, make_elbo(config.elbo, config.particles))
@@ -98,33 +103,31 @@ def fit(x: torch.Tensor, config: ExpNormalConfig, run: Run | None = None,
     optimizer = torch.optim.Adam(loss_fn.parameters(), lr=config.lr, betas=BETAS)
     decay = (config.lr_final / config.lr) ** (1.0 / config.steps)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
-    start_avg = int(config.average_from * config.steps)
     names = list(guide.params())
+    raw = {name: np.empty(config.steps) for name in names}
+    prefix = {name: np.zeros(config.steps + 1) for name in names}  # prefix sums of raw
     traces = {name: np.empty(config.steps) for name in names}
-    running = dict.fromkeys(names, 0.0)
     elapsed = np.empty(config.steps)
     start = time.perf_counter()
 
     def record(step: int, loss: float) -> bool:
         current = guide.params()
+        first = int((step + 1) * (1 - config.average_window))
         for name in names:
-            if step < start_avg:
-                value = current[name]
-            else:
-                n = step - start_avg + 1
-                running[name] += (current[name] - running[name]) / n
-                value = running[name]
-            traces[name][step] = value
+            raw[name][step] = current[name]
+            prefix[name][step + 1] = prefix[name][step] + current[name]
+            traces[name][step] = (prefix[name][step + 1] - prefix[name][first]) / (step + 1 - first)
         elapsed[step] = time.perf_counter() - start
         if run is not None:
             run.log_metrics(step=step, loss=loss, lr=scheduler.get_last_lr()[0],
-                            **{name: traces[name][step] for name in names})
+                            **{name: traces[name][step] for name in names},
+                            **{f"{name}_iterate": current[name] for name in names})
         return False
 
     result = train(loss_fn, optimizer, [(x, config.rate)] * config.steps, scheduler=scheduler,
                    on_step=record, progress=progress, desc=f"SVI {config.guide}")
     params = {name: float(traces[name][-1]) for name in names}
-    return Fit(params, result.losses.numpy(), traces, elapsed, result.seconds)
+    return Fit(params, result.losses.numpy(), traces, raw, elapsed, result.seconds)
 
 
 # ----------------------------------------------------------------------------- diagnostics
