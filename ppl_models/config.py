@@ -56,6 +56,22 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ValueError(f"{key} must be {expected}, got {value!r}")
 
 
+def command_line_overrides(pairs: list[str] | None, flags: Mapping[str, Any]) -> dict[str, Any]:
+    """``--set key=value`` pairs, then the flags that were given (those not ``None``)."""
+    overrides: dict[str, Any] = parse_overrides(pairs)
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    return overrides
+
+
+def load_command_line_config(cls: type[C], path: Path | None, default: Path,
+                             overrides: Mapping[str, Any], fallback_name: str) -> tuple[C, str]:
+    """The config from ``path``, else ``default`` when that file exists, else the defaults;
+    returned with its name: the file's stem, or ``fallback_name`` without a file."""
+    if path is None and default.is_file():
+        path = default
+    return load_config(cls, path, overrides), (Path(path).stem if path else fallback_name)
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
     """Turn ``["steps=100", "lr=0.1"]`` into a dict; a pair without ``=`` is a ``ValueError``."""
     result = {}

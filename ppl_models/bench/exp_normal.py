@@ -10,10 +10,8 @@ theta* +- 0.5% and stays there for the rest of the run.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ import torch
 from .. import exp_normal
 from ..config import load_config
 from ..jobs.exp_normal import DEFAULT_CONFIG, TOLERANCE, ExpNormalConfig, fit
-from ..runs import atomic_write_json
+from ..runs import atomic_write_json, environment
 from ..svi import seed_everything
 
 
@@ -98,9 +96,9 @@ def main(args: argparse.Namespace) -> int:
                          f"{args.baseline_steps}")
     config = load_config(ExpNormalConfig, DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None,
                          {"device": "cpu"})
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     _, x = exp_normal.simulate(config.rate, config.n_obs, config.seed)
     theta_star = exp_normal.optimal_theta(x, config.rate)
+    env = environment(seed=config.seed, device="cpu")
 
     seed_everything(config.seed)
     base_thetas, base_elapsed = run_notebook_loop(x, steps=args.baseline_steps)
@@ -146,10 +144,8 @@ def main(args: argparse.Namespace) -> int:
         "speedup_to_tolerance": speedup,
         "speedup_is_lower_bound": base_time is None,
         "speedup_per_step": baseline["seconds_per_step"] / package["seconds_per_step"],
-        "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
-                    "torch": torch.__version__, "pyro-ppl": metadata.version("pyro-ppl")},
-        "date": time.strftime("%Y-%m-%d"),
+        "cpu_threads": torch.get_num_threads(),
+        **{key: env[key] for key in ("device", "device_name", "versions", "python", "created")},
     }
     atomic_write_json(args.out / "bench.json", result)
     _print_table(result)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import diagnostics, exp_normal, plots
-from ..config import load_config, parse_overrides, require
+from ..config import command_line_overrides, load_command_line_config, require
 from ..report import Figure, Report, Table, write_report
 from ..runs import Run, atomic_save, atomic_write_json, read_json, read_metrics
 from ..svi import ELBO_KINDS, make_elbo, make_objective, resolve_device, seed_everything, train
@@ -146,9 +146,9 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
         return q.log_prob(torch.as_tensor(z, dtype=torch.float64)).numpy()
 
     z_q = q.sample((config.draws,)).numpy()
-    log_joint_q = exp_normal.log_joint(z_q, x, rate)
+    log_joint_q, log_q_q = exp_normal.log_joint(z_q, x, rate), log_q(z_q)
     draws = {
-        "variational": diagnostics.inference_data(z_q, log_joint=log_joint_q, log_q=log_q(z_q)),
+        "variational": diagnostics.inference_data(z_q, log_joint=log_joint_q, log_q=log_q_q),
         "grid": diagnostics.inference_data(grid.sample(config.draws, rng)),
         "exact": diagnostics.inference_data(exact.sample((config.draws,)).numpy()),
     }
@@ -165,7 +165,7 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
     table["exact (closed form)"] = {"mean": exact_mean, "sd": exact_sd,
                                     "q_3%": q_lo, "q_97%": q_hi}
 
-    log_w = log_joint_q - log_q(z_q)
+    log_w = log_joint_q - log_q_q
     khat = float(diagnostics.psis_khat(log_w))
     z_iw = q.sample((IW_DRAWS,)).numpy()
     log_w_iw = exp_normal.log_joint(z_iw, x, rate) - log_q(z_iw)
@@ -388,16 +388,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> tuple[ExpNormalConfig, str]:
     """The resolved configuration and its name (the config file's stem) from parsed options."""
-    path = args.config
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    overrides = parse_overrides(args.overrides)
-    for key in ("data", "rate", "n_obs", "seed", "guide", "elbo", "particles", "steps", "device"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides[key] = value
-    config = load_config(ExpNormalConfig, path, overrides)
-    return config, (path.stem if path else "exp_normal")
+    flags = ("data", "rate", "n_obs", "seed", "guide", "elbo", "particles", "steps", "device")
+    overrides = command_line_overrides(args.overrides, {k: getattr(args, k) for k in flags})
+    return load_command_line_config(ExpNormalConfig, args.config, DEFAULT_CONFIG, overrides,
+                                    "exp_normal")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import diagnostics
-from ..config import load_config, parse_overrides, require
+from ..config import command_line_overrides, load_command_line_config, load_config, require
 from ..report import Figure, Report, Table, write_report
 from ..runs import (
     STATUS_COMPLETE,
@@ -610,21 +610,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict:
-    overrides = parse_overrides(args.overrides)
-    for key in (*FLAGS, "bf16", "download"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides[key] = value
-    return overrides
+    flags = (*FLAGS, "bf16", "download")
+    return command_line_overrides(args.overrides, {key: getattr(args, key) for key in flags})
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[VaeConfig, str]:
     """The resolved configuration and its name (the config file's stem) from parsed options."""
-    path = args.config
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    config = load_config(VaeConfig, path, _flag_overrides(args))
-    return config, (path.stem if path else MODEL)
+    return load_command_line_config(VaeConfig, args.config, DEFAULT_CONFIG,
+                                    _flag_overrides(args), MODEL)
 
 
 def main(args: argparse.Namespace) -> int:
