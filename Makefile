@@ -24,6 +24,7 @@ docs: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/ppl-models bench exp-normal

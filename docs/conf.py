@@ -115,8 +115,9 @@ def _fail_on_error_outputs(app, doctree):
     logger = logging.getLogger(__name__)
     for node in doctree.findall(nodes.literal_block):
         if {"output", "traceback"} <= set(node.get("classes", [])):
-            logger.warning("a cell output holds a traceback:\n%s", node.astext()[-2000:],
-                           location=node)
+            logger.warning(
+                "a cell output holds a traceback:\n%s", node.astext()[-2000:], location=node
+            )
 
 
 def setup(app):

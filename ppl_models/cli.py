@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
 
     bench = commands.add_parser("bench", help="run a benchmark and write bench.json")
-    _add_modules(bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK"),
-                 BENCHMARKS)
+    _add_modules(
+        bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK"), BENCHMARKS
+    )
     return parser
 
 
@@ -63,8 +64,10 @@ def _report(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"not a finished run directory (no summary.json): {args.run_dir}")
     summary = read_json(summary_path)
     if summary.get("status") != STATUS_COMPLETE:
-        raise ValueError(f"run {args.run_dir} did not complete ({summary.get('error', 'unknown')})"
-                         "; there is nothing to report")
+        raise ValueError(
+            f"run {args.run_dir} did not complete ({summary.get('error', 'unknown')})"
+            "; there is nothing to report"
+        )
     model = summary.get("model")
     if model not in JOBS:
         raise ValueError(f"summary.json names model {model!r}; expected one of {', '.join(JOBS)}")

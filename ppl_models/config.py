@@ -63,8 +63,9 @@ def command_line_overrides(pairs: list[str] | None, flags: Mapping[str, Any]) ->
     return overrides
 
 
-def load_command_line_config(cls: type[C], path: Path | None, default: Path,
-                             overrides: Mapping[str, Any], fallback_name: str) -> tuple[C, str]:
+def load_command_line_config(
+    cls: type[C], path: Path | None, default: Path, overrides: Mapping[str, Any], fallback_name: str
+) -> tuple[C, str]:
     """The config from ``path``, else ``default`` when that file exists, else the defaults;
     returned with its name: the file's stem, or ``fallback_name`` without a file."""
     if path is None and default.is_file():
@@ -100,8 +101,11 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if value != value else
-                                                         ("inf" if value > 0 else "-inf"))
+        return (
+            repr(value)
+            if math.isfinite(value)
+            else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+        )
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
 

@@ -54,8 +54,10 @@ def psis_khat(log_weights: np.ndarray) -> np.ndarray:
     """
     lw = np.asarray(log_weights, dtype=np.float64)
     if lw.ndim not in (1, 2) or lw.shape[-1] < 10:
-        raise ValueError(f"log_weights must be (n_draws,) or (n_rows, n_draws) with >= 10 draws, "
-                         f"got shape {lw.shape}")
+        raise ValueError(
+            f"log_weights must be (n_draws,) or (n_rows, n_draws) with >= 10 draws, "
+            f"got shape {lw.shape}"
+        )
     if not np.isfinite(lw).all():
         raise ValueError("log_weights contain NaN or infinite values")
     with np.errstate(over="ignore"):  # ArviZ's Pareto fit overflows harmlessly on bounded w
@@ -118,13 +120,13 @@ def inference_data(
         values = np.asarray(values, dtype=np.float64)
         return values.reshape(chains, n // chains, *values.shape[1:])
 
-    stats = {name: shaped(v) for name, v in (("log_joint", log_joint), ("log_q", log_q))
-             if v is not None}
+    stats = {
+        name: shaped(v) for name, v in (("log_joint", log_joint), ("log_q", log_q)) if v is not None
+    }
     # Per-item log densities (say one row per image) share their dimension names, so that
     # log_joint - log_q subtracts element-wise instead of broadcasting to an outer product.
     dims = {name: [f"item_dim_{i}" for i in range(v.ndim - 2)] for name, v in stats.items()}
-    return az.from_dict(posterior={var_name: shaped(draws)}, sample_stats=stats or None,
-                        dims=dims)
+    return az.from_dict(posterior={var_name: shaped(draws)}, sample_stats=stats or None, dims=dims)
 
 
 def merge_methods(datasets: dict[str, az.InferenceData]) -> az.InferenceData:
@@ -172,8 +174,11 @@ def load(path: Path) -> az.InferenceData:
     return az.from_netcdf(str(path))
 
 
-def _cdf_grid(q: torch.distributions.Distribution, p: torch.distributions.Distribution,
-              n_points: int = 200_001) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _cdf_grid(
+    q: torch.distributions.Distribution,
+    p: torch.distributions.Distribution,
+    n_points: int = 200_001,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Both CDFs on one fine grid over [0, U], U where both CDFs exceed 1 - 1e-12."""
     upper = float(p.mean + 10 * p.variance.sqrt()) + 1.0
     for _ in range(60):
@@ -185,16 +190,14 @@ def _cdf_grid(q: torch.distributions.Distribution, p: torch.distributions.Distri
     return z.numpy(), q.cdf(z).numpy(), p.cdf(z).numpy()
 
 
-def wasserstein1(q: torch.distributions.Distribution,
-                 p: torch.distributions.Distribution) -> float:
+def wasserstein1(q: torch.distributions.Distribution, p: torch.distributions.Distribution) -> float:
     r"""Wasserstein-1 distance :math:`\int_0^\infty |F_q(z) - F_p(z)|\,dz` of two
     distributions on :math:`z > 0`, by the trapezoid rule on a fine grid."""
     z, fq, fp = _cdf_grid(q, p)
     return float(np.trapezoid(np.abs(fq - fp), z))
 
 
-def ks_distance(q: torch.distributions.Distribution,
-                p: torch.distributions.Distribution) -> float:
+def ks_distance(q: torch.distributions.Distribution, p: torch.distributions.Distribution) -> float:
     r"""Kolmogorov-Smirnov distance :math:`\sup_z |F_q(z) - F_p(z)|` on :math:`z > 0`."""
     _, fq, fp = _cdf_grid(q, p)
     return float(np.max(np.abs(fq - fp)))

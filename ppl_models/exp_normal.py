@@ -470,8 +470,9 @@ def _check_family(family: str) -> None:
         raise ValueError(f"unknown guide family {family!r}; expected one of {GUIDE_FAMILIES}")
 
 
-def _build(family: str, p: dict, validate_args: bool | None = None
-           ) -> torch.distributions.Distribution:
+def _build(
+    family: str, p: dict, validate_args: bool | None = None
+) -> torch.distributions.Distribution:
     if family == "exponential":
         return dist.Exponential(p["theta"], validate_args=validate_args)
     if family == "gamma":
@@ -481,8 +482,9 @@ def _build(family: str, p: dict, validate_args: bool | None = None
     return TruncatedNormal(p["loc"], p["scale"], low=0.0, validate_args=validate_args)
 
 
-def guide_distribution(family: str, params: dict, validate_args: bool | None = None
-                       ) -> torch.distributions.Distribution:
+def guide_distribution(
+    family: str, params: dict, validate_args: bool | None = None
+) -> torch.distributions.Distribution:
     """Rebuild a guide's q(z) in float64 from saved parameters (as from ``Guide.params()``).
 
     ``validate_args=False`` lets ``log_prob`` be evaluated at the support's edge (z = 0), as

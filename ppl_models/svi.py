@@ -9,12 +9,14 @@ one model.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
@@ -69,13 +71,58 @@ def make_elbo(kind: str = "trace", particles: int = 1, max_plate_nesting: int = 
     )
 
 
-def make_objective(model: Callable, guide: Callable, elbo: ELBO) -> torch.nn.Module:
-    """Return the negative-ELBO loss as an ``nn.Module`` exposing model and guide parameters.
+@contextlib.contextmanager
+def local_params() -> Iterator[None]:
+    """Within the block, parameters of ``PyroModule`` s live in their modules, not in Pyro's
+    global parameter store (``module_local_params``); the previous setting is restored after.
 
-    Parameters of ``PyroModule`` models and guides are local to their modules (the package turns
-    on ``module_local_params`` at import), so two fits never share state.
+    The package's own fits build their modules and train inside this block, so two fits never
+    share state and importing the package changes no global Pyro setting.
     """
-    return elbo(model, guide)
+    with pyro.settings.context(module_local_params=True):
+        yield
+
+
+class Objective(torch.nn.Module):
+    r"""The negative ELBO :math:`-\mathcal L` of ``model``/``guide`` as an ``nn.Module``.
+
+    Its :meth:`parameters` are those of model and guide when they are ``nn.Module`` s
+    (``PyroModule`` s, autoguides, networks) and, after the first call, the unconstrained values
+    of any ``pyro.param`` sites the two used (a plain-function guide keeps its parameters in
+    Pyro's parameter store), so a ``torch.optim`` optimizer built after one warm-up call sees
+    every parameter either way.
+    """
+
+    def __init__(self, model: Callable, guide: Callable, elbo: ELBO):
+        super().__init__()
+        self.elbo = elbo(model, guide)
+        self._store_names: list[str] | None = None
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        if self._store_names is not None:
+            return self.elbo(*args, **kwargs)
+        with poutine.trace(param_only=True) as tape:
+            loss = self.elbo(*args, **kwargs)
+        store = pyro.get_param_store()
+        self._store_names = [name for name in tape.trace.nodes if name in store]
+        return loss
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
+        seen = set()
+        store = pyro.get_param_store()
+        store_values = [store[name].unconstrained() for name in self._store_names or ()]
+        for value in [*super().parameters(recurse), *store_values]:
+            if id(value) not in seen:
+                seen.add(id(value))
+                yield value
+
+
+def make_objective(model: Callable, guide: Callable, elbo: ELBO) -> Objective:
+    """Return the negative-ELBO loss of ``model``/``guide`` as an :class:`Objective` module.
+
+    Call it once before building the optimizer: parameters are created on first use.
+    """
+    return Objective(model, guide, elbo)
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,10 @@ def test_unknown_key_lists_valid_keys(tmp_path):
         load_config(Example, None, {"nope": "1"})
 
 
-@pytest.mark.parametrize(("key", "value"), [("count", "many"), ("count", 2.5), ("rate", "x"),
-                                            ("flag", "maybe"), ("count", True)])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("count", "many"), ("count", 2.5), ("rate", "x"), ("flag", "maybe"), ("count", True)],
+)
 def test_wrong_types_name_the_key_and_value(key, value):
     with pytest.raises(ValueError, match=f"config key '{key}' expects"):
         load_config(Example, None, {key: value})

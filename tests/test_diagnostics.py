@@ -75,15 +75,16 @@ def test_distances_between_exponentials_match_closed_forms():
     # CDFs are ordered, so W1 is the difference of means; KS is at z* = log(a/b) / (a - b).
     assert diagnostics.wasserstein1(qa, qb) == pytest.approx(1 / b - 1 / a, rel=1e-6)
     z = math.log(a / b) / (a - b)
-    assert diagnostics.ks_distance(qa, qb) == pytest.approx(math.exp(-b * z) - math.exp(-a * z),
-                                                            rel=1e-6)
+    assert diagnostics.ks_distance(qa, qb) == pytest.approx(
+        math.exp(-b * z) - math.exp(-a * z), rel=1e-6
+    )
 
 
 def test_inference_data_and_summary_row(tmp_path):
     draws = np.random.default_rng(3).normal(2.0, 0.5, 4000)
-    idata = diagnostics.inference_data(draws, log_joint=-draws**2, log_q=np.zeros(4000))
+    idata = diagnostics.inference_data(draws, log_joint=-(draws**2), log_q=np.zeros(4000))
     assert idata.posterior["z"].shape == (4, 1000)
-    assert np.array_equal(idata.sample_stats["log_joint"].values.ravel(), -draws**2)
+    assert np.array_equal(idata.sample_stats["log_joint"].values.ravel(), -(draws**2))
     row = diagnostics.summary_row(draws)
     assert row["mean"] == pytest.approx(draws.mean())
     assert row["sd"] == pytest.approx(draws.std(ddof=1), rel=1e-3)

@@ -55,8 +55,11 @@ def toctree_entries() -> dict[Path, list[str]]:
             continue
         entries = []
         for body in TOCTREE.findall(page.read_text()):
-            entries += [line.strip() for line in body.splitlines()
-                        if line.strip() and not line.strip().startswith(":")]
+            entries += [
+                line.strip()
+                for line in body.splitlines()
+                if line.strip() and not line.strip().startswith(":")
+            ]
         if entries:
             found[page] = entries
     return found
@@ -71,14 +74,18 @@ def resolve(page: Path, entry: str) -> Path | None:
 
 
 def listed_pages() -> set[Path]:
-    return {resolve(page, entry) for page, entries in toctree_entries().items()
-            for entry in entries}
+    return {
+        resolve(page, entry) for page, entries in toctree_entries().items() for entry in entries
+    }
 
 
 def test_every_toctree_entry_exists():
-    missing = [f"{page.relative_to(DOCS)}: {entry}"
-               for page, entries in toctree_entries().items() for entry in entries
-               if resolve(page, entry) is None]
+    missing = [
+        f"{page.relative_to(DOCS)}: {entry}"
+        for page, entries in toctree_entries().items()
+        for entry in entries
+        if resolve(page, entry) is None
+    ]
     assert not missing, f"toctree entries without a page: {missing}"
 
 
@@ -115,7 +122,8 @@ def test_tutorials_are_executable_notebooks(page):
     assert front, f"{page.name}: no front matter, so MyST-NB would not execute it"
     assert "format_name: myst" in front.group(1), f"{page.name}: no jupytext myst format"
     assert re.search(r"kernelspec:.*\n(?:\s+.*\n)*?\s+name: python3\b", front.group(1) + "\n"), (
-        f"{page.name}: the kernelspec must be python3")
+        f"{page.name}: the kernelspec must be python3"
+    )
     assert code_cells(text), f"{page.name}: no code cells to execute"
 
 
@@ -125,7 +133,8 @@ def test_expensive_tutorials_read_the_docs_mode(page):
     expensive = re.search(r"\b(execute|fit|train|train_vae|run_notebook_loop)\(", code)
     if expensive:
         assert "PPL_MODELS_DOCS_MODE" in code, (
-            f"{page.name} trains or fits but ignores PPL_MODELS_DOCS_MODE (smoke builds)")
+            f"{page.name} trains or fits but ignores PPL_MODELS_DOCS_MODE (smoke builds)"
+        )
 
 
 def imported_names(code: str) -> dict[str, str]:
@@ -165,10 +174,13 @@ def package_modules() -> list[str]:
 
 def public_objects(module_name: str) -> dict[str, object]:
     module = importlib.import_module(module_name)
-    return {name: obj for name, obj in vars(module).items()
-            if not name.startswith("_")
-            and (inspect.isfunction(obj) or inspect.isclass(obj))
-            and getattr(obj, "__module__", None) == module_name}
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(obj) or inspect.isclass(obj))
+        and getattr(obj, "__module__", None) == module_name
+    }
 
 
 def automodule_directives() -> list[tuple[str, str, set[str], set[str]]]:
@@ -202,8 +214,10 @@ def test_every_module_is_documented_once():
 
 
 def test_api_reference_covers_every_public_name():
-    directives = {module: (page, options, excluded)
-                  for page, module, options, excluded in automodule_directives()}
+    directives = {
+        module: (page, options, excluded)
+        for page, module, options, excluded in automodule_directives()
+    }
     problems = []
     for module_name in package_modules():
         names = public_objects(module_name)
@@ -232,8 +246,13 @@ def own_docstring(obj) -> str:
 
 
 def test_every_public_name_has_a_docstring():
-    missing = [f"{module_name}.{name}" for module_name in package_modules()
-               for name, obj in public_objects(module_name).items() if not own_docstring(obj)]
+    missing = [
+        f"{module_name}.{name}"
+        for module_name in package_modules()
+        for name, obj in public_objects(module_name).items()
+        if not own_docstring(obj)
+    ]
     assert not missing, (
         "public functions and classes without a docstring (the API reference lists them "
-        f"empty): {missing}")
+        f"empty): {missing}"
+    )

@@ -14,12 +14,29 @@ from ppl_models import cli, exp_normal
 from ppl_models.jobs.exp_normal import ExpNormalConfig, fit
 from ppl_models.svi import seed_everything
 
-RUN_FILES = ["config.toml", "env.json", "metrics.jsonl", "summary.json", "posterior.nc",
-             "report.html"]
-SUMMARY_KEYS = ["theta_star", "theta_svi", "theta_rel_error", "log_evidence_exact",
-                "log_evidence_grid", "elbo_at_theta_star", "kl_at_theta_star", "kl_at_theta_svi",
-                "psis_khat", "iw_bounds", "grid_max_abs_pdf_error", "observations",
-                "posterior_table"]
+RUN_FILES = [
+    "config.toml",
+    "env.json",
+    "metrics.jsonl",
+    "summary.json",
+    "posterior.nc",
+    "report.html",
+]
+SUMMARY_KEYS = [
+    "theta_star",
+    "theta_svi",
+    "theta_rel_error",
+    "log_evidence_exact",
+    "log_evidence_grid",
+    "elbo_at_theta_star",
+    "kl_at_theta_star",
+    "kl_at_theta_svi",
+    "psis_khat",
+    "iw_bounds",
+    "grid_max_abs_pdf_error",
+    "observations",
+    "posterior_table",
+]
 
 
 def _fit(x, **overrides):
@@ -27,8 +44,9 @@ def _fit(x, **overrides):
     return fit(torch.as_tensor(x, dtype=torch.float64), config, progress=False)
 
 
-@pytest.mark.parametrize(("n_obs", "rate", "seed"), [(5, 1.0, 0), (1, 0.5, 1), (20, 2.0, 2),
-                                                     (200, 1.0, 3), (50, 3.0, 4)])
+@pytest.mark.parametrize(
+    ("n_obs", "rate", "seed"), [(5, 1.0, 0), (1, 0.5, 1), (20, 2.0, 2), (200, 1.0, 3), (50, 3.0, 4)]
+)
 def test_svi_lands_within_half_a_percent_of_theta_star(n_obs, rate, seed):
     _, x = exp_normal.simulate(rate, n_obs, seed)
     seed_everything(seed)
@@ -60,8 +78,9 @@ def test_other_families_reach_their_optimal_kl(family):
     fitted = _fit(x, guide=family, steps=600)
     q = exp_normal.guide_distribution(family, fitted.params, validate_args=False)
     kl_fit = exp_normal.kl_of(q, x, 1.0)
-    best = exp_normal.guide_distribution(family, exp_normal.optimal_guide_params(family, x, 1.0),
-                                         validate_args=False)
+    best = exp_normal.guide_distribution(
+        family, exp_normal.optimal_guide_params(family, x, 1.0), validate_args=False
+    )
     kl_best = exp_normal.kl_of(best, x, 1.0)
     assert -1e-9 <= kl_best <= kl_fit + 1e-9 and kl_fit <= kl_best + 0.01
     if family == "truncated-normal":
@@ -71,8 +90,9 @@ def test_other_families_reach_their_optimal_kl(family):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    code = cli.main(["exp-normal", "--out", str(out), "--quiet", "--set", "draws=2000",
-                     "--steps", "300"])
+    code = cli.main(
+        ["exp-normal", "--out", str(out), "--quiet", "--set", "draws=2000", "--steps", "300"]
+    )
     assert code == 0
     return out
 
@@ -90,8 +110,11 @@ def test_cli_writes_the_whole_run_contract(finished_run):
     assert set(summary["posterior_table"]) >= {"variational", "grid", "exact"}
     env = json.loads((finished_run / "env.json").read_text())
     assert env["seed"] == 0 and env["device"] == "cpu" and env["versions"]["pyro-ppl"]
-    steps = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().split("\n")
-             if line]
+    steps = [
+        json.loads(line)
+        for line in (finished_run / "metrics.jsonl").read_text().split("\n")
+        if line
+    ]
     assert [m["step"] for m in steps] == list(range(300))
     assert {"loss", "theta", "lr"} <= set(steps[0])
 
@@ -125,8 +148,7 @@ def test_report_embeds_figures_and_is_regenerated(finished_run, capsys):
     for png in (finished_run / "figures").glob("*.png"):
         png.unlink()
     assert cli.main(["report", str(finished_run)]) == 0
-    assert (finished_run / "report.html").read_text().count("data:image/png;base64,") == len(
-        images)
+    assert (finished_run / "report.html").read_text().count("data:image/png;base64,") == len(images)
     assert "report:" in capsys.readouterr().out
 
 
@@ -153,25 +175,33 @@ def _bad(args, capsys, tmp_path):
     return err
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("1.0\nnan\n2.0\n", "line 2 is not a finite number"), ("1.0\ninf\n", "line 2"), ("", "empty"),
-    ("1.0\nabc\n", "line 2"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("1.0\nnan\n2.0\n", "line 2 is not a finite number"),
+        ("1.0\ninf\n", "line 2"),
+        ("", "empty"),
+        ("1.0\nabc\n", "line 2"),
+    ],
+)
 def test_bad_observations(tmp_path, capsys, content, message):
     data = tmp_path / "obs.txt"
     data.write_text(content)
     assert message in _bad(["--data", str(data)], capsys, tmp_path)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--rate", "0"], "rate must be a positive finite number, got 0"),
-    (["--rate", "-1"], "rate must be a positive finite number, got -1"),
-    (["--particles", "0"], "particles must be an integer >= 1, got 0"),
-    (["--steps", "0"], "steps must be an integer >= 1, got 0"),
-    (["--set", "bogus=1"], "unknown config key 'bogus'"),
-    (["--data", "no/such/file.csv"], "no/such/file.csv"),
-    (["--set", "steps=many"], "config key 'steps' expects int"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "0"], "rate must be a positive finite number, got 0"),
+        (["--rate", "-1"], "rate must be a positive finite number, got -1"),
+        (["--particles", "0"], "particles must be an integer >= 1, got 0"),
+        (["--steps", "0"], "steps must be an integer >= 1, got 0"),
+        (["--set", "bogus=1"], "unknown config key 'bogus'"),
+        (["--data", "no/such/file.csv"], "no/such/file.csv"),
+        (["--set", "steps=many"], "config key 'steps' expects int"),
+    ],
+)
 def test_bad_settings(tmp_path, capsys, args, message):
     assert message in _bad(args, capsys, tmp_path)
 
@@ -190,20 +220,48 @@ def test_npy_and_csv_data_are_read(tmp_path, capsys):
     (tmp_path / "x.csv").write_text("\n".join(map(str, x)) + "\n")
     for name in ("x.npy", "x.csv"):
         out = tmp_path / f"run-{name}"
-        assert cli.main(["exp-normal", "--quiet", "--data", str(tmp_path / name), "--out",
-                         str(out), "--set", "draws=1000", "--steps", "50"]) == 0
+        assert (
+            cli.main(
+                [
+                    "exp-normal",
+                    "--quiet",
+                    "--data",
+                    str(tmp_path / name),
+                    "--out",
+                    str(out),
+                    "--set",
+                    "draws=1000",
+                    "--steps",
+                    "50",
+                ]
+            )
+            == 0
+        )
         summary = json.loads((out / "summary.json").read_text())
         assert summary["observations"]["count"] == 4
         assert summary["theta_star"] == pytest.approx(exp_normal.optimal_theta(x, 1.0))
 
 
 def test_module_entry_point_exits_2_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ppl_models", "exp-normal", "--rate", "-2",
-                           "--out", str(tmp_path / "r")], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ppl_models",
+            "exp-normal",
+            "--rate",
+            "-2",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("ppl-models: error: rate must be a positive finite number, "
-                                   "got -2.0")
+    assert proc.stderr.strip() == (
+        "ppl-models: error: rate must be a positive finite number, got -2.0"
+    )
 
 
 @pytest.mark.cuda

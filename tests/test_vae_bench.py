@@ -25,10 +25,33 @@ def test_handwritten_step_is_the_same_loss_as_the_package_step(likelihood):
 
 
 def test_bench_writes_a_table_and_json(mnist_dir, tmp_path, capsys):
-    args = ["bench", "vae", "--device", "cpu", "--arch", "mlp", "--likelihood", "bernoulli",
-            "--latent-dim", "50", "--batch-sizes", "16,32", "--steps", "2", "--repeats", "2",
-            "--warmup", "1", "--epoch-images", "300", "--full-epoch", "--data-dir", str(mnist_dir),
-            "--out", str(tmp_path)]
+    args = [
+        "bench",
+        "vae",
+        "--device",
+        "cpu",
+        "--arch",
+        "mlp",
+        "--likelihood",
+        "bernoulli",
+        "--latent-dim",
+        "50",
+        "--batch-sizes",
+        "16,32",
+        "--steps",
+        "2",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--epoch-images",
+        "300",
+        "--full-epoch",
+        "--data-dir",
+        str(mnist_dir),
+        "--out",
+        str(tmp_path),
+    ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "(a)/(b)" in out and "one epoch of 300 images" in out
@@ -43,11 +66,14 @@ def test_bench_writes_a_table_and_json(mnist_dir, tmp_path, capsys):
     assert result["epoch"]["measured"] and result["epoch"]["seconds"] > 0
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--batch-sizes", "0,256"], "--batch-sizes must be comma-separated positive integers"),
-    (["--steps", "0"], "need --steps >= 1"),
-    (["--repeats", "0"], "--repeats >= 1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--batch-sizes", "0,256"], "--batch-sizes must be comma-separated positive integers"),
+        (["--steps", "0"], "need --steps >= 1"),
+        (["--repeats", "0"], "--repeats >= 1"),
+    ],
+)
 def test_bench_bad_arguments(tmp_path, capsys, extra, message):
     assert cli.main(["bench", "vae", "--out", str(tmp_path), *extra]) == 2
     assert message in capsys.readouterr().err

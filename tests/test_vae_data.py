@@ -75,13 +75,16 @@ def test_missing_data_names_the_folder(tmp_path):
         load_mnist(tmp_path)
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("magic", "magic number 2049, expected 2051"),
-    ("shape", r"shape \(32, 32\), expected \(28, 28\)"),
-    ("truncated", "truncated"),
-    ("not-gzip", "cannot read"),
-    ("count", "10 images but .* 9 labels"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("magic", "magic number 2049, expected 2051"),
+        ("shape", r"shape \(32, 32\), expected \(28, 28\)"),
+        ("truncated", "truncated"),
+        ("not-gzip", "cannot read"),
+        ("count", "10 images but .* 9 labels"),
+    ],
+)
 def test_malformed_files_are_value_errors(tmp_path, problem, message):
     raw = tmp_path / "MNIST" / "raw"
     images = raw / "t10k-images-idx3-ubyte.gz"

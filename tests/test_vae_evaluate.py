@@ -44,7 +44,8 @@ def linear_vae(shift=0.0, stretch=1.0):
     decoder.weight.data, decoder.bias.data = weight.clone(), bias.clone()
     model, guide = build_vae(LinearPosterior(weight, bias, shift, stretch), decoder, D, "normal")
     evidence = torch.distributions.MultivariateNormal(
-        bias.double(), weight.double() @ weight.double().T + torch.eye(P, dtype=torch.float64))
+        bias.double(), weight.double() @ weight.double().T + torch.eye(P, dtype=torch.float64)
+    )
     torch.manual_seed(1)
     x = evidence.sample((200,)).float()
     return model, guide, x, evidence.log_prob(x.double()).numpy(), weight, bias
@@ -53,8 +54,9 @@ def linear_vae(shift=0.0, stretch=1.0):
 def closed_form_elbo(x, weight, bias, loc, scale):
     """E_q[log N(x; Wz + b, I)] - KL(q || N(0, I)) for q = N(loc, diag scale^2)."""
     resid = x - loc @ weight.T - bias
-    expected_loglik = (-P / 2 * math.log(2 * math.pi)
-                       - 0.5 * ((resid**2).sum(1) + (scale**2 * (weight**2).sum(0)).sum(1)))
+    expected_loglik = -P / 2 * math.log(2 * math.pi) - 0.5 * (
+        (resid**2).sum(1) + (scale**2 * (weight**2).sum(0)).sum(1)
+    )
     kl = 0.5 * (loc**2 + scale**2 - 1 - 2 * scale.log()).sum(1)
     return (expected_loglik - kl).double().numpy()
 
@@ -69,8 +71,7 @@ def test_exact_guide_gives_the_evidence_for_every_draw_and_k():
     gains, gains_se = evaluate.iw_gains(draws.log_weights, [1, 10, 100])
     np.testing.assert_allclose(gains, 0, atol=1e-4)
     assert draws.z.shape == (7, 200, D)
-    np.testing.assert_allclose(draws.log_joint - draws.log_q, draws.log_weights[:, :7].T,
-                               atol=1e-4)
+    np.testing.assert_allclose(draws.log_joint - draws.log_q, draws.log_weights[:, :7].T, atol=1e-4)
 
 
 def test_k1_is_the_elbo_and_the_bound_rises_towards_the_evidence():

@@ -16,20 +16,54 @@ from ppl_models.runs import read_json, read_metrics
 REPO = Path(__file__).resolve().parents[1]
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-CONTRACT = ["config.toml", "env.json", "metrics.jsonl", "summary.json", "posterior.nc",
-            "report.html", "checkpoint.pt", "evaluation.npz"]
-FIGURES = ["training.png", "reconstructions.png", "prior_samples.png", "interpolation.png",
-           "khat.png"]
+CONTRACT = [
+    "config.toml",
+    "env.json",
+    "metrics.jsonl",
+    "summary.json",
+    "posterior.nc",
+    "report.html",
+    "checkpoint.pt",
+    "evaluation.npz",
+]
+FIGURES = [
+    "training.png",
+    "reconstructions.png",
+    "prior_samples.png",
+    "interpolation.png",
+    "khat.png",
+]
 
 
 def tiny(mnist_dir, out, *extra):
     """A run of seconds: the MLP config on 256 training images, K up to 100 on 8 images."""
-    return ["vae", "--config", str(REPO / "runs" / "vae_mnist_mlp.toml"),
-            "--data-dir", str(mnist_dir), "--out", str(out), "--device", "cpu", "--quiet",
-            "--epochs", "2", "--batch-size", "64",
-            "--set", "max_train_images=256", "--set", "eval_images=64",
-            "--set", "iw_images=8", "--set", "iw_ks=1,10,100", "--set", "posterior_draws=12",
-            *extra]
+    return [
+        "vae",
+        "--config",
+        str(REPO / "runs" / "vae_mnist_mlp.toml"),
+        "--data-dir",
+        str(mnist_dir),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--set",
+        "max_train_images=256",
+        "--set",
+        "eval_images=64",
+        "--set",
+        "iw_images=8",
+        "--set",
+        "iw_ks=1,10,100",
+        "--set",
+        "posterior_draws=12",
+        *extra,
+    ]
 
 
 def elbos(run_dir):
@@ -108,16 +142,21 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(mnist_dir, tmp_path, mon
     assert len(expected) == 2
     for run in (interrupted, extended):
         assert elbos(run) == expected  # exactly, not approximately
-        assert read_json(run / "summary.json")["iw_bounds"] == \
-            read_json(straight / "summary.json")["iw_bounds"]
+        assert (
+            read_json(run / "summary.json")["iw_bounds"]
+            == read_json(straight / "summary.json")["iw_bounds"]
+        )
     assert "epochs = 2" in (extended / "config.toml").read_text()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--lr", "0.1"], "only --epochs may change, got lr"),
-    (["--epochs", "2"], "already finished its 2 epochs"),
-    (["--epochs", "1"], "has 2 epochs, more than the 1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lr", "0.1"], "only --epochs may change, got lr"),
+        (["--epochs", "2"], "already finished its 2 epochs"),
+        (["--epochs", "1"], "has 2 epochs, more than the 1"),
+    ],
+)
 def test_resume_refuses_changes_and_finished_runs(mnist_dir, tmp_path, capsys, extra, message):
     run = tmp_path / "run"
     assert cli.main(tiny(mnist_dir, run)) == 0
@@ -167,14 +206,17 @@ def test_nonfinite_loss_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monk
     assert [m["epoch"] for m in read_metrics(run)] == [1]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--set", "iw_ks=10,100"], "iw_ks must be comma-separated increasing integers from 1"),
-    (["--set", "particles=0"], "particles must be an integer >= 1, got 0"),
-    (["--set", "colour=blue"], "unknown config key 'colour'"),
-    (["--set", "iw_images=100"], "iw_images (100) must not exceed the 64"),
-    (["--set", "max_train_images=9000"], "max_train_images is 9000 but"),
-    (["--set", "bf16=true"], "bf16 autocast is for CUDA"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "iw_ks=10,100"], "iw_ks must be comma-separated increasing integers from 1"),
+        (["--set", "particles=0"], "particles must be an integer >= 1, got 0"),
+        (["--set", "colour=blue"], "unknown config key 'colour'"),
+        (["--set", "iw_images=100"], "iw_images (100) must not exceed the 64"),
+        (["--set", "max_train_images=9000"], "max_train_images is 9000 but"),
+        (["--set", "bf16=true"], "bf16 autocast is for CUDA"),
+    ],
+)
 def test_bad_configuration_is_one_line_and_exit_2(mnist_dir, tmp_path, capsys, extra, message):
     assert cli.main(tiny(mnist_dir, tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err
@@ -202,16 +244,26 @@ def test_config_files_load_and_describe_every_key():
     for name in ("vae_mnist_conv", "vae_mnist_mlp"):
         path = REPO / "runs" / f"{name}.toml"
         config = load_config(job.VaeConfig, path)
-        keys = [line.split("=")[0].strip() for line in path.read_text().splitlines()
-                if line and not line.startswith("#")]
+        keys = [
+            line.split("=")[0].strip()
+            for line in path.read_text().splitlines()
+            if line and not line.startswith("#")
+        ]
         assert keys == [f.name for f in dataclasses.fields(job.VaeConfig)]
-        assert all("#" in line for line in path.read_text().splitlines()
-                   if line and not line.startswith("#"))
+        assert all(
+            "#" in line
+            for line in path.read_text().splitlines()
+            if line and not line.startswith("#")
+        )
         assert config.ks == [1, 10, 100, 1000, 5000]
     assert load_config(job.VaeConfig, REPO / "runs" / "vae_mnist_conv.toml") == job.VaeConfig()
     mlp = load_config(job.VaeConfig, REPO / "runs" / "vae_mnist_mlp.toml")
-    assert (mlp.arch, mlp.likelihood, mlp.latent_dim, mlp.hidden_dim) == ("mlp", "bernoulli", 50,
-                                                                          400)
+    assert (mlp.arch, mlp.likelihood, mlp.latent_dim, mlp.hidden_dim) == (
+        "mlp",
+        "bernoulli",
+        50,
+        400,
+    )
 
 
 def test_checkpoint_rng_state_round_trips():

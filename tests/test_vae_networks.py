@@ -7,15 +7,30 @@ from torch import nn
 from ppl_models.vae.networks import build_networks
 
 # The notebook's VariationalAutoEncoder, transcribed: (in, out, kernel, padding) of each Conv2d.
-NOTEBOOK_ENCODER_CONVS = [(1, 8, 3, 0), (8, 8, 3, 0), (8, 16, 3, 0), (16, 16, 3, 0),
-                          (16, 32, 2, 0), (32, 32, 2, 0)]
-NOTEBOOK_DECODER_CONVS = [(32, 32, 1, 0), (32, 16, 3, 2), (16, 16, 3, 2), (16, 8, 3, 2),
-                          (8, 8, 3, 1), (8, 1, 3, 1)]
+NOTEBOOK_ENCODER_CONVS = [
+    (1, 8, 3, 0),
+    (8, 8, 3, 0),
+    (8, 16, 3, 0),
+    (16, 16, 3, 0),
+    (16, 32, 2, 0),
+    (32, 32, 2, 0),
+]
+NOTEBOOK_DECODER_CONVS = [
+    (32, 32, 1, 0),
+    (32, 16, 3, 2),
+    (16, 16, 3, 2),
+    (16, 8, 3, 2),
+    (8, 8, 3, 1),
+    (8, 1, 3, 1),
+]
 
 
 def convs(module: nn.Module) -> list[tuple[int, int, int, int]]:
-    return [(m.in_channels, m.out_channels, m.kernel_size[0], m.padding[0])
-            for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return [
+        (m.in_channels, m.out_channels, m.kernel_size[0], m.padding[0])
+        for m in module.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
 
 
 def test_conv_networks_are_the_notebooks():
@@ -59,11 +74,14 @@ def test_mlp_is_784_400_50_with_softplus():
     assert decoder(torch.randn(3, 50)).shape == (3, 1, 28, 28)
 
 
-@pytest.mark.parametrize("args, message", [
-    (("resnet", 32), "arch must be one of conv, mlp, got 'resnet'"),
-    (("conv", 0), "latent_dim must be >= 1, got 0"),
-    (("mlp", 2, 0), "hidden_dim must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("resnet", 32), "arch must be one of conv, mlp, got 'resnet'"),
+        (("conv", 0), "latent_dim must be >= 1, got 0"),
+        (("mlp", 2, 0), "hidden_dim must be >= 1, got 0"),
+    ],
+)
 def test_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         build_networks(*args)

@@ -22,16 +22,19 @@ from ppl_models.vae.networks import build_networks
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def fit_subset(mnist_dir, arch, likelihood, latent_dim, steps, batch_size, device="cpu",
-               bf16=False):
+def fit_subset(
+    mnist_dir, arch, likelihood, latent_dim, steps, batch_size, device="cpu", bf16=False
+):
     """Train on the first 2,000 training images; held-out ELBO on 500 images before and after."""
     seed_everything(0)
     data = load_mnist(mnist_dir, device)
     pixels = data.train_images[:2000]
-    heldout = observations(data.heldout_images[:500], likelihood,
-                           torch.Generator(device=device).manual_seed(0))
-    model, guide = build_vae(*build_networks(arch, latent_dim), latent_dim, likelihood,
-                             autocast=bf16)
+    heldout = observations(
+        data.heldout_images[:500], likelihood, torch.Generator(device=device).manual_seed(0)
+    )
+    model, guide = build_vae(
+        *build_networks(arch, latent_dim), latent_dim, likelihood, autocast=bf16
+    )
     model, guide = model.to(device), guide.to(device)
     before = evaluate.elbo_per_image(model, guide, heldout).mean()
     loss_fn = make_objective(model, guide, make_elbo("trace"))
@@ -74,7 +77,8 @@ def test_conv_normal_reaches_the_mean_image_baseline(mnist_dir):
 @requires_cuda
 @pytest.mark.parametrize("bf16", [False, True])
 def test_conv_bernoulli_learns_on_cuda(mnist_dir, bf16):
-    before, after, mean, heldout = fit_subset(mnist_dir, "conv", "bernoulli", 32, 1500, 64,
-                                              device="cuda", bf16=bf16)
+    before, after, mean, heldout = fit_subset(
+        mnist_dir, "conv", "bernoulli", 32, 1500, 64, device="cuda", bf16=bf16
+    )
     assert -after < 784 * math.log(2)
     assert after > independent_pixel_loglik(mean, heldout)

@@ -47,8 +47,9 @@ class NotebookVariationalModel(torch.nn.Module):
         return elbo / self.N
 
 
-def run_notebook_loop(x: np.ndarray, steps: int = 1000, lr: float = 1e-4
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def run_notebook_loop(
+    x: np.ndarray, steps: int = 1000, lr: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray]:
     """Theta and elapsed seconds after every step of the notebook's loop."""
     model = NotebookVariationalModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
@@ -65,8 +66,9 @@ def run_notebook_loop(x: np.ndarray, steps: int = 1000, lr: float = 1e-4
     return thetas, elapsed
 
 
-def time_to_stay(thetas: np.ndarray, elapsed: np.ndarray, theta_star: float,
-                 tolerance: float = TOLERANCE) -> tuple[float | None, int | None]:
+def time_to_stay(
+    thetas: np.ndarray, elapsed: np.ndarray, theta_star: float, tolerance: float = TOLERANCE
+) -> tuple[float | None, int | None]:
     """Seconds (and step) after which theta stays within ``tolerance`` of theta*; None if never."""
     outside = np.flatnonzero(np.abs(thetas - theta_star) > tolerance * theta_star)
     if len(outside) == 0:
@@ -79,12 +81,25 @@ def time_to_stay(thetas: np.ndarray, elapsed: np.ndarray, theta_star: float,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to its ``bench exp-normal`` subparser."""
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="package fits with different SVI seeds (median reported)")
-    parser.add_argument("--baseline-steps", type=int, default=1000, dest="baseline_steps",
-                        help="steps of the notebook loop (the notebook runs 1000)")
-    parser.add_argument("--out", type=Path, default=Path("."),
-                        help="existing folder to write bench.json into (default: here)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="package fits with different SVI seeds (median reported)",
+    )
+    parser.add_argument(
+        "--baseline-steps",
+        type=int,
+        default=1000,
+        dest="baseline_steps",
+        help="steps of the notebook loop (the notebook runs 1000)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        help="existing folder to write bench.json into (default: here)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -92,10 +107,13 @@ def main(args: argparse.Namespace) -> int:
     if not args.out.is_dir():
         raise NotADirectoryError(f"--out must be an existing folder, got {args.out}")
     if args.repeats < 1 or args.baseline_steps < 1:
-        raise ValueError(f"--repeats and --baseline-steps must be >= 1, got {args.repeats} and "
-                         f"{args.baseline_steps}")
-    config = load_config(ExpNormalConfig, DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None,
-                         {"device": "cpu"})
+        raise ValueError(
+            f"--repeats and --baseline-steps must be >= 1, got {args.repeats} and "
+            f"{args.baseline_steps}"
+        )
+    config = load_config(
+        ExpNormalConfig, DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None, {"device": "cpu"}
+    )
     _, x = exp_normal.simulate(config.rate, config.n_obs, config.seed)
     theta_star = exp_normal.optimal_theta(x, config.rate)
     env = environment(seed=config.seed, device="cpu")
@@ -118,23 +136,34 @@ def main(args: argparse.Namespace) -> int:
         seed_everything(config.seed + 1 + repeat)
         fitted = fit(x_t, config, progress=False)
         seconds, step = time_to_stay(fitted.traces["theta"], fitted.elapsed, theta_star)
-        runs.append({"seed": config.seed + 1 + repeat, "seconds_to_tolerance": seconds,
-                     "step_to_tolerance": step, "seconds_per_step": fitted.seconds / config.steps,
-                     "final_theta": fitted.params["theta"]})
+        runs.append(
+            {
+                "seed": config.seed + 1 + repeat,
+                "seconds_to_tolerance": seconds,
+                "step_to_tolerance": step,
+                "seconds_per_step": fitted.seconds / config.steps,
+                "final_theta": fitted.params["theta"],
+            }
+        )
     reached = [r["seconds_to_tolerance"] for r in runs if r["seconds_to_tolerance"] is not None]
     package = {
-        "config": {"particles": config.particles, "steps": config.steps, "lr": config.lr,
-                   "lr_final": config.lr_final, "average_window": config.average_window},
+        "config": {
+            "particles": config.particles,
+            "steps": config.steps,
+            "lr": config.lr,
+            "lr_final": config.lr_final,
+            "average_window": config.average_window,
+        },
         "runs": runs,
         "reached": f"{len(reached)}/{len(runs)}",
         "seconds_per_step": statistics.median(r["seconds_per_step"] for r in runs),
-        "seconds_to_tolerance": (statistics.median(reached) if len(reached) == len(runs)
-                                 else None),
+        "seconds_to_tolerance": (statistics.median(reached) if len(reached) == len(runs) else None),
     }
     # The baseline may never reach the band within its steps; its whole run is then a lower bound.
     base_bound = base_time if base_time is not None else baseline["seconds_total"]
-    speedup = (base_bound / package["seconds_to_tolerance"]
-               if package["seconds_to_tolerance"] else None)
+    speedup = (
+        base_bound / package["seconds_to_tolerance"] if package["seconds_to_tolerance"] else None
+    )
     result = {
         "benchmark": "exp-normal",
         "theta_star": theta_star,
@@ -161,16 +190,22 @@ def _print_table(r: dict) -> None:
 
     print(f"theta* = {r['theta_star']:.6g}; band = theta* ± {100 * r['tolerance']:.1f}%")
     print(f"{'':28}{'per step':>14}{'to band and stays':>22}")
-    print(f"{'notebook loop (128, SGD)':28}{fmt(b['seconds_per_step']):>14}"
-          f"{fmt(b['seconds_to_tolerance']):>22}")
-    print(f"{'ppl_models fit':28}{fmt(p['seconds_per_step']):>14}"
-          f"{fmt(p['seconds_to_tolerance']):>22}   (median of {len(p['runs'])}, "
-          f"reached {p['reached']})")
+    print(
+        f"{'notebook loop (128, SGD)':28}{fmt(b['seconds_per_step']):>14}"
+        f"{fmt(b['seconds_to_tolerance']):>22}"
+    )
+    print(
+        f"{'ppl_models fit':28}{fmt(p['seconds_per_step']):>14}"
+        f"{fmt(p['seconds_to_tolerance']):>22}   (median of {len(p['runs'])}, "
+        f"reached {p['reached']})"
+    )
     if r["speedup_to_tolerance"] is not None:
         bound = ">= " if r["speedup_is_lower_bound"] else ""
         note = ""
         if r["speedup_is_lower_bound"]:
-            note = (" (the notebook loop never stays in the band within its "
-                    f"{b['steps']} steps: its whole run is used)")
+            note = (
+                " (the notebook loop never stays in the band within its "
+                f"{b['steps']} steps: its whole run is used)"
+            )
         print(f"speed-up to the band: {bound}{r['speedup_to_tolerance']:.0f}x{note}")
     print(f"speed-up per step: {r['speedup_per_step']:.1f}x")

@@ -77,8 +77,15 @@ def _pair(args, device):
     return model.to(device), guide.to(device)
 
 
-def _stepper(method: str, model: VaeModel, guide: VaeGuide, images: torch.Tensor,
-             host_images: torch.Tensor, batch_size: int, device: torch.device):
+def _stepper(
+    method: str,
+    model: VaeModel,
+    guide: VaeGuide,
+    images: torch.Tensor,
+    host_images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+):
     """A function taking ``n`` Adam steps of ``method`` on the next ``n`` batches."""
     if method == "handwritten":
         loss_fn = _HandwrittenLoss(model, guide)
@@ -87,30 +94,50 @@ def _stepper(method: str, model: VaeModel, guide: VaeGuide, images: torch.Tensor
     optimizer = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
     if method == "dataloader":
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(host_images), batch_size=batch_size, shuffle=True,
-            pin_memory=device.type == "cuda")
+            torch.utils.data.TensorDataset(host_images),
+            batch_size=batch_size,
+            shuffle=True,
+            pin_memory=device.type == "cuda",
+        )
         source = ((x.to(device, non_blocking=True),) for (x,) in _forever(loader))
     else:
         source = _forever(DeviceBatches(images, batch_size))
 
     def steps(n: int) -> None:
         if n:
-            train(loss_fn, optimizer, itertools.islice(source, n), total=n, sync_every=n,
-                  progress=False)
+            train(
+                loss_fn,
+                optimizer,
+                itertools.islice(source, n),
+                total=n,
+                sync_every=n,
+                progress=False,
+            )
 
     return steps
 
 
-def measure(images: torch.Tensor, host_images: torch.Tensor, batch_size: int, args,
-            device: torch.device) -> dict:
+def measure(
+    images: torch.Tensor, host_images: torch.Tensor, batch_size: int, args, device: torch.device
+) -> dict:
     """Images per second of (a), (b) and (c) at one batch size, from identical networks.
 
     After ``warmup`` steps each, the three alternate in ``repeats`` rounds of ``steps`` steps,
     so a machine's drifting load hits them alike; the median round counts.
     """
     model, guide = _pair(args, device)
-    steppers = {name: _stepper(name, copy.deepcopy(model), copy.deepcopy(guide), images,
-                               host_images, batch_size, device) for name in METHODS}
+    steppers = {
+        name: _stepper(
+            name,
+            copy.deepcopy(model),
+            copy.deepcopy(guide),
+            images,
+            host_images,
+            batch_size,
+            device,
+        )
+        for name in METHODS
+    }
     for steps in steppers.values():
         steps(args.warmup)
     seconds = {name: [] for name in METHODS}
@@ -155,28 +182,61 @@ def epoch_seconds(images: torch.Tensor, args, device: torch.device) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to its ``bench vae`` subparser."""
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to run (default: CUDA when present)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run (default: CUDA when present)",
+    )
     parser.add_argument("--arch", choices=ARCHS, default="conv", help="networks (default conv)")
-    parser.add_argument("--likelihood", choices=LIKELIHOODS, default="normal",
-                        help="pixel likelihood (default normal)")
-    parser.add_argument("--latent-dim", type=int, default=32, dest="latent_dim",
-                        help="latent dimension (default 32)")
-    parser.add_argument("--batch-sizes", default="256,1024", dest="batch_sizes",
-                        help="comma-separated batch sizes (default 256,1024)")
+    parser.add_argument(
+        "--likelihood",
+        choices=LIKELIHOODS,
+        default="normal",
+        help="pixel likelihood (default normal)",
+    )
+    parser.add_argument(
+        "--latent-dim",
+        type=int,
+        default=32,
+        dest="latent_dim",
+        help="latent dimension (default 32)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default="256,1024",
+        dest="batch_sizes",
+        help="comma-separated batch sizes (default 256,1024)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed rounds per method (the median counts)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed rounds per method (the median counts)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
-    parser.add_argument("--epoch-images", type=int, default=60000, dest="epoch_images",
-                        help="images in the tiled data set (an epoch of full MNIST: 60000)")
-    parser.add_argument("--full-epoch", action="store_true", default=None, dest="full_epoch",
-                        help="time a whole epoch also off CUDA (it is always timed on CUDA)")
-    parser.add_argument("--data-dir", dest="data_dir",
-                        help="MNIST root (default $PPL_MODELS_DATA, else data/mnist)")
+    parser.add_argument(
+        "--epoch-images",
+        type=int,
+        default=60000,
+        dest="epoch_images",
+        help="images in the tiled data set (an epoch of full MNIST: 60000)",
+    )
+    parser.add_argument(
+        "--full-epoch",
+        action="store_true",
+        default=None,
+        dest="full_epoch",
+        help="time a whole epoch also off CUDA (it is always timed on CUDA)",
+    )
+    parser.add_argument(
+        "--data-dir", dest="data_dir", help="MNIST root (default $PPL_MODELS_DATA, else data/mnist)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the networks and batches")
-    parser.add_argument("--out", type=Path, default=Path("."),
-                        help="folder for bench.json (default: the current folder)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        help="folder for bench.json (default: the current folder)",
+    )
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -192,11 +252,12 @@ def _batch_sizes(text: str) -> list[int]:
 def main(args: argparse.Namespace) -> int:
     """Measure the three training steps, print the table, write ``bench.json``; returns 0."""
     sizes = _batch_sizes(args.batch_sizes)
-    if (args.steps < 1 or args.repeats < 1 or args.warmup < 0
-            or args.epoch_images < max(sizes)):
-        raise ValueError(f"need --steps >= 1, --repeats >= 1, --warmup >= 0 and --epoch-images "
-                         f">= the largest batch; got {args.steps}, {args.repeats}, "
-                         f"{args.warmup}, {args.epoch_images}")
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.epoch_images < max(sizes):
+        raise ValueError(
+            f"need --steps >= 1, --repeats >= 1, --warmup >= 0 and --epoch-images "
+            f">= the largest batch; got {args.steps}, {args.repeats}, "
+            f"{args.warmup}, {args.epoch_images}"
+        )
     if not args.out.is_dir():
         raise NotADirectoryError(f"--out must be an existing folder, got {args.out}")
     device = resolve_device(args.device)
@@ -235,21 +296,38 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print_table(result: dict) -> None:
-    print(f"VAE SVI step, {result['arch']} / {result['likelihood']}, device {result['device']} "
-          f"({result['device_name']}), {result['cpu_threads']} CPU threads, "
-          f"torch {result['versions']['torch']}, pyro {result['versions']['pyro-ppl']}")
-    header = ("batch", "(a) package", "(b) hand-written", "(c) DataLoader", "time (a)/(b)",
-              "time (c)/(a)")
+    print(
+        f"VAE SVI step, {result['arch']} / {result['likelihood']}, device {result['device']} "
+        f"({result['device_name']}), {result['cpu_threads']} CPU threads, "
+        f"torch {result['versions']['torch']}, pyro {result['versions']['pyro-ppl']}"
+    )
+    header = (
+        "batch",
+        "(a) package",
+        "(b) hand-written",
+        "(c) DataLoader",
+        "time (a)/(b)",
+        "time (c)/(a)",
+    )
     print("  ".join(f"{h:>16}" for h in header))
     for r in result["rows"]:
-        cells = (r["batch_size"], r["package_images_per_s"], r["handwritten_images_per_s"],
-                 r["dataloader_images_per_s"], r["time_package_over_handwritten"],
-                 r["time_dataloader_over_package"])
+        cells = (
+            r["batch_size"],
+            r["package_images_per_s"],
+            r["handwritten_images_per_s"],
+            r["dataloader_images_per_s"],
+            r["time_package_over_handwritten"],
+            r["time_dataloader_over_package"],
+        )
         print("  ".join(f"{c:>16.4g}" if isinstance(c, float) else f"{c:>16}" for c in cells))
-    print("images per second; time ratios: (a)/(b) > 1 is Pyro's overhead (target <= 1.15), "
-          "(c)/(a) > 1 the DataLoader's cost (target >= 3 on CUDA)")
+    print(
+        "images per second; time ratios: (a)/(b) > 1 is Pyro's overhead (target <= 1.15), "
+        "(c)/(a) > 1 the DataLoader's cost (target >= 3 on CUDA)"
+    )
     epoch = result["epoch"]
     if epoch["seconds"] is not None:
         how = "measured" if epoch["measured"] else "estimated from (a)"
-        print(f"one epoch of {epoch['images']:,} images at batch {epoch['batch_size']}: "
-              f"{epoch['seconds']:.2f} s ({how})")
+        print(
+            f"one epoch of {epoch['images']:,} images at batch {epoch['batch_size']}: "
+            f"{epoch['seconds']:.2f} s ({how})"
+        )

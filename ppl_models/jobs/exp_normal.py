@@ -20,7 +20,15 @@ from .. import diagnostics, exp_normal, plots
 from ..config import command_line_overrides, load_command_line_config, require
 from ..report import Figure, Report, Table, write_report
 from ..runs import Run, atomic_save, atomic_write_json, read_json, read_metrics
-from ..svi import ELBO_KINDS, make_elbo, make_objective, resolve_device, seed_everything, train
+from ..svi import (
+    ELBO_KINDS,
+    local_params,
+    make_elbo,
+    make_objective,
+    resolve_device,
+    seed_everything,
+    train,
+)
 
 MODEL = "exp-normal"
 DEFAULT_CONFIG = Path("runs/exp_normal.toml")
@@ -55,19 +63,30 @@ class ExpNormalConfig:
     def __post_init__(self):
         exp_normal.validate_rate(self.rate)
         require(self.n_obs >= 1, "n_obs", self.n_obs, "an integer >= 1")
-        require(self.guide in exp_normal.GUIDE_FAMILIES, "guide", self.guide,
-                 f"one of {', '.join(exp_normal.GUIDE_FAMILIES)}")
+        require(
+            self.guide in exp_normal.GUIDE_FAMILIES,
+            "guide",
+            self.guide,
+            f"one of {', '.join(exp_normal.GUIDE_FAMILIES)}",
+        )
         require(self.elbo in ELBO_KINDS, "elbo", self.elbo, f"one of {', '.join(ELBO_KINDS)}")
         require(self.particles >= 1, "particles", self.particles, "an integer >= 1")
         require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
         require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
-        require(0 < self.lr_final <= self.lr, "lr_final", self.lr_final,
-                 f"a positive number no larger than lr ({self.lr})")
-        require(0 < self.average_window <= 1, "average_window", self.average_window,
-                 "a fraction in (0, 1]")
+        require(
+            0 < self.lr_final <= self.lr,
+            "lr_final",
+            self.lr_final,
+            f"a positive number no larger than lr ({self.lr})",
+        )
+        require(
+            0 < self.average_window <= 1,
+            "average_window",
+            self.average_window,
+            "a fraction in (0, 1]",
+        )
         require(self.draws >= 100, "draws", self.draws, "an integer >= 100")
         require(self.grid_points >= 101, "grid_points", self.grid_points, "an integer >= 101")
-
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -85,8 +104,10 @@ class Fit:
     seconds: float
 
 
-def fit(x: torch.Tensor, config: ExpNormalConfig, run: Run | None = None,
-        progress: bool = True) -> Fit:
+@local_params()
+def fit(
+    x: torch.Tensor, config: ExpNormalConfig, run: Run | None = None, progress: bool = True
+) -> Fit:
     r"""Fit the guide by SVI: Adam on :math:`-\mathrm{ELBO}`, step size decaying geometrically
     from ``lr`` to ``lr_final``, and suffix averaging of the iterates.
 
@@ -119,13 +140,24 @@ def fit(x: torch.Tensor, config: ExpNormalConfig, run: Run | None = None,
             traces[name][step] = (prefix[name][step + 1] - prefix[name][first]) / (step + 1 - first)
         elapsed[step] = time.perf_counter() - start
         if run is not None:
-            run.log_metrics(step=step, loss=loss, lr=scheduler.get_last_lr()[0],
-                            **{name: traces[name][step] for name in names},
-                            **{f"{name}_iterate": current[name] for name in names})
+            run.log_metrics(
+                step=step,
+                loss=loss,
+                lr=scheduler.get_last_lr()[0],
+                **{name: traces[name][step] for name in names},
+                **{f"{name}_iterate": current[name] for name in names},
+            )
         return False
 
-    result = train(loss_fn, optimizer, [(x, config.rate)] * config.steps, scheduler=scheduler,
-                   on_step=record, progress=progress, desc=f"SVI {config.guide}")
+    result = train(
+        loss_fn,
+        optimizer,
+        [(x, config.rate)] * config.steps,
+        scheduler=scheduler,
+        on_step=record,
+        progress=progress,
+        desc=f"SVI {config.guide}",
+    )
     params = {name: float(traces[name][-1]) for name in names}
     return Fit(params, result.losses.numpy(), traces, raw, elapsed, result.seconds)
 
@@ -162,8 +194,7 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
         row["mean_error"] = row["mean"] - exact_mean
         row["sd_error"] = row["sd"] - exact_sd
         table[method] = row
-    table["exact (closed form)"] = {"mean": exact_mean, "sd": exact_sd,
-                                    "q_3%": q_lo, "q_97%": q_hi}
+    table["exact (closed form)"] = {"mean": exact_mean, "sd": exact_sd, "q_3%": q_lo, "q_97%": q_hi}
 
     log_w = log_joint_q - log_q_q
     khat = float(diagnostics.psis_khat(log_w))
@@ -196,8 +227,12 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
         "elbo_at_svi": exp_normal.elbo_of(q, x, rate),
         "kl_at_theta_star": float(exp_normal.kl_to_posterior(theta_star, x, rate)),
         "kl_at_theta_star_grid": grid.kl_from(
-            lambda z: exp_normal.guide_distribution("exponential", {"theta": theta_star})
-            .log_prob(torch.as_tensor(z)).numpy()),
+            lambda z: (
+                exp_normal.guide_distribution("exponential", {"theta": theta_star})
+                .log_prob(torch.as_tensor(z))
+                .numpy()
+            )
+        ),
         "kl_at_theta_svi": exp_normal.kl_of(q, x, rate),
         "kl_at_theta_svi_grid": grid.kl_from(log_q),
         "kl_by_family": {f: v["kl"] for f, v in families.items()},
@@ -230,8 +265,9 @@ def observations(config: ExpNormalConfig) -> tuple[np.ndarray, dict]:
     return x, {"source": "simulated", "z_true": z, "count": len(x), "values": x.tolist()}
 
 
-def execute(config: ExpNormalConfig, config_name: str, out: Path | None = None,
-            progress: bool = True) -> Run:
+def execute(
+    config: ExpNormalConfig, config_name: str, out: Path | None = None, progress: bool = True
+) -> Run:
     """Do the whole run: data, fit, diagnostics, figures, report. Returns the finished run."""
     x, source = observations(config)
     device = resolve_device(config.device)
@@ -283,7 +319,8 @@ def verdict(s: dict) -> list[str]:
             f"Optimisation: SVI found theta = {s['theta_svi']:.5g} against the closed-form "
             f"optimum theta* = {s['theta_star']:.5g}, a relative error of "
             f"{100 * s['theta_rel_error']:.2g}% ({'within' if within else 'OUTSIDE'} the 0.5% "
-            "target).")
+            "target)."
+        )
     exact_row = s["posterior_table"]["exact (closed form)"]
     q_row = s["posterior_table"]["variational"]
     family_gap = best[s["guide"]]
@@ -295,72 +332,102 @@ def verdict(s: dict) -> list[str]:
         f"family's, not the optimiser's. Its mean is {q_row['mean']:.4g} against the exact "
         f"{exact_row['mean']:.4g} and its sd {q_row['sd']:.4g} against {exact_row['sd']:.4g}; "
         f"Wasserstein-1 {s['wasserstein1_to_exact']:.3g}, KS {s['ks_to_exact']:.3g}. "
-        + ("The fit can be trusted for this posterior." if adequate else
-           "Do not use this guide's summaries as the posterior's: a family that contains the "
-           f"posterior (truncated normal, {best['truncated-normal']:.2g} nats) or a closer one "
-           f"(gamma {best['gamma']:.2g}, lognormal {best['lognormal']:.2g}) would."))
+        + (
+            "The fit can be trusted for this posterior."
+            if adequate
+            else "Do not use this guide's summaries as the posterior's: a family that contains the "
+            f"posterior (truncated normal, {best['truncated-normal']:.2g} nats) or a closer one "
+            f"(gamma {best['gamma']:.2g}, lognormal {best['lognormal']:.2g}) would."
+        )
+    )
     k, thr = s["psis_khat"], s["psis_khat_threshold"]
     ess_share = s["importance_ess"] / s["draws"]
     if k < 0.5:
-        tail = ("q's tails are at least as heavy as the posterior's, so importance sampling "
-                "from q is reliable")
+        tail = (
+            "q's tails are at least as heavy as the posterior's, so importance sampling "
+            "from q is reliable"
+        )
     elif k < thr:
         tail = "the weights' tail is moderately heavy: importance sampling from q converges slowly"
     else:
-        tail = ("the weights' tail is too heavy: q misses posterior mass and importance "
-                "sampling from q is not reliable")
+        tail = (
+            "the weights' tail is too heavy: q misses posterior mass and importance "
+            "sampling from q is not reliable"
+        )
     lines.append(
         f"Importance weights: PSIS k-hat = {k:.3g} (threshold {thr:.2g}): {tail}; their "
         f"effective sample size is {s['importance_ess']:.0f} of {s['draws']} draws "
-        f"({100 * ess_share:.2g}%)"
-        + (", so many draws are needed." if ess_share < 0.1 else "."))
+        f"({100 * ess_share:.2g}%)" + (", so many draws are needed." if ess_share < 0.1 else ".")
+    )
     gap = s["log_evidence_exact"] - s["iw_bounds"]["1000"]
     error = 2 * s["iw_bounds_se"]["1000"]
-    closing = (f"narrows the gap to {gap:.2g} nats" if gap > error else
-               f"closes the gap to within its Monte Carlo error ({gap:.1e} ± {error:.1e} nats)")
+    closing = (
+        f"narrows the gap to {gap:.2g} nats"
+        if gap > error
+        else f"closes the gap to within its Monte Carlo error ({gap:.1e} ± {error:.1e} nats)"
+    )
     lines.append(
         f"Evidence: log p(x) = {s['log_evidence_exact']:.6g} (grid {s['log_evidence_grid']:.6g}). "
         f"The ELBO is {s['log_evidence_exact'] - s['elbo_at_svi']:.3g} nats below it; "
-        f"importance weighting with K = 1000 {closing}.")
+        f"importance weighting with K = 1000 {closing}."
+    )
     return lines
 
 
 def tables(s: dict) -> list[Table]:
     """The report's tables, from ``summary.json``'s contents."""
     numbers = [
-        ["theta*", s["theta_star"]], ["theta (SVI)", s["theta_svi"]],
+        ["theta*", s["theta_star"]],
+        ["theta (SVI)", s["theta_svi"]],
         ["relative error of theta", s["theta_rel_error"]],
         ["log evidence (exact)", s["log_evidence_exact"]],
         ["log evidence (grid)", s["log_evidence_grid"]],
-        ["ELBO at theta*", s["elbo_at_theta_star"]], ["ELBO of the fitted guide", s["elbo_at_svi"]],
+        ["ELBO at theta*", s["elbo_at_theta_star"]],
+        ["ELBO of the fitted guide", s["elbo_at_svi"]],
         ["KL at theta* (closed form)", s["kl_at_theta_star"]],
         ["KL at theta* (grid)", s["kl_at_theta_star_grid"]],
         ["KL of the fitted guide (quadrature)", s["kl_at_theta_svi"]],
         ["KL of the fitted guide (grid)", s["kl_at_theta_svi_grid"]],
-        ["PSIS k-hat", s["psis_khat"]], ["k-hat threshold", s["psis_khat_threshold"]],
-        ["importance-sampling ESS", s["importance_ess"]], ["draws", s["draws"]],
+        ["PSIS k-hat", s["psis_khat"]],
+        ["k-hat threshold", s["psis_khat_threshold"]],
+        ["importance-sampling ESS", s["importance_ess"]],
+        ["draws", s["draws"]],
         ["Wasserstein-1 to exact", s["wasserstein1_to_exact"]],
         ["Kolmogorov-Smirnov to exact", s["ks_to_exact"]],
         ["grid max |pdf error|", s["grid_max_abs_pdf_error"]],
-        ["SVI steps", s["steps"]], ["SVI seconds", s["fit_seconds"]],
+        ["SVI steps", s["steps"]],
+        ["SVI seconds", s["fit_seconds"]],
     ]
     cols = ["mean", "sd", "hdi_3%", "hdi_97%", "q_3%", "q_97%", "mean_error", "sd_error"]
-    posterior = [[method] + [row.get(c) for c in cols] for method, row in
-                 s["posterior_table"].items()]
-    bounds = [[k, v, s["iw_bounds_se"][k], s["log_evidence_exact"] - v]
-              for k, v in s["iw_bounds"].items()]
+    posterior = [
+        [method] + [row.get(c) for c in cols] for method, row in s["posterior_table"].items()
+    ]
+    bounds = [
+        [k, v, s["iw_bounds_se"][k], s["log_evidence_exact"] - v] for k, v in s["iw_bounds"].items()
+    ]
     families = [[f, kl] for f, kl in s["kl_by_family"].items()]
     return [
         Table("Numbers", ["quantity", "value"], numbers),
-        Table("Posterior summaries (ArviZ) against the exact posterior", ["method"] + cols,
-              posterior, note="hdi: 94% highest-density interval of the draws; q: equal-tailed "
-                              "quantiles of the exact posterior; errors are against the exact "
-                              "mean and sd."),
-        Table("Importance-weighted bounds on log p(x)", ["K", "bound", "s.e.", "gap to exact"],
-              bounds, note="K = 1 is the ELBO; the bound rises to log p(x) as K grows "
-                           "(Burda et al. 2016)."),
-        Table("What each guide family costs", ["family", "KL(q* || p) at the family's optimum"],
-              families, note="KL in nats at each family's best member, by quadrature."),
+        Table(
+            "Posterior summaries (ArviZ) against the exact posterior",
+            ["method"] + cols,
+            posterior,
+            note="hdi: 94% highest-density interval of the draws; q: equal-tailed "
+            "quantiles of the exact posterior; errors are against the exact "
+            "mean and sd.",
+        ),
+        Table(
+            "Importance-weighted bounds on log p(x)",
+            ["K", "bound", "s.e.", "gap to exact"],
+            bounds,
+            note="K = 1 is the ELBO; the bound rises to log p(x) as K grows (Burda et al. 2016).",
+        ),
+        Table(
+            "What each guide family costs",
+            ["family", "KL(q* || p) at the family's optimum"],
+            families,
+            note="KL in nats at each family's best member, by quadrature.",
+        ),
     ]
 
 
@@ -369,10 +436,19 @@ def tables(s: dict) -> list[Table]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``ppl-models exp-normal``'s options (each overrides the config file)."""
-    parser.add_argument("--config", type=Path, default=None,
-                        help=f"TOML run configuration (default {DEFAULT_CONFIG} when present)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
-                        help="override a configuration key (repeatable)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML run configuration (default {DEFAULT_CONFIG} when present)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a configuration key (repeatable)",
+    )
     parser.add_argument("--data", help="observations file: .csv, .txt or .npy, one number per row")
     parser.add_argument("--rate", type=float, help="prior rate (> 0)")
     parser.add_argument("--n-obs", type=int, dest="n_obs", help="simulate N observations")
@@ -390,8 +466,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExpNormalConfig, str]:
     """The resolved configuration and its name (the config file's stem) from parsed options."""
     flags = ("data", "rate", "n_obs", "seed", "guide", "elbo", "particles", "steps", "device")
     overrides = command_line_overrides(args.overrides, {k: getattr(args, k) for k in flags})
-    return load_command_line_config(ExpNormalConfig, args.config, DEFAULT_CONFIG, overrides,
-                                    "exp_normal")
+    return load_command_line_config(
+        ExpNormalConfig, args.config, DEFAULT_CONFIG, overrides, "exp_normal"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -400,9 +477,13 @@ def main(args: argparse.Namespace) -> int:
     run = execute(config, name, out=args.out, progress=not args.quiet)
     summary = read_json(run.file("summary.json"))
     if summary["theta_svi"] is not None:
-        print(f"theta_svi = {summary['theta_svi']:.6g}, theta* = {summary['theta_star']:.6g} "
-              f"(relative error {summary['theta_rel_error']:.2e})")
-    print(f"KL(q || p) = {summary['kl_at_theta_svi']:.4g} nats, PSIS k-hat = "
-          f"{summary['psis_khat']:.3g}")
+        print(
+            f"theta_svi = {summary['theta_svi']:.6g}, theta* = {summary['theta_star']:.6g} "
+            f"(relative error {summary['theta_rel_error']:.2e})"
+        )
+    print(
+        f"KL(q || p) = {summary['kl_at_theta_svi']:.4g} nats, PSIS k-hat = "
+        f"{summary['psis_khat']:.3g}"
+    )
     print(f"report: {run.file('report.html')}")
     return 0

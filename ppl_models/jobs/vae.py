@@ -84,8 +84,12 @@ class VaeConfig:
 
     def __post_init__(self):
         require(self.arch in ARCHS, "arch", self.arch, f"one of {', '.join(ARCHS)}")
-        require(self.likelihood in LIKELIHOODS, "likelihood", self.likelihood,
-                 f"one of {', '.join(LIKELIHOODS)}")
+        require(
+            self.likelihood in LIKELIHOODS,
+            "likelihood",
+            self.likelihood,
+            f"one of {', '.join(LIKELIHOODS)}",
+        )
         require(self.latent_dim >= 1, "latent_dim", self.latent_dim, "an integer >= 1")
         require(self.hidden_dim >= 1, "hidden_dim", self.hidden_dim, "an integer >= 1")
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
@@ -93,16 +97,26 @@ class VaeConfig:
         require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
         require(self.elbo in ELBO_KINDS, "elbo", self.elbo, f"one of {', '.join(ELBO_KINDS)}")
         require(self.particles >= 1, "particles", self.particles, "an integer >= 1")
-        require(self.device in ("auto", "cpu", "cuda"), "device", self.device,
-                 "one of auto, cpu, cuda")
-        require(self.max_train_images >= 0, "max_train_images", self.max_train_images,
-                 "an integer >= 0 (0: all)")
-        require(self.eval_images == 0 or self.eval_images >= 2, "eval_images",
-                 self.eval_images, "0 (all held-out images) or an integer >= 2")
+        require(
+            self.device in ("auto", "cpu", "cuda"), "device", self.device, "one of auto, cpu, cuda"
+        )
+        require(
+            self.max_train_images >= 0,
+            "max_train_images",
+            self.max_train_images,
+            "an integer >= 0 (0: all)",
+        )
+        require(
+            self.eval_images == 0 or self.eval_images >= 2,
+            "eval_images",
+            self.eval_images,
+            "0 (all held-out images) or an integer >= 2",
+        )
         require(self.iw_images >= 1, "iw_images", self.iw_images, "an integer >= 1")
         require(self.eval_chunk >= 1, "eval_chunk", self.eval_chunk, "an integer >= 1")
-        require(self.posterior_draws >= 1, "posterior_draws", self.posterior_draws,
-                 "an integer >= 1")
+        require(
+            self.posterior_draws >= 1, "posterior_draws", self.posterior_draws, "an integer >= 1"
+        )
         parse_ks(self.iw_ks)
 
     @property
@@ -121,7 +135,6 @@ def parse_ks(text: str) -> list[int]:
         raise ValueError(f"iw_ks must be {expected}, got {text!r}") from None
     require(ks == sorted(set(ks)) and ks[0] == 1 and ks[-1] >= 10, "iw_ks", text, expected)
     return ks
-
 
 
 # ----------------------------------------------------------------------------- data and networks
@@ -149,15 +162,20 @@ def prepare_data(config: VaeConfig, device: torch.device) -> Splits:
     data = load_mnist(root, device, download_missing=config.download)
     n_train = len(data.train_images)
     if config.max_train_images > n_train:
-        raise ValueError(f"max_train_images is {config.max_train_images} but {root} has only "
-                         f"{n_train} training images")
+        raise ValueError(
+            f"max_train_images is {config.max_train_images} but {root} has only "
+            f"{n_train} training images"
+        )
     n_eval = config.eval_images or len(data.heldout_images)
     if n_eval > len(data.heldout_images):
-        raise ValueError(f"eval_images is {config.eval_images} but {root} holds out only "
-                         f"{len(data.heldout_images)} images")
+        raise ValueError(
+            f"eval_images is {config.eval_images} but {root} holds out only "
+            f"{len(data.heldout_images)} images"
+        )
     if config.iw_images > n_eval:
-        raise ValueError(f"iw_images ({config.iw_images}) must not exceed the {n_eval} "
-                         "evaluated held-out images")
+        raise ValueError(
+            f"iw_images ({config.iw_images}) must not exceed the {n_eval} evaluated held-out images"
+        )
     pixels = data.heldout_images[:n_eval]
     # a generator of its own: the held-out binarisation is the same however training went
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -173,8 +191,9 @@ def prepare_data(config: VaeConfig, device: torch.device) -> Splits:
 def build_model(config: VaeConfig, device: torch.device) -> tuple[VaeModel, VaeGuide]:
     """The model/guide pair of the config, on ``device``."""
     encoder, decoder = build_networks(config.arch, config.latent_dim, config.hidden_dim)
-    model, guide = build_vae(encoder, decoder, config.latent_dim, config.likelihood,
-                             autocast=config.bf16)
+    model, guide = build_vae(
+        encoder, decoder, config.latent_dim, config.likelihood, autocast=config.bf16
+    )
     return model.to(device), guide.to(device)
 
 
@@ -182,8 +201,10 @@ def run_device(config: VaeConfig) -> torch.device:
     """The device of the run; bf16 autocast is refused anywhere but CUDA."""
     device = resolve_device(config.device)
     if config.bf16 and device.type != "cuda":
-        raise ValueError(f"bf16 autocast is for CUDA; the run's device is {device} "
-                         "(set bf16 = false or device = cuda)")
+        raise ValueError(
+            f"bf16 autocast is for CUDA; the run's device is {device} "
+            "(set bf16 = false or device = cuda)"
+        )
     return device
 
 
@@ -210,12 +231,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state(  # noqa: NPY002
-        ("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        ("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    )
     random.setstate(state["python"])
 
 
-def save_checkpoint(path: Path, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    epoch: int, config: VaeConfig) -> None:
+def save_checkpoint(
+    path: Path,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    config: VaeConfig,
+) -> None:
     """Write networks, optimizer, epoch, RNG states and config to ``path`` atomically."""
     state = {
         "epoch": epoch,
@@ -230,16 +257,24 @@ def save_checkpoint(path: Path, loss_fn: torch.nn.Module, optimizer: torch.optim
 def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (a missing file is a clear error)."""
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: the run stopped before its first "
-                                "epoch ended; start a new run instead")
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: the run stopped before its first "
+            "epoch ended; start a new run instead"
+        )
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def fit(run: Run, config: VaeConfig, splits: Splits, device: torch.device,
-        checkpoint: dict | None = None, progress: bool = True) -> tuple[VaeModel, VaeGuide]:
+def fit(
+    run: Run,
+    config: VaeConfig,
+    splits: Splits,
+    device: torch.device,
+    checkpoint: dict | None = None,
+    progress: bool = True,
+) -> tuple[VaeModel, VaeGuide]:
     """Train epoch by epoch from scratch or from ``checkpoint``; log and checkpoint each epoch.
 
     The loss module ``Trace_ELBO()(model, guide)`` could be wrapped in
@@ -269,9 +304,15 @@ def fit(run: Run, config: VaeConfig, splits: Splits, device: torch.device,
         for epoch in range(start + 1, config.epochs + 1):
             loss_fn.train()
             x_train = observations(splits.train_pixels, config.likelihood)
-            result = train(loss_fn, optimizer, DeviceBatches(x_train, config.batch_size),
-                           sync_every=sync_every, items_per_step=config.batch_size,
-                           progress=progress, desc=f"epoch {epoch}/{config.epochs}")
+            result = train(
+                loss_fn,
+                optimizer,
+                DeviceBatches(x_train, config.batch_size),
+                sync_every=sync_every,
+                items_per_step=config.batch_size,
+                progress=progress,
+                desc=f"epoch {epoch}/{config.epochs}",
+            )
             heldout = evaluate.elbo_per_image(model, guide, splits.heldout, config.eval_chunk)
             # each loss is -sum of the batch's ELBOs; the batches cover every image once
             record = {
@@ -284,18 +325,21 @@ def fit(run: Run, config: VaeConfig, splits: Splits, device: torch.device,
             run.log_metrics(**record)
             save_checkpoint(run.file(CHECKPOINT), loss_fn, optimizer, epoch, config)
             if progress:
-                tqdm.write(f"epoch {epoch}/{config.epochs}: train ELBO "
-                           f"{record['train_elbo']:.2f}, held-out ELBO "
-                           f"{record['heldout_elbo']:.2f} nats/image, "
-                           f"{record['images_per_second']:.0f} images/s")
+                tqdm.write(
+                    f"epoch {epoch}/{config.epochs}: train ELBO "
+                    f"{record['train_elbo']:.2f}, held-out ELBO "
+                    f"{record['heldout_elbo']:.2f} nats/image, "
+                    f"{record['images_per_second']:.0f} images/s"
+                )
     return model, guide
 
 
 # ----------------------------------------------------------------------------- the run
 
 
-def execute(config: VaeConfig, config_name: str, out: Path | None = None,
-            progress: bool = True) -> Run:
+def execute(
+    config: VaeConfig, config_name: str, out: Path | None = None, progress: bool = True
+) -> Run:
     """Do a whole new run: data, training, evaluation, figures, report. Returns the run."""
     device = run_device(config)
     splits = prepare_data(config, device)
@@ -315,57 +359,94 @@ def resume(run_dir: Path, epochs: int | None = None, progress: bool = True) -> R
     checkpoint restores networks, Adam's moments and every RNG state after the last epoch.
     """
     run = Run.open(run_dir)
-    config = load_config(VaeConfig, run.file("config.toml"),
-                         {"epochs": epochs} if epochs is not None else {})
+    config = load_config(
+        VaeConfig, run.file("config.toml"), {"epochs": epochs} if epochs is not None else {}
+    )
     checkpoint = load_checkpoint(run.file(CHECKPOINT))
-    changed = [key for key, value in checkpoint["config"].items()
-               if key not in RESUME_KEYS and getattr(config, key) != value]
+    changed = [
+        key
+        for key, value in checkpoint["config"].items()
+        if key not in RESUME_KEYS and getattr(config, key) != value
+    ]
     if changed:
-        raise ValueError(f"{run.file('config.toml')} no longer matches its checkpoint "
-                         f"({', '.join(changed)}); a resumed run must keep its configuration")
+        raise ValueError(
+            f"{run.file('config.toml')} no longer matches its checkpoint "
+            f"({', '.join(changed)}); a resumed run must keep its configuration"
+        )
     done = checkpoint["epoch"]
     if done > config.epochs:
-        raise ValueError(f"the checkpoint of {run_dir} has {done} epochs, more than the "
-                         f"{config.epochs} asked for")
+        raise ValueError(
+            f"the checkpoint of {run_dir} has {done} epochs, more than the "
+            f"{config.epochs} asked for"
+        )
     summary_path = run.file("summary.json")
-    if (done == config.epochs and summary_path.is_file()
-            and read_json(summary_path).get("status") == STATUS_COMPLETE):
-        raise ValueError(f"run {run_dir} already finished its {done} epochs; pass --epochs N "
-                         f"with N > {done} to train it further")
+    if (
+        done == config.epochs
+        and summary_path.is_file()
+        and read_json(summary_path).get("status") == STATUS_COMPLETE
+    ):
+        raise ValueError(
+            f"run {run_dir} already finished its {done} epochs; pass --epochs N "
+            f"with N > {done} to train it further"
+        )
     device = run_device(config)
     splits = prepare_data(config, device)
     with run:
         run.write_config(config)
         kept = [m for m in read_metrics(run.path) if m["epoch"] <= done]
-        atomic_write_text(run.file("metrics.jsonl"),
-                          "".join(json.dumps(m) + "\n" for m in kept))
-        model, guide = fit(run, config, splits, device, checkpoint=checkpoint,
-                           progress=progress)
+        atomic_write_text(run.file("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in kept))
+        model, guide = fit(run, config, splits, device, checkpoint=checkpoint, progress=progress)
         finish(run, config, splits, model, guide, device)
     return run
 
 
-def finish(run: Run, config: VaeConfig, splits: Splits, model: VaeModel, guide: VaeGuide,
-           device: torch.device) -> None:
+def finish(
+    run: Run,
+    config: VaeConfig,
+    splits: Splits,
+    model: VaeModel,
+    guide: VaeGuide,
+    device: torch.device,
+) -> None:
     """Evaluate the trained pair, save the arrays and posterior draws, write report and summary."""
     start = time.perf_counter()
     evaluation, draws = evaluate.evaluate(
-        model, guide, splits.heldout, splits.heldout_pixels, splits.heldout_labels,
-        iw_images=config.iw_images, ks=config.ks, keep=config.posterior_draws,
-        chunk=config.eval_chunk)
+        model,
+        guide,
+        splits.heldout,
+        splits.heldout_pixels,
+        splits.heldout_labels,
+        iw_images=config.iw_images,
+        ks=config.ks,
+        keep=config.posterior_draws,
+        chunk=config.eval_chunk,
+    )
     evaluation.save(run.file(EVALUATION))
     # one chain: any number of draws; they are independent given each image anyway
-    idata = diagnostics.inference_data(draws.z, log_joint=draws.log_joint, log_q=draws.log_q,
-                                       chains=1)
+    idata = diagnostics.inference_data(
+        draws.z, log_joint=draws.log_joint, log_q=draws.log_q, chains=1
+    )
     atomic_save(run.file("posterior.nc"), lambda tmp: idata.to_netcdf(str(tmp)))
-    summary = make_summary(config, splits, evaluation, read_metrics(run.path), device,
-                           eval_seconds=time.perf_counter() - start)
+    summary = make_summary(
+        config,
+        splits,
+        evaluation,
+        read_metrics(run.path),
+        device,
+        eval_seconds=time.perf_counter() - start,
+    )
     build_report(run.path, summary)
     run.write_summary(summary)  # last: a summary with status "complete" means all is there
 
 
-def make_summary(config: VaeConfig, splits: Splits, evaluation: evaluate.Evaluation,
-                 metrics: list[dict], device: torch.device, eval_seconds: float) -> dict:
+def make_summary(
+    config: VaeConfig,
+    splits: Splits,
+    evaluation: evaluate.Evaluation,
+    metrics: list[dict],
+    device: torch.device,
+    eval_seconds: float,
+) -> dict:
     """The numbers of ``summary.json`` from the config, data, evaluation and metrics."""
     elbo, elbo_se = evaluate.mean_and_se(evaluation.elbo)
     ks = [int(k) for k in evaluation.iw_k]
@@ -391,8 +472,9 @@ def make_summary(config: VaeConfig, splits: Splits, evaluation: evaluate.Evaluat
         "iw_bounds": {str(k): float(v) for k, v in zip(ks, evaluation.iw_bound, strict=True)},
         "iw_bounds_se": {str(k): float(v) for k, v in zip(ks, evaluation.iw_se, strict=True)},
         "iw_gains": {str(k): float(v) for k, v in zip(ks[1:], evaluation.iw_gain, strict=True)},
-        "iw_gains_se": {str(k): float(v)
-                        for k, v in zip(ks[1:], evaluation.iw_gain_se, strict=True)},
+        "iw_gains_se": {
+            str(k): float(v) for k, v in zip(ks[1:], evaluation.iw_gain_se, strict=True)
+        },
         "log_likelihood": float(evaluation.iw_bound[-1]),
         "active_units": evaluate.active_units(evaluation.latent_loc),
         "khat_threshold": threshold,
@@ -423,9 +505,11 @@ def build_report(run_dir: Path, summary: dict) -> Path:
     evaluation = evaluate.Evaluation.load(run_dir / EVALUATION)
     metrics = read_metrics(run_dir)
     report = Report(
-        title=(f"MNIST VAE ({summary['arch']}, {summary['likelihood']} likelihood, latent "
-               f"{summary['latent_dim']}): held-out evaluation and amortized-posterior "
-               "diagnostics"),
+        title=(
+            f"MNIST VAE ({summary['arch']}, {summary['likelihood']} likelihood, latent "
+            f"{summary['latent_dim']}): held-out evaluation and amortized-posterior "
+            "diagnostics"
+        ),
         verdict=verdict(summary),
         tables=tables(summary, metrics),
         figures=make_figures(run_dir / "figures", evaluation, metrics),
@@ -433,39 +517,55 @@ def build_report(run_dir: Path, summary: dict) -> Path:
     return write_report(run_dir, report)
 
 
-def make_figures(folder: Path, evaluation: evaluate.Evaluation,
-                 metrics: list[dict]) -> list[Figure]:
+def make_figures(
+    folder: Path, evaluation: evaluate.Evaluation, metrics: list[dict]
+) -> list[Figure]:
     """Draw every figure of the report into ``folder`` and return them as report figures."""
     result = [
-        Figure("Training curves", figures.training_curves(folder / "training.png", metrics),
-               "ELBO per image after each epoch: on the training images (the average of the "
-               "epoch's minibatch estimates, taken while the networks changed) and on the "
-               "evaluated held-out images (one draw per image)."),
-        Figure("Reconstructions",
-               figures.reconstructions(folder / "reconstructions.png", evaluation.inputs,
-                                       evaluation.reconstructions),
-               "Held-out images (grey levels) above the decoder's mean at the guide's "
-               "posterior mean E[z | x]."),
-        Figure("Samples from the prior",
-               figures.prior_samples(folder / "prior_samples.png", evaluation.prior_samples),
-               "Decoder means at z ~ N(0, I): what the model generates."),
-        Figure("Latent interpolation",
-               figures.interpolation(folder / "interpolation.png", evaluation.interpolation),
-               "Decoder means along straight lines between the posterior means of two "
-               "held-out images (left and right ends)."),
-        Figure("Per-image Pareto k-hat",
-               figures.khat_histogram(folder / "khat.png", evaluation.khat,
-                                      evaluation.threshold),
-               f"PSIS k-hat of each held-out image's {int(evaluation.iw_draws)} importance "
-               "weights. Above the threshold the guide misses part of that image's posterior "
-               "and importance-sampling estimates for it are unreliable."),
+        Figure(
+            "Training curves",
+            figures.training_curves(folder / "training.png", metrics),
+            "ELBO per image after each epoch: on the training images (the average of the "
+            "epoch's minibatch estimates, taken while the networks changed) and on the "
+            "evaluated held-out images (one draw per image).",
+        ),
+        Figure(
+            "Reconstructions",
+            figures.reconstructions(
+                folder / "reconstructions.png", evaluation.inputs, evaluation.reconstructions
+            ),
+            "Held-out images (grey levels) above the decoder's mean at the guide's "
+            "posterior mean E[z | x].",
+        ),
+        Figure(
+            "Samples from the prior",
+            figures.prior_samples(folder / "prior_samples.png", evaluation.prior_samples),
+            "Decoder means at z ~ N(0, I): what the model generates.",
+        ),
+        Figure(
+            "Latent interpolation",
+            figures.interpolation(folder / "interpolation.png", evaluation.interpolation),
+            "Decoder means along straight lines between the posterior means of two "
+            "held-out images (left and right ends).",
+        ),
+        Figure(
+            "Per-image Pareto k-hat",
+            figures.khat_histogram(folder / "khat.png", evaluation.khat, evaluation.threshold),
+            f"PSIS k-hat of each held-out image's {int(evaluation.iw_draws)} importance "
+            "weights. Above the threshold the guide misses part of that image's posterior "
+            "and importance-sampling estimates for it are unreliable.",
+        ),
     ]
     if evaluation.latent_loc.shape[1] == 2:
-        result.append(Figure(
-            "Latent map",
-            figures.latent_map(folder / "latent_map.png", evaluation.latent_loc,
-                               evaluation.labels),
-            "Posterior means of the held-out images in the 2-D latent space, by digit."))
+        result.append(
+            Figure(
+                "Latent map",
+                figures.latent_map(
+                    folder / "latent_map.png", evaluation.latent_loc, evaluation.labels
+                ),
+                "Posterior means of the held-out images in the 2-D latent space, by digit.",
+            )
+        )
     return result
 
 
@@ -485,9 +585,12 @@ def verdict(s: dict) -> list[str]:
         "KL(q(z | x) || p(z | x)). " + _monotone_note(s),
         f"{s['active_units']} of {s['latent_dim']} latent units are active "
         "(Var over images of E[z_u | x] > 0.01)"
-        + ("." if s["active_units"] == s["latent_dim"] else
-           "; the others carry no information about the image (their posterior stays at the "
-           "prior)."),
+        + (
+            "."
+            if s["active_units"] == s["latent_dim"]
+            else "; the others carry no information about the image (their posterior stays at the "
+            "prior)."
+        ),
         _khat_note(s),
         _comparability_note(s),
     ]
@@ -496,38 +599,54 @@ def verdict(s: dict) -> list[str]:
 
 def _monotone_note(s: dict) -> str:
     ks = list(s["iw_bounds"])
-    drops = [f"K = {a} to {b}" for a, b in zip(ks, ks[1:], strict=False)
-             if s["iw_gains"][b] < -2 * s["iw_gains_se"][b]]
+    drops = [
+        f"K = {a} to {b}"
+        for a, b in zip(ks, ks[1:], strict=False)
+        if s["iw_gains"][b] < -2 * s["iw_gains_se"][b]
+    ]
     if drops:
-        return ("The bound decreases beyond its Monte Carlo error from " + ", ".join(drops)
-                + ": too few draws per image for these K.")
-    return ("The bound does not decrease with K beyond two standard errors of the paired "
-            "per-image gains, as it must not.")
+        return (
+            "The bound decreases beyond its Monte Carlo error from "
+            + ", ".join(drops)
+            + ": too few draws per image for these K."
+        )
+    return (
+        "The bound does not decrease with K beyond two standard errors of the paired "
+        "per-image gains, as it must not."
+    )
 
 
 def _khat_note(s: dict) -> str:
     share_bad, threshold = s["khat_share_bad"], s["khat_threshold"]
     good = f"k-hat is at most 0.5 for {100 * s['khat_share_good']:.0f}% of the images"
     if share_bad == 0:
-        return (f"The Pareto k-hat of every image's importance weights stays below the threshold "
-                f"{threshold:.2f} ({good}): the guide covers each image's posterior well enough "
-                "for importance sampling to be reliable.")
-    return (f"For {100 * share_bad:.1f}% of the images the Pareto k-hat exceeds {threshold:.2f} "
-            f"({good}; median {s['khat_median']:.2f}): for those images q(z | x) misses part of "
-            "the posterior, their importance weights are heavy-tailed and their IW estimates "
-            "(including the log-likelihood) are unreliable, probably too low.")
+        return (
+            f"The Pareto k-hat of every image's importance weights stays below the threshold "
+            f"{threshold:.2f} ({good}): the guide covers each image's posterior well enough "
+            "for importance sampling to be reliable."
+        )
+    return (
+        f"For {100 * share_bad:.1f}% of the images the Pareto k-hat exceeds {threshold:.2f} "
+        f"({good}; median {s['khat_median']:.2f}): for those images q(z | x) misses part of "
+        "the posterior, their importance weights are heavy-tailed and their IW estimates "
+        "(including the log-likelihood) are unreliable, probably too low."
+    )
 
 
 def _comparability_note(s: dict) -> str:
     if s["likelihood"] != "bernoulli":
-        return ("These are Gaussian densities of continuous pixels in [-1, 1], not probabilities "
-                "of discrete images: compare them only with runs of the same likelihood, not "
-                "with published MNIST log-likelihoods.")
-    return (f"Bernoulli log-likelihoods of dynamically binarised images compare with published "
-            f"results: independent pixels with p = 1/2 score -{UNIFORM_PIXELS_NATS:.1f} nats, "
-            f"and Burda et al. (2016) report -{BURDA_VAE_NATS} nats for a 784-400-50 VAE trained "
-            "for 3,280 epochs on all 60,000 training images; with "
-            f"{s['train_images']:,} images and {s['epochs']} epochs this run should be worse.")
+        return (
+            "These are Gaussian densities of continuous pixels in [-1, 1], not probabilities "
+            "of discrete images: compare them only with runs of the same likelihood, not "
+            "with published MNIST log-likelihoods."
+        )
+    return (
+        f"Bernoulli log-likelihoods of dynamically binarised images compare with published "
+        f"results: independent pixels with p = 1/2 score -{UNIFORM_PIXELS_NATS:.1f} nats, "
+        f"and Burda et al. (2016) report -{BURDA_VAE_NATS} nats for a 784-400-50 VAE trained "
+        "for 3,280 epochs on all 60,000 training images; with "
+        f"{s['train_images']:,} images and {s['epochs']} epochs this run should be worse."
+    )
 
 
 def tables(s: dict, metrics: list[dict]) -> list[Table]:
@@ -535,77 +654,126 @@ def tables(s: dict, metrics: list[dict]) -> list[Table]:
     ks = list(s["iw_bounds"])
     evaluation = [["held-out ELBO", s["heldout_elbo"], s["heldout_elbo_se"]]]
     evaluation += [[f"IW bound, K = {k}", s["iw_bounds"][k], s["iw_bounds_se"][k]] for k in ks]
-    evaluation += [[f"gain from K = {a} to {b}", s["iw_gains"][b], s["iw_gains_se"][b]]
-                   for a, b in zip(ks, ks[1:], strict=False)]
-    evaluation.append([f"log-likelihood estimate (K = {ks[-1]})", s["log_likelihood"],
-                       s["iw_bounds_se"][ks[-1]]])
+    evaluation += [
+        [f"gain from K = {a} to {b}", s["iw_gains"][b], s["iw_gains_se"][b]]
+        for a, b in zip(ks, ks[1:], strict=False)
+    ]
+    evaluation.append(
+        [f"log-likelihood estimate (K = {ks[-1]})", s["log_likelihood"], s["iw_bounds_se"][ks[-1]]]
+    )
     posterior = [
-        ["active latent units", s["active_units"]], ["latent dimension", s["latent_dim"]],
+        ["active latent units", s["active_units"]],
+        ["latent dimension", s["latent_dim"]],
         ["k-hat threshold", s["khat_threshold"]],
         ["share of images with k-hat <= 0.5", s["khat_share_good"]],
         ["share of images with k-hat above the threshold", s["khat_share_bad"]],
-        ["k-hat median", s["khat_median"]], ["k-hat 90% quantile", s["khat_q90"]],
+        ["k-hat median", s["khat_median"]],
+        ["k-hat 90% quantile", s["khat_q90"]],
         ["k-hat max", s["khat_max"]],
     ]
     run = [
-        ["data split", s["data_split"]], ["training images", s["train_images"]],
+        ["data split", s["data_split"]],
+        ["training images", s["train_images"]],
         ["held-out images", s["heldout_images"]],
         ["held-out images evaluated (ELBO)", s["eval_images"]],
         ["held-out images evaluated (IW bounds, k-hat)", s["iw_images"]],
-        ["importance draws per image", s["iw_draws"]], ["epochs", s["epochs"]],
-        ["final training ELBO", s["train_elbo"]], ["seconds per epoch", s["seconds_per_epoch"]],
+        ["importance draws per image", s["iw_draws"]],
+        ["epochs", s["epochs"]],
+        ["final training ELBO", s["train_elbo"]],
+        ["seconds per epoch", s["seconds_per_epoch"]],
         ["training images per second", s["images_per_second"]],
-        ["evaluation seconds", s["eval_seconds"]], ["device", s["device"]],
+        ["evaluation seconds", s["eval_seconds"]],
+        ["device", s["device"]],
         ["bf16 autocast", s["bf16"]],
     ]
-    epochs = [[m["epoch"], m["train_elbo"], m["heldout_elbo"], m["seconds"],
-               m["images_per_second"]] for m in metrics]
+    epochs = [
+        [m["epoch"], m["train_elbo"], m["heldout_elbo"], m["seconds"], m["images_per_second"]]
+        for m in metrics
+    ]
     return [
-        Table("Held-out evaluation (nats per image)", ["quantity", "value", "s.e."], evaluation,
-              note="IW bound: E[log (1/K) sum_k p(x, z_k) / q(z_k | x)], z_k ~ q(z | x) (Burda "
-                   "et al. 2016); K = 1 is the ELBO. Standard errors are across images; the "
-                   "gains are paired per image (same draws), hence their smaller errors."),
-        Table("Amortized posterior", ["quantity", "value"], posterior,
-              note="PSIS k-hat per image of log p(x, z) - log q(z | x) (Vehtari et al. 2024); "
-                   "an active unit has Var_x E[z_u | x] > 0.01."),
+        Table(
+            "Held-out evaluation (nats per image)",
+            ["quantity", "value", "s.e."],
+            evaluation,
+            note="IW bound: E[log (1/K) sum_k p(x, z_k) / q(z_k | x)], z_k ~ q(z | x) (Burda "
+            "et al. 2016); K = 1 is the ELBO. Standard errors are across images; the "
+            "gains are paired per image (same draws), hence their smaller errors.",
+        ),
+        Table(
+            "Amortized posterior",
+            ["quantity", "value"],
+            posterior,
+            note="PSIS k-hat per image of log p(x, z) - log q(z | x) (Vehtari et al. 2024); "
+            "an active unit has Var_x E[z_u | x] > 0.01.",
+        ),
         Table("Data and training", ["quantity", "value"], run),
-        Table("Per epoch", ["epoch", "train ELBO", "held-out ELBO", "seconds", "images/s"],
-              epochs),
+        Table("Per epoch", ["epoch", "train ELBO", "held-out ELBO", "seconds", "images/s"], epochs),
     ]
 
 
 # ----------------------------------------------------------------------------- command line
 
-FLAGS = ("arch", "likelihood", "latent_dim", "epochs", "batch_size", "lr", "elbo", "device",
-         "data_dir", "seed")
+FLAGS = (
+    "arch",
+    "likelihood",
+    "latent_dim",
+    "epochs",
+    "batch_size",
+    "lr",
+    "elbo",
+    "device",
+    "data_dir",
+    "seed",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``ppl-models vae``'s options (each overrides the config file)."""
-    parser.add_argument("--config", type=Path, default=None,
-                        help=f"TOML run configuration (default {DEFAULT_CONFIG} when present)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
-                        help="override a configuration key (repeatable)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML run configuration (default {DEFAULT_CONFIG} when present)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a configuration key (repeatable)",
+    )
     parser.add_argument("--arch", choices=ARCHS, help="encoder/decoder architecture")
     parser.add_argument("--likelihood", choices=LIKELIHOODS, help="pixel likelihood")
     parser.add_argument("--latent-dim", type=int, dest="latent_dim", help="latent dimension")
     parser.add_argument("--epochs", type=int, help="training epochs (with --resume: the total)")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per step")
     parser.add_argument("--lr", type=float, help="Adam learning rate")
-    parser.add_argument("--elbo", choices=ELBO_KINDS,
-                        help="trace: Monte Carlo KL; meanfield: analytic KL")
+    parser.add_argument(
+        "--elbo", choices=ELBO_KINDS, help="trace: Monte Carlo KL; meanfield: analytic KL"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train")
-    parser.add_argument("--bf16", action="store_true", default=None,
-                        help="bf16 autocast for the networks (CUDA only)")
-    parser.add_argument("--data-dir", dest="data_dir",
-                        help="MNIST root in torchvision's layout (default $PPL_MODELS_DATA, "
-                             "else data/mnist)")
-    parser.add_argument("--download", action="store_true", default=None,
-                        help="download MNIST with torchvision when it is missing")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        default=None,
+        help="bf16 autocast for the networks (CUDA only)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        help="MNIST root in torchvision's layout (default $PPL_MODELS_DATA, else data/mnist)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        default=None,
+        help="download MNIST with torchvision when it is missing",
+    )
     parser.add_argument("--seed", type=int, help="seed of torch, pyro, numpy and python")
     parser.add_argument("--out", type=Path, help="run directory (default runs/<config>/<time>/)")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                        help="continue this run from its last checkpoint")
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last checkpoint"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -616,8 +784,9 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
 
 def config_from_args(args: argparse.Namespace) -> tuple[VaeConfig, str]:
     """The resolved configuration and its name (the config file's stem) from parsed options."""
-    return load_command_line_config(VaeConfig, args.config, DEFAULT_CONFIG,
-                                    _flag_overrides(args), MODEL)
+    return load_command_line_config(
+        VaeConfig, args.config, DEFAULT_CONFIG, _flag_overrides(args), MODEL
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -626,18 +795,22 @@ def main(args: argparse.Namespace) -> int:
         extra = sorted(set(_flag_overrides(args)) - set(RESUME_KEYS))
         extra += [name for name in ("config", "out") if getattr(args, name) is not None]
         if extra:
-            raise ValueError(f"--resume continues a run with its own configuration; only "
-                             f"--epochs may change, got {', '.join(extra)}")
+            raise ValueError(
+                f"--resume continues a run with its own configuration; only "
+                f"--epochs may change, got {', '.join(extra)}"
+            )
         run = resume(args.resume, epochs=args.epochs, progress=not args.quiet)
     else:
         config, name = config_from_args(args)
         run = execute(config, name, out=args.out, progress=not args.quiet)
     s = read_json(run.file("summary.json"))
     ks = list(s["iw_bounds"])
-    print(f"held-out ELBO {s['heldout_elbo']:.2f} nats/image ({s['eval_images']} images); on "
-          f"{s['iw_images']} of them ELBO {s['iw_bounds'][ks[0]]:.2f}, log-likelihood estimate "
-          f"{s['log_likelihood']:.2f} (K = {ks[-1]}); active units "
-          f"{s['active_units']}/{s['latent_dim']}; k-hat above {s['khat_threshold']:.2f} for "
-          f"{100 * s['khat_share_bad']:.1f}% of images")
+    print(
+        f"held-out ELBO {s['heldout_elbo']:.2f} nats/image ({s['eval_images']} images); on "
+        f"{s['iw_images']} of them ELBO {s['iw_bounds'][ks[0]]:.2f}, log-likelihood estimate "
+        f"{s['log_likelihood']:.2f} (K = {ks[-1]}); active units "
+        f"{s['active_units']}/{s['latent_dim']}; k-hat above {s['khat_threshold']:.2f} for "
+        f"{100 * s['khat_share_bad']:.1f}% of images"
+    )
     print(f"report: {run.file('report.html')}")
     return 0

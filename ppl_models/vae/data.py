@@ -23,8 +23,10 @@ from .networks import IMAGE_SHAPE
 DATA_ENV = "PPL_MODELS_DATA"
 DEFAULT_ROOT = Path("data") / "mnist"
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX: 0x08 (unsigned byte) << 8 | number of dimensions
-SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 TEST_ONLY_TRAIN = 8000  # first 8,000 of the official test split train when it is all there is
 
 
@@ -64,14 +66,18 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         raise ValueError(f"cannot read MNIST file {path}: {err}") from None
     found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if found != magic:
-        raise ValueError(f"{path} is not an IDX file of the expected kind: magic number {found}, "
-                         f"expected {magic}")
+        raise ValueError(
+            f"{path} is not an IDX file of the expected kind: magic number {found}, "
+            f"expected {magic}"
+        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(raw) != header + math.prod(dims):
-        raise ValueError(f"{path} is truncated or padded: header says {dims} "
-                         f"({header + math.prod(dims)} bytes), file has {len(raw)} bytes")
+        raise ValueError(
+            f"{path} is truncated or padded: header says {dims} "
+            f"({header + math.prod(dims)} bytes), file has {len(raw)} bytes"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
@@ -96,8 +102,9 @@ def read_split(raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     if images.shape[1:] != IMAGE_SHAPE[1:]:
         raise ValueError(f"{files[0]} holds images of shape {images.shape[1:]}, expected (28, 28)")
     if len(images) != len(labels):
-        raise ValueError(f"{files[0]} has {len(images)} images but {files[1]} has "
-                         f"{len(labels)} labels")
+        raise ValueError(
+            f"{files[0]} has {len(images)} images but {files[1]} has {len(labels)} labels"
+        )
     if labels.max(initial=0) > 9:
         raise ValueError(f"{files[1]} holds label {labels.max()}, expected digits 0-9")
     return images, labels
@@ -111,13 +118,16 @@ def download(root: Path) -> None:
         for train in (True, False):
             MNIST(str(root), train=train, download=True)
     except (RuntimeError, OSError) as err:
-        raise ValueError(f"downloading MNIST into {root} failed ({err}); without a network, "
-                         "point --data-dir (or $PPL_MODELS_DATA) at a folder holding "
-                         "MNIST/raw/t10k-images-idx3-ubyte.gz and the other IDX files") from None
+        raise ValueError(
+            f"downloading MNIST into {root} failed ({err}); without a network, "
+            "point --data-dir (or $PPL_MODELS_DATA) at a folder holding "
+            "MNIST/raw/t10k-images-idx3-ubyte.gz and the other IDX files"
+        ) from None
 
 
-def load_mnist(root: Path, device: torch.device | str = "cpu", *,
-               download_missing: bool = False) -> MnistData:
+def load_mnist(
+    root: Path, device: torch.device | str = "cpu", *, download_missing: bool = False
+) -> MnistData:
     """Load MNIST from ``root`` (torchvision's layout) into float tensors on ``device``.
 
     Raises
@@ -135,22 +145,29 @@ def load_mnist(root: Path, device: torch.device | str = "cpu", *,
         expected = ", ".join(f"{stem}[.gz]" for stem in SPLITS["test"])
         raise FileNotFoundError(
             f"no MNIST data in {raw_dir} (expected {expected}); pass --data-dir or set "
-            f"${DATA_ENV} to a folder in torchvision's layout, or use --download")
+            f"${DATA_ENV} to a folder in torchvision's layout, or use --download"
+        )
     test_images, test_labels = read_split(raw_dir, "test")
     if _split_files(raw_dir, "train") is not None:
         train_images, train_labels = read_split(raw_dir, "train")
         heldout_images, heldout_labels = test_images, test_labels
-        split = (f"official split: {len(train_images):,} training images, the "
-                 f"{len(test_images):,} test images held out")
+        split = (
+            f"official split: {len(train_images):,} training images, the "
+            f"{len(test_images):,} test images held out"
+        )
     else:
         if len(test_images) <= TEST_ONLY_TRAIN:
-            raise ValueError(f"the test split in {raw_dir} has {len(test_images)} images; "
-                             f"more than {TEST_ONLY_TRAIN} are needed to hold some out")
+            raise ValueError(
+                f"the test split in {raw_dir} has {len(test_images)} images; "
+                f"more than {TEST_ONLY_TRAIN} are needed to hold some out"
+            )
         train_images, heldout_images = np.split(test_images, [TEST_ONLY_TRAIN])
         train_labels, heldout_labels = np.split(test_labels, [TEST_ONLY_TRAIN])
-        split = (f"only the official test split is present ({len(test_images):,} images): "
-                 f"its first {len(train_images):,} train, its last {len(heldout_images):,} "
-                 "are held out")
+        split = (
+            f"only the official test split is present ({len(test_images):,} images): "
+            f"its first {len(train_images):,} train, its last {len(heldout_images):,} "
+            "are held out"
+        )
     return MnistData(
         train_images=_to_device(train_images, device),
         train_labels=torch.as_tensor(train_labels, dtype=torch.int64, device=device),
@@ -176,8 +193,7 @@ class DeviceBatches:
     permutation (same seed) and takes the strided share ``perm[rank::world_size]``.
     """
 
-    def __init__(self, data: torch.Tensor, batch_size: int, *, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(self, data: torch.Tensor, batch_size: int, *, rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -197,6 +213,6 @@ class DeviceBatches:
 
     def __iter__(self):
         perm = torch.randperm(len(self.data), device=self.data.device)
-        perm = perm[self.rank::self.world_size]
+        perm = perm[self.rank :: self.world_size]
         for idx in perm.split(self.batch_size):
             yield (self.data[idx],)

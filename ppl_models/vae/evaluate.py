@@ -53,8 +53,15 @@ class ImportanceDraws:
 
 
 @torch.no_grad()
-def importance_draws(model: VaeModel, guide: VaeGuide, x: torch.Tensor, draws: int, *,
-                     keep: int = 0, chunk: int = DEFAULT_CHUNK) -> ImportanceDraws:
+def importance_draws(
+    model: VaeModel,
+    guide: VaeGuide,
+    x: torch.Tensor,
+    draws: int,
+    *,
+    keep: int = 0,
+    chunk: int = DEFAULT_CHUNK,
+) -> ImportanceDraws:
     r"""Log importance weights :math:`\log p(x, z_s) - \log q(z_s \mid x)`, :math:`z_s \sim q`.
 
     Parameters
@@ -74,7 +81,7 @@ def importance_draws(model: VaeModel, guide: VaeGuide, x: torch.Tensor, draws: i
     per_pass_images = min(len(x), chunk)
     log_w, kept_z, kept_joint, kept_q = [], [], [], []
     for start in range(0, len(x), per_pass_images):
-        xs = x[start:start + per_pass_images]
+        xs = x[start : start + per_pass_images]
         obs = xs.reshape(len(xs), -1)
         q = guide.posterior(xs)
         per_pass_draws = max(1, chunk // len(xs))
@@ -106,8 +113,9 @@ def importance_draws(model: VaeModel, guide: VaeGuide, x: torch.Tensor, draws: i
     )
 
 
-def elbo_per_image(model: VaeModel, guide: VaeGuide, x: torch.Tensor,
-                   chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+def elbo_per_image(
+    model: VaeModel, guide: VaeGuide, x: torch.Tensor, chunk: int = DEFAULT_CHUNK
+) -> np.ndarray:
     """One-draw Monte Carlo ELBO of every image, in nats (an unbiased estimate per image)."""
     return importance_draws(model, guide, x, 1, chunk=chunk).log_weights[:, 0]
 
@@ -125,8 +133,9 @@ def iw_gains(log_weights: np.ndarray, ks: list[int]) -> tuple[np.ndarray, np.nda
     the images' spread. The bound must not decrease: a gain below minus two standard errors
     means too few draws for the larger K.
     """
-    per_image = np.array([[diagnostics.iw_bound(row[np.newaxis], k)[0] for k in ks]
-                          for row in log_weights])
+    per_image = np.array(
+        [[diagnostics.iw_bound(row[np.newaxis], k)[0] for k in ks] for row in log_weights]
+    )
     gains = np.diff(per_image, axis=1)
     results = [mean_and_se(column) for column in gains.T]
     return np.array([m for m, _ in results]), np.array([se for _, se in results])
@@ -146,8 +155,9 @@ def active_units(latent_loc: np.ndarray, threshold: float = ACTIVE_THRESHOLD) ->
 
 
 @torch.no_grad()
-def latent_moments(guide: VaeGuide, x: torch.Tensor,
-                   chunk: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def latent_moments(
+    guide: VaeGuide, x: torch.Tensor, chunk: int = DEFAULT_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
     """Location and scale of :math:`q(z \\mid x)` per image, ``(n_images, D)`` each."""
     locs, scales = [], []
     for xs in x.split(chunk):
@@ -158,8 +168,9 @@ def latent_moments(guide: VaeGuide, x: torch.Tensor,
 
 
 @torch.no_grad()
-def figure_images(model: VaeModel, guide: VaeGuide, x: torch.Tensor,
-                  pixels: torch.Tensor) -> dict[str, np.ndarray]:
+def figure_images(
+    model: VaeModel, guide: VaeGuide, x: torch.Tensor, pixels: torch.Tensor
+) -> dict[str, np.ndarray]:
     """Grey-level arrays for the figures: inputs and reconstructions (decoded posterior means),
     prior samples (decoded :math:`z \\sim \\mathcal N(0, I)`) and straight-line interpolations
     between the posterior means of consecutive held-out images, ``(rows, steps, 28, 28)``."""
@@ -236,9 +247,18 @@ class Evaluation:
         return float((self.khat > self.threshold).mean())
 
 
-def evaluate(model: VaeModel, guide: VaeGuide, x: torch.Tensor, pixels: torch.Tensor,
-             labels: torch.Tensor, *, iw_images: int, ks: list[int], keep: int = 0,
-             chunk: int = DEFAULT_CHUNK) -> tuple[Evaluation, ImportanceDraws]:
+def evaluate(
+    model: VaeModel,
+    guide: VaeGuide,
+    x: torch.Tensor,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    iw_images: int,
+    ks: list[int],
+    keep: int = 0,
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[Evaluation, ImportanceDraws]:
     """Evaluate on held-out observations ``x`` (grey levels ``pixels``, digit ``labels``).
 
     The ELBO and latent statistics use all of ``x``; the importance-weighted bounds and the

@@ -21,7 +21,7 @@ def _image_grid(images: np.ndarray, columns: int) -> np.ndarray:
     grid = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1), 0.25)  # light grey gaps
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        grid[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = image
+        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = image
     return grid
 
 
@@ -51,8 +51,11 @@ def interpolation(path: Path, images: np.ndarray) -> Path:
     """Rows of ``(rows, steps, h, w)`` images along straight lines in latent space."""
     rows, steps = images.shape[:2]
     fig, ax = new_figure(figsize=(0.8 * steps, 0.8 * rows + 0.4))
-    _show(ax, _image_grid(images.reshape(rows * steps, *images.shape[2:]), steps),
-          "latent interpolation between held-out images")
+    _show(
+        ax,
+        _image_grid(images.reshape(rows * steps, *images.shape[2:]), steps),
+        "latent interpolation between held-out images",
+    )
     return save_figure(fig, path)
 
 
@@ -84,8 +87,9 @@ def khat_histogram(path: Path, khat: np.ndarray, threshold: float) -> Path:
 def latent_map(path: Path, latent_loc: np.ndarray, labels: np.ndarray) -> Path:
     """Posterior means of a 2-D latent space, one point per held-out image, coloured by digit."""
     fig, ax = new_figure(figsize=(6, 5))
-    points = ax.scatter(latent_loc[:, 0], latent_loc[:, 1], c=labels, cmap="tab10", s=6,
-                        vmin=-0.5, vmax=9.5)
+    points = ax.scatter(
+        latent_loc[:, 0], latent_loc[:, 1], c=labels, cmap="tab10", s=6, vmin=-0.5, vmax=9.5
+    )
     fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
     ax.set_xlabel("E[z_1 | x]")
     ax.set_ylabel("E[z_2 | x]")

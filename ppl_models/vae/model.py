@@ -59,8 +59,9 @@ def observations(
 class VaeModel(nn.Module):
     """Generative model :math:`p(z) p_\\theta(x \\mid z)`; ``forward(x)`` is the Pyro model."""
 
-    def __init__(self, decoder: nn.Module, latent_dim: int, likelihood: str,
-                 autocast: bool = False):
+    def __init__(
+        self, decoder: nn.Module, latent_dim: int, likelihood: str, autocast: bool = False
+    ):
         super().__init__()
         check_likelihood(likelihood)
         self.decoder = decoder
@@ -125,8 +126,8 @@ class VaeGuide(nn.Module):
             pyro.sample("z", self.posterior(x))
 
 
-def build_vae(encoder: nn.Module, decoder: nn.Module, latent_dim: int, likelihood: str,
-              autocast: bool = False) -> tuple[VaeModel, VaeGuide]:
+def build_vae(
+    encoder: nn.Module, decoder: nn.Module, latent_dim: int, likelihood: str, autocast: bool = False
+) -> tuple[VaeModel, VaeGuide]:
     """The model/guide pair around a decoder and an encoder."""
-    return (VaeModel(decoder, latent_dim, likelihood, autocast),
-            VaeGuide(encoder, autocast))
+    return (VaeModel(decoder, latent_dim, likelihood, autocast), VaeGuide(encoder, autocast))

@@ -30,14 +30,20 @@ class ConvEncoder(nn.Module):
     def __init__(self, latent_dim: int = 32):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 8, 3), nn.LeakyReLU(),
-            nn.Conv2d(8, 8, 3), nn.LeakyReLU(),
+            nn.Conv2d(1, 8, 3),
+            nn.LeakyReLU(),
+            nn.Conv2d(8, 8, 3),
+            nn.LeakyReLU(),
             nn.MaxPool2d(2, 2),
-            nn.Conv2d(8, 16, 3), nn.LeakyReLU(),
-            nn.Conv2d(16, 16, 3), nn.LeakyReLU(),
+            nn.Conv2d(8, 16, 3),
+            nn.LeakyReLU(),
+            nn.Conv2d(16, 16, 3),
+            nn.LeakyReLU(),
             nn.MaxPool2d(2, 2),
-            nn.Conv2d(16, 32, 2), nn.LeakyReLU(),
-            nn.Conv2d(32, 32, 2), nn.LeakyReLU(),
+            nn.Conv2d(16, 32, 2),
+            nn.LeakyReLU(),
+            nn.Conv2d(32, 32, 2),
+            nn.LeakyReLU(),
             nn.MaxPool2d(2, 2),
         )
         self.loc = nn.Linear(self.features, latent_dim)
@@ -59,13 +65,18 @@ class ConvDecoder(nn.Module):
     def __init__(self, latent_dim: int = 32):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(latent_dim, 32, 1), nn.LeakyReLU(),
+            nn.Conv2d(latent_dim, 32, 1),
+            nn.LeakyReLU(),
             nn.Upsample(scale_factor=2, mode="bilinear"),
-            nn.Conv2d(32, 16, 3, padding=2), nn.LeakyReLU(),
-            nn.Conv2d(16, 16, 3, padding=2), nn.LeakyReLU(),
+            nn.Conv2d(32, 16, 3, padding=2),
+            nn.LeakyReLU(),
+            nn.Conv2d(16, 16, 3, padding=2),
+            nn.LeakyReLU(),
             nn.Upsample(scale_factor=2, mode="bilinear"),
-            nn.Conv2d(16, 8, 3, padding=2), nn.LeakyReLU(),
-            nn.Conv2d(8, 8, 3, padding=1), nn.LeakyReLU(),
+            nn.Conv2d(16, 8, 3, padding=2),
+            nn.LeakyReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.LeakyReLU(),
             nn.Upsample(scale_factor=2, mode="bilinear"),
             nn.Conv2d(8, 1, 3, padding=1),
         )
@@ -101,8 +112,9 @@ class MlpDecoder(nn.Module):
         return self.body(z).reshape(-1, *IMAGE_SHAPE)
 
 
-def build_networks(arch: str, latent_dim: int,
-                   hidden_dim: int = 400) -> tuple[nn.Module, nn.Module]:
+def build_networks(
+    arch: str, latent_dim: int, hidden_dim: int = 400
+) -> tuple[nn.Module, nn.Module]:
     """Return ``(encoder, decoder)`` of architecture ``arch`` (``hidden_dim``: ``mlp`` only)."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
