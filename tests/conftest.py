@@ -23,6 +23,15 @@ def _seeded():
     yield
 
 
+@pytest.fixture(scope="session")
+def synthetic_mnist(tmp_path_factory) -> Path:
+    """A small MNIST-format data set (1,000 training, 200 test images of structured synthetic
+    digits) in torchvision's layout; see :mod:`synthetic_mnist`."""
+    from synthetic_mnist import write_synthetic_mnist
+
+    return write_synthetic_mnist(tmp_path_factory.mktemp("synthetic-mnist"))
+
+
 @pytest.fixture
 def mnist_dir() -> Path:
     """The offline MNIST test split (``PPL_MODELS_DATA`` or ``../shared/data/mnist``)."""
