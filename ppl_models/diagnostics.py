@@ -201,3 +201,97 @@ def ks_distance(q: torch.distributions.Distribution, p: torch.distributions.Dist
     r"""Kolmogorov-Smirnov distance :math:`\sup_z |F_q(z) - F_p(z)|` on :math:`z > 0`."""
     _, fq, fp = _cdf_grid(q, p)
     return float(np.max(np.abs(fq - fp)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The generic fit's diagnostics (ppl_models.vi): smoothed weights, many-variable summaries, MCSE
+# ---------------------------------------------------------------------------------------------
+
+
+def psis_smooth(log_weights: np.ndarray) -> tuple[np.ndarray, float]:
+    r"""Pareto-smoothed, self-normalised log weights and k-hat (ArviZ's ``psislw``).
+
+    Parameters
+    ----------
+    log_weights
+        ``(n_draws,)`` raw log importance ratios :math:`\log p(x, z_s) - \log q(z_s)`.
+
+    Returns
+    -------
+    (numpy.ndarray, float)
+        :math:`\log \tilde w_s` with :math:`\sum_s \tilde w_s = 1`, the largest raw weights
+        replaced by the quantiles of the generalised Pareto fitted to the tail (Vehtari et al.
+        2024), and k-hat as :func:`psis_khat` reports it (``-inf`` for equal weights).
+    """
+    lw = np.asarray(log_weights, dtype=np.float64).ravel()
+    khat = float(psis_khat(lw))
+    with np.errstate(over="ignore"):
+        smoothed, _ = az.psislw(lw.copy(), reff=1.0)
+    smoothed = np.asarray(smoothed, dtype=np.float64)
+    if not np.isfinite(smoothed).all():  # degenerate tail: fall back to the raw weights
+        smoothed = lw - logsumexp(lw)
+    return smoothed - logsumexp(smoothed), khat
+
+
+def summarize_draws(
+    draws: dict[str, np.ndarray], hdi_prob: float = 0.94
+) -> dict[str, dict[str, float]]:
+    """ArviZ summaries of many scalar quantities at once.
+
+    Parameters
+    ----------
+    draws
+        Element name -> ``(chain, draw)`` array (independent draws may be cut into pseudo-chains).
+
+    Returns
+    -------
+    dict
+        Per element: ``mean``, ``sd``, ``hdi_low``, ``hdi_high`` (the ``hdi_prob`` highest-density
+        interval), ``mcse_mean``, ``mcse_sd``, ``ess_bulk``, ``ess_tail``, ``r_hat``.
+    """
+    if not draws:
+        return {}
+    keys = [f"v{i}" for i in range(len(draws))]
+    data = {k: np.asarray(v, dtype=np.float64) for k, v in zip(keys, draws.values(), strict=True)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant draws give NaN ESS/R-hat: that is the answer
+        table = az.summary(
+            az.from_dict(posterior=data), hdi_prob=hdi_prob, round_to="none", kind="all"
+        )
+    low, high = (f"hdi_{100 * (1 - hdi_prob) / 2:g}%", f"hdi_{100 * (1 + hdi_prob) / 2:g}%")
+    out = {}
+    for key, name in zip(keys, draws, strict=True):
+        row = table.loc[key]
+        out[name] = {
+            "mean": float(row["mean"]),
+            "sd": float(row["sd"]),
+            "hdi_low": float(row[low]),
+            "hdi_high": float(row[high]),
+            "mcse_mean": float(row["mcse_mean"]),
+            "mcse_sd": float(row["mcse_sd"]),
+            "ess_bulk": float(row["ess_bulk"]),
+            "ess_tail": float(row["ess_tail"]),
+            "r_hat": float(row["r_hat"]),
+        }
+    return out
+
+
+def to_netcdf(idata: az.InferenceData, path: Path) -> None:
+    """Write an InferenceData to ``path`` (NetCDF)."""
+    idata.to_netcdf(str(path))
+
+
+def from_dict(**groups) -> az.InferenceData:
+    """``arviz.from_dict`` for the package's modules that must not import ArviZ themselves.
+
+    Groups other than ArviZ's standard ones (``reference_posterior``) are added as extra groups.
+    """
+    standard = {"posterior", "sample_stats", "observed_data", "prior", "posterior_predictive"}
+    dims = groups.pop("dims", None)
+    extra = {k: v for k, v in groups.items() if k not in standard and v is not None}
+    base = {k: v for k, v in groups.items() if k in standard and v is not None}
+    idata = az.from_dict(**base, dims=dims)
+    for name, values in extra.items():
+        ds = az.from_dict(posterior=values).posterior
+        idata.add_groups({name: ds}, warn_on_custom_groups=False)
+    return idata

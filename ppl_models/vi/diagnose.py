@@ -1,0 +1,308 @@
+r"""``diagnose(fit, reference=None)``: every number of a variational fit's report.
+
+One log-weight engine (:mod:`ppl_models.vi.logweights`) draws :math:`S` samples from the guide;
+from their :math:`\log w = \log p(x, z) - \log q(z)` and values come PSIS k-hat, the importance
+ESS, PSIS-corrected moments, importance-weighted bounds, CUBO, :math:`d_2` and VIABEL's error
+bounds (:mod:`ppl_models.vi.bounds`), the per-element comparison with a reference
+(:mod:`ppl_models.vi.compare`) and the verdict (:mod:`ppl_models.vi.verdict`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppl_models import diagnostics
+from ppl_models.vi import bounds as vb
+from ppl_models.vi.compare import compare, flatten_sites
+from ppl_models.vi.logweights import DEFAULT_DRAWS, LogWeights, draw_log_weights, element_names
+from ppl_models.vi.references import Reference, load_reference, match_sites, nuts_reference
+from ppl_models.vi.verdict import VerdictRules, decide
+
+POSTERIOR_DRAWS = 10_000
+POSTERIOR_CHAINS = 4
+BOUNDS_SPACE = (
+    "the guide's unconstrained space: each latent site's values mapped by the inverse of "
+    "biject_to(support) (log for positive sites, identity for real ones)"
+)
+
+
+@dataclass
+class Diagnosis:
+    """The result of :func:`diagnose`.
+
+    Attributes
+    ----------
+    summary
+        The content of ``summary.json`` (issue 7's keys and more).
+    idata
+        ArviZ InferenceData: ``posterior`` (variational draws, one variable per latent and
+        deterministic site, ``(chain, draw, *shape)``, thinned to at most 10,000 draws),
+        ``sample_stats`` (``log_joint`` and ``log_q`` of all :math:`S` draws) and, with a
+        reference, ``reference_posterior``.
+    fit
+        The fit that was diagnosed.
+    reference
+        The matched reference, or None.
+    """
+
+    summary: dict
+    idata: Any
+    fit: Any
+    reference: Reference | None = None
+
+    @property
+    def verdict(self) -> str:
+        return self.summary["verdict"]
+
+
+def _resolve_reference(reference, fit, nuts: dict | None) -> Reference | None:
+    if reference is None:
+        return None
+    if isinstance(reference, Reference):
+        return reference
+    if isinstance(reference, str) and reference.lower() == "none":
+        return None
+    if isinstance(reference, str) and reference.lower() == "nuts":
+        settings = {"max_plate_nesting": getattr(fit, "max_plate_nesting", None)}
+        settings.update(nuts or {})
+        return nuts_reference(fit.model, fit.data, **settings)
+    if isinstance(reference, (str, Path)):
+        return load_reference(reference)
+    raise ValueError(
+        f"reference must be None, 'none', 'nuts', a file path or a Reference, got {reference!r}"
+    )
+
+
+def _coordinates(lw: LogWeights, d2: float) -> tuple[list[dict], dict]:
+    u, names = lw.unconstrained_matrix()
+    if u.shape[1] == 0:
+        return [], {"w1": 0.0, "w2": 0.0, "mean_error": 0.0, "sd_error": 0.0}
+    joint = vb.wasserstein_bounds(d2, u)
+    per = vb.coordinate_bounds(d2, u)
+    site_of = []
+    for site in lw.latent_sites:
+        site_of += [site] * len(element_names(site, lw.unconstrained[site].shape[1:]))
+    coords = [
+        {
+            "name": name,
+            "site": site,
+            "transform": lw.transforms.get(site, "identity"),
+            "mean": float(u[:, j].mean()),
+            "sd": float(per["sd"][j]),
+            "mean_error": float(per["mean_error"][j]),
+            "sd_error": float(per["sd_error"][j]),
+        }
+        for j, (name, site) in enumerate(zip(names, site_of, strict=True))
+    ]
+    return coords, joint
+
+
+def _json_number(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None  # strict JSON has no inf/NaN; the notes explain
+
+
+def diagnose(
+    fit,
+    reference=None,
+    *,
+    draws: int = DEFAULT_DRAWS,
+    chunk: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    rules: VerdictRules | None = None,
+    nuts: dict | None = None,
+    loop_draws: int = 4_000,
+) -> Diagnosis:
+    r"""Diagnose a variational fit.
+
+    Parameters
+    ----------
+    fit
+        An :class:`~ppl_models.vi.fitting.SviFit` (or any object with its attributes ``model``,
+        ``guide``, ``data``, ``guide_name``, ``losses``, ``converged``, ``convergence``,
+        ``vectorized``, ``max_plate_nesting``, ``notes``, ``settings``, ``device``).
+    reference
+        None or ``"none"`` (no reference), a :class:`~ppl_models.vi.references.Reference`, a
+        path for :func:`~ppl_models.vi.references.load_reference`, or ``"nuts"`` (Pyro's NUTS on
+        the model, with keyword arguments ``nuts`` for
+        :func:`~ppl_models.vi.references.nuts_reference`).
+    draws
+        :math:`S`, guide draws for every statistic (a model that cannot be vectorized gets
+        ``min(draws, loop_draws)`` draws made one by one, which the notes say).
+    chunk
+        Draws per vectorized chunk (default: memory-bounded).
+    seed
+        Seed of the draws (the caller's random state is left as it was).
+    rules
+        Tolerances of the verdict (:class:`~ppl_models.vi.verdict.VerdictRules`).
+
+    Returns
+    -------
+    Diagnosis
+
+    Raises
+    ------
+    ValueError
+        For reference names matching no site, a corrupt reference file, or a model whose log
+        densities are not finite on the guide's draws.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lw = draw_log_weights(
+        fit.model,
+        fit.guide,
+        fit.data,
+        draws=draws,
+        vectorized=bool(getattr(fit, "vectorized", True)),
+        max_plate_nesting=int(getattr(fit, "max_plate_nesting", 1) or 0),
+        loop_draws=loop_draws,
+        chunk=chunk,
+        seed=seed,
+        device=getattr(fit, "device", None),
+    )
+    timings["draws"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    site_shapes = {k: tuple(v.shape[1:]) for k, v in lw.values.items()}
+    ref = _resolve_reference(reference, fit, nuts)
+    timings["reference"] = time.perf_counter() - t
+    if ref is not None:
+        ref = match_sites(ref, site_shapes)
+
+    t = time.perf_counter()
+    log_w = lw.log_weights
+    s = len(log_w)
+    smoothed, khat = diagnostics.psis_smooth(log_w)
+    threshold = diagnostics.khat_threshold(s)
+    ess = diagnostics.importance_ess(log_w)
+    elbo = vb.elbo(log_w)
+    cubo = vb.cubo2(log_w)
+    d2 = vb.d2_bound(log_w)
+    iw, iw_se = vb.iw_bounds(log_w)
+    coords, joint = _coordinates(lw, d2)
+    elements = flatten_sites(lw.values)
+    matrix = np.stack(list(elements.values()), axis=1) if elements else np.zeros((s, 0))
+    psis = vb.weighted_moments(matrix, smoothed)
+    timings["weights_and_bounds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    kinds = {k: "latent" for k in lw.latent_sites} | {
+        k: "deterministic" for k in lw.deterministic_sites
+    }
+    rows = compare(lw.values, kinds, psis, ref)
+    timings["compare"] = time.perf_counter() - t
+
+    converged = bool(getattr(fit, "converged", False))
+    verdict = decide(
+        rows,
+        converged=converged,
+        khat=khat,
+        khat_threshold=threshold,
+        d2=d2,
+        importance_ess=ess,
+        draws=s,
+        coordinates=coords,
+        has_reference=ref is not None,
+        rules=rules,
+    )
+
+    t = time.perf_counter()
+    idata = _inference_data(lw, ref)
+    timings["inference_data"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    convergence = dict(getattr(fit, "convergence", {}) or {})
+    notes = list(getattr(fit, "notes", []) or []) + list(lw.notes)
+    if ref is not None:
+        notes += ref.notes
+    notes.append(
+        "Summaries use all draws; the HDI and ESS columns come from at most 20,000 of them, "
+        f"and posterior.nc keeps {min(s, POSTERIOR_DRAWS):,} draws (sample_stats keeps the log "
+        f"densities of all {s:,})."
+    )
+    if not math.isfinite(khat):
+        notes.append(
+            "All importance weights are equal (q equals the posterior up to rounding): k-hat "
+            "tends to -infinity and is stored as null."
+        )
+    if not math.isfinite(d2) or not all(math.isfinite(v) for v in joint.values()):
+        notes.append("Infinite error bounds are stored as null.")
+    losses = np.asarray(getattr(fit, "losses", []), dtype=np.float64)
+    summary = {
+        "status": "complete",
+        "model": "fit",
+        "guide": getattr(fit, "guide_name", "custom"),
+        "elbo": elbo,
+        "elbo_se": float(np.std(log_w) / math.sqrt(s)),
+        "averaged_elbo": _json_number(getattr(fit, "averaged_elbo", None)),
+        "psis_khat": _json_number(khat),
+        "psis_khat_threshold": threshold,
+        "importance_ess": ess,
+        "iw_bounds": iw,
+        "iw_bounds_se": iw_se,
+        "cubo2": cubo,
+        "d2": d2,
+        "error_bounds": {k: _json_number(joint[k]) for k in ("w1", "w2", "mean_error", "sd_error")},
+        "error_bounds_space": BOUNDS_SPACE,
+        "error_bounds_per_coordinate": [
+            {k: _json_number(v) if isinstance(v, float) else v for k, v in c.items()}
+            for c in coords
+        ],
+        "parameters": [
+            {k: _json_number(v) if isinstance(v, float) else v for k, v in row.items()}
+            for row in rows
+        ],
+        "verdict": verdict.label,
+        "verdict_reasons": verdict.reasons,
+        "verdict_rules": verdict.rules,
+        "verdict_off": verdict.off,
+        "verdict_checks": verdict.checks,
+        "converged": converged,
+        "convergence": convergence,
+        "convergence_rule": convergence.get("rule"),
+        "draws": s,
+        "draws_requested": draws,
+        "vectorized": lw.vectorized,
+        "seed": seed,
+        "latent_sites": lw.latent_sites,
+        "deterministic_sites": lw.deterministic_sites,
+        "site_shapes": {k: list(v) for k, v in site_shapes.items()},
+        "reference": None if ref is None else ref.source,
+        "reference_sites": [] if ref is None else list(ref.draws),
+        "fit_settings": dict(getattr(fit, "settings", {}) or {}),
+        "fit_seconds": _json_number(getattr(fit, "seconds", None)),
+        "steps": int(len(losses)),
+        "notes": notes,
+        "timings": timings,
+    }
+    return Diagnosis(summary=summary, idata=idata, fit=fit, reference=ref)
+
+
+def _inference_data(lw: LogWeights, ref: Reference | None):
+    s = lw.draws
+    keep = min(s, POSTERIOR_DRAWS) // POSTERIOR_CHAINS * POSTERIOR_CHAINS
+    per = keep // POSTERIOR_CHAINS
+    n_stats = s // POSTERIOR_CHAINS * POSTERIOR_CHAINS
+    # posterior[c, d] is draw c * (S / 4) + d, the same draw as sample_stats[c, d]
+    posterior = {
+        name: v[:n_stats].reshape(POSTERIOR_CHAINS, -1, *v.shape[1:])[:, :per]
+        for name, v in lw.values.items()
+    }
+    stats = {
+        "log_joint": lw.log_joint[:n_stats].reshape(POSTERIOR_CHAINS, -1),
+        "log_q": lw.log_q[:n_stats].reshape(POSTERIOR_CHAINS, -1),
+    }
+    return diagnostics.from_dict(
+        posterior=posterior,
+        sample_stats=stats,
+        reference_posterior=None if ref is None else dict(ref.draws),
+    )

@@ -1,0 +1,385 @@
+r"""The log-weight engine: many guide draws with their log densities, for any Pyro model.
+
+For draws :math:`z_s \sim q`, :math:`s = 1, \dots, S`, the engine records
+
+- :math:`\log p(x, z_s)` (the model's joint log density, every sample site, scaled and masked
+  as Pyro scores it) and :math:`\log q(z_s)` (the guide's, auxiliary sites included), so
+  :math:`\log w_s = \log p(x, z_s) - \log q(z_s)`;
+- the constrained value of every latent site and of every ``pyro.deterministic`` site (the
+  guide's draw replayed through the model, which recomputes the derived quantities);
+- the unconstrained value :math:`u = T^{-1}(z)` of every latent site, with
+  :math:`T` = ``biject_to(site.support)``, the space in which autoguides are Gaussian and in
+  which the Wasserstein bounds of :mod:`ppl_models.vi.bounds` are stated.
+
+Draws are made in chunks so that :math:`S = 100{,}000` fits in memory. A vectorized model
+gets one ``pyro.plate`` over the draws of a chunk at dim ``-(max_plate_nesting + 1)`` (as
+:func:`pyro.infer.importance.vectorized_importance_weights` does); a model that breaks under
+such a plate (for instance one that indexes ``beta[0]``) is run once per draw instead, with
+fewer draws.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import biject_to
+
+from ppl_models.svi import local_params
+
+DRAW_PLATE = "_ppl_models_draws"
+DEFAULT_DRAWS = 100_000
+DEFAULT_LOOP_DRAWS = 4_000
+_CHUNK_ELEMENTS = 2**23  # about 64 MiB of float64 per chunk for the largest per-draw tensors
+
+
+@dataclass
+class LogWeights:
+    """Guide draws and their log densities.
+
+    Attributes
+    ----------
+    log_joint, log_q
+        ``(S,)`` float64: :math:`\\log p(x, z_s)` and :math:`\\log q(z_s)`.
+    values
+        Constrained draws per site, ``(S, *site_shape)`` float64; latent sites first (in the
+        model's order), then deterministic sites.
+    unconstrained
+        Latent sites only: :math:`T^{-1}(z_s)`, ``(S, *unconstrained_shape)``.
+    latent_sites, deterministic_sites
+        Site names in the model's order.
+    vectorized
+        Whether the draws were made under a plate (else one by one).
+    seconds
+        Wall time of the drawing.
+    transforms
+        Latent site -> the bijection from unconstrained to constrained space, in words.
+    notes
+        Sentences for the report (a loop fallback, a reduced number of draws).
+    """
+
+    log_joint: np.ndarray
+    log_q: np.ndarray
+    values: dict[str, np.ndarray]
+    unconstrained: dict[str, np.ndarray]
+    latent_sites: list[str]
+    deterministic_sites: list[str]
+    vectorized: bool
+    seconds: float
+    transforms: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def log_weights(self) -> np.ndarray:
+        r""":math:`\log w_s = \log p(x, z_s) - \log q(z_s)`."""
+        return self.log_joint - self.log_q
+
+    @property
+    def draws(self) -> int:
+        return len(self.log_joint)
+
+    def unconstrained_matrix(self) -> tuple[np.ndarray, list[str]]:
+        """All latent sites' unconstrained values as one ``(S, D)`` matrix and the names of
+        its columns (``"log sigma"``-style names are not guessed: a column is named
+        ``site`` or ``site[i]``, 1-based, for the site's unconstrained coordinates)."""
+        columns, names = [], []
+        for site in self.latent_sites:
+            u = self.unconstrained[site]
+            flat = u.reshape(len(u), -1)
+            columns.append(flat)
+            names.extend(element_names(site, u.shape[1:]))
+        if not columns:
+            return np.zeros((self.draws, 0)), []
+        return np.concatenate(columns, axis=1), names
+
+
+def element_names(site: str, shape: tuple[int, ...]) -> list[str]:
+    """Stan-style names of a site's scalar elements, row-major and 1-based:
+    ``mu`` for a scalar, ``beta[1]``, ..., ``beta[2,3]``."""
+    shape = tuple(int(s) for s in shape)
+    if not shape:
+        return [site]
+    return [
+        f"{site}[{','.join(str(i + 1) for i in index)}]" for index in np.ndindex(*shape) if shape
+    ]
+
+
+# --------------------------------------------------------------------------- site discovery
+
+
+@dataclass(frozen=True)
+class _Site:
+    name: str
+    kind: str  # "latent" or "deterministic"
+    shape: tuple[int, ...]
+    unconstrained_shape: tuple[int, ...] | None
+    transform: str | None = None
+
+
+def _transform_words(t) -> str:
+    """``biject_to(support)`` in words: ``identity``, ``exp``, ``exp, affine``, ``sigmoid``..."""
+    while hasattr(t, "base_transform"):  # IndependentTransform: the same map per element
+        t = t.base_transform
+    parts = list(getattr(t, "parts", [t]))
+    names = []
+    for part in parts:
+        while hasattr(part, "base_transform"):
+            part = part.base_transform
+        name = type(part).__name__.removesuffix("Transform")
+        if name in ("Identity", "Compose") and not getattr(part, "parts", None):
+            continue
+        names.append(name.lower() if name else repr(part))
+    return ", ".join(names) or "identity"
+
+
+def _is_deterministic(site: dict) -> bool:
+    return bool(site.get("infer", {}).get("_deterministic"))
+
+
+def _model_sites(model_trace) -> list[_Site]:
+    """Latent and deterministic sites of one non-vectorized model trace, in model order."""
+    latent, deterministic = [], []
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        value = site["value"]
+        if _is_deterministic(site):
+            deterministic.append(_Site(name, "deterministic", tuple(value.shape), None))
+        elif not site["is_observed"]:
+            t = biject_to(site["fn"].support)
+            u = t.inv(value)
+            latent.append(
+                _Site(name, "latent", tuple(value.shape), tuple(u.shape), _transform_words(t))
+            )
+    return latent + deterministic
+
+
+def _traces(model: Callable, guide: Callable, data: dict):
+    guide_trace = poutine.trace(guide).get_trace(**data)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
+    return model_trace, guide_trace
+
+
+def _per_draw(tensor: torch.Tensor, n: int, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    """Reshape a vectorized site value to ``(n, *shape)``.
+
+    Under the draws plate a value has the site's own shape on the right and the draws
+    dimension somewhere in the dims to its left, the others being 1 (or absent: then the value
+    is the same for every draw and is broadcast).
+    """
+    k = len(shape)
+    if tensor.dim() < k:
+        tensor = tensor.reshape((1,) * (k - tensor.dim()) + tuple(tensor.shape))
+    lead = tuple(tensor.shape[: tensor.dim() - k])
+    size = math.prod(lead)
+    if size not in (1, n) or sum(d != 1 for d in lead) > 1:
+        raise ValueError(
+            f"site {name!r} has shape {tuple(tensor.shape)} under the draws plate, which does not "
+            f"reduce to {n} draws of shape {shape}"
+        )
+    return tensor.expand(*lead, *shape).reshape(size, *shape).expand(n, *shape)
+
+
+def _log_prob_per_draw(trace, n: int, dim: int) -> torch.Tensor:
+    """Sum of every sample site's log-probability, kept per draw (the plate at ``dim``)."""
+    total = None
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        lp = site["log_prob"]
+        if lp.dim() >= -dim and lp.shape[dim] == n:
+            per = lp.movedim(dim, 0).reshape(n, -1).sum(1)
+        else:  # not batched over draws: the same term for every draw
+            per = lp.sum().expand(n)
+        total = per if total is None else total + per
+    if total is None:
+        raise ValueError("the model has no sample sites")
+    return total
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def _chunk_size(model_trace, guide_trace, requested: int | None) -> int:
+    """Draws per chunk: at most ``requested``, else bounded so the largest tensors of one chunk
+    stay near :data:`_CHUNK_ELEMENTS` elements."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"chunk must be >= 1, got {requested}")
+        return int(requested)
+    per_draw = 0
+    for trace in (model_trace, guide_trace):
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                per_draw += site["value"].numel() + site["log_prob"].numel()
+    # intermediate tensors of the model's arithmetic: allow a few times the sites' own size
+    return int(max(1, min(20_000, _CHUNK_ELEMENTS // max(4 * per_draw, 1))))
+
+
+def _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites):
+    dim = -(max_plate_nesting + 1)
+
+    def plated(fn):
+        def run(**kwargs):
+            with pyro.plate(DRAW_PLATE, n, dim=dim):
+                return fn(**kwargs)
+
+        return run
+
+    model_trace, guide_trace = _traces(plated(model), plated(guide), data)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    log_joint = _log_prob_per_draw(model_trace, n, dim)
+    log_q = _log_prob_per_draw(guide_trace, n, dim)
+    values, unconstrained = {}, {}
+    for s in sites:
+        node = model_trace.nodes[s.name]
+        values[s.name] = _per_draw(node["value"], n, s.shape, s.name)
+        if s.kind == "latent":
+            u = biject_to(node["fn"].support).inv(node["value"])
+            unconstrained[s.name] = _per_draw(u, n, s.unconstrained_shape, s.name)
+    return log_joint, log_q, values, unconstrained
+
+
+def _loop_chunk(model, guide, data, n, sites):
+    log_joint, log_q = [], []
+    values = {s.name: [] for s in sites}
+    unconstrained = {s.name: [] for s in sites if s.kind == "latent"}
+    for _ in range(n):
+        model_trace, guide_trace = _traces(model, guide, data)
+        log_joint.append(model_trace.log_prob_sum())
+        log_q.append(guide_trace.log_prob_sum())
+        for s in sites:
+            node = model_trace.nodes[s.name]
+            values[s.name].append(node["value"].reshape(s.shape))
+            if s.kind == "latent":
+                u = biject_to(node["fn"].support).inv(node["value"])
+                unconstrained[s.name].append(u.reshape(s.unconstrained_shape))
+    stack = torch.stack
+    return (
+        stack(log_joint),
+        stack(log_q),
+        {k: stack(v) for k, v in values.items()},
+        {k: stack(v) for k, v in unconstrained.items()},
+    )
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def draw_log_weights(
+    model: Callable,
+    guide: Callable,
+    data: dict,
+    *,
+    draws: int = DEFAULT_DRAWS,
+    vectorized: bool = True,
+    max_plate_nesting: int = 1,
+    loop_draws: int = DEFAULT_LOOP_DRAWS,
+    chunk: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> LogWeights:
+    r"""Draw from the guide and score each draw under model and guide.
+
+    Parameters
+    ----------
+    model, guide
+        Called as ``model(**data)`` and ``guide(**data)``; the guide's parameters are used as
+        they are (nothing is trained).
+    draws
+        :math:`S`, the number of draws when ``vectorized``.
+    vectorized
+        Make the draws of a chunk under one ``pyro.plate`` at dim ``-(max_plate_nesting + 1)``;
+        ``False`` runs model and guide once per draw, for ``min(draws, loop_draws)`` draws.
+    chunk
+        Draws per chunk (default: as many as keep a chunk's tensors near 64 MiB, at most 20,000).
+    seed
+        Seeds torch's generator for the drawing only; the caller's generator state is restored.
+
+    Returns
+    -------
+    LogWeights
+        Everything in float64 NumPy arrays on the CPU.
+
+    Notes
+    -----
+    Runs inside :func:`ppl_models.svi.local_params` and ``torch.no_grad()``. A site whose value
+    under the draws plate does not reduce to one value per draw raises ``ValueError``
+    (the model is not vectorizable; use ``vectorized=False``).
+    """
+    if draws < 10:
+        raise ValueError(f"draws must be >= 10, got {draws}")
+    start = time.perf_counter()
+    notes: list[str] = []
+    devices = []
+    if device is not None and torch.device(device).type == "cuda":
+        devices = [torch.device(device)]
+    with local_params(), torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model_trace, guide_trace = _traces(model, guide, data)
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        sites = _model_sites(model_trace)
+        if vectorized:
+            total = draws
+            size = _chunk_size(model_trace, guide_trace, chunk)
+        else:
+            total = min(draws, loop_draws)
+            size = total
+            if total < draws:
+                notes.append(
+                    f"The model is not vectorizable over draws, so {total:,} guide draws were "
+                    f"made one at a time (instead of {draws:,}); k-hat, the bounds and the "
+                    "summaries carry more Monte Carlo error."
+                )
+        parts = []
+        done = 0
+        while done < total:
+            n = min(size, total - done)
+            if vectorized:
+                parts.append(_vectorized_chunk(model, guide, data, n, max_plate_nesting, sites))
+            else:
+                parts.append(_loop_chunk(model, guide, data, n, sites))
+            done += n
+    log_joint = np.concatenate([_numpy(p[0]) for p in parts])
+    log_q = np.concatenate([_numpy(p[1]) for p in parts])
+    values = {s.name: np.concatenate([_numpy(p[2][s.name]) for p in parts]) for s in sites}
+    unconstrained = {
+        s.name: np.concatenate([_numpy(p[3][s.name]) for p in parts])
+        for s in sites
+        if s.kind == "latent"
+    }
+    bad = ~(np.isfinite(log_joint) & np.isfinite(log_q))
+    if bad.any():
+        notes.append(
+            f"{int(bad.sum())} of {len(bad)} draws had a non-finite log density and were dropped."
+        )
+        keep = ~bad
+        if keep.sum() < 10:
+            raise ValueError(
+                "the model or guide gives non-finite log densities on almost every guide draw"
+            )
+        log_joint, log_q = log_joint[keep], log_q[keep]
+        values = {k: v[keep] for k, v in values.items()}
+        unconstrained = {k: v[keep] for k, v in unconstrained.items()}
+    return LogWeights(
+        log_joint=log_joint,
+        log_q=log_q,
+        values=values,
+        unconstrained=unconstrained,
+        latent_sites=[s.name for s in sites if s.kind == "latent"],
+        deterministic_sites=[s.name for s in sites if s.kind == "deterministic"],
+        vectorized=vectorized,
+        seconds=time.perf_counter() - start,
+        transforms={s.name: s.transform for s in sites if s.kind == "latent"},
+        notes=notes,
+    )

@@ -1,0 +1,423 @@
+r"""The verdict: can the variational posterior be used in place of the posterior?
+
+Three answers:
+
+``trustworthy``
+    q's means, sds and marginal shapes can be used as the posterior's.
+``means-only``
+    q's means can be used; its uncertainty (sds, intervals, tails) cannot.
+``not-trustworthy``
+    not even q's means can be used.
+
+The rules (defaults in :class:`VerdictRules`; every threshold is stated in the report):
+
+**Always.** A fit that did not meet its convergence rule is never ``trustworthy``. A PSIS
+k-hat above the sample-size threshold :math:`\min(1 - 1/\log_{10} S, 0.7)` means q misses
+posterior mass (Vehtari et al. 2024): never ``trustworthy``.
+
+**With a reference** (per compared element, :math:`m, s` = mean, sd; :math:`r` = reference):
+
+- mean: :math:`|m_q - m_r| / s_r \le 0.1 + 2\sqrt{e_r(m)^2 + e_q(m)^2}/s_r`;
+- sd: :math:`|s_q/s_r - 1| \le 0.1 + 2\sqrt{(e_r(s)/s_r)^2 + (e_q(s)/s_q)^2}`, where
+  :math:`e` is a Monte Carlo standard error;
+- shape: :math:`\mathrm{KS} \le 0.05 + 1.36\sqrt{1/S + 1/\mathrm{ESS}_r}` (the 5% critical
+  value of the two-sample KS distance for samples of those effective sizes).
+
+The Monte Carlo terms use the reference's own MCSE and ESS (ArviZ, chains accounted for), so a
+correct fit is not condemned by the noise of a short NUTS run, while an error larger than the
+core tolerance plus the noise is always caught. Any mean off -> ``not-trustworthy``; else any
+sd or shape off -> ``means-only``; else ``trustworthy`` (subject to the "always" rules:
+non-convergence or a high k-hat cap a reference-validated fit at ``means-only``). Latent sites
+without reference draws are judged by the rules below, and the verdict is the worse of the two.
+
+**Without a reference** the fit must certify itself, from q's draws alone:
+
+1. converged, and k-hat :math:`\le 0.5` (then :math:`E_q[w^2] < \infty`, so CUBO, :math:`d_2`
+   and the bounds are finite and estimable; Huggins et al. 2020), and an importance ESS of at
+   least :math:`\max(100, 0.01 S)`; otherwise ``not-trustworthy`` (nothing is certified);
+2. means: for every coordinate :math:`i` of the guide's unconstrained space, VIABEL's bound
+   :math:`|\mu_{q,i} - \mu_{\pi,i}| \le 2\sigma_{q,i}\sqrt{e^{d_2}-1}` (tightened by
+   :math:`W_2`) is at most :math:`0.25\,\sigma_{q,i}` (a guarantee), and every element's
+   PSIS-corrected mean agrees with q's mean within :math:`0.1\,\hat\sigma + 2\,\mathrm{mcse}`
+   (a measurement); otherwise ``not-trustworthy``;
+3. sds: every unconstrained coordinate's sd-error bound (:math:`W_2`) is at most
+   :math:`0.5\,\sigma_{q,i}` and every element's sd agrees with its PSIS-corrected sd within
+   :math:`0.1 + 2\,\mathrm{mcse}` relative; otherwise ``means-only``; else ``trustworthy``.
+
+k-hat alone is not enough: q = N(mu + delta, 1) for p = N(mu, 1) has normal log weights
+(k-hat stays low) but :math:`d_2 = 2\delta^2`, and the bounds and the PSIS-corrected means
+expose the shift. No diagnostic computed from q's draws can see posterior mass that q never
+visits (a missed mode): only a reference can.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+TRUSTWORTHY = "trustworthy"
+MEANS_ONLY = "means-only"
+NOT_TRUSTWORTHY = "not-trustworthy"
+_ORDER = {TRUSTWORTHY: 2, MEANS_ONLY: 1, NOT_TRUSTWORTHY: 0}
+
+
+@dataclass(frozen=True)
+class VerdictRules:
+    """Tolerances of the verdict (see the module docstring for how each is used)."""
+
+    mean_tolerance: float = 0.1
+    sd_tolerance: float = 0.1
+    ks_tolerance: float = 0.05
+    mcse_factor: float = 2.0
+    ks_critical: float = 1.36
+    khat_bounds: float = 0.5
+    bound_mean_tolerance: float = 0.25
+    bound_sd_tolerance: float = 0.5
+    min_ess: float = 100.0
+    min_ess_fraction: float = 0.01
+
+    def describe(self) -> list[str]:
+        """The rules in words, for the report."""
+        f = self.mcse_factor
+        return [
+            "Never trustworthy when the fit did not meet its convergence rule, or when PSIS "
+            "k-hat exceeds the sample-size threshold min(1 - 1/log10 S, 0.7).",
+            f"With a reference, per element: |mean_q - mean_ref| / sd_ref <= "
+            f"{self.mean_tolerance:g} + {f:g} x (combined MCSE of both means) / sd_ref; "
+            f"|sd_q / sd_ref - 1| <= {self.sd_tolerance:g} + {f:g} x (combined relative MCSE "
+            f"of both sds); KS <= {self.ks_tolerance:g} + {self.ks_critical:g} x "
+            "sqrt(1/S + 1/ESS_ref). A mean outside -> not-trustworthy; an sd or shape outside "
+            "-> means-only. The reference's MCSE and ESS come from its own chains (ArviZ).",
+            f"Without a reference (and for latent sites the reference lacks): converged, k-hat "
+            f"<= {self.khat_bounds:g} (so E_q[w^2] is finite and d_2 is estimable) and an "
+            f"importance ESS >= max({self.min_ess:g}, {self.min_ess_fraction:g} S); means: "
+            f"every unconstrained coordinate's VIABEL mean-error bound <= "
+            f"{self.bound_mean_tolerance:g} sd_q and every PSIS-corrected mean within "
+            f"{self.mean_tolerance:g} sd + {f:g} MCSE of q's; sds: every sd-error bound "
+            f"(W2) <= {self.bound_sd_tolerance:g} sd_q and every PSIS-corrected sd within "
+            f"{self.sd_tolerance:g} + {f:g} relative MCSE of q's.",
+        ]
+
+
+@dataclass
+class Verdict:
+    """The label, the reasons in words (naming the parameters that are off), and the checks."""
+
+    label: str
+    reasons: list[str]
+    rules: list[str]
+    checks: dict = field(default_factory=dict)
+    off: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "reasons": self.reasons,
+            "rules": self.rules,
+            "off": self.off,
+            "checks": self.checks,
+        }
+
+
+def _worse(a: str, b: str) -> str:
+    return a if _ORDER[a] <= _ORDER[b] else b
+
+
+def _names(items: list[str], limit: int = 8) -> str:
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f" and {len(items) - limit} more"
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def reference_checks(row: dict, draws: int, rules: VerdictRules) -> dict | None:
+    """Tolerances and pass/fail of one compared element (None when it has no reference)."""
+    if row.get("ref_mean") is None or row.get("ref_sd") is None:
+        return None
+    f = rules.mcse_factor
+    ref_sd, sd = row["ref_sd"], row["sd"]
+    if not ref_sd > 0:
+        return None
+    mcse_m = math.hypot(row.get("ref_mcse_mean") or 0.0, row.get("mcse_mean") or 0.0)
+    mean_tol = rules.mean_tolerance + f * mcse_m / ref_sd
+    rel_ref = (row.get("ref_mcse_sd") or 0.0) / ref_sd
+    rel_q = (row.get("mcse_sd") or 0.0) / sd if sd > 0 else 0.0
+    sd_tol = rules.sd_tolerance + f * math.hypot(rel_ref, rel_q)
+    ess = row.get("ref_ess") or 1.0
+    ks_tol = rules.ks_tolerance + rules.ks_critical * math.sqrt(1.0 / draws + 1.0 / ess)
+    return {
+        "mean_tolerance": mean_tol,
+        "mean_ok": abs(row["std_mean_error"]) <= mean_tol,
+        "sd_tolerance": sd_tol,
+        "sd_ok": abs(row["sd_ratio"] - 1.0) <= sd_tol,
+        "ks_tolerance": ks_tol,
+        "ks_ok": row["ks"] <= ks_tol,
+    }
+
+
+def _reference_verdict(rows, draws, rules):
+    checked = {}
+    for row in rows:
+        c = reference_checks(row, draws, rules)
+        if c is not None:
+            checked[row["name"]] = (row, c)
+    bad_mean = [n for n, (_, c) in checked.items() if not c["mean_ok"]]
+    bad_sd = [n for n, (_, c) in checked.items() if not c["sd_ok"]]
+    bad_ks = [n for n, (_, c) in checked.items() if not c["ks_ok"]]
+    reasons = []
+    if bad_mean:
+        detail = "; ".join(
+            f"{n}: {checked[n][0]['std_mean_error']:+.3g} sd (tolerance "
+            f"{checked[n][1]['mean_tolerance']:.3g})"
+            for n in bad_mean[:8]
+        )
+        reasons.append(f"The means of {_names(bad_mean)} are off the reference: {detail}.")
+    if bad_sd:
+        detail = "; ".join(
+            f"{n}: sd ratio {checked[n][0]['sd_ratio']:.3g} (allowed 1 ± "
+            f"{checked[n][1]['sd_tolerance']:.3g})"
+            for n in bad_sd[:8]
+        )
+        reasons.append(f"The sds of {_names(bad_sd)} are off the reference: {detail}.")
+    if bad_ks:
+        detail = "; ".join(
+            f"{n}: KS {checked[n][0]['ks']:.3g} (allowed {checked[n][1]['ks_tolerance']:.3g})"
+            for n in bad_ks[:8]
+        )
+        reasons.append(
+            f"The marginal shapes of {_names(bad_ks)} differ from the reference: {detail}."
+        )
+    if bad_mean:
+        label = NOT_TRUSTWORTHY
+    elif bad_sd or bad_ks:
+        label = MEANS_ONLY
+    else:
+        label = TRUSTWORTHY
+        worst = max(checked.values(), key=lambda rc: abs(rc[0]["std_mean_error"]))[0]
+        worst_sd = max(checked.values(), key=lambda rc: abs(rc[0]["sd_ratio"] - 1))[0]
+        reasons.append(
+            f"All {len(checked)} compared elements match the reference: the largest "
+            f"standardised mean error is {worst['std_mean_error']:+.3g} ({worst['name']}), the "
+            f"sd ratio furthest from 1 is {worst_sd['sd_ratio']:.3g} ({worst_sd['name']})."
+        )
+    off = list(dict.fromkeys(bad_mean + bad_sd + bad_ks))
+    return label, reasons, off, {n: c for n, (_, c) in checked.items()}
+
+
+def _self_verdict(
+    rows, coords, *, khat, khat_threshold, d2, importance_ess, draws, rules
+) -> tuple[str, list[str], list[str], dict]:
+    """Rules without a reference, on ``rows`` (elements) and ``coords`` (unconstrained
+    coordinates with their bounds)."""
+    reasons: list[str] = []
+    checks: dict = {}
+    min_ess = max(rules.min_ess, rules.min_ess_fraction * draws)
+    if khat is None or math.isnan(khat) or khat > rules.khat_bounds:
+        k = "n/a" if khat is None else f"{khat:.3g}"
+        reasons.append(
+            f"Without a reference nothing certifies the fit: k-hat = {k} is above "
+            f"{rules.khat_bounds:g}, so E_q[w^2] may be infinite and d_2 and the error bounds "
+            "cannot be estimated."
+        )
+        return NOT_TRUSTWORTHY, reasons, [r["name"] for r in rows], checks
+    if importance_ess < min_ess:
+        reasons.append(
+            f"Without a reference nothing certifies the fit: the importance ESS "
+            f"({importance_ess:.0f}) is below {min_ess:.0f}, too few for the importance-"
+            "sampling checks."
+        )
+        return NOT_TRUSTWORTHY, reasons, [r["name"] for r in rows], checks
+    f = rules.mcse_factor
+    bad_bound_mean = [
+        c["name"] for c in coords if not c["mean_error"] <= rules.bound_mean_tolerance * c["sd"]
+    ]
+    bad_bound_sd = [
+        c["name"] for c in coords if not c["sd_error"] <= rules.bound_sd_tolerance * c["sd"]
+    ]
+    bad_psis_mean, bad_psis_sd = [], []
+    for r in rows:
+        pm, ps = r.get("psis_mean"), r.get("psis_sd")
+        if pm is None or ps is None:
+            bad_psis_mean.append(r["name"])
+            continue
+        scale = max(ps, r["sd"])
+        if scale <= 0:
+            continue
+        tol_m = rules.mean_tolerance * scale + f * (r.get("psis_mcse_mean") or 0.0)
+        if abs(r["mean"] - pm) > tol_m:
+            bad_psis_mean.append(r["name"])
+        if ps <= 0:
+            bad_psis_sd.append(r["name"])
+            continue
+        rel = (r.get("psis_mcse_sd") or 0.0) / ps
+        if not abs(r["sd"] / ps - 1.0) <= rules.sd_tolerance + f * rel:
+            bad_psis_sd.append(r["name"])
+    checks.update(
+        bound_mean_off=bad_bound_mean,
+        bound_sd_off=bad_bound_sd,
+        psis_mean_off=bad_psis_mean,
+        psis_sd_off=bad_psis_sd,
+    )
+    e = math.expm1(d2) if d2 < 700 else math.inf
+    if bad_bound_mean:
+        worst = max(coords, key=lambda c: c["mean_error"] / c["sd"] if c["sd"] > 0 else math.inf)
+        reasons.append(
+            f"The mean-error bounds are too wide for {_names(bad_bound_mean)} (unconstrained "
+            f"space): d_2 = {d2:.3g} allows a mean error of up to "
+            f"{worst['mean_error'] / worst['sd']:.3g} sd ({worst['name']}), above "
+            f"{rules.bound_mean_tolerance:g} sd."
+        )
+    if bad_psis_mean:
+        detail = "; ".join(
+            f"{r['name']}: q {r['mean']:.4g} vs PSIS {_fmt(r.get('psis_mean'))}"
+            for r in rows
+            if r["name"] in bad_psis_mean[:8]
+        )
+        reasons.append(f"Importance sampling moves the means of {_names(bad_psis_mean)}: {detail}.")
+    if bad_bound_mean or bad_psis_mean:
+        return NOT_TRUSTWORTHY, reasons, list(dict.fromkeys(bad_psis_mean + bad_bound_mean)), checks
+    if bad_bound_sd:
+        worst = max(coords, key=lambda c: c["sd_error"] / c["sd"] if c["sd"] > 0 else math.inf)
+        reasons.append(
+            f"The means are certified (d_2 = {d2:.3g}, e^d2 - 1 = {e:.3g}; every mean-error "
+            f"bound <= {rules.bound_mean_tolerance:g} sd), but the sds are not: the W2 bound "
+            f"allows an sd error of up to {worst['sd_error'] / worst['sd']:.3g} sd "
+            f"({_names(bad_bound_sd)}), above {rules.bound_sd_tolerance:g} sd."
+        )
+    if bad_psis_sd:
+        detail = "; ".join(
+            f"{r['name']}: q {r['sd']:.4g} vs PSIS {_fmt(r.get('psis_sd'))}"
+            for r in rows
+            if r["name"] in bad_psis_sd[:8]
+        )
+        reasons.append(f"Importance sampling changes the sds of {_names(bad_psis_sd)}: {detail}.")
+    if bad_bound_sd or bad_psis_sd:
+        return MEANS_ONLY, reasons, list(dict.fromkeys(bad_psis_sd + bad_bound_sd)), checks
+    worst_m = max((c["mean_error"] / c["sd"] for c in coords if c["sd"] > 0), default=0.0)
+    worst_s = max((c["sd_error"] / c["sd"] for c in coords if c["sd"] > 0), default=0.0)
+    reasons.append(
+        f"Certified without a reference: k-hat = {khat:.3g}, d_2 = {d2:.3g}; the error bounds "
+        f"allow at most {worst_m:.3g} sd of mean error and {worst_s:.3g} sd of sd error in the "
+        "guide's unconstrained space, and PSIS-corrected means and sds agree with q's."
+    )
+    return TRUSTWORTHY, reasons, [], checks
+
+
+def decide(
+    rows: list[dict],
+    *,
+    converged: bool,
+    khat: float,
+    khat_threshold: float,
+    d2: float,
+    importance_ess: float,
+    draws: int,
+    coordinates: list[dict],
+    has_reference: bool,
+    rules: VerdictRules | None = None,
+) -> Verdict:
+    """Apply the rules of this module.
+
+    Parameters
+    ----------
+    rows
+        :func:`ppl_models.vi.compare.compare`'s entries.
+    coordinates
+        One dict per unconstrained coordinate: ``name``, ``site``, ``sd`` (q's sd),
+        ``mean_error`` and ``sd_error`` (its VIABEL bounds).
+    has_reference
+        Whether a reference was given (elements it lacks are judged without one).
+    """
+    rules = rules or VerdictRules()
+    reasons: list[str] = []
+    off: list[str] = []
+    checks: dict = {}
+    compared = [r for r in rows if r.get("ref_mean") is not None]
+    compared_sites = {r["site"] for r in compared}
+    if has_reference and compared:
+        label, why, bad, checks["reference"] = _reference_verdict(compared, draws, rules)
+        reasons += why
+        off += bad
+        uncompared_latent = {
+            r["site"] for r in rows if r["kind"] == "latent" and r["site"] not in compared_sites
+        }
+        if uncompared_latent:
+            sub_rows = [r for r in rows if r["site"] in uncompared_latent]
+            sub_coords = [c for c in coordinates if c["site"] in uncompared_latent]
+            l2, why2, bad2, checks["self"] = _self_verdict(
+                sub_rows,
+                sub_coords,
+                khat=khat,
+                khat_threshold=khat_threshold,
+                d2=d2,
+                importance_ess=importance_ess,
+                draws=draws,
+                rules=rules,
+            )
+            reasons.append(
+                f"The reference has no draws of {_names(sorted(uncompared_latent))}; "
+                "for those the fit must certify itself."
+            )
+            reasons += why2
+            off += bad2
+            label = _worse(label, l2)
+    else:
+        if has_reference:
+            reasons.append("The reference shares no element with the model: nothing compared.")
+        label, why, off, checks["self"] = _self_verdict(
+            rows,
+            coordinates,
+            khat=khat,
+            khat_threshold=khat_threshold,
+            d2=d2,
+            importance_ess=importance_ess,
+            draws=draws,
+            rules=rules,
+        )
+        reasons += why
+    cap = TRUSTWORTHY
+    if khat is None or not (khat <= khat_threshold):
+        reasons.insert(
+            0,
+            f"PSIS k-hat = {_fmt(khat)} is above the threshold {khat_threshold:.3g}: q misses "
+            "posterior mass (tails or dependence it cannot represent), so its uncertainty "
+            "statements are not reliable.",
+        )
+        cap = MEANS_ONLY if compared else NOT_TRUSTWORTHY
+    if not converged:
+        reasons.insert(
+            0,
+            "The optimisation did not meet its convergence rule: the guide may still be moving.",
+        )
+        cap = _worse(cap, MEANS_ONLY if compared else NOT_TRUSTWORTHY)
+    label = _worse(label, cap)
+    checks.update(converged=bool(converged), khat=khat, khat_threshold=khat_threshold, d2=d2)
+    return Verdict(
+        label=label,
+        reasons=reasons,
+        rules=rules.describe(),
+        checks=_plain(checks),
+        off=list(dict.fromkeys(off)),
+    )
+
+
+def _plain(obj):
+    """Checks as JSON-ready values (NumPy scalars and booleans to Python ones)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    return obj
+
+
+def as_dict(rules: VerdictRules) -> dict:
+    return asdict(rules)
