@@ -12,6 +12,7 @@ from pyro.infer import Trace_ELBO
 from scipy import integrate, optimize, stats
 
 from ppl_models import exp_normal as en
+from ppl_models.exp_normal.pyro_model import _PARAM_CONSTRAINTS
 
 mpmath = pytest.importorskip("mpmath")
 
@@ -273,7 +274,7 @@ def test_guides_are_module_local_float64_and_rebuildable(family):
     x, rate = DATASETS["n5"]
     guide = en.make_guide(family, x, rate)
     params = guide.params()
-    assert set(params) == set(en._PARAM_CONSTRAINTS[family])
+    assert set(params) == set(_PARAM_CONSTRAINTS[family])
     assert all(p.dtype == torch.float64 for p in guide.parameters())
     rebuilt = en.guide_distribution(family, params)
     z = torch.tensor([0.5, 2.0, 3.5], dtype=torch.float64)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ppl_models import cli, exp_normal
-from ppl_models.jobs.exp_normal import ExpNormalConfig, fit
+from ppl_models.exp_normal.fitting import fit
+from ppl_models.jobs.exp_normal import ExpNormalConfig
 from ppl_models.svi import seed_everything
 
 RUN_FILES = [
@@ -271,3 +272,27 @@ def test_svi_on_cuda_lands_within_half_a_percent():
     config = ExpNormalConfig(device="cuda")
     fitted = fit(torch.as_tensor(x, dtype=torch.float64, device="cuda"), config, progress=False)
     assert fitted.params["theta"] == pytest.approx(exp_normal.optimal_theta(x, 1.0), rel=0.005)
+
+
+def test_the_job_module_imports_no_heavy_library():
+    # issue 8: `ppl-models exp-normal --help` and the config's validation need neither torch,
+    # Pyro nor NumPy; the fit and report import them when they run.
+    code = (
+        "import sys, argparse\n"
+        "from ppl_models.jobs import exp_normal as job\n"
+        "parser = argparse.ArgumentParser()\n"
+        "job.add_arguments(parser)\n"
+        "job.config_from_args(parser.parse_args(['--rate', '2', '--guide', 'gamma']))\n"
+        "print(sorted(m for m in ('torch', 'pyro', 'numpy') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert proc.stdout.strip() == "[]"
+
+
+def test_torch_free_choices_match_the_libraries():
+    from ppl_models import svi
+    from ppl_models.exp_normal import settings
+
+    assert settings.ELBO_KINDS == svi.ELBO_KINDS

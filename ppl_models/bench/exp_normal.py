@@ -2,7 +2,7 @@
 
 Both start from theta = 1 on the default data (rate 1, N 5, seed 0). The baseline is the
 notebook's ``VariationalModel`` written faithfully: 128 particles in a Python loop, SGD with step
-size 1e-4, 1000 steps, float32. The package's fit is :func:`ppl_models.jobs.exp_normal.fit` with
+size 1e-4, 1000 steps, float32. The package's fit is :func:`ppl_models.exp_normal.fitting.fit` with
 the default configuration. Reported: time per step, and the wall time until theta enters the band
 theta* +- 0.5% and stays there for the rest of the run.
 """
@@ -19,7 +19,9 @@ import torch
 
 from .. import exp_normal
 from ..config import load_config
-from ..jobs.exp_normal import DEFAULT_CONFIG, TOLERANCE, ExpNormalConfig, fit
+from ..exp_normal.fitting import fit
+from ..exp_normal.report import TOLERANCE
+from ..jobs.exp_normal import DEFAULT_CONFIG, ExpNormalConfig
 from ..runs import atomic_write_json, environment
 from ..svi import seed_everything
 
