@@ -103,6 +103,30 @@ def _coordinates(lw: LogWeights, d2: float) -> tuple[list[dict], dict]:
     return coords, joint
 
 
+def _measured_unconstrained_errors(coords: list[dict], lw: LogWeights, ref: Reference) -> None:
+    """Add ``measured_mean_error`` and ``measured_sd_error`` (|q - reference| in the guide's
+    unconstrained space) to the coordinates of latent sites that have reference draws."""
+    import torch
+
+    by_site: dict[str, list[dict]] = {}
+    for c in coords:
+        by_site.setdefault(c["site"], []).append(c)
+    for site, entries in by_site.items():
+        if site not in ref.draws or lw.bijections.get(site) is None:
+            continue
+        try:
+            with torch.no_grad():
+                y = torch.as_tensor(ref.draws[site].reshape(-1, *ref.draws[site].shape[2:]))
+                u = lw.bijections[site].inv(y).double().numpy().reshape(len(y), -1)
+        except (RuntimeError, ValueError):
+            continue
+        if u.shape[1] != len(entries) or not np.isfinite(u).all():
+            continue
+        for j, c in enumerate(entries):
+            c["measured_mean_error"] = abs(c["mean"] - float(u[:, j].mean()))
+            c["measured_sd_error"] = abs(c["sd"] - float(u[:, j].std()))
+
+
 def _json_number(x):
     if x is None:
         return None
@@ -189,6 +213,8 @@ def diagnose(
     d2 = vb.d2_bound(log_w)
     iw, iw_se = vb.iw_bounds(log_w)
     coords, joint = _coordinates(lw, d2)
+    if ref is not None:
+        _measured_unconstrained_errors(coords, lw, ref)
     elements = flatten_sites(lw.values)
     matrix = np.stack(list(elements.values()), axis=1) if elements else np.zeros((s, 0))
     psis = vb.weighted_moments(matrix, smoothed)

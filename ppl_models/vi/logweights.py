@@ -61,6 +61,8 @@ class LogWeights:
         Wall time of the drawing.
     transforms
         Latent site -> the bijection from unconstrained to constrained space, in words.
+    bijections
+        Latent site -> that bijection (``torch.distributions.Transform``) as of the first draw.
     notes
         Sentences for the report (a loop fallback, a reduced number of draws).
     """
@@ -74,6 +76,7 @@ class LogWeights:
     vectorized: bool
     seconds: float
     transforms: dict[str, str] = field(default_factory=dict)
+    bijections: dict = field(default_factory=dict, repr=False)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -121,6 +124,7 @@ class _Site:
     shape: tuple[int, ...]
     unconstrained_shape: tuple[int, ...] | None
     transform: str | None = None
+    bijection: object = None
 
 
 def _transform_words(t) -> str:
@@ -156,7 +160,7 @@ def _model_sites(model_trace) -> list[_Site]:
             t = biject_to(site["fn"].support)
             u = t.inv(value)
             latent.append(
-                _Site(name, "latent", tuple(value.shape), tuple(u.shape), _transform_words(t))
+                _Site(name, "latent", tuple(value.shape), tuple(u.shape), _transform_words(t), t)
             )
     return latent + deterministic
 
@@ -381,5 +385,6 @@ def draw_log_weights(
         vectorized=vectorized,
         seconds=time.perf_counter() - start,
         transforms={s.name: s.transform for s in sites if s.kind == "latent"},
+        bijections={s.name: s.bijection for s in sites if s.kind == "latent"},
         notes=notes,
     )

@@ -1,0 +1,281 @@
+"""Figures of a variational fit's report, drawn from the run's files alone.
+
+Every builder takes ``summary`` (``summary.json``), ``idata`` (``posterior.nc``) and ``metrics``
+(``metrics.jsonl``), so ``ppl-models report RUN_DIR`` redraws them without refitting. Figures are
+``matplotlib.figure.Figure`` objects (:func:`ppl_models.plots.new_figure`), never pyplot.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.ticker import FuncFormatter, NullFormatter
+from scipy.special import logsumexp
+
+from ppl_models.plots import new_figure, save_figure
+from ppl_models.vi.compare import flatten_sites
+
+Q_COLOR, REF_COLOR, PSIS_COLOR = "tab:blue", "black", "tab:orange"
+MAX_MARGINALS = 24
+MAX_PAIRS = 4
+
+
+def _posterior_elements(idata, group: str) -> dict[str, np.ndarray]:
+    if group not in idata.groups():
+        return {}
+    ds = idata[group]
+    values = {name: np.asarray(ds[name].values) for name in ds.data_vars}
+    return {k: v.ravel() for k, v in flatten_sites(values, lead=2).items()}
+
+
+def error_score(row: dict) -> float:
+    """How far off an element looks: against the reference when there is one, else against
+    its PSIS-corrected moments (in sds)."""
+    if row.get("std_mean_error") is not None and row.get("sd_ratio") is not None:
+        return abs(row["std_mean_error"]) + abs(math.log(max(row["sd_ratio"], 1e-12)))
+    pm, ps, sd = row.get("psis_mean"), row.get("psis_sd"), row.get("sd")
+    if pm is not None and ps and sd:
+        return abs(row["mean"] - pm) / ps + abs(math.log(sd / ps))
+    return 0.0
+
+
+def marginals(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
+    """Histogram densities of q's draws against the reference's, one panel per element."""
+    q = _posterior_elements(idata, "posterior")
+    ref = _posterior_elements(idata, "reference_posterior")
+    rows = summary["parameters"]
+    if not rows:
+        return None
+    order = rows
+    if len(rows) > MAX_MARGINALS:
+        order = sorted(rows, key=error_score, reverse=True)[:MAX_MARGINALS]
+    n = len(order)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = new_figure(nrows, ncols, figsize=(3.1 * ncols, 2.4 * nrows))
+    axes = np.atleast_1d(axes).ravel()
+    off = set(summary.get("verdict_off", []))
+    for ax, row in zip(axes, order, strict=False):
+        name = row["name"]
+        draws = [q[name]] + ([ref[name]] if name in ref else [])
+        pooled = np.concatenate(draws)
+        lo, hi = np.quantile(pooled, [0.002, 0.998])
+        if not hi > lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = np.linspace(lo, hi, 50)
+        ax.hist(
+            q[name],
+            bins=bins,
+            density=True,
+            histtype="stepfilled",
+            alpha=0.45,
+            color=Q_COLOR,
+            label="q",
+        )
+        if name in ref:
+            ax.hist(
+                ref[name],
+                bins=bins,
+                density=True,
+                histtype="step",
+                lw=1.6,
+                color=REF_COLOR,
+                label="reference",
+            )
+        if row.get("psis_mean") is not None:
+            ax.axvline(row["psis_mean"], color=PSIS_COLOR, ls=":", lw=1.2, label="PSIS mean")
+        ax.set_title(
+            name + ("  (off)" if name in off else ""),
+            fontsize=9,
+            color="tab:red" if name in off else "black",
+        )
+        ax.tick_params(labelsize=7)
+        ax.set_yticks([])
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7, loc="best")
+    shown = "" if len(rows) <= MAX_MARGINALS else f" The {MAX_MARGINALS} elements furthest off."
+    return (
+        "Marginal posteriors",
+        save_figure(fig, Path(fig_dir) / "marginals.png"),
+        "Histogram densities of the variational draws (filled) against the reference draws "
+        "(black line), with the PSIS-corrected mean (dotted); elements the verdict names are "
+        "titled '(off)'." + shown,
+    )
+
+
+def pairs(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
+    """Pair plot of the elements with the largest errors: q's draws over the reference's."""
+    rows = summary["parameters"]
+    if len(rows) < 2:
+        return None
+    chosen = sorted(rows, key=error_score, reverse=True)[:MAX_PAIRS]
+    names = [r["name"] for r in chosen]
+    q = _posterior_elements(idata, "posterior")
+    ref = _posterior_elements(idata, "reference_posterior")
+    k = len(names)
+    fig, axes = new_figure(k, k, figsize=(2.4 * k, 2.4 * k))
+    rng = np.random.default_rng(0)
+    q_idx = rng.choice(len(q[names[0]]), size=min(2000, len(q[names[0]])), replace=False)
+    has_ref = all(n in ref for n in names)
+    if has_ref:
+        r_idx = rng.choice(len(ref[names[0]]), size=min(2000, len(ref[names[0]])), replace=False)
+    for i, yi in enumerate(names):
+        for j, xj in enumerate(names):
+            ax = axes[i, j]
+            ax.tick_params(labelsize=6)
+            if i == j:
+                ax.hist(q[xj], bins=40, density=True, color=Q_COLOR, alpha=0.5)
+                if xj in ref:
+                    ax.hist(ref[xj], bins=40, density=True, histtype="step", color=REF_COLOR)
+                ax.set_yticks([])
+            elif i > j:
+                if has_ref:
+                    ax.scatter(ref[xj][r_idx], ref[yi][r_idx], s=2, color=REF_COLOR, alpha=0.35)
+                ax.scatter(q[xj][q_idx], q[yi][q_idx], s=2, color=Q_COLOR, alpha=0.35)
+            else:
+                ax.set_visible(False)
+            if i == k - 1:
+                ax.set_xlabel(xj, fontsize=8)
+            if j == 0 and i > 0:
+                ax.set_ylabel(yi, fontsize=8)
+    return (
+        "Pair plot of the elements furthest off",
+        save_figure(fig, Path(fig_dir) / "pairs.png"),
+        f"{', '.join(names)}: variational draws (blue)"
+        + (" over reference draws (black)" if has_ref else "")
+        + "; 2,000 of each. Dependence that q misses shows as a different shape of the clouds.",
+    )
+
+
+def elbo_trace(fig_dir: Path, summary: dict, metrics: list[dict]) -> tuple[str, Path, str] | None:
+    """The ELBO estimate per step, its running mean, and where convergence was declared."""
+    losses = [(m["step"], m["loss"]) for m in metrics if "loss" in m and "step" in m]
+    if not losses:
+        return None
+    steps = np.array([s for s, _ in losses], dtype=float)
+    elbo = -np.array([v for _, v in losses], dtype=float)
+    fig, ax = new_figure(figsize=(8, 3.8))
+    ax.plot(steps, elbo, lw=0.6, alpha=0.5, color=Q_COLOR, label="ELBO estimate per step")
+    w = max(1, len(elbo) // 50)
+    if w > 1:
+        smooth = np.convolve(elbo, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1 :], smooth, color="navy", lw=1.5, label=f"running mean ({w} steps)")
+    ax.axhline(summary["elbo"], color="tab:green", ls="--", label="ELBO (S draws)")
+    if summary.get("iw_bounds"):
+        top = max(summary["iw_bounds"], key=int)
+        ax.axhline(
+            summary["iw_bounds"][top], color="tab:purple", ls=":", label=f"IW bound K = {top}"
+        )
+    step = (summary.get("convergence") or {}).get("step")
+    if step is not None:
+        ax.axvline(step, color="tab:red", ls="--", lw=1, label=f"converged at step {step}")
+    lo, hi = np.percentile(elbo, [5, 100])
+    hi = max(hi, summary["elbo"])
+    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.15 * (hi - lo + 1e-9))
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats")
+    ax.legend(fontsize=8, loc="lower right")
+    rule = summary.get("convergence_rule") or "no rule recorded"
+    return (
+        "ELBO trace",
+        save_figure(fig, Path(fig_dir) / "trace.png"),
+        f"Convergence rule: {rule}. The fit {'met' if summary.get('converged') else 'did NOT meet'}"
+        " it. The y-axis starts at the 5th percentile of the trace.",
+    )
+
+
+def weights(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str]:
+    """Histogram of log weights and the tail of the normalised weights with k-hat."""
+    stats = idata["sample_stats"]
+    log_w = (stats["log_joint"] - stats["log_q"]).values.ravel()
+    norm = np.sort(log_w - logsumexp(log_w))[::-1]
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(10, 3.8))
+    ax1.hist(log_w - log_w.max(), bins=80, color=Q_COLOR, alpha=0.8)
+    ax1.set_xlabel("log w - max log w")
+    ax1.set_ylabel("draws")
+    ax1.set_title("log importance weights", fontsize=10)
+    # about 400 log-spaced ranks draw the same curve as all S points, much faster
+    rank = np.unique(np.geomspace(1, len(norm), 400).astype(int))
+    ax2.loglog(rank, np.exp(norm[rank - 1]), color=Q_COLOR, label="normalised weights, sorted")
+    ax2.axhline(1 / len(norm), color="gray", ls=":", label="uniform 1/S")
+    k, thr = summary.get("psis_khat"), summary["psis_khat_threshold"]
+    k_text = "-inf (equal weights)" if k is None else f"{k:.3g}"
+    ax2.set_title(
+        f"PSIS k-hat = {k_text} (threshold {thr:.2g})",
+        fontsize=10,
+        color="tab:red" if k is not None and k > thr else "black",
+    )
+    ax2.set_xlabel("rank")
+    ax2.set_ylabel("weight")
+    ax2.legend(fontsize=8)
+    return (
+        "Importance weights",
+        save_figure(fig, Path(fig_dir) / "weights.png"),
+        f"log w = log p(x, z) - log q(z) for {len(log_w):,} draws of q; importance ESS "
+        f"{summary['importance_ess']:.0f}. A few dominating weights (a steep rank plot) and "
+        "k-hat above the threshold mean q misses posterior mass.",
+    )
+
+
+def bounds_vs_errors(fig_dir: Path, summary: dict) -> tuple[str, Path, str] | None:
+    """Per unconstrained coordinate: VIABEL's mean and sd error bounds, and (with a reference)
+    the measured errors, all in units of q's sd."""
+    coords = summary.get("error_bounds_per_coordinate") or []
+    if not coords:
+        return None
+    names = [c["name"] for c in coords]
+    sd = np.array([c["sd"] or np.nan for c in coords], dtype=float)
+
+    def col(key):
+        return np.array([np.nan if c.get(key) is None else c[key] for c in coords], dtype=float)
+
+    x = np.arange(len(coords))
+    fig, axes = new_figure(1, 2, figsize=(max(8, 0.5 * len(coords) + 4), 3.8))
+    for ax, kind in zip(axes, ("mean", "sd"), strict=True):
+        bound = col(f"{kind}_error") / sd
+        ax.bar(
+            x - 0.2,
+            np.where(np.isfinite(bound), bound, np.nan),
+            0.4,
+            color="lightgray",
+            edgecolor="gray",
+            label="VIABEL bound",
+        )
+        measured = col(f"measured_{kind}_error") / sd
+        if np.isfinite(measured).any():
+            ax.bar(x + 0.2, measured, 0.4, color="tab:red", label="measured vs reference")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel(f"|{kind} error| / sd_q")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * 30)  # room for the legend above the bars
+        ax.set_title(f"{kind} error, unconstrained space", fontsize=10)
+        ax.legend(fontsize=8)
+    return (
+        "Error bounds and measured errors",
+        save_figure(fig, Path(fig_dir) / "bounds.png"),
+        "Huggins et al. (2020) bounds from d_2 = "
+        f"{summary['d2']:.3g}, per coordinate of the guide's unconstrained space (each latent "
+        "site mapped by the inverse of its support's bijection), in units of q's sd there; "
+        "where a reference exists, its measured errors in the same space. A bound below a "
+        "measured error would be a bug: a bound holds whenever k-hat is below 0.5.",
+    )
+
+
+def all_figures(fig_dir: Path, summary: dict, idata, metrics: list[dict]):
+    """Every figure of the report as ``(title, path, caption)``, in the report's order."""
+    fig_dir = Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    out = [
+        marginals(fig_dir, summary, idata),
+        pairs(fig_dir, summary, idata),
+        elbo_trace(fig_dir, summary, metrics),
+        weights(fig_dir, summary, idata),
+        bounds_vs_errors(fig_dir, summary),
+    ]
+    return [f for f in out if f is not None]
