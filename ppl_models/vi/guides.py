@@ -1,0 +1,648 @@
+r"""Autoguides by name, initialised at a Laplace approximation and fitted in whitened coordinates.
+
+Every guide here is a distribution over the flat vector :math:`z` of all latent sites in
+the unconstrained space (Pyro's :class:`~pyro.infer.autoguide.AutoContinuous`), mapped to the
+constrained sites by the bijections of their supports.
+
+**Initialisation** (``init="laplace"``, as Pathfinder starts): L-BFGS (strong-Wolfe line
+search, float64) minimises the potential
+
+.. math:: U(z) = -\log p(x, T(z)) - \log\lvert\det J_T(z)\rvert
+
+from a feasible point (each site's prior mean or median where it can be computed, else the
+point :math:`z = 0`; flat priors such as :class:`pyro.distributions.ImproperUniform` cannot be
+sampled, which is why Pyro's own initialisers fail on them). At the minimum :math:`\hat z` the
+Hessian :math:`H = \nabla^2 U(\hat z)` gives the Laplace approximation
+:math:`\mathcal N(\hat z, H^{-1})`. When L-BFGS finds no minimum within its budget (a funnel:
+the density grows without bound as a scale goes to zero) or :math:`H` is not positive
+definite, the start is the point of the L-BFGS path whose Gaussian (its Hessian with
+non-positive curvatures replaced by one) has the highest ELBO estimate, and a note says so.
+
+**Whitening.** Adam's step is about ``lr`` in absolute units whatever the posterior's scale, so
+a posterior with sds of 1e-3 is fitted no better than to a few hundredths of its means. Each
+Gaussian guide is therefore parametrised over :math:`u` with :math:`z = \hat z + W u`,
+
+- ``auto-normal`` (mean-field) and ``auto-lowrank``: :math:`W = \mathrm{diag}(d)`,
+  :math:`d_i = H_{ii}^{-1/2}`, the mean-field optimum's sds for a Gaussian posterior;
+- ``auto-mvn`` (full rank) and ``auto-iaf``: :math:`W = L`, the Cholesky factor of
+  :math:`H^{-1}`,
+
+and its own parameters over :math:`u` start at loc 0 and scale 1. The family is unchanged
+(a diagonal :math:`W` keeps a diagonal or low-rank-plus-diagonal covariance diagonal or
+low-rank-plus-diagonal), and one learning rate suits every model: a step of ``lr`` moves the
+guide by ``lr`` posterior standard deviations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.distributions.transforms import affine_autoregressive
+from pyro.infer.autoguide import AutoContinuous
+from pyro.nn import PyroParam
+from torch import nn
+from torch.distributions import biject_to
+
+GUIDES = ("auto-normal", "auto-mvn", "auto-lowrank", "auto-iaf")
+CUSTOM = "custom"
+INITS = ("laplace", "feasible")
+LBFGS_ITERATIONS = 200  # enough for a 20-parameter MAP in float64; a funnel stops here
+SELECTION_DRAWS = 16  # common random numbers for the ELBO of each candidate start
+SELECTION_CANDIDATES = 8
+
+
+# ----------------------------------------------------------------------------- initial values
+
+
+def feasible_init(dtype: torch.dtype, device: torch.device | str | None = None) -> Callable:
+    """An ``init_loc_fn`` that never samples an improper prior.
+
+    Each latent site starts at its prior mean when that is finite and in the support, else at
+    the median of 15 prior draws, else (flat priors, which cannot be sampled) at the image of
+    :math:`0` in the unconstrained space. Values are cast to ``dtype`` on ``device``.
+    """
+
+    def init(site: dict) -> torch.Tensor:
+        fn = site["fn"]
+        support = fn.support
+        shape = fn.shape()
+        for guess in (_prior_mean, _prior_median):
+            try:
+                value = guess(fn)
+            except Exception:  # noqa: BLE001 - any failure means: try the next guess
+                continue
+            if value is None:
+                continue
+            value = value.detach().to(dtype=dtype, device=device)
+            if (
+                value.shape == shape
+                and bool(torch.isfinite(value).all())
+                and bool(support.check(value).all())
+            ):
+                return value
+        transform = biject_to(support)
+        unconstrained_shape = transform.inverse_shape(shape)
+        return transform(torch.zeros(unconstrained_shape, dtype=dtype, device=device))
+
+    return init
+
+
+def _prior_mean(fn) -> torch.Tensor | None:
+    if isinstance(fn, dist.ImproperUniform):
+        return None
+    return fn.mean
+
+
+def _prior_median(fn) -> torch.Tensor | None:
+    if isinstance(fn, dist.ImproperUniform) or fn.event_shape:
+        return None
+    return fn.sample((15,)).median(0)[0]
+
+
+# ----------------------------------------------------------------------------- Laplace
+
+
+@dataclass
+class LaplaceStart:
+    r"""Where a guide starts: the point :math:`\hat z` and the curvature there.
+
+    Attributes
+    ----------
+    loc
+        :math:`\hat z`, the flat unconstrained start (float64).
+    precision
+        The (regularised) Hessian :math:`H` of the potential at ``loc``.
+    scale_tril
+        Cholesky factor of :math:`H^{-1}`.
+    diag_scale
+        :math:`H_{ii}^{-1/2}`, the mean-field Gaussian's sds.
+    method
+        ``"laplace"`` (a MAP with positive-definite curvature), ``"path"`` (the best point
+        of the L-BFGS path), or ``"feasible"`` (no optimisation, unit scale).
+    notes
+        Sentences for the report.
+    """
+
+    loc: torch.Tensor
+    precision: torch.Tensor
+    scale_tril: torch.Tensor
+    diag_scale: torch.Tensor
+    method: str
+    iterations: int = 0
+    converged: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _hessian(potential: Callable, z: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        h = torch.autograd.functional.hessian(potential, z.detach().clone())
+    return 0.5 * (h + h.T)
+
+
+def _gaussian(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    r"""(precision, Cholesky of covariance, mean-field sds, whether ``h`` was already PD).
+
+    Eigenvalues at or below :math:`10^{-10}\,\lambda_{\max}` (or non-finite curvature) are
+    replaced by one, i.e. unit scale along those directions of the unconstrained space.
+    """
+    d = h.shape[0]
+    if not bool(torch.isfinite(h).all()):
+        eye = torch.eye(d, dtype=h.dtype, device=h.device)
+        return eye, eye.clone(), torch.ones(d, dtype=h.dtype, device=h.device), False
+    lam, vec = torch.linalg.eigh(h)
+    floor = 1e-10 * max(float(lam.abs().max()), 1e-300)
+    ok = lam > floor
+    pd = bool(ok.all())
+    lam = torch.where(ok, lam, torch.ones_like(lam).clamp(min=floor))
+    precision = (vec * lam) @ vec.T
+    covariance = (vec / lam) @ vec.T
+    covariance = 0.5 * (covariance + covariance.T)
+    try:
+        tril = torch.linalg.cholesky(covariance)
+    except RuntimeError:
+        tril = vec * lam.rsqrt()  # a square root; not triangular, so make it so by QR
+        tril = torch.linalg.qr(tril.T, mode="complete")[1].T
+        tril = tril * torch.sign(torch.diagonal(tril))
+    diag = torch.diagonal(precision).clamp(min=1e-300).rsqrt()
+    return precision, tril, diag, pd
+
+
+def laplace_start(
+    potential: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    *,
+    iterations: int = LBFGS_ITERATIONS,
+    draws: int = SELECTION_DRAWS,
+    generator: torch.Generator | None = None,
+) -> LaplaceStart:
+    r"""Find the MAP by L-BFGS from ``start`` and build the Laplace approximation there.
+
+    Parameters
+    ----------
+    potential
+        :math:`U(z)` for a flat float64 vector ``z`` (a scalar tensor, differentiable).
+    start
+        A feasible starting point.
+    iterations
+        L-BFGS iterations allowed. A minimum is accepted when the largest gradient component
+        falls below :math:`10^{-6}\max(1, |U|)` or :math:`U` stops changing (relative
+        :math:`10^{-12}`), and the Hessian there is positive definite.
+    draws
+        Draws for the ELBO estimate that picks a start along the path when there is no
+        minimum.
+
+    Returns
+    -------
+    LaplaceStart
+    """
+    z = start.detach().clone().to(torch.float64).requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [z],
+        lr=1.0,
+        max_iter=iterations,
+        max_eval=iterations * 5 // 4,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    path = [z.detach().clone()]  # every finite point L-BFGS evaluated, in order
+
+    def closure():
+        optimizer.zero_grad()
+        value = potential(z)
+        if not bool(torch.isfinite(value)):
+            raise FloatingPointError("the potential became non-finite")
+        value.backward()
+        path.append(z.detach().clone())
+        return value
+
+    failure = None
+    try:
+        with torch.enable_grad():
+            optimizer.step(closure)
+    except Exception as err:  # noqa: BLE001 - the model failed at an extreme point
+        failure = f"{type(err).__name__}: {err}".splitlines()[0]
+    k = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+    if failure is None and bool(torch.isfinite(z).all()):
+        path.append(z.detach().clone())  # the accepted point (trial points were recorded too)
+    converged = False
+    decrement = math.inf
+    if failure is None:
+        try:
+            with torch.enable_grad():
+                zz = path[-1].clone().requires_grad_(True)
+                (grad,) = torch.autograd.grad(potential(zz), zz)
+            h = _hessian(potential, path[-1])
+            precision, tril, diag, pd = _gaussian(h)
+            # Newton decrement: the distance to the minimum in posterior sds (Laplace metric)
+            decrement = float((grad @ tril).norm()) if pd else math.inf
+            converged = pd and decrement < 1e-2
+        except Exception as err:  # noqa: BLE001
+            failure = f"{type(err).__name__}: {err}".splitlines()[0]
+    notes = []
+    if converged:
+        notes.append(
+            f"Initialised at the MAP (L-BFGS in the unconstrained space, float64, {k} "
+            "iterations) with the Laplace approximation there; the guide was fitted in "
+            "coordinates whitened by it."
+        )
+        return LaplaceStart(path[-1], precision, tril, diag, "laplace", k, True, notes)
+    if failure:
+        reason = f"L-BFGS stopped after {k} iterations because {failure}"
+    elif decrement == math.inf:
+        reason = f"the Hessian where L-BFGS stopped ({k} iterations) is not positive definite"
+    else:
+        reason = (
+            f"L-BFGS found no minimum in {k} iterations (it stopped {decrement:.2g} posterior "
+            "sds from one; the log density may keep rising, as in a funnel where a scale goes "
+            "to zero)"
+        )
+    # No usable MAP: pick the point of the path whose Gaussian has the highest ELBO estimate.
+    n = len(path)
+    picks = sorted(
+        {round(i * (n - 1) / (SELECTION_CANDIDATES - 1)) for i in range(SELECTION_CANDIDATES)}
+    )
+    d = start.numel()
+    eps = torch.randn(draws, d, dtype=torch.float64, device=start.device, generator=generator)
+    best = None
+    for i in picks:
+        try:
+            h = _hessian(potential, path[i])
+            precision, tril, diag, _ = _gaussian(h)
+            with torch.no_grad():
+                zs = path[i] + eps @ tril.T
+                energies = torch.stack([potential(zz) for zz in zs])
+            entropy = torch.log(torch.diagonal(tril)).sum() + 0.5 * d * (1 + math.log(2 * math.pi))
+            elbo = float(-energies.mean() + entropy)
+        except Exception:  # noqa: BLE001 - a candidate where the model fails is no candidate
+            continue
+        if math.isfinite(elbo) and (best is None or elbo > best[0]):
+            best = (elbo, i, precision, tril, diag)
+    if best is None:
+        eye = torch.eye(d, dtype=torch.float64, device=start.device)
+        notes.append(
+            f"No MAP initialisation: {reason}, and no point of its path gave a finite ELBO; the "
+            "guide started at a feasible point with unit scale in the unconstrained space."
+        )
+        return LaplaceStart(
+            path[0],
+            eye,
+            eye.clone(),
+            torch.ones(d, dtype=torch.float64),
+            "feasible",
+            k,
+            False,
+            notes,
+        )
+    elbo, i, precision, tril, diag = best
+    notes.append(
+        f"No MAP initialisation: {reason}. The guide started at L-BFGS iterate {i} of {n - 1}, "
+        f"the one whose Gaussian (Hessian there, non-positive curvatures set to one) had the "
+        f"highest ELBO estimate ({elbo:.4g}, {draws} draws)."
+    )
+    return LaplaceStart(path[i], precision, tril, diag, "path", k, False, notes)
+
+
+# ----------------------------------------------------------------------------- guides
+
+
+class WhitenedGuide(AutoContinuous):
+    r"""Base class: an :class:`~pyro.infer.autoguide.AutoContinuous` guide whose parameters live
+    in coordinates :math:`u` with :math:`z = \hat z + W u` (see the module docstring).
+
+    Parameters
+    ----------
+    model
+        The Pyro model.
+    init
+        ``"laplace"`` (MAP by L-BFGS, then the Laplace approximation) or ``"feasible"``
+        (a feasible point, unit scale: :math:`\hat z` from :func:`feasible_init`, :math:`W = I`).
+    dtype, device
+        Of the guide's parameters (the Laplace step itself runs in float64).
+    iterations
+        L-BFGS iterations.
+    """
+
+    name = "whitened"
+    full_whitening = False
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        init: str = "laplace",
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        iterations: int = LBFGS_ITERATIONS,
+    ):
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        self._raw_model = (model,)  # a tuple: a PyroModule model must not become a submodule
+        self._init = init
+        self._dtype = dtype
+        self._device = torch.device(device) if device is not None else torch.device("cpu")
+        self._iterations = iterations
+        self.start: LaplaceStart | None = None
+        super().__init__(model, init_loc_fn=feasible_init(dtype, self._device))
+
+    @property
+    def notes(self) -> list[str]:
+        """What the initialisation did, in sentences (empty before :meth:`setup`)."""
+        return list(self.start.notes) if self.start is not None else []
+
+    def setup(self, *args, **kwargs) -> None:
+        """Build the guide for the model's arguments: trace the model, find the start, create the
+        parameters. Called on first use; call it yourself to time or inspect it."""
+        if self.prototype_trace is None:
+            with poutine.block():
+                self._setup_prototype(*args, **kwargs)
+
+    def potential(self, z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        r"""The potential :math:`U(z) = -\log p(x, T(z)) - \log|\det J_T(z)|` of a flat
+        unconstrained vector ``z`` (no batch dimension)."""
+        values = {}
+        log_jacobian = z.new_zeros(())
+        for site, unconstrained in self._unpack_latent(z):
+            transform = biject_to(site["fn"].support)
+            value = transform(unconstrained)
+            values[site["name"]] = value
+            log_jacobian = log_jacobian + transform.log_abs_det_jacobian(unconstrained, value).sum()
+        with poutine.block():
+            trace = poutine.trace(poutine.condition(self._raw_model[0], values)).get_trace(
+                *args, **kwargs
+            )
+        return -(trace.log_prob_sum() + log_jacobian)
+
+    def _setup_prototype(self, *args, **kwargs):
+        super()._setup_prototype(*args, **kwargs)
+        start = self._init_loc().to(torch.float64)
+        if self._init == "feasible":
+            d = start.numel()
+            eye = torch.eye(d, dtype=torch.float64, device=start.device)
+            self.start = LaplaceStart(
+                start,
+                eye,
+                eye.clone(),
+                torch.ones(d, dtype=torch.float64, device=start.device),
+                "feasible",
+                notes=[
+                    "Initialised at a feasible point (prior means or medians, zero in the "
+                    "unconstrained space for flat priors) with unit scale; no MAP search."
+                ],
+            )
+        else:
+            args64 = tuple(_to_float64(a) for a in args)
+            kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
+            generator = torch.Generator(device=start.device).manual_seed(0)
+            self.start = laplace_start(
+                lambda z: self.potential(z, *args64, **kwargs64),
+                start,
+                iterations=self._iterations,
+                generator=generator,
+            )
+        cast = {"dtype": self._dtype, "device": self._device}
+        self.register_buffer("white_loc", self.start.loc.to(**cast))
+        if self.full_whitening:
+            self.register_buffer("white_tril", self.start.scale_tril.to(**cast))
+        else:
+            self.register_buffer("white_scale", self.start.diag_scale.to(**cast))
+        self._setup_params()
+
+    def _setup_params(self) -> None:
+        raise NotImplementedError
+
+    def _zeros(self) -> torch.Tensor:
+        return torch.zeros(self.latent_dim, dtype=self._dtype, device=self._device)
+
+
+def _to_float64(value):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(torch.float64)
+    return value
+
+
+class AutoWhitenedNormal(WhitenedGuide):
+    r"""``auto-normal``: mean-field Gaussian :math:`\mathcal N(\hat z + d \odot m,\
+    \mathrm{diag}(d \odot s)^2)` over the unconstrained latents; :math:`m` starts at 0 and
+    :math:`s` at 1 (the mean-field Laplace approximation)."""
+
+    name = "auto-normal"
+    scale_constraint = constraints.softplus_positive
+
+    def _setup_params(self):
+        self.loc = nn.Parameter(self._zeros())
+        self.scale = PyroParam(self._zeros() + 1.0, self.scale_constraint)
+
+    def _loc_scale(self, *args, **kwargs):
+        return self.white_loc + self.white_scale * self.loc, self.white_scale * self.scale
+
+    def get_posterior(self, *args, **kwargs):
+        """The diagonal Normal over the flat unconstrained latent vector."""
+        loc, scale = self._loc_scale()
+        return dist.Normal(loc, scale).to_event(1)
+
+
+class AutoWhitenedMultivariateNormal(WhitenedGuide):
+    r"""``auto-mvn``: full-rank Gaussian :math:`\mathcal N(\hat z + L m,\ (L S)(L S)^\top)` with
+    :math:`L` the Laplace covariance's Cholesky factor and :math:`S` lower triangular
+    (diag(scale) times a unit lower-triangular matrix), starting at :math:`m = 0, S = I`."""
+
+    name = "auto-mvn"
+    full_whitening = True
+    scale_constraint = constraints.softplus_positive
+    scale_tril_constraint = constraints.unit_lower_cholesky
+
+    def _setup_params(self):
+        self.loc = nn.Parameter(self._zeros())
+        self.scale = PyroParam(self._zeros() + 1.0, self.scale_constraint)
+        eye = torch.eye(self.latent_dim, dtype=self._dtype, device=self._device)
+        self.scale_tril = PyroParam(eye, self.scale_tril_constraint)
+
+    def _tril(self) -> torch.Tensor:
+        return self.white_tril @ (self.scale[..., None] * self.scale_tril)
+
+    def _loc_scale(self, *args, **kwargs):
+        tril = self._tril()
+        return self.white_loc + self.white_tril @ self.loc, tril.pow(2).sum(-1).sqrt()
+
+    def get_posterior(self, *args, **kwargs):
+        """The multivariate Normal over the flat unconstrained latent vector."""
+        return dist.MultivariateNormal(
+            self.white_loc + self.white_tril @ self.loc, scale_tril=self._tril()
+        )
+
+
+class AutoWhitenedLowRankNormal(WhitenedGuide):
+    r"""``auto-lowrank``: :math:`\mathcal N(\hat z + d \odot m,\ D_s (F F^\top + I) D_s)` with
+    :math:`D_s = \mathrm{diag}(d \odot s)` and :math:`F` of rank ``rank`` (default
+    :math:`\mathrm{round}(\sqrt{\dim z})`). :math:`F` starts at the leading eigenvectors of the
+    Laplace correlation in :math:`u` coordinates, so the start is close to the Laplace fit."""
+
+    name = "auto-lowrank"
+    scale_constraint = constraints.softplus_positive
+
+    def __init__(self, model: Callable, *, rank: int | None = None, **kwargs):
+        if rank is not None and (not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        self.rank = rank
+        super().__init__(model, **kwargs)
+
+    def _setup_params(self):
+        d = self.latent_dim
+        rank = self.rank or max(1, round(math.sqrt(d)))
+        self.rank = rank
+        cov = torch.cholesky_inverse(torch.linalg.cholesky(self.start.precision))
+        white = self.start.diag_scale
+        corr = cov / white[:, None] / white[None, :]
+        lam, vec = torch.linalg.eigh(0.5 * (corr + corr.T))
+        lam, vec = lam.flip(0)[:rank], vec.flip(1)[:, :rank]
+        factor = vec * (lam - 1.0).clamp(min=0.0).sqrt()
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.randn(d, rank, dtype=torch.float64, generator=generator)
+        factor = factor + 1e-2 * noise.to(factor.device)  # off the saddle at F = 0
+        self.loc = nn.Parameter(self._zeros())
+        self.scale = PyroParam(self._zeros() + 1.0, self.scale_constraint)
+        self.cov_factor = nn.Parameter(factor.to(dtype=self._dtype, device=self._device))
+
+    def get_posterior(self, *args, **kwargs):
+        """The low-rank-plus-diagonal Normal over the flat unconstrained latent vector."""
+        scale = self.white_scale * self.scale
+        return dist.LowRankMultivariateNormal(
+            self.white_loc + self.white_scale * self.loc,
+            self.cov_factor * scale[..., None],
+            scale * scale,
+        )
+
+    def _loc_scale(self, *args, **kwargs):
+        scale = self.white_scale * self.scale * (self.cov_factor.pow(2).sum(-1) + 1).sqrt()
+        return self.white_loc + self.white_scale * self.loc, scale
+
+
+class AutoWhitenedIAF(WhitenedGuide):
+    r"""``auto-iaf``: a standard Normal pushed through an affine autoregressive flow
+    (:func:`pyro.distributions.transforms.affine_autoregressive`, Pyro's ``AutoIAFNormal``) and
+    then through :math:`z = \hat z + L v`. The flow's last layer starts at zero, so the flow
+    starts as the identity and the guide as the Laplace approximation."""
+
+    name = "auto-iaf"
+    full_whitening = True
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        hidden_dims: list[int] | None = None,
+        num_transforms: int = 1,
+        **kwargs,
+    ):
+        self._hidden_dims = hidden_dims
+        self._num_transforms = num_transforms
+        super().__init__(model, **kwargs)
+
+    def _setup_params(self):
+        d = self.latent_dim
+        hidden = self._hidden_dims or [max(3 * d + 1, 8)]
+        flows = []
+        for _ in range(self._num_transforms):
+            if d == 1:  # a one-dimensional autoregressive flow is an affine map
+                flows.append(_LearnedAffine(d, self._dtype, self._device))
+                continue
+            flow = affine_autoregressive(d, hidden_dims=hidden)
+            last = flow.arn.layers[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            flows.append(flow.to(dtype=self._dtype, device=self._device))
+        self.flows = nn.ModuleList(flows)
+
+    def get_posterior(self, *args, **kwargs):
+        """The flow over the flat unconstrained latent vector."""
+        base = dist.Normal(self._zeros(), self._zeros() + 1.0).to_event(1)
+        whiten = dist.transforms.LowerCholeskyAffine(self.white_loc, self.white_tril)
+        return dist.TransformedDistribution(base, [*self.flows, whiten])
+
+
+class _LearnedAffine(dist.TransformModule):
+    """A learnable elementwise affine map (the flow of a one-dimensional latent)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, d, dtype, device):
+        super().__init__(cache_size=1)
+        self.shift = nn.Parameter(torch.zeros(d, dtype=dtype, device=device))
+        self.log_scale = nn.Parameter(torch.zeros(d, dtype=dtype, device=device))
+
+    def _call(self, x):
+        return self.shift + self.log_scale.exp() * x
+
+    def _inverse(self, y):
+        return (y - self.shift) * torch.exp(-self.log_scale)
+
+    def log_abs_det_jacobian(self, x, y):
+        return self.log_scale.expand(x.shape).sum(-1)
+
+
+GUIDE_CLASSES = {
+    "auto-normal": AutoWhitenedNormal,
+    "auto-mvn": AutoWhitenedMultivariateNormal,
+    "auto-lowrank": AutoWhitenedLowRankNormal,
+    "auto-iaf": AutoWhitenedIAF,
+}
+
+
+def make_guide(
+    name: str,
+    model: Callable,
+    *,
+    custom: Callable | None = None,
+    init: str = "laplace",
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    **options,
+) -> Callable:
+    """The guide called ``name`` for ``model``.
+
+    Parameters
+    ----------
+    name
+        One of :data:`GUIDES`, or ``"custom"`` for the user's own ``custom`` guide.
+    custom
+        The script's ``guide`` (required for ``"custom"``).
+    init, dtype, device
+        See :class:`WhitenedGuide`.
+    options
+        ``rank`` for ``auto-lowrank``; ``hidden_dims``, ``num_transforms`` for ``auto-iaf``;
+        ``iterations`` (L-BFGS) for all.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or ``custom`` without a guide.
+    """
+    if name == CUSTOM:
+        if custom is None:
+            raise ValueError("guide 'custom' needs a guide(**data) function in the model script")
+        return custom
+    if name not in GUIDE_CLASSES:
+        raise ValueError(f"guide must be one of {', '.join((*GUIDES, CUSTOM))}, got {name!r}")
+    return GUIDE_CLASSES[name](model, init=init, dtype=dtype, device=device, **options)
+
+
+def max_plate_nesting(trace) -> int:
+    """The deepest vectorized plate of a trace (0 without plates), as Pyro's ELBO guesses it."""
+    dims = [
+        -frame.dim
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized and frame.dim is not None
+    ]
+    return max([0, *dims])
