@@ -14,10 +14,13 @@ import sys
 from pathlib import Path
 
 from .runs import STATUS_COMPLETE, read_json
-from .svi import NonFiniteLossError
 
 # command name -> module implementing it; the summary's "model" key names the same modules.
-JOBS = {"exp-normal": "ppl_models.jobs.exp_normal", "vae": "ppl_models.jobs.vae"}
+JOBS = {
+    "fit": "ppl_models.jobs.fit",
+    "exp-normal": "ppl_models.jobs.exp_normal",
+    "vae": "ppl_models.jobs.vae",
+}
 BENCHMARKS = {"exp-normal": "ppl_models.bench.exp_normal", "vae": "ppl_models.bench.vae"}
 EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
 
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError) as err:
+    # FloatingPointError covers ppl_models.svi.NonFiniteLossError without importing torch here
+    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as err:
         # one line: messages from deeper libraries can carry tables after their first line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         print(f"ppl-models: error: {first}", file=sys.stderr)

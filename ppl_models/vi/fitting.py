@@ -24,6 +24,7 @@ one; a model that indexes ``beta[0]`` fails it, and the fit then loops over part
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -276,6 +277,7 @@ def fit_svi(
     on_step: Callable[[int, float, Callable], bool | None] | None = None,
     on_log: Callable[[dict], None] | None = None,
     log_every: int = 1,
+    validate: bool = False,
 ) -> SviFit:
     r"""Fit ``guide`` to ``model``'s posterior given ``data`` by SVI.
 
@@ -319,6 +321,10 @@ def fit_svi(
     on_log
         Receives one record per ``log_every`` steps: ``step``, ``loss``, ``lr``, and
         ``elbo_window_mean`` at window ends (for ``metrics.jsonl``).
+    validate
+        Keep Pyro's argument and shape validation on inside the training loop. It is on (as the
+        caller has it) while the guide is built and the vectorization is checked, which is where
+        a malformed model shows itself; off in the loop, the steps are about 30% faster.
 
     Returns
     -------
@@ -364,6 +370,7 @@ def fit_svi(
         "eval_every": eval_every,
         "tolerance": tolerance,
         "stop_early": stop_early,
+        "validate": validate,
     }
     start = time.perf_counter()
     notes: list[str] = []
@@ -438,15 +445,17 @@ def fit_svi(
                 stop = True
             return stop
 
-        result = train(
-            lambda: loss_fn(**data),
-            optimizer,
-            [()] * steps,
-            scheduler=scheduler,
-            on_step=record,
-            progress=progress,
-            desc=f"SVI {guide_name}",
-        )
+        validation = contextlib.nullcontext() if validate else pyro.validation_enabled(False)
+        with validation:
+            result = train(
+                lambda: loss_fn(**data),
+                optimizer,
+                [()] * steps,
+                scheduler=scheduler,
+                on_step=record,
+                progress=progress,
+                desc=f"SVI {guide_name}",
+            )
         with torch.no_grad():
             if count:
                 for s, p in zip(sums, params, strict=True):
