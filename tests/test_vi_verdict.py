@@ -1,0 +1,205 @@
+"""The verdict: never trustworthy while a parameter is off, and k-hat is not enough."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from vi_helpers import FakeFit, gaussian_problem, normal_guide
+
+from ppl_models.vi.diagnose import diagnose
+from ppl_models.vi.references import Reference
+from ppl_models.vi.verdict import MEANS_ONLY, NOT_TRUSTWORTHY, TRUSTWORTHY, VerdictRules, decide
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "posteriordb"
+DRAWS = 20_000
+
+
+def _exact_reference(mean, sd, chains=4, draws=2500, seed=0):
+    rng = np.random.default_rng(seed)
+    values = rng.normal(mean.numpy(), sd, size=(chains, draws, len(mean)))
+    return Reference({"mu": values}, "exact posterior draws (test)")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return gaussian_problem(d=3, n=5)
+
+
+def _diagnose(problem, shift=0.0, scale=1.0, reference=None, converged=True):
+    model, data, m, s = problem
+    guide = normal_guide(m + shift * s, torch.full_like(m, scale * s))
+    fit = FakeFit(model, guide, data, max_plate_nesting=2, converged=converged)
+    return diagnose(fit, reference, draws=DRAWS, progress=False).summary
+
+
+def test_a_fit_equal_to_the_posterior_is_trustworthy(problem):
+    _, _, m, s = problem
+    assert _diagnose(problem)["verdict"] == TRUSTWORTHY
+    with_ref = _diagnose(problem, reference=_exact_reference(m, s))
+    assert with_ref["verdict"] == TRUSTWORTHY
+    assert all(abs(p["std_mean_error"]) < 0.05 for p in with_ref["parameters"])
+
+
+@pytest.mark.parametrize("shift", [0.25, 0.5])
+def test_shifted_mean_with_the_right_spread_is_caught_while_khat_stays_low(problem, shift):
+    _, _, m, s = problem
+    alone = _diagnose(problem, shift=shift)
+    assert alone["psis_khat"] < 0.5  # k-hat alone would reassure
+    assert alone["d2"] == pytest.approx(2 * 3 * shift**2, rel=0.15)  # d_2 = 2 d delta^2
+    assert alone["verdict"] == NOT_TRUSTWORTHY
+    assert any("mean-error bounds" in r for r in alone["verdict_reasons"])
+    with_ref = _diagnose(problem, shift=shift, reference=_exact_reference(m, s))
+    assert with_ref["verdict"] == NOT_TRUSTWORTHY
+    assert set(with_ref["verdict_off"]) >= {"mu[1]", "mu[2]", "mu[3]"}
+    assert "mu[1]" in " ".join(with_ref["verdict_reasons"])
+
+
+def test_wrong_spread_with_right_means_is_means_only_with_a_reference(problem):
+    _, _, m, s = problem
+    wide = _diagnose(problem, scale=1.3, reference=_exact_reference(m, s))
+    assert wide["verdict"] == MEANS_ONLY
+    assert "sd ratio" in " ".join(wide["verdict_reasons"])
+    narrow = _diagnose(problem, scale=0.75, reference=_exact_reference(m, s))
+    assert narrow["verdict"] == MEANS_ONLY
+
+
+def test_not_converged_is_never_trustworthy(problem):
+    _, _, m, s = problem
+    assert _diagnose(problem, converged=False)["verdict"] == NOT_TRUSTWORTHY
+    ref = _diagnose(problem, converged=False, reference=_exact_reference(m, s))
+    assert ref["verdict"] != TRUSTWORTHY
+    assert "convergence rule" in ref["verdict_reasons"][0]
+
+
+def _row(name, err, ratio=1.0, ref_mcse=0.01, ks=0.01, ess=10_000.0):
+    return {
+        "name": name,
+        "site": name,
+        "kind": "latent",
+        "mean": err,
+        "sd": ratio,
+        "mcse_mean": ratio / math.sqrt(DRAWS),
+        "mcse_sd": ratio / math.sqrt(2 * DRAWS),
+        "ref_mean": 0.0,
+        "ref_sd": 1.0,
+        "ref_mcse_mean": ref_mcse,
+        "ref_mcse_sd": ref_mcse / math.sqrt(2),
+        "ref_ess": ess,
+        "std_mean_error": err,
+        "sd_ratio": ratio,
+        "ks": ks,
+        "psis_mean": err,
+        "psis_sd": ratio,
+    }
+
+
+def _decide(rows, **kw):
+    args = dict(
+        converged=True,
+        khat=0.2,
+        khat_threshold=0.7,
+        d2=0.001,
+        importance_ess=10_000.0,
+        draws=DRAWS,
+        coordinates=[],
+        has_reference=True,
+    )
+    args.update(kw)
+    return decide(rows, **args)
+
+
+def test_reference_tolerance_allows_for_the_references_monte_carlo_error():
+    # a short NUTS run: MCSE 0.06 sd, so 0.2 sd of apparent error can be noise ...
+    assert _decide([_row("a", 0.2, ref_mcse=0.06, ess=300)]).label == TRUSTWORTHY
+    # ... but not 0.5 sd, and a long run allows no more than about 0.12 sd
+    assert _decide([_row("a", 0.5, ref_mcse=0.06, ess=300)]).label == NOT_TRUSTWORTHY
+    assert _decide([_row("a", 0.15, ref_mcse=0.01)]).label == NOT_TRUSTWORTHY
+    v = _decide([_row("a", 0.02), _row("b", -0.4), _row("c", 0.01, ratio=0.6)])
+    assert v.label == NOT_TRUSTWORTHY and v.off[:2] == ["b", "c"] and "b" in v.reasons[0]
+    assert _decide([_row("a", 0.02, ratio=1.25)]).label == MEANS_ONLY
+    assert _decide([_row("a", 0.02, ks=0.2)]).label == MEANS_ONLY
+    assert _decide([_row("a", 0.02)], khat=0.9).label == MEANS_ONLY
+    assert _decide([_row("a", 0.02)], converged=False).label == MEANS_ONLY
+
+
+def test_never_trustworthy_while_any_element_is_outside_its_band():
+    rules = VerdictRules()
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        k = rng.integers(1, 8)
+        errs = rng.normal(0, 0.15, size=k)
+        ratios = np.exp(rng.normal(0, 0.1, size=k))
+        mcses = rng.uniform(0.005, 0.08, size=k)
+        rows = [
+            _row(f"p{i}", e, r, m)
+            for i, (e, r, m) in enumerate(zip(errs, ratios, mcses, strict=True))
+        ]
+        v = _decide(rows)
+        far = [
+            abs(e) > rules.mean_tolerance + 2 * math.hypot(m, r / math.sqrt(DRAWS)) + 1e-12
+            for e, r, m in zip(errs, ratios, mcses, strict=True)
+        ]
+        if any(far):
+            assert v.label == NOT_TRUSTWORTHY
+        if v.label == TRUSTWORTHY:
+            assert np.all(np.abs(errs) <= 0.1 + 2 * 0.081) and np.all(np.abs(ratios - 1) < 0.3)
+
+
+def test_without_reference_a_high_khat_or_few_effective_draws_is_not_trustworthy():
+    coords = [{"name": "a", "site": "a", "sd": 1.0, "mean_error": 0.01, "sd_error": 0.05}]
+    row = _row("a", 0.0)
+    for key in ("ref_mean", "ref_sd", "std_mean_error", "sd_ratio", "ks"):
+        row[key] = None
+    base = dict(has_reference=False, coordinates=coords)
+    assert _decide([row], **base).label == TRUSTWORTHY
+    assert _decide([row], **base, khat=0.6).label == NOT_TRUSTWORTHY
+    assert _decide([row], **base, importance_ess=50.0).label == NOT_TRUSTWORTHY
+    loose_sd = [dict(coords[0], sd_error=0.9)]
+    assert _decide([row], has_reference=False, coordinates=loose_sd).label == MEANS_ONLY
+
+
+# ------------------------------------------------------------------ validation on posteriordb
+
+
+def _shared_fit(script: str, guide: str):
+    from ppl_models.vi.fitting import fit_svi
+    from ppl_models.vi.script import load_script
+
+    ms = load_script(Path(__file__).resolve().parents[1] / "runs" / script)
+    return fit_svi(ms.model, guide, ms.load_data(), device="cpu", seed=0)
+
+
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason="../shared/data/posteriordb is absent"
+)
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, posterior",
+    [("kidiq_kidscore_momiq.py", "kidiq-kidscore_momiq"), ("sblri_blr.py", "sblri-blr")],
+)
+def test_full_rank_fits_match_posteriordb(script, posterior):
+    fit = _shared_fit(script, "auto-mvn")
+    ref = SHARED / posterior / "reference_draws.json.zip"
+    # the default S: with 20,000 draws the k-hat of kidiq's nearly equal weights (sd of log w
+    # 0.08) scatters between 0.66 and 0.81; with 100,000 between 0.2 and 0.3
+    summary = diagnose(fit, ref, progress=False).summary
+    for p in summary["parameters"]:
+        assert abs(p["std_mean_error"]) <= 0.1, p
+        assert 0.9 <= p["sd_ratio"] <= 1.1, p
+    assert summary["verdict"] == TRUSTWORTHY
+
+
+@needs_shared
+@pytest.mark.slow
+def test_centred_eight_schools_mean_field_is_not_trustworthy():
+    fit = _shared_fit("eight_schools_centered.py", "auto-normal")
+    ref = SHARED / "eight_schools-eight_schools_centered" / "reference_draws.json.zip"
+    with_ref = diagnose(fit, ref, draws=DRAWS, progress=False).summary
+    alone = diagnose(fit, None, draws=DRAWS, progress=False).summary
+    assert with_ref["verdict"] != TRUSTWORTHY and alone["verdict"] != TRUSTWORTHY
+    assert "tau" in with_ref["verdict_off"]
