@@ -43,7 +43,8 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
-from pyro.distributions.transforms import affine_autoregressive
+from pyro.distributions.transforms import AffineAutoregressive, affine_autoregressive
+from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroParam
 from torch import nn
@@ -554,7 +555,7 @@ class AutoWhitenedIAF(WhitenedGuide):
             if d == 1:  # a one-dimensional autoregressive flow is an affine map
                 flows.append(_LearnedAffine(d, self._dtype, self._device))
                 continue
-            flow = affine_autoregressive(d, hidden_dims=hidden)
+            flow = _AffineAutoregressive(affine_autoregressive(d, hidden_dims=hidden).arn)
             last = flow.arn.layers[-1]
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
@@ -564,8 +565,30 @@ class AutoWhitenedIAF(WhitenedGuide):
     def get_posterior(self, *args, **kwargs):
         """The flow over the flat unconstrained latent vector."""
         base = dist.Normal(self._zeros(), self._zeros() + 1.0).to_event(1)
-        whiten = dist.transforms.LowerCholeskyAffine(self.white_loc, self.white_tril)
+        # cached, so that log q of a draw finds the flow's cached inverse instead of inverting it
+        whiten = dist.transforms.LowerCholeskyAffine(self.white_loc, self.white_tril, cache_size=1)
         return dist.TransformedDistribution(base, [*self.flows, whiten])
+
+
+class _AffineAutoregressive(AffineAutoregressive):
+    """Pyro's affine autoregressive transform whose inverse works in any dtype (Pyro's starts
+    its inversion from zeros of the default dtype, which fails for float64 flows)."""
+
+    def _inverse(self, y):
+        x = [torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device)] * y.size(-1)
+        log_scale = None
+        for idx in self.arn.permutation:
+            mean, log_scale = self.arn(torch.stack(x, dim=-1))
+            inverse_scale = torch.exp(
+                -clamp_preserve_gradients(
+                    log_scale[..., idx], min=self.log_scale_min_clip, max=self.log_scale_max_clip
+                )
+            )
+            x[idx] = (y[..., idx] - mean[..., idx]) * inverse_scale
+        self._cached_log_scale = clamp_preserve_gradients(
+            log_scale, min=self.log_scale_min_clip, max=self.log_scale_max_clip
+        )
+        return torch.stack(x, dim=-1)
 
 
 class _LearnedAffine(dist.TransformModule):
