@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 from scipy.special import logsumexp
 
@@ -116,14 +117,16 @@ def pairs(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
     q = _posterior_elements(idata, "posterior")
     ref = _posterior_elements(idata, "reference_posterior")
     k = len(names)
-    fig, axes = new_figure(k, k, figsize=(2.4 * k, 2.4 * k))
+    # only the lower triangle's axes are made: each axis costs layout time
+    fig = MplFigure(figsize=(2.4 * k, 2.4 * k), layout="constrained")
+    axes = {(i, j): fig.add_subplot(k, k, i * k + j + 1) for i in range(k) for j in range(i + 1)}
     rng = np.random.default_rng(0)
     q_idx = rng.choice(len(q[names[0]]), size=min(2000, len(q[names[0]])), replace=False)
     has_ref = all(n in ref for n in names)
     if has_ref:
         r_idx = rng.choice(len(ref[names[0]]), size=min(2000, len(ref[names[0]])), replace=False)
     for i, yi in enumerate(names):
-        for j, xj in enumerate(names):
+        for j, xj in enumerate(names[: i + 1]):
             ax = axes[i, j]
             ax.tick_params(labelsize=6)
             if i == j:
@@ -131,12 +134,10 @@ def pairs(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
                 if xj in ref:
                     ax.hist(ref[xj], bins=40, density=True, histtype="step", color=REF_COLOR)
                 ax.set_yticks([])
-            elif i > j:
+            else:
                 if has_ref:
                     ax.scatter(ref[xj][r_idx], ref[yi][r_idx], s=2, color=REF_COLOR, alpha=0.35)
                 ax.scatter(q[xj][q_idx], q[yi][q_idx], s=2, color=Q_COLOR, alpha=0.35)
-            else:
-                ax.set_visible(False)
             if i == k - 1:
                 ax.set_xlabel(xj, fontsize=8)
             if j == 0 and i > 0:

@@ -1,0 +1,124 @@
+"""diagnose() -> write_report() -> rebuild_report(): the run's files and the page."""
+
+import json
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from vi_helpers import FakeFit, gaussian_problem, normal_guide
+
+from ppl_models import diagnostics
+from ppl_models.vi.diagnose import diagnose
+from ppl_models.vi.references import Reference
+from ppl_models.vi.report import rebuild_report, write_report
+
+ISSUE_KEYS = {
+    "status", "guide", "elbo", "psis_khat", "psis_khat_threshold", "importance_ess",
+    "iw_bounds", "iw_bounds_se", "cubo2", "d2", "error_bounds", "parameters", "verdict",
+}  # fmt: skip
+PARAMETER_KEYS = {
+    "name", "mean", "sd", "ref_mean", "ref_sd", "std_mean_error", "sd_ratio", "w1_over_sd", "ks",
+}  # fmt: skip
+FIGURES = {"marginals.png", "pairs.png", "trace.png", "weights.png", "bounds.png"}
+
+
+def _model(y):
+    d = y.shape[-1]
+    with pyro.plate("d", d):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=y.dtype), 10.0))
+        with pyro.plate("n", y.shape[0], dim=-2):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    tau = pyro.sample("tau", dist.LogNormal(torch.zeros((), dtype=y.dtype), 0.5))
+    pyro.deterministic("total", mu.sum(-1, keepdim=True) * tau)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    _, data, m, s = gaussian_problem(d=3, n=5)
+    shifted = normal_guide(m + torch.tensor([0.0, 0.0, 0.6]) * s, torch.full_like(m, s))
+
+    def guide(y):
+        shifted(y)
+        pyro.sample("tau", dist.LogNormal(torch.zeros((), dtype=y.dtype), 0.5))
+
+    rng = np.random.default_rng(0)
+    ref = Reference({"mu": rng.normal(m.numpy(), s, size=(4, 1000, 3))}, "exact draws (test)")
+    fit = FakeFit(_model, guide, data, max_plate_nesting=2, guide_name="custom")
+    diagnosis = diagnose(fit, ref, draws=8000, progress=False)
+    out = tmp_path_factory.mktemp("run")
+    write_report(diagnosis, out)
+    return diagnosis, out
+
+
+def test_summary_has_the_issue_keys_in_strict_json(run):
+    diagnosis, out = run
+    text = (out / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert ISSUE_KEYS <= set(summary) and summary["model"] == "fit"
+    assert summary["status"] == "complete"
+    assert set(summary["error_bounds"]) == {"w1", "w2", "mean_error", "sd_error"}
+    assert set(summary["iw_bounds"]) == {"1", "10", "100", "1000"}
+    assert summary["verdict"] in ("trustworthy", "means-only", "not-trustworthy")
+    names = [p["name"] for p in summary["parameters"]]
+    assert names == ["mu[1]", "mu[2]", "mu[3]", "tau", "total[1]"]
+    for p in summary["parameters"]:
+        assert PARAMETER_KEYS <= set(p)
+    tau = summary["parameters"][3]
+    assert tau["ref_mean"] is None and tau["std_mean_error"] is None and tau["ks"] is None
+    # the third mean is 0.6 sd off the reference: named, and the fit is not trustworthy
+    assert summary["verdict"] == "not-trustworthy"
+    assert "mu[3]" in summary["verdict_off"] and "mu[1]" not in summary["verdict_off"]
+    assert summary["convergence_rule"].startswith("relative ELBO change")
+    assert "unconstrained" in summary["error_bounds_space"]
+
+
+def test_posterior_file_holds_draws_reference_and_log_densities(run):
+    diagnosis, out = run
+    idata = diagnostics.load(out / "posterior.nc")
+    assert {"posterior", "reference_posterior", "sample_stats"} <= set(idata.groups())
+    post = idata.posterior
+    assert set(post.data_vars) == {"mu", "tau", "total"}
+    assert post["mu"].shape == (4, 2000, 3) and post["tau"].shape == (4, 2000)
+    assert post["total"].shape == (4, 2000, 1)
+    np.testing.assert_allclose(
+        post["total"].values[..., 0], post["mu"].values.sum(-1) * post["tau"].values
+    )
+    assert idata.reference_posterior["mu"].shape == (4, 1000, 3)
+    stats = idata.sample_stats
+    log_w = (stats["log_joint"] - stats["log_q"]).values.ravel()
+    assert len(log_w) == 8000
+    assert float(np.mean(log_w)) == pytest.approx(diagnosis.summary["elbo"], rel=1e-12)
+
+
+def test_report_page_leads_with_the_verdict_and_embeds_every_figure(run):
+    _, out = run
+    html = (out / "report.html").read_text()
+    assert {p.name for p in (out / "figures").glob("*.png")} == FIGURES
+    assert html.count("data:image/png;base64,") == len(FIGURES)
+    verdict_at = html.index("NOT TRUSTWORTHY")
+    assert verdict_at < html.index("Side by side")
+    assert "mu[3]" in html[verdict_at : html.index("Side by side")]
+    assert "unconstrained space" in html
+    assert "relative ELBO change" in html  # the convergence rule
+
+
+def test_rebuild_report_from_the_run_files_alone(run):
+    _, out = run
+    (out / "report.html").unlink()
+    for png in (out / "figures").glob("*.png"):
+        png.unlink()
+    path = rebuild_report(out)
+    assert path == out / "report.html" and path.is_file()
+    assert {p.name for p in (out / "figures").glob("*.png")} == FIGURES
+    with pytest.raises(FileNotFoundError, match="summary.json"):
+        rebuild_report(out / "figures")
+
+
+def test_json_numbers_never_inf_or_nan(run):
+    diagnosis, _ = run
+    for p in diagnosis.summary["parameters"]:
+        for v in p.values():
+            assert not (isinstance(v, float) and not math.isfinite(v))
