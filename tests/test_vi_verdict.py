@@ -203,3 +203,17 @@ def test_centred_eight_schools_mean_field_is_not_trustworthy():
     alone = diagnose(fit, None, draws=DRAWS, progress=False).summary
     assert with_ref["verdict"] != TRUSTWORTHY and alone["verdict"] != TRUSTWORTHY
     assert "tau" in with_ref["verdict_off"]
+
+
+def test_sites_the_reference_lacks_are_checked_by_importance_sampling():
+    ok = _row("theta", 0.01)
+    raw = _row("raw", 0.0)
+    for key in ("ref_mean", "ref_sd", "std_mean_error", "sd_ratio", "ks"):
+        raw[key] = None
+    coords = [{"name": "raw", "site": "raw", "sd": 1.0, "mean_error": 2.0, "sd_error": 3.0}]
+    v = _decide([ok, raw], coordinates=coords)
+    assert v.label == TRUSTWORTHY  # uncertified, not contradicted: said, not condemned
+    assert any("raw" in r and "neither compared nor certified" in r for r in v.reasons)
+    moved = dict(raw, psis_mean=0.5, psis_mcse_mean=0.01)
+    v = _decide([ok, moved], coordinates=coords)
+    assert v.label == NOT_TRUSTWORTHY and "raw" in v.off

@@ -28,7 +28,10 @@ correct fit is not condemned by the noise of a short NUTS run, while an error la
 core tolerance plus the noise is always caught. Any mean off -> ``not-trustworthy``; else any
 sd or shape off -> ``means-only``; else ``trustworthy`` (subject to the "always" rules:
 non-convergence or a high k-hat cap a reference-validated fit at ``means-only``). Latent sites
-without reference draws are judged by the rules below, and the verdict is the worse of the two.
+without reference draws (a non-centred model's raw parameters, when the reference holds the
+derived ones) are summarised, not compared: when k-hat is within its threshold their
+PSIS-corrected means and sds must agree with q's (a mean off -> ``not-trustworthy``, an sd off
+-> ``means-only``); when q's own diagnostics cannot certify them the report says so.
 
 **Without a reference** the fit must certify itself, from q's draws alone:
 
@@ -89,8 +92,10 @@ class VerdictRules:
             f"|sd_q / sd_ref - 1| <= {self.sd_tolerance:g} + {f:g} x (combined relative MCSE "
             f"of both sds); KS <= {self.ks_tolerance:g} + {self.ks_critical:g} x "
             "sqrt(1/S + 1/ESS_ref). A mean outside -> not-trustworthy; an sd or shape outside "
-            "-> means-only. The reference's MCSE and ESS come from its own chains (ArviZ).",
-            f"Without a reference (and for latent sites the reference lacks): converged, k-hat "
+            "-> means-only. The reference's MCSE and ESS come from its own chains (ArviZ). "
+            "Latent sites the reference lacks: their PSIS-corrected means and sds must agree "
+            "with q's when k-hat is within its threshold.",
+            f"Without a reference: converged, k-hat "
             f"<= {self.khat_bounds:g} (so E_q[w^2] is finite and d_2 is estimable) and an "
             f"importance ESS >= max({self.min_ess:g}, {self.min_ess_fraction:g} S); means: "
             f"every unconstrained coordinate's VIABEL mean-error bound <= "
@@ -209,6 +214,26 @@ def _reference_verdict(rows, draws, rules):
     return label, reasons, off, {n: c for n, (_, c) in checked.items()}
 
 
+def _psis_discrepancies(rows, rules: VerdictRules) -> tuple[list[str], list[str]]:
+    """Elements whose PSIS-corrected mean or sd differs from q's beyond the tolerances."""
+    f = rules.mcse_factor
+    mean_off, sd_off = [], []
+    for r in rows:
+        pm, ps = r.get("psis_mean"), r.get("psis_sd")
+        if pm is None or ps is None:
+            continue
+        scale = max(ps, r["sd"])
+        if scale <= 0:
+            continue
+        if abs(r["mean"] - pm) > rules.mean_tolerance * scale + f * (r.get("psis_mcse_mean") or 0):
+            mean_off.append(r["name"])
+        if ps <= 0 or abs(r["sd"] / ps - 1.0) > rules.sd_tolerance + f * (
+            (r.get("psis_mcse_sd") or 0.0) / ps
+        ):
+            sd_off.append(r["name"])
+    return mean_off, sd_off
+
+
 def _self_verdict(
     rows, coords, *, khat, khat_threshold, d2, importance_ess, draws, rules
 ) -> tuple[str, list[str], list[str], dict]:
@@ -232,31 +257,14 @@ def _self_verdict(
             "sampling checks."
         )
         return NOT_TRUSTWORTHY, reasons, [r["name"] for r in rows], checks
-    f = rules.mcse_factor
     bad_bound_mean = [
         c["name"] for c in coords if not c["mean_error"] <= rules.bound_mean_tolerance * c["sd"]
     ]
     bad_bound_sd = [
         c["name"] for c in coords if not c["sd_error"] <= rules.bound_sd_tolerance * c["sd"]
     ]
-    bad_psis_mean, bad_psis_sd = [], []
-    for r in rows:
-        pm, ps = r.get("psis_mean"), r.get("psis_sd")
-        if pm is None or ps is None:
-            bad_psis_mean.append(r["name"])
-            continue
-        scale = max(ps, r["sd"])
-        if scale <= 0:
-            continue
-        tol_m = rules.mean_tolerance * scale + f * (r.get("psis_mcse_mean") or 0.0)
-        if abs(r["mean"] - pm) > tol_m:
-            bad_psis_mean.append(r["name"])
-        if ps <= 0:
-            bad_psis_sd.append(r["name"])
-            continue
-        rel = (r.get("psis_mcse_sd") or 0.0) / ps
-        if not abs(r["sd"] / ps - 1.0) <= rules.sd_tolerance + f * rel:
-            bad_psis_sd.append(r["name"])
+    bad_psis_mean, bad_psis_sd = _psis_discrepancies(rows, rules)
+    bad_psis_mean += [r["name"] for r in rows if r.get("psis_mean") is None]
     checks.update(
         bound_mean_off=bad_bound_mean,
         bound_sd_off=bad_bound_sd,
@@ -347,6 +355,9 @@ def decide(
             r["site"] for r in rows if r["kind"] == "latent" and r["site"] not in compared_sites
         }
         if uncompared_latent:
+            # Sites the reference lacks (a non-centred model's raw parameters, say) cannot be
+            # compared; what q's own draws measure about them still counts, but a failure to
+            # certify them does not overrule the reference's checks of everything else.
             sub_rows = [r for r in rows if r["site"] in uncompared_latent]
             sub_coords = [c for c in coordinates if c["site"] in uncompared_latent]
             l2, why2, bad2, checks["self"] = _self_verdict(
@@ -359,13 +370,25 @@ def decide(
                 draws=draws,
                 rules=rules,
             )
-            reasons.append(
-                f"The reference has no draws of {_names(sorted(uncompared_latent))}; "
-                "for those the fit must certify itself."
-            )
-            reasons += why2
-            off += bad2
-            label = _worse(label, l2)
+            names = _names(sorted(uncompared_latent))
+            mean_off, sd_off = _psis_discrepancies(sub_rows, rules)
+            if khat is not None and khat <= khat_threshold and (mean_off or sd_off):
+                reasons.append(
+                    f"The reference has no draws of {names}; importance sampling from q "
+                    f"finds {_names(mean_off + sd_off)} off (PSIS-corrected "
+                    f"{'means' if mean_off else 'sds'} differ from q's)."
+                )
+                off += mean_off + sd_off
+                label = _worse(label, NOT_TRUSTWORTHY if mean_off else MEANS_ONLY)
+            elif l2 != TRUSTWORTHY:
+                reasons.append(
+                    f"The reference has no draws of {names}: they are summarised but neither "
+                    f"compared nor certified by q's own diagnostics ({why2[0] if why2 else ''})"
+                )
+            else:
+                reasons.append(
+                    f"The reference has no draws of {names}; q's own diagnostics certify them."
+                )
     else:
         if has_reference:
             reasons.append("The reference shares no element with the model: nothing compared.")
