@@ -186,7 +186,8 @@ def train(
     checked = 0
     stopped = False
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    # disable=None: tqdm draws the bar on a terminal only, so logs and CI get no carriage returns
+    bar = tqdm(total=total, desc=desc, unit="step", disable=None if progress else True, leave=False)
     try:
         for step, batch in enumerate(batches):
             optimizer.zero_grad(set_to_none=True)
