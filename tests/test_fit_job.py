@@ -1,0 +1,180 @@
+"""``ppl-models fit``: the run directory, ``report``, every bad input as one line and exit 2,
+and every shipped model script under small settings."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ppl_models import cli
+from ppl_models.jobs.fit import FitConfig
+from ppl_models.runs import read_json
+from ppl_models.vi.script import posteriordb_dir
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "runs"
+SMALL = ["--steps", "60", "--particles", "4", "--draws", "500", "--quiet"]
+POSTERIORDB = {
+    "eight_schools_noncentered.py": "eight_schools-eight_schools_noncentered",
+    "eight_schools_centered.py": "eight_schools-eight_schools_centered",
+    "kidiq_kidscore_momiq.py": "kidiq-kidscore_momiq",
+    "sblri_blr.py": "sblri-blr",
+}
+MODEL = """
+import pyro
+import pyro.distributions as dist
+
+def model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("n", len(x)):
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+def data():
+    return {"x": [0.5, 1.5, 1.0]}
+"""
+
+
+def run_cli(args, capsys):
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def assert_one_line_error(code, err, pattern):
+    import re
+
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ppl-models: error: ")
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_fit_writes_the_run_contract_and_report_rebuilds_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(
+        ["fit", str(RUNS / "normal_mean.py"), "--out", str(out), *SMALL], capsys
+    )
+    assert code == 0
+    for name in ("config.toml", "env.json", "metrics.jsonl", "summary.json", "posterior.nc"):
+        assert (out / name).is_file(), name
+    assert (out / "report.html").is_file() and any((out / "figures").glob("*.png"))
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "complete" and summary["model"] == "fit"
+    assert summary["guide"] == "auto-normal" and summary["verdict"] in stdout
+    assert summary["script"].endswith("normal_mean.py")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 60 and {"step", "loss", "lr"} <= set(metrics[0])
+    config = (out / "config.toml").read_text()
+    assert 'guide = "auto-normal"' in config and "steps = 60" in config
+    (out / "report.html").unlink()
+    code, stdout, _ = run_cli(["report", str(out)], capsys)
+    assert code == 0 and (out / "report.html").is_file()
+
+
+def test_model_raising_during_the_fit_marks_the_run_failed(tmp_path, capsys):
+    script = write(
+        tmp_path,
+        "raises.py",
+        MODEL.replace(
+            '        pyro.sample("x", dist.Normal(mu, 1.0), obs=x)',
+            '        pyro.sample("x", dist.Normal(mu, 1.0), obs=x)\n'
+            "    if mu.dim() and mu.shape[0] == 4:  # the fit's 4 vectorized particles\n"
+            "        raise RuntimeError('boom in the fit')",
+        ),
+    )
+    out = tmp_path / "run"
+    code, _, err = run_cli(["fit", str(script), "--out", str(out), *SMALL], capsys)
+    assert_one_line_error(code, err, r"model raised during fitting: RuntimeError: boom in the fit")
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "failed" and "boom" in summary["error"]
+
+
+def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path, capsys):
+    good = write(tmp_path, "good.py", MODEL)
+    cases = [
+        (["fit", str(tmp_path / "missing.py")], r"model script not found"),
+        (
+            ["fit", str(write(tmp_path, "broken.py", "raise ImportError('no such thing')\n"))],
+            r"failed to import: ImportError: no such thing",
+        ),
+        (["fit", str(write(tmp_path, "nomodel.py", "x = 1\n"))], r"no callable `model`"),
+    ]
+    (tmp_path / "extra.json").write_text('{"x": [1.0], "z": 2}')
+    cases.append(
+        (["fit", str(good), "--data", str(tmp_path / "extra.json")], r"\['z'\] are not parameters")
+    )
+    (tmp_path / "nan.json").write_text('{"x": [1.0, NaN]}')
+    cases.append((["fit", str(good), "--data", str(tmp_path / "nan.json")], r"'x' contains NaN"))
+    (tmp_path / "corrupt.json.zip").write_bytes(b"PK\x03\x04 this is not a zip")
+    cases.append(
+        (
+            ["fit", str(good), "--reference", str(tmp_path / "corrupt.json.zip")],
+            r"corrupt\.json\.zip",
+        )
+    )
+    cases.append((["fit", str(good), "--set", "lr=-1"], r"lr must be a positive number"))
+    cases.append((["fit", str(good), "--set", "bogus=1"], r"unknown config key 'bogus'"))
+    for args, pattern in cases:
+        code, _, err = run_cli([*args, "--out", str(tmp_path / "out-never"), "--quiet"], capsys)
+        assert_one_line_error(code, err, pattern)
+    assert not (tmp_path / "out-never").exists()  # bad input is caught before a run is created
+
+
+def test_reference_names_matching_no_site(tmp_path, capsys):
+    good = write(tmp_path, "good.py", MODEL)
+    chains = [{"mu": [1.0] * 50, "nonexistent": [0.0] * 50}]
+    with zipfile.ZipFile(tmp_path / "ref.json.zip", "w") as archive:
+        archive.writestr("reference_draws.json", json.dumps(chains))
+    code, _, err = run_cli(
+        [
+            "fit",
+            str(good),
+            "--reference",
+            str(tmp_path / "ref.json.zip"),
+            "--out",
+            str(tmp_path / "r"),
+            *SMALL,
+        ],
+        capsys,
+    )
+    assert_one_line_error(code, err, r"nonexistent")
+
+
+def test_fit_config_validates_its_values():
+    assert FitConfig().script == "runs/normal_mean.py"
+    for key, value in [("steps", 0), ("particles", 0), ("guide", "auto-x"), ("draws", 10)]:
+        with pytest.raises(ValueError, match=key):
+            FitConfig(**{key: value})
+    with pytest.raises(ValueError, match="lr_final"):
+        FitConfig(lr=0.01, lr_final=0.1)
+    assert FitConfig(reference="nuts").reference_kind == "nuts"
+    assert FitConfig(reference="x.json.zip").reference_kind == "file"
+
+
+def test_the_job_module_imports_neither_torch_nor_pyro():
+    code = (
+        "import sys, ppl_models, ppl_models.jobs.fit; "
+        "print('torch' in sys.modules, 'pyro' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in RUNS.glob("*.py")))
+def test_every_shipped_model_script_runs(script, tmp_path, capsys):
+    if script in POSTERIORDB and not (posteriordb_dir() / POSTERIORDB[script]).is_dir():
+        pytest.skip(f"posteriordb data not found under {posteriordb_dir()}")
+    out = tmp_path / "run"
+    code, _, err = run_cli(["fit", str(RUNS / script), "--out", str(out), *SMALL], capsys)
+    assert code == 0, err
+    assert read_json(out / "summary.json")["status"] == "complete"
