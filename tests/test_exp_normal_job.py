@@ -139,6 +139,47 @@ def test_summary_numbers_agree_with_independent_references(finished_run):
     assert grid_row["mean"] == pytest.approx(exact["mean"], abs=4 * exact["sd"] / np.sqrt(2000))
 
 
+GENERIC_KEYS = [
+    "status",
+    "guide",
+    "elbo",
+    "psis_khat",
+    "psis_khat_threshold",
+    "importance_ess",
+    "iw_bounds",
+    "iw_bounds_se",
+    "cubo2",
+    "d2",
+    "error_bounds",
+    "parameters",
+    "verdict",
+]
+
+
+def test_the_generic_diagnosis_rides_along_and_holds_against_the_closed_forms(finished_run):
+    s = json.loads((finished_run / "summary.json").read_text())
+    for key in GENERIC_KEYS:
+        assert key in s, key
+    assert s["model"] == "exp-normal" and s["guide"] == "exponential"
+    x = np.asarray(s["observations"]["values"])
+    log_px = exp_normal.log_evidence(x, 1.0)
+    # CUBO_2 >= log p(x) >= ELBO, with the closed forms as the truth
+    assert s["cubo2"] >= log_px >= s["elbo"] - 4 * s["elbo_se"]
+    assert s["elbo"] == pytest.approx(exp_normal.elbo(s["theta_svi"], x, 1.0), abs=4 * s["elbo_se"])
+    # the reference is the exact posterior: its mean and sd match the closed form
+    (z,) = s["parameters"]
+    exact = exp_normal.exact_posterior(x, 1.0)
+    assert z["name"] == "z"
+    assert z["ref_mean"] == pytest.approx(float(exact.mean), abs=5 * float(exact.stddev) / 40)
+    assert z["ref_sd"] == pytest.approx(float(exact.stddev), rel=0.1)
+    # the exponential guide is 11 nats off: the verdict must not call it trustworthy
+    assert s["verdict"] != "trustworthy" and "z" in s["verdict_off"]
+    # VIABEL's bounds hold against the errors measured on the exact draws
+    (coordinate,) = s["error_bounds_per_coordinate"]
+    assert coordinate["measured_mean_error"] <= coordinate["mean_error"]
+    assert coordinate["measured_sd_error"] <= coordinate["sd_error"]
+
+
 def test_report_embeds_figures_and_is_regenerated(finished_run, capsys):
     html = (finished_run / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)

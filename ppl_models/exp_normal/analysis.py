@@ -1,5 +1,10 @@
-"""Every number of the exponential-normal report: the fit against the exact and grid posteriors,
-the closed forms, importance weights, and each guide family's optimum.
+"""Every number of the exponential-normal report.
+
+The generic diagnosis (:func:`~ppl_models.vi.diagnose.diagnose`) checks the fit against the exact
+posterior as its reference (:func:`exact_reference`): PSIS k-hat, importance ESS,
+importance-weighted bounds, CUBO, d_2, VIABEL's error bounds, the per-parameter comparison and the
+verdict. The closed forms add what only this model has: theta*, the exact ELBO, evidence and KL,
+the grid posterior, and each guide family's optimum.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import diagnostics
+from ..vi.references import Reference
 from . import closed_forms, pyro_model, settings
 from .fitting import Fit
 from .settings import MODEL
@@ -17,12 +23,40 @@ from .settings import MODEL
 if TYPE_CHECKING:
     from ..jobs.exp_normal import ExpNormalConfig
 
-IW_KS = (1, 10, 100, 1000)
-IW_DRAWS = 200_000
+IW_DRAWS = 200_000  # guide draws of the diagnosis: every weight-based number comes from them
+REFERENCE_CHAINS = 4
+# The keys of the generic diagnosis that this report keeps under its own meaning.
+_OWN_KEYS = ("status", "model", "guide", "fit_seconds", "steps")
+
+
+def exact_reference(x, rate, draws: int) -> Reference:
+    """Independent draws of the exact posterior (the truncated normal), as the reference of
+    :func:`~ppl_models.vi.diagnose.diagnose`: site ``z``, cut into pseudo-chains.
+
+    Draws with torch's global generator (seed it first for reproducible draws).
+    """
+    z = closed_forms.exact_posterior(x, rate).sample((int(draws),)).numpy()
+    chains = REFERENCE_CHAINS if len(z) % REFERENCE_CHAINS == 0 else 1
+    return Reference(
+        draws={"z": z.reshape(chains, -1)},
+        source=f"exact posterior (normal truncated to z > 0), {len(z):,} independent draws",
+    )
 
 
 def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, object]:
-    """All numbers of the report, and the InferenceData of the three posteriors."""
+    """All numbers of the report, and the InferenceData of the variational, grid and exact
+    posteriors.
+
+    The summary holds the closed-form numbers of this model and, after them, every key of the
+    generic diagnosis (issue 7's ``summary.json``: ``elbo``, ``cubo2``, ``d2``,
+    ``error_bounds``, ``parameters``, ``verdict`` ...). ``psis_khat``, ``importance_ess``,
+    ``iw_bounds`` and ``draws`` are the diagnosis's, from its :data:`IW_DRAWS` guide draws.
+    The InferenceData is the diagnosis's (``posterior``, ``sample_stats``,
+    ``reference_posterior``) with the groups ``posterior_variational``, ``posterior_grid`` and
+    ``posterior_exact`` added.
+    """
+    from ..vi.diagnose import diagnose
+
     rate = config.rate
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
@@ -33,30 +67,33 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
     def log_q(z: np.ndarray) -> np.ndarray:
         return q.log_prob(torch.as_tensor(z, dtype=torch.float64)).numpy()
 
-    z_q = q.sample((config.draws,)).numpy()
-    log_joint_q, log_q_q = closed_forms.log_joint(z_q, x, rate), log_q(z_q)
+    reference = exact_reference(x, rate, config.draws)
+    diagnosis = diagnose(fitted.svi, reference, draws=IW_DRAWS, seed=config.seed, progress=False)
+    generic = diagnosis.summary
+    idata = diagnosis.idata
+    z_grid_draws = grid.sample(config.draws, rng)
+    idata.add_groups(
+        {
+            "posterior_variational": idata.posterior,
+            "posterior_grid": diagnostics.inference_data(z_grid_draws).posterior,
+            "posterior_exact": idata.reference_posterior,
+        }
+    )
     draws = {
-        "variational": diagnostics.inference_data(z_q, log_joint=log_joint_q, log_q=log_q_q),
-        "grid": diagnostics.inference_data(grid.sample(config.draws, rng)),
-        "exact": diagnostics.inference_data(exact.sample((config.draws,)).numpy()),
+        "variational": idata.posterior["z"].values.ravel(),
+        "grid": z_grid_draws,
+        "exact": reference.draws["z"].ravel(),
     }
-    idata = diagnostics.merge_methods(draws)
 
     exact_mean, exact_sd = float(exact.mean), float(exact.variance.sqrt())
     q_lo, q_hi = (float(exact.icdf(torch.tensor(p, dtype=torch.float64))) for p in (0.03, 0.97))
     table = {}
-    for method, data in draws.items():
-        row = diagnostics.summary_row(data.posterior["z"].values.ravel())
+    for method, values in draws.items():
+        row = diagnostics.summary_row(values)
         row["mean_error"] = row["mean"] - exact_mean
         row["sd_error"] = row["sd"] - exact_sd
         table[method] = row
     table["exact (closed form)"] = {"mean": exact_mean, "sd": exact_sd, "q_3%": q_lo, "q_97%": q_hi}
-
-    log_w = log_joint_q - log_q_q
-    khat = float(diagnostics.psis_khat(log_w))
-    z_iw = q.sample((IW_DRAWS,)).numpy()
-    log_w_iw = closed_forms.log_joint(z_iw, x, rate) - log_q(z_iw)
-    iw = {str(k): diagnostics.iw_bound(log_w_iw, k) for k in IW_KS}
 
     theta_star = closed_forms.optimal_theta(x, rate)
     log_evidence = closed_forms.log_evidence(x, rate)
@@ -93,12 +130,12 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
         "kl_at_theta_svi_grid": grid.kl_from(log_q),
         "kl_by_family": {f: v["kl"] for f, v in families.items()},
         "guide_params_by_family": {f: v["params"] for f, v in families.items()},
-        "psis_khat": khat,
-        "psis_khat_threshold": diagnostics.khat_threshold(config.draws),
-        "importance_ess": diagnostics.importance_ess(log_w),
-        "draws": config.draws,
-        "iw_bounds": {k: v[0] for k, v in iw.items()},
-        "iw_bounds_se": {k: v[1] for k, v in iw.items()},
+        "psis_khat": generic["psis_khat"],
+        "psis_khat_threshold": generic["psis_khat_threshold"],
+        "importance_ess": generic["importance_ess"],
+        "draws": generic["draws"],
+        "iw_bounds": generic["iw_bounds"],
+        "iw_bounds_se": generic["iw_bounds_se"],
         "wasserstein1_to_exact": diagnostics.wasserstein1(q, exact),
         "ks_to_exact": diagnostics.ks_distance(q, exact),
         "grid_max_abs_pdf_error": float(np.max(np.abs(grid.pdf(z_grid) - exact_pdf))),
@@ -106,4 +143,11 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
         "fit_seconds": fitted.seconds,
         "steps": len(fitted.losses),
     }
+    summary.update({k: v for k, v in generic.items() if k not in summary and k not in _OWN_KEYS})
+    summary["notes"] = [
+        f"The {config.guide} guide started from make_guide's data-informed guess."
+        if note.startswith("The custom guide was fitted as given")
+        else note
+        for note in summary.get("notes", [])
+    ]
     return summary, idata

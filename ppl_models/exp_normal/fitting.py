@@ -1,4 +1,11 @@
-"""The SVI fit of ``ppl-models exp-normal``: Adam with a decaying step size and suffix averaging.
+r"""The SVI fit of ``ppl-models exp-normal``, by the generic
+:func:`~ppl_models.vi.fitting.fit_svi`.
+
+The guide is one of the model's own families (:func:`~ppl_models.exp_normal.pyro_model.make_guide`),
+fitted by the generic machinery: Adam with a step size decaying geometrically from ``lr`` to
+``lr_final``, and suffix averaging of the iterates. This module adds what the exponential-normal
+report shows beyond the generic fit: the guide's parameters per step, as iterates and as running
+suffix averages, and the wall time of every step (for the benchmark's time to the theta* band).
 
 :func:`fit` takes the run's :class:`~ppl_models.jobs.exp_normal.ExpNormalConfig` (any object with
 its fields will do) and returns a :class:`Fit`.
@@ -8,17 +15,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..runs import Run
-from ..svi import local_params, make_elbo, make_objective, train
 from . import pyro_model
 
 if TYPE_CHECKING:
     from ..jobs.exp_normal import ExpNormalConfig
+    from ..runs import Run
 
 # Adam's second-moment memory is kept short (0.9, not 0.999): far from theta* the gradient is
 # orders of magnitude larger than near it, and a long memory of those early gradients shrinks the
@@ -28,7 +34,26 @@ BETAS = (0.9, 0.9)
 
 @dataclass(frozen=True)
 class Fit:
-    """A finished SVI fit: averaged guide parameters, per-step traces and elapsed seconds."""
+    """A finished SVI fit: averaged guide parameters, per-step traces and elapsed seconds.
+
+    Attributes
+    ----------
+    params
+        The fitted guide's constrained parameters, e.g. ``{"theta": 0.6055}``: the suffix average
+        that :func:`~ppl_models.vi.fitting.fit_svi` leaves in the guide.
+    losses
+        The loss (negative ELBO estimate) of every step.
+    traces, raw_traces
+        Per parameter and step: the running suffix average (the mean of the iterates
+        :math:`\\theta_s`, :math:`(1 - w)\\,t < s \\le t`) and the iterate itself.
+    elapsed
+        Seconds from the call of :func:`fit` to the end of each step.
+    seconds
+        Seconds of the whole fit, set-up included.
+    svi
+        The generic :class:`~ppl_models.vi.fitting.SviFit` (model, fitted guide, data,
+        convergence), which :func:`~ppl_models.vi.diagnose.diagnose` reads.
+    """
 
     params: dict[str, float]
     losses: np.ndarray
@@ -36,37 +61,56 @@ class Fit:
     raw_traces: dict[str, np.ndarray]
     elapsed: np.ndarray
     seconds: float
+    svi: Any = None
 
 
-@local_params()
 def fit(
-    x: torch.Tensor, config: ExpNormalConfig, run: Run | None = None, progress: bool = True
+    x: torch.Tensor,
+    config: ExpNormalConfig,
+    run: Run | None = None,
+    progress: bool = True,
+    seed: int | None = None,
 ) -> Fit:
-    r"""Fit the guide by SVI: Adam on :math:`-\mathrm{ELBO}`, step size decaying geometrically
-    from ``lr`` to ``lr_final``, and suffix averaging of the iterates.
+    r"""Fit the guide family ``config.guide`` by SVI with :func:`~ppl_models.vi.fitting.fit_svi`.
 
-    After step :math:`t` the reported parameter is the mean of the iterates
-    :math:`\theta_s` for :math:`(1 - w)\,t < s \le t`, :math:`w` = ``average_window``: the
-    average cancels the gradient noise left in the last iterate, and, unlike averaging from a
-    fixed step, it forgets the early transient as the run goes on. ``traces`` hold the reported
-    parameters per step, ``raw_traces`` the iterates.
+    Adam (``betas`` :data:`BETAS`) on :math:`-\mathrm{ELBO}` with ``config.particles``
+    vectorized particles, step size decaying geometrically from ``lr`` to ``lr_final`` over
+    ``steps``, and suffix averaging over the last ``average_window`` of the iterates. After step
+    :math:`t` the trace of a parameter holds the mean of the iterates :math:`\theta_s` for
+    :math:`(1 - w)\,t < s \le t`, :math:`w` = ``average_window``: the average cancels the
+    gradient noise left in the last iterate and, unlike averaging from a fixed step, forgets the
+    early transient as the run goes on. With ``run``, every step is logged to
+    ``metrics.jsonl`` (loss, learning rate, averaged parameters and iterates). ``config.elbo ==
+    "meanfield"`` fits ``TraceMeanField_ELBO`` by the same schedule and averaging
+    (:func:`_fit_meanfield`), since ``fit_svi`` offers ``Trace_ELBO`` only.
+
+    Parameters
+    ----------
+    x
+        Observations, float64, on the device to fit on.
+    config
+        The run's configuration.
+    seed
+        Seed of the fit (default ``config.seed``).
     """
-    guide = pyro_model.make_guide(config.guide, x, config.rate)
-    loss_fn = make_objective(pyro_model.model, guide, make_elbo(config.elbo, config.particles))
-    loss_fn.to(x.device)
-    loss_fn(x, config.rate)  # builds the parameters before the optimizer sees them
-    optimizer = torch.optim.Adam(loss_fn.parameters(), lr=config.lr, betas=BETAS)
-    decay = (config.lr_final / config.lr) ** (1.0 / config.steps)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
-    names = list(guide.params())
-    raw = {name: np.empty(config.steps) for name in names}
-    prefix = {name: np.zeros(config.steps + 1) for name in names}  # prefix sums of raw
-    traces = {name: np.empty(config.steps) for name in names}
-    elapsed = np.empty(config.steps)
-    start = time.perf_counter()
+    from ..svi import local_params
+    from ..vi.fitting import fit_svi
 
-    def record(step: int, loss: float) -> bool:
-        current = guide.params()
+    start = time.perf_counter()
+    steps = config.steps
+    names = list(pyro_model._PARAM_CONSTRAINTS[config.guide])
+    raw = {name: np.empty(steps) for name in names}
+    prefix = {name: np.zeros(steps + 1) for name in names}  # prefix sums of raw
+    traces = {name: np.empty(steps) for name in names}
+    elapsed = np.empty(steps)
+    logged: dict = {}  # fit_svi's record of the step (step, loss, lr), passed to on_log
+
+    def keep(record_of_step: dict) -> None:
+        logged.clear()
+        logged.update(record_of_step)
+
+    def record(step: int, loss: float, fitted_guide) -> bool:
+        current = fitted_guide.params()
         first = int((step + 1) * (1 - config.average_window))
         for name in names:
             raw[name][step] = current[name]
@@ -75,22 +119,107 @@ def fit(
         elapsed[step] = time.perf_counter() - start
         if run is not None:
             run.log_metrics(
-                step=step,
-                loss=loss,
-                lr=scheduler.get_last_lr()[0],
+                **logged,
                 **{name: traces[name][step] for name in names},
                 **{f"{name}_iterate": current[name] for name in names},
             )
         return False
 
+    with local_params():  # the guide's parameters live in the module, as fit_svi expects
+        guide = pyro_model.make_guide(config.guide, x, config.rate).to(x.device)
+        settings = dict(
+            steps=steps,
+            particles=config.particles,
+            lr=config.lr,
+            lr_final=config.lr_final,
+            average_window=config.average_window,
+            betas=BETAS,
+            seed=config.seed if seed is None else seed,
+            progress=progress,
+        )
+        if config.elbo == "trace":
+            svi = fit_svi(
+                pyro_model.model,
+                guide,
+                {"x": x, "rate": config.rate},
+                device=x.device,
+                dtype=x.dtype,
+                on_step=record,
+                on_log=keep,  # called before on_step at every step
+                **settings,
+            )
+        else:
+            svi = _fit_meanfield(x, config.rate, guide, record, keep, **settings)
+        params = guide.params()
+    return Fit(
+        params=params,
+        losses=svi.losses,
+        traces=traces,
+        raw_traces=raw,
+        elapsed=elapsed,
+        seconds=time.perf_counter() - start,
+        svi=svi,
+    )
+
+
+def _fit_meanfield(x, rate, guide, on_step, on_log, **settings):
+    """``TraceMeanField_ELBO`` through the shared loop, with fit_svi's schedule, averaging and
+    convergence rule, returned as an :class:`~ppl_models.vi.fitting.SviFit`.
+
+    :func:`~ppl_models.vi.fitting.fit_svi` fits with ``Trace_ELBO`` only; this stands in for an
+    ELBO choice there and goes once it has one.
+    """
+    from ..svi import make_elbo, make_objective, seed_everything, train
+    from ..vi.fitting import SviFit, convergence_report
+
+    start = time.perf_counter()
+    seed_everything(settings["seed"])
+    steps, window = settings["steps"], settings["average_window"]
+    loss_fn = make_objective(pyro_model.model, guide, make_elbo("meanfield", settings["particles"]))
+    loss_fn(x, rate)  # builds the parameters before the optimizer sees them
+    params = list(loss_fn.parameters())
+    optimizer = torch.optim.Adam(params, lr=settings["lr"], betas=settings["betas"])
+    decay = (settings["lr_final"] / settings["lr"]) ** (1.0 / steps)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
+    first = int(steps * (1 - window))
+    sums = [torch.zeros_like(p) for p in params]
+
+    def record(step: int, loss: float) -> bool:
+        if step >= first:
+            with torch.no_grad():
+                for total, p in zip(sums, params, strict=True):
+                    total.add_(p)
+        on_log({"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]})
+        return bool(on_step(step, loss, guide))
+
     result = train(
         loss_fn,
         optimizer,
-        [(x, config.rate)] * config.steps,
+        [(x, rate)] * steps,
         scheduler=scheduler,
         on_step=record,
-        progress=progress,
-        desc=f"SVI {config.guide}",
+        progress=settings["progress"],
+        desc=f"SVI {guide.family} (meanfield)",
     )
-    params = {name: float(traces[name][-1]) for name in names}
-    return Fit(params, result.losses.numpy(), traces, raw, elapsed, result.seconds)
+    with torch.no_grad():
+        for total, p in zip(sums, params, strict=True):
+            p.copy_(total / (steps - first))
+    losses = result.losses.numpy().astype(np.float64)
+    convergence = convergence_report(losses)
+    return SviFit(
+        model=pyro_model.model,
+        guide=guide,
+        data={"x": x, "rate": rate},
+        guide_name="custom",
+        losses=losses,
+        averaged_elbo=-float(losses[first:].mean()),
+        converged=convergence["held"],
+        convergence=convergence,
+        vectorized=True,
+        max_plate_nesting=1,
+        notes=["Fitted with TraceMeanField_ELBO (the analytic KL of q(z) to the prior)."],
+        settings={**settings, "betas": list(settings["betas"]), "elbo": "meanfield"},
+        seconds=time.perf_counter() - start,
+        device=x.device,
+        dtype=x.dtype,
+    )

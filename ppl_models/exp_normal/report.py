@@ -6,6 +6,7 @@ Everything here reads ``summary.json`` (and, for the figures, the other saved fi
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,11 @@ def verdict(s: dict) -> list[str]:
     """Plain-words reading of the numbers: is the optimiser right, is the family adequate,
     and what do the importance weights say."""
     lines = []
+    if "verdict" in s:  # runs made before the generic diagnosis have no verdict label
+        lines.append(
+            f"Diagnosis against the exact posterior: {s['verdict']}. "
+            + " ".join(s.get("verdict_reasons", []))
+        )
     kl, best = s["kl_at_theta_svi"], s["kl_by_family"]
     if s["theta_svi"] is not None:
         within = s["theta_rel_error"] <= TOLERANCE
@@ -68,6 +74,8 @@ def verdict(s: dict) -> list[str]:
     )
     k, thr = s["psis_khat"], s["psis_khat_threshold"]
     ess_share = s["importance_ess"] / s["draws"]
+    if k is None:  # every weight equal: k-hat tends to -infinity (stored as null)
+        k = -math.inf
     if k < 0.5:
         tail = (
             "q's tails are at least as heavy as the posterior's, so importance sampling "
@@ -97,6 +105,14 @@ def verdict(s: dict) -> list[str]:
         f"The ELBO is {s['log_evidence_exact'] - s['elbo_at_svi']:.3g} nats below it; "
         f"importance weighting with K = 1000 {closing}."
     )
+    if "convergence" in s:
+        convergence = s["convergence"]
+        lines.append(
+            f"Convergence: {convergence['rule']}. The rule {convergence['status']}"
+            + ("" if convergence["status"].endswith(".") else ".")
+        )
+    if s.get("notes"):
+        lines.append("Notes: " + " ".join(s["notes"]))
     return lines
 
 
@@ -124,6 +140,13 @@ def tables(s: dict) -> list[Table]:
         ["SVI steps", s["steps"]],
         ["SVI seconds", s["fit_seconds"]],
     ]
+    if "cubo2" in s:
+        numbers[-2:-2] = [
+            ["ELBO (Monte Carlo, the draws)", s["elbo"]],
+            ["CUBO_2 (upper bound on log p(x))", s["cubo2"]],
+            ["d_2 = 2 (CUBO_2 - ELBO)", s["d2"]],
+            ["convergence rule held", s["converged"]],
+        ]
     cols = ["mean", "sd", "hdi_3%", "hdi_97%", "q_3%", "q_97%", "mean_error", "sd_error"]
     posterior = [
         [method] + [row.get(c) for c in cols] for method, row in s["posterior_table"].items()
@@ -132,6 +155,7 @@ def tables(s: dict) -> list[Table]:
         [k, v, s["iw_bounds_se"][k], s["log_evidence_exact"] - v] for k, v in s["iw_bounds"].items()
     ]
     families = [[f, kl] for f, kl in s["kl_by_family"].items()]
+    generic = _generic_tables(s) if "parameters" in s else []
     return [
         Table("Numbers", ["quantity", "value"], numbers),
         Table(
@@ -153,6 +177,40 @@ def tables(s: dict) -> list[Table]:
             ["family", "KL(q* || p) at the family's optimum"],
             families,
             note="KL in nats at each family's best member, by quadrature.",
+        ),
+        *generic,
+    ]
+
+
+def _generic_tables(s: dict) -> list[Table]:
+    """The generic diagnosis's tables: each parameter against the reference, and VIABEL's error
+    bounds next to the errors measured against the exact draws."""
+    cols = ["name", "mean", "sd", "ref_mean", "ref_sd", "std_mean_error", "sd_ratio"]
+    cols += ["w1_over_sd", "ks"]
+    parameters = [[p.get(c) for c in cols] for p in s["parameters"]]
+    joint = s["error_bounds"]
+    bounds = [
+        ["all coordinates", "Wasserstein-1", joint["w1"], None],
+        ["all coordinates", "Wasserstein-2", joint["w2"], None],
+    ]
+    for c in s.get("error_bounds_per_coordinate", []):
+        name = f"{c['name']} ({c['transform']})"
+        bounds.append([name, "|mean error|", c["mean_error"], c.get("measured_mean_error")])
+        bounds.append([name, "|sd error|", c["sd_error"], c.get("measured_sd_error")])
+    return [
+        Table(
+            "Parameters against the reference (the exact posterior's draws)",
+            cols,
+            parameters,
+            note="std_mean_error = (mean_q - mean_ref) / sd_ref; sd_ratio = sd_q / sd_ref; "
+            "w1_over_sd: Wasserstein-1 / sd_ref; ks: Kolmogorov-Smirnov distance.",
+        ),
+        Table(
+            "Error bounds (Huggins et al. 2020) and the errors measured",
+            ["coordinates", "quantity", "bound", "measured"],
+            bounds,
+            note=f"In {s['error_bounds_space']}. Bounds from d_2 = {s['d2']:.3g}; they hold "
+            "only as far as the Monte Carlo estimate of CUBO_2 does (k-hat below 0.5).",
         ),
     ]
 
