@@ -238,7 +238,9 @@ def _self_verdict(
     rows, coords, *, khat, khat_threshold, d2, importance_ess, draws, rules
 ) -> tuple[str, list[str], list[str], dict]:
     """Rules without a reference, on ``rows`` (elements) and ``coords`` (unconstrained
-    coordinates with their bounds)."""
+    coordinates with their bounds). The third value names the elements *measured* off
+    (PSIS-corrected moments); elements whose bounds are merely too wide are not certified,
+    which the reasons say, but are not called off."""
     reasons: list[str] = []
     checks: dict = {}
     min_ess = max(rules.min_ess, rules.min_ess_fraction * draws)
@@ -249,14 +251,14 @@ def _self_verdict(
             f"{rules.khat_bounds:g}, so E_q[w^2] may be infinite and d_2 and the error bounds "
             "cannot be estimated."
         )
-        return NOT_TRUSTWORTHY, reasons, [r["name"] for r in rows], checks
+        return NOT_TRUSTWORTHY, reasons, [], checks
     if importance_ess < min_ess:
         reasons.append(
             f"Without a reference nothing certifies the fit: the importance ESS "
             f"({importance_ess:.0f}) is below {min_ess:.0f}, too few for the importance-"
             "sampling checks."
         )
-        return NOT_TRUSTWORTHY, reasons, [r["name"] for r in rows], checks
+        return NOT_TRUSTWORTHY, reasons, [], checks
     bad_bound_mean = [
         c["name"] for c in coords if not c["mean_error"] <= rules.bound_mean_tolerance * c["sd"]
     ]
@@ -288,7 +290,7 @@ def _self_verdict(
         )
         reasons.append(f"Importance sampling moves the means of {_names(bad_psis_mean)}: {detail}.")
     if bad_bound_mean or bad_psis_mean:
-        return NOT_TRUSTWORTHY, reasons, list(dict.fromkeys(bad_psis_mean + bad_bound_mean)), checks
+        return NOT_TRUSTWORTHY, reasons, bad_psis_mean, checks
     if bad_bound_sd:
         worst = max(coords, key=lambda c: c["sd_error"] / c["sd"] if c["sd"] > 0 else math.inf)
         reasons.append(
@@ -305,7 +307,7 @@ def _self_verdict(
         )
         reasons.append(f"Importance sampling changes the sds of {_names(bad_psis_sd)}: {detail}.")
     if bad_bound_sd or bad_psis_sd:
-        return MEANS_ONLY, reasons, list(dict.fromkeys(bad_psis_sd + bad_bound_sd)), checks
+        return MEANS_ONLY, reasons, bad_psis_sd, checks
     worst_m = max((c["mean_error"] / c["sd"] for c in coords if c["sd"] > 0), default=0.0)
     worst_s = max((c["sd_error"] / c["sd"] for c in coords if c["sd"] > 0), default=0.0)
     reasons.append(
