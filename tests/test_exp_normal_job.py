@@ -337,3 +337,14 @@ def test_torch_free_choices_match_the_libraries():
     from ppl_models.exp_normal import settings
 
     assert settings.ELBO_KINDS == svi.ELBO_KINDS
+
+
+def test_names_moved_to_the_package_are_still_reachable_from_the_job_module():
+    from ppl_models.exp_normal import analysis, fitting, report
+    from ppl_models.jobs import exp_normal as job
+
+    assert job.fit is fitting.fit and job.Fit is fitting.Fit and job.analyse is analysis.analyse
+    assert job.verdict is report.verdict and job.tables is report.tables
+    assert job.TOLERANCE == 0.005 and job.IW_DRAWS == analysis.IW_DRAWS
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        job.nothing  # noqa: B018

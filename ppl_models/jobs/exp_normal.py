@@ -35,7 +35,6 @@ _ELSEWHERE = {
     "fit": "fitting",
     "BETAS": "fitting",
     "analyse": "analysis",
-    "IW_KS": "analysis",
     "IW_DRAWS": "analysis",
     "build_report": "report",
     "verdict": "report",
