@@ -197,13 +197,25 @@ def report_figures(
     log_w = (stats["log_joint"] - stats["log_q"]).values.ravel()
     log_w_norm = np.sort(log_w - logsumexp(log_w))[::-1]
     fig, (ax1, ax2) = new_figure(1, 2, figsize=(10, 3.8))
-    ax1.hist(log_w - log_w.max(), bins=60, color="tab:blue", alpha=0.8)
-    ax1.set_xlabel("log w - max log w")
+    # With 10^5 draws a few land far in q's tail with weights near 0; the bins and the rank plot
+    # show the bulk down to 10^-8 of a uniform weight, where they decide nothing.
+    shifted = log_w - log_w.max()
+    ax1.hist(
+        shifted,
+        bins=60,
+        range=(max(shifted.min(), np.quantile(shifted, 0.001)), 0.0),
+        color="tab:blue",
+        alpha=0.8,
+    )
+    ax1.set_xlabel(
+        "log w - max log w" + ("" if len(log_w) < 10_000 else " (lowest 0.1% not shown)")
+    )
     ax1.set_ylabel("draws")
     ax1.set_title("log importance weights")
     rank = np.arange(1, len(log_w_norm) + 1)
     ax2.loglog(rank, np.exp(log_w_norm), color="tab:blue")
     ax2.axhline(1 / len(log_w_norm), color="gray", ls=":", label="uniform weight 1/S")
+    ax2.set_ylim(max(float(np.exp(log_w_norm[-1])), 1e-8 / len(log_w_norm)), 2.0)
     ax2.set_xlabel("rank")
     ax2.set_ylabel("normalised weight")
     ax2.set_title(f"tail: PSIS k-hat = {summary['psis_khat']:.3g}")
