@@ -39,7 +39,7 @@ class FitConfig:
     reference: str = "none"
     steps: int = 1000
     particles: int = 16
-    lr: float = 0.05
+    lr: float = 0.1
     lr_final: float = 0.002
     average_window: float = 0.7
     init: str = "laplace"
