@@ -304,9 +304,11 @@ def laplace_start(
         )
     elbo, i, precision, tril, diag = best
     notes.append(
-        f"No MAP initialisation: {reason}. The guide started at L-BFGS iterate {i} of {n - 1}, "
-        f"the one whose Gaussian (Hessian there, non-positive curvatures set to one) had the "
-        f"highest ELBO estimate ({elbo:.4g}, {draws} draws)."
+        f"No MAP initialisation: {reason}. Of {len(picks)} points along the L-BFGS path, the "
+        + ("starting point (prior means or medians)" if i == 0 else f"point {i} of {n - 1}")
+        + " was used, the one whose Gaussian (the Hessian there, non-positive curvatures set "
+        f"to one) had the highest ELBO estimate ({elbo:.4g}, {draws} draws); the guide was "
+        "fitted in coordinates whitened by that Gaussian."
     )
     return LaplaceStart(path[i], precision, tril, diag, "path", k, False, notes)
 
