@@ -232,3 +232,20 @@ def test_user_style_script_after_import_keeps_its_param_store():
     svi = pyro.infer.SVI(model, auto, pyro.optim.Adam({"lr": 0.05}), pyro.infer.Trace_ELBO())
     svi.step(x)
     assert any(name.startswith("AutoNormal") for name in pyro.get_param_store().keys())
+
+
+def test_meanfield_elbo_with_a_custom_guide_matches_the_closed_form():
+    def guide(x, sigma=0.8, mu0=0.0, tau0=10.0):
+        loc = pyro.param("m_loc", torch.tensor(2.0, dtype=torch.float64))
+        scale = pyro.param(
+            "m_scale", torch.tensor(0.5, dtype=torch.float64), constraint=constraints.positive
+        )
+        pyro.sample("mu", dist.Normal(loc, scale))
+
+    m, s = normal_mean_posterior(X_OBS)
+    fit = fit_svi(normal_mean, guide, {"x": X_OBS}, steps=600, lr=0.02, elbo="meanfield")
+    assert fit.settings["elbo"] == "meanfield"
+    assert abs(float(pyro.param("m_loc").detach()) - m) / s < 0.1
+    assert abs(float(pyro.param("m_scale").detach()) / s - 1) < 0.1
+    with pytest.raises(ValueError, match="elbo must be one of"):
+        fit_svi(normal_mean, "auto-normal", {"x": X_OBS}, elbo="renyi")

@@ -36,10 +36,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from ..svi import local_params, make_objective, resolve_device, seed_everything, train
+from ..svi import ELBO_KINDS, local_params, make_objective, resolve_device, seed_everything, train
 from .guides import CUSTOM, GUIDES, WhitenedGuide, make_guide, max_plate_nesting
 from .script import check_data_keys, convert_data
 
@@ -281,6 +281,7 @@ def fit_svi(
     log_every: int = 1,
     validate: bool = False,
     threads: int | None = None,
+    elbo: str = "trace",
 ) -> SviFit:
     r"""Fit ``guide`` to ``model``'s posterior given ``data`` by SVI.
 
@@ -324,6 +325,9 @@ def fit_svi(
     on_log
         Receives one record per ``log_every`` steps: ``step``, ``loss``, ``lr``, and
         ``elbo_window_mean`` at window ends (for ``metrics.jsonl``).
+    elbo
+        ``trace`` (:class:`pyro.infer.Trace_ELBO`) or ``meanfield``
+        (:class:`pyro.infer.TraceMeanField_ELBO`: the analytic KL where one is registered).
     threads
         CPU threads for torch during the fit (restored after). By default one thread when the
         data times the particles hold fewer than 2**20 numbers: a small model's steps are
@@ -345,6 +349,8 @@ def fit_svi(
         When the loss becomes NaN or infinite.
     """
     _check_settings(steps, particles, lr, lr_final, average_window, eval_every)
+    if elbo not in ELBO_KINDS:
+        raise ValueError(f"elbo must be one of {', '.join(ELBO_KINDS)}, got {elbo!r}")
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype)
@@ -377,6 +383,7 @@ def fit_svi(
         "eval_every": eval_every,
         "tolerance": tolerance,
         "stop_early": stop_early,
+        "elbo": elbo,
         "validate": validate,
     }
     if threads is None:
@@ -416,12 +423,13 @@ def fit_svi(
             )
         elif vectorize is False:
             notes.append("Vectorized particles were turned off; particles are looped over.")
-        elbo = Trace_ELBO(
+        elbo_class = Trace_ELBO if elbo == "trace" else TraceMeanField_ELBO
+        estimator = elbo_class(
             num_particles=particles,
             vectorize_particles=can_vectorize and particles > 1,
             max_plate_nesting=nesting,
         )
-        loss_fn = make_objective(model, fitted, elbo)
+        loss_fn = make_objective(model, fitted, estimator)
         loss_fn(**data)  # builds every parameter (pyro.param sites too) before the optimizer
         params = list(loss_fn.parameters())
         if not params:
