@@ -127,7 +127,9 @@ def _log_weight_vectorized(model, guide, data, n, dim) -> torch.Tensor:
         trace.compute_log_prob()
         for site in trace.nodes.values():
             if site["type"] == "sample" and not site_is_subsample(site):
-                total = total + sign * _per_particle(site["log_prob"], dim, n).to(torch.float64)
+                total = (
+                    total + sign * _per_particle(site["log_prob"], dim, n).to(torch.float64).cpu()
+                )
     return total, guide_trace
 
 
