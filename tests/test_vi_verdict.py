@@ -217,3 +217,10 @@ def test_sites_the_reference_lacks_are_checked_by_importance_sampling():
     moved = dict(raw, psis_mean=0.5, psis_mcse_mean=0.01)
     v = _decide([ok, moved], coordinates=coords)
     assert v.label == NOT_TRUSTWORTHY and "raw" in v.off
+
+
+def test_without_reference_right_means_with_loose_bounds_are_means_only(problem):
+    wide = _diagnose(problem, scale=1.3)
+    assert wide["psis_khat"] < 0.5
+    assert wide["verdict"] == MEANS_ONLY
+    assert set(wide["verdict_off"]) == {"mu[1]", "mu[2]", "mu[3]"}  # the sds, measured off

@@ -38,14 +38,18 @@ PSIS-corrected means and sds must agree with q's (a mean off -> ``not-trustworth
 1. converged, and k-hat :math:`\le 0.5` (then :math:`E_q[w^2] < \infty`, so CUBO, :math:`d_2`
    and the bounds are finite and estimable; Huggins et al. 2020), and an importance ESS of at
    least :math:`\max(100, 0.01 S)`; otherwise ``not-trustworthy`` (nothing is certified);
-2. means: for every coordinate :math:`i` of the guide's unconstrained space, VIABEL's bound
-   :math:`|\mu_{q,i} - \mu_{\pi,i}| \le 2\sigma_{q,i}\sqrt{e^{d_2}-1}` (tightened by
-   :math:`W_2`) is at most :math:`0.25\,\sigma_{q,i}` (a guarantee), and every element's
-   PSIS-corrected mean agrees with q's mean within :math:`0.1\,\hat\sigma + 2\,\mathrm{mcse}`
-   (a measurement); otherwise ``not-trustworthy``;
-3. sds: every unconstrained coordinate's sd-error bound (:math:`W_2`) is at most
+2. means, measured: every element's PSIS-corrected mean (importance sampling is reliable at
+   k-hat :math:`\le 0.5`) agrees with q's mean within :math:`0.1\,\hat\sigma + 2\,
+   \mathrm{mcse}`; otherwise ``not-trustworthy``;
+3. means, guaranteed: for every coordinate :math:`i` of the guide's unconstrained space,
+   VIABEL's bound :math:`|\mu_{q,i} - \mu_{\pi,i}| \le 2\sigma_{q,i}\sqrt{e^{d_2}-1}`
+   (tightened by :math:`W_2`) is at most :math:`0.25\,\sigma_{q,i}`; otherwise
+   ``means-only`` (measured right, not certified);
+4. sds: every unconstrained coordinate's sd-error bound (:math:`W_2`) is at most
    :math:`0.5\,\sigma_{q,i}` and every element's sd agrees with its PSIS-corrected sd within
    :math:`0.1 + 2\,\mathrm{mcse}` relative; otherwise ``means-only``; else ``trustworthy``.
+
+So ``trustworthy`` without a reference needs both the measurement and the guarantee.
 
 k-hat alone is not enough: q = N(mu + delta, 1) for p = N(mu, 1) has normal log weights
 (k-hat stays low) but :math:`d_2 = 2\delta^2`, and the bounds and the PSIS-corrected means
@@ -97,12 +101,13 @@ class VerdictRules:
             "with q's when k-hat is within its threshold.",
             f"Without a reference: converged, k-hat "
             f"<= {self.khat_bounds:g} (so E_q[w^2] is finite and d_2 is estimable) and an "
-            f"importance ESS >= max({self.min_ess:g}, {self.min_ess_fraction:g} S); means: "
-            f"every unconstrained coordinate's VIABEL mean-error bound <= "
-            f"{self.bound_mean_tolerance:g} sd_q and every PSIS-corrected mean within "
-            f"{self.mean_tolerance:g} sd + {f:g} MCSE of q's; sds: every sd-error bound "
-            f"(W2) <= {self.bound_sd_tolerance:g} sd_q and every PSIS-corrected sd within "
-            f"{self.sd_tolerance:g} + {f:g} relative MCSE of q's.",
+            f"importance ESS >= max({self.min_ess:g}, {self.min_ess_fraction:g} S), else "
+            f"not-trustworthy; every PSIS-corrected mean within {self.mean_tolerance:g} sd + "
+            f"{f:g} MCSE of q's, else not-trustworthy; trustworthy also needs every "
+            f"unconstrained coordinate's VIABEL mean-error bound <= "
+            f"{self.bound_mean_tolerance:g} sd_q, sd-error bound (W2) <= "
+            f"{self.bound_sd_tolerance:g} sd_q and every PSIS-corrected sd within "
+            f"{self.sd_tolerance:g} + {f:g} relative MCSE of q's, else means-only.",
         ]
 
 
@@ -289,8 +294,16 @@ def _self_verdict(
             if r["name"] in bad_psis_mean[:8]
         )
         reasons.append(f"Importance sampling moves the means of {_names(bad_psis_mean)}: {detail}.")
-    if bad_bound_mean or bad_psis_mean:
+    if bad_psis_mean:
         return NOT_TRUSTWORTHY, reasons, bad_psis_mean, checks
+    if bad_bound_mean:
+        # measured (PSIS, k-hat <= 0.5) agreement without a certificate: the means only
+        reasons.append(
+            "Importance sampling (k-hat <= "
+            f"{rules.khat_bounds:g}) finds q's means right within {rules.mean_tolerance:g} sd, "
+            "so the means can be used; with the bounds this loose, the sds cannot be certified."
+        )
+        return MEANS_ONLY, reasons, bad_psis_sd, checks
     if bad_bound_sd:
         worst = max(coords, key=lambda c: c["sd_error"] / c["sd"] if c["sd"] > 0 else math.inf)
         reasons.append(
