@@ -80,9 +80,8 @@ def fit(
     :math:`(1 - w)\,t < s \le t`, :math:`w` = ``average_window``: the average cancels the
     gradient noise left in the last iterate and, unlike averaging from a fixed step, forgets the
     early transient as the run goes on. With ``run``, every step is logged to
-    ``metrics.jsonl`` (loss, learning rate, averaged parameters and iterates). ``config.elbo ==
-    "meanfield"`` fits ``TraceMeanField_ELBO`` by the same schedule and averaging
-    (:func:`_fit_meanfield`), since ``fit_svi`` offers ``Trace_ELBO`` only.
+    ``metrics.jsonl`` (loss, learning rate, averaged parameters and iterates). ``config.elbo``
+    picks ``Trace_ELBO`` or ``TraceMeanField_ELBO``.
 
     Parameters
     ----------
@@ -127,29 +126,24 @@ def fit(
 
     with local_params():  # the guide's parameters live in the module, as fit_svi expects
         guide = pyro_model.make_guide(config.guide, x, config.rate).to(x.device)
-        settings = dict(
+        svi = fit_svi(
+            pyro_model.model,
+            guide,
+            {"x": x, "rate": config.rate},
             steps=steps,
             particles=config.particles,
             lr=config.lr,
             lr_final=config.lr_final,
             average_window=config.average_window,
             betas=BETAS,
+            elbo=config.elbo,
             seed=config.seed if seed is None else seed,
+            device=x.device,
+            dtype=x.dtype,
             progress=progress,
+            on_step=record,
+            on_log=keep,  # called before on_step at every step
         )
-        if config.elbo == "trace":
-            svi = fit_svi(
-                pyro_model.model,
-                guide,
-                {"x": x, "rate": config.rate},
-                device=x.device,
-                dtype=x.dtype,
-                on_step=record,
-                on_log=keep,  # called before on_step at every step
-                **settings,
-            )
-        else:
-            svi = _fit_meanfield(x, config.rate, guide, record, keep, **settings)
         params = guide.params()
     return Fit(
         params=params,
@@ -159,67 +153,4 @@ def fit(
         elapsed=elapsed,
         seconds=time.perf_counter() - start,
         svi=svi,
-    )
-
-
-def _fit_meanfield(x, rate, guide, on_step, on_log, **settings):
-    """``TraceMeanField_ELBO`` through the shared loop, with fit_svi's schedule, averaging and
-    convergence rule, returned as an :class:`~ppl_models.vi.fitting.SviFit`.
-
-    :func:`~ppl_models.vi.fitting.fit_svi` fits with ``Trace_ELBO`` only; this stands in for an
-    ELBO choice there and goes once it has one.
-    """
-    from ..svi import make_elbo, make_objective, seed_everything, train
-    from ..vi.fitting import SviFit, convergence_report
-
-    start = time.perf_counter()
-    seed_everything(settings["seed"])
-    steps, window = settings["steps"], settings["average_window"]
-    loss_fn = make_objective(pyro_model.model, guide, make_elbo("meanfield", settings["particles"]))
-    loss_fn(x, rate)  # builds the parameters before the optimizer sees them
-    params = list(loss_fn.parameters())
-    optimizer = torch.optim.Adam(params, lr=settings["lr"], betas=settings["betas"])
-    decay = (settings["lr_final"] / settings["lr"]) ** (1.0 / steps)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
-    first = int(steps * (1 - window))
-    sums = [torch.zeros_like(p) for p in params]
-
-    def record(step: int, loss: float) -> bool:
-        if step >= first:
-            with torch.no_grad():
-                for total, p in zip(sums, params, strict=True):
-                    total.add_(p)
-        on_log({"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]})
-        return bool(on_step(step, loss, guide))
-
-    result = train(
-        loss_fn,
-        optimizer,
-        [(x, rate)] * steps,
-        scheduler=scheduler,
-        on_step=record,
-        progress=settings["progress"],
-        desc=f"SVI {guide.family} (meanfield)",
-    )
-    with torch.no_grad():
-        for total, p in zip(sums, params, strict=True):
-            p.copy_(total / (steps - first))
-    losses = result.losses.numpy().astype(np.float64)
-    convergence = convergence_report(losses)
-    return SviFit(
-        model=pyro_model.model,
-        guide=guide,
-        data={"x": x, "rate": rate},
-        guide_name="custom",
-        losses=losses,
-        averaged_elbo=-float(losses[first:].mean()),
-        converged=convergence["held"],
-        convergence=convergence,
-        vectorized=True,
-        max_plate_nesting=1,
-        notes=["Fitted with TraceMeanField_ELBO (the analytic KL of q(z) to the prior)."],
-        settings={**settings, "betas": list(settings["betas"]), "elbo": "meanfield"},
-        seconds=time.perf_counter() - start,
-        device=x.device,
-        dtype=x.dtype,
     )
