@@ -21,7 +21,11 @@ JOBS = {
     "exp-normal": "ppl_models.jobs.exp_normal",
     "vae": "ppl_models.jobs.vae",
 }
-BENCHMARKS = {"exp-normal": "ppl_models.bench.exp_normal", "vae": "ppl_models.bench.vae"}
+BENCHMARKS = {
+    "exp-normal": "ppl_models.bench.exp_normal",
+    "vae": "ppl_models.bench.vae",
+    "fit": "ppl_models.bench.fit",
+}
 EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
 
 

@@ -1,0 +1,76 @@
+"""``ppl-models bench fit``: with tiny settings it prints its table and writes bench.json of the
+documented shape (timings are never asserted), and bad options are one-line errors."""
+
+import pyro
+import pytest
+import torch
+
+from ppl_models import cli
+from ppl_models.bench import fit as bench
+from ppl_models.jobs.fit import FitConfig
+from ppl_models.runs import read_json
+
+STAGES = (
+    "total",
+    "fit",
+    "fit_init",
+    "fit_steps",
+    "diagnose",
+    "diagnose_draws",
+    "diagnose_weights_and_bounds",
+    "diagnose_compare",
+    "diagnose_other",
+    "report_and_files",
+)
+
+
+def test_bench_fit_writes_a_table_and_json(tmp_path, capsys):
+    pyro.clear_param_store()
+    pyro.param("users_own", torch.ones(1))
+    out = tmp_path / "new" / "folder"  # created when missing
+    args = ["bench", "fit", "--models", "normal_mean", "--steps", "30", "--particles", "2"]
+    args += ["--draws", "200", "--nuts-warmup", "5", "--nuts-draws", "5", "--nuts-chains", "1"]
+    args += ["--no-warmup", "--out", str(out)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "fit/plain" in printed and "normal_mean" in printed and "bench.json" in printed
+    result = read_json(out / "bench.json")
+    assert result["benchmark"] == "fit" and result["device"] == "cpu"
+    assert result["settings"] == {
+        "steps": 30,
+        "particles": 2,
+        "lr": FitConfig().lr,
+        "draws": 200,
+        "nuts": {"warmup": 5, "draws": 5, "chains": 1},
+    }
+    assert result["targets"] == {"seconds": 15.0, "parameters": 10, "fit_overhead": 1.1}
+    [row] = result["models"]
+    assert row["model"] == "normal_mean" and row["guide"] == "auto-normal"
+    run = row["fit_command"]
+    assert set(STAGES) <= set(run)
+    assert all(run[k] >= 0 for k in ("total", "fit", "fit_init", "diagnose", "diagnose_draws"))
+    assert run["parameters"] == 1 and run["draws"] == 200
+    assert run["verdict"] in ("trustworthy", "means-only", "not-trustworthy")
+    assert row["plain_pyro"]["guide"] == "AutoNormal" and row["plain_pyro"]["seconds"] > 0
+    assert row["nuts"]["chains"] == 1 and row["nuts"]["seconds"] > 0
+    assert row["fit_overhead"] == pytest.approx(run["fit"] / row["plain_pyro"]["seconds"])
+    assert isinstance(row["meets_time_target"], bool)
+    # the baseline leaves the user's parameter store as it was
+    assert list(pyro.get_param_store().keys()) == ["users_own"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--models", "nope"], "--models must name"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--draws", "10"], "--draws must be >= 100"),
+    ],
+)
+def test_bench_fit_bad_options_are_one_line_errors(extra, message, tmp_path, capsys):
+    assert cli.main(["bench", "fit", "--out", str(tmp_path), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_bench_model_has_a_shipped_script():
+    assert all((bench.runs_dir() / f"{m.name}.py").is_file() for m in bench.MODELS)
