@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from .runs import STATUS_COMPLETE, read_json
-from .svi import NonFiniteLossError
 
 # command name -> module implementing it; the summary's "model" key names the same modules.
 JOBS = {"exp-normal": "ppl_models.jobs.exp_normal", "vae": "ppl_models.jobs.vae"}
@@ -81,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError) as err:
+    # FloatingPointError: svi.NonFiniteLossError, caught by its base class so that building the
+    # parser imports neither torch nor pyro
+    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as err:
         # one line: messages from deeper libraries can carry tables after their first line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         print(f"ppl-models: error: {first}", file=sys.stderr)

@@ -8,20 +8,25 @@ embeds the figures (base64 PNG), appends the provenance read from the run direct
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
-
 from .runs import atomic_write_text
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("ppl_models", "templates"),
-    autoescape=jinja2.select_autoescape(["html", "j2"]),
-    undefined=jinja2.StrictUndefined,
-)
+
+@functools.cache
+def _templates():
+    # jinja2 on first use: the command line imports the report's dataclasses, not the renderer
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("ppl_models", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,8 @@ def write_report(run_dir: Path, report: Report) -> Path:
         }
         for t in report.tables
     ]
-    html = _TEMPLATES.get_template("report.html.j2").render(
+    template = _templates().get_template("report.html.j2")
+    html = template.render(
         title=report.title,
         verdict=report.verdict,
         tables=tables,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_models import cli, diagnostics
+from ppl_models import cli, diagnostics, svi
 from ppl_models.config import config_to_toml, load_config
 from ppl_models.jobs import vae as job
 from ppl_models.runs import read_json, read_metrics
@@ -185,7 +185,7 @@ def test_nonfinite_loss_fails_the_run_with_exit_2(mnist_dir, tmp_path, capsys):
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
 def test_nonfinite_loss_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
-    real_train = job.train
+    real_train = svi.train
     calls = []
 
     def poison_second_epoch(loss_fn, *args, **kwargs):
@@ -196,7 +196,7 @@ def test_nonfinite_loss_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monk
                     p.fill_(float("nan"))
         return real_train(loss_fn, *args, **kwargs)
 
-    monkeypatch.setattr(job, "train", poison_second_epoch)
+    monkeypatch.setattr(svi, "train", poison_second_epoch)
     run = tmp_path / "run"
     assert cli.main(tiny(mnist_dir, run)) == 2
     assert read_json(run / "summary.json")["status"] == "failed"

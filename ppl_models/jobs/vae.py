@@ -18,13 +18,8 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyro
-import torch
-from tqdm.auto import tqdm
-
-from .. import diagnostics
 from ..config import command_line_overrides, load_command_line_config, load_config, require
 from ..report import Figure, Report, Table, write_report
 from ..runs import (
@@ -35,18 +30,21 @@ from ..runs import (
     read_json,
     read_metrics,
 )
-from ..svi import (
-    ELBO_KINDS,
-    make_elbo,
-    make_objective,
-    resolve_device,
-    seed_everything,
-    train,
-)
-from ..vae import evaluate, figures
-from ..vae.data import DeviceBatches, MnistData, load_mnist, resolve_root
-from ..vae.model import LIKELIHOODS, VaeGuide, VaeModel, build_vae, observations
-from ..vae.networks import ARCHS, build_networks
+
+# torch, pyro and the networks are imported inside the functions that use them, so that building
+# the command line (``ppl-models --help``) stays instant.
+if TYPE_CHECKING:
+    import torch
+
+    from ..vae.data import MnistData
+    from ..vae.evaluate import Evaluation
+    from ..vae.model import VaeGuide, VaeModel
+
+# The choices of the config, spelled out here for the same reason; tests/test_cli.py checks that
+# they equal ppl_models.vae.networks.ARCHS, ppl_models.vae.model.LIKELIHOODS and svi.ELBO_KINDS.
+ARCHS = ("conv", "mlp")
+LIKELIHOODS = ("normal", "normal-learned-scale", "bernoulli")
+ELBO_KINDS = ("trace", "meanfield")
 
 MODEL = "vae"
 DEFAULT_CONFIG = Path("runs/vae_mnist_conv.toml")
@@ -158,6 +156,11 @@ class Splits:
 
 def prepare_data(config: VaeConfig, device: torch.device) -> Splits:
     """Load MNIST onto ``device`` and cut the training and held-out sets the config asks for."""
+    import torch
+
+    from ..vae.data import load_mnist, resolve_root
+    from ..vae.model import observations
+
     root = resolve_root(config.data_dir)
     data = load_mnist(root, device, download_missing=config.download)
     n_train = len(data.train_images)
@@ -190,6 +193,9 @@ def prepare_data(config: VaeConfig, device: torch.device) -> Splits:
 
 def build_model(config: VaeConfig, device: torch.device) -> tuple[VaeModel, VaeGuide]:
     """The model/guide pair of the config, on ``device``."""
+    from ..vae.model import build_vae
+    from ..vae.networks import build_networks
+
     encoder, decoder = build_networks(config.arch, config.latent_dim, config.hidden_dim)
     model, guide = build_vae(
         encoder, decoder, config.latent_dim, config.likelihood, autocast=config.bf16
@@ -199,6 +205,8 @@ def build_model(config: VaeConfig, device: torch.device) -> tuple[VaeModel, VaeG
 
 def run_device(config: VaeConfig) -> torch.device:
     """The device of the run; bf16 autocast is refused anywhere but CUDA."""
+    from ..svi import resolve_device
+
     device = resolve_device(config.device)
     if config.bf16 and device.type != "cuda":
         raise ValueError(
@@ -213,6 +221,9 @@ def run_device(config: VaeConfig) -> torch.device:
 
 def rng_state() -> dict:
     """Every RNG the run draws from: torch (CPU and CUDA), NumPy and Python."""
+    import numpy as np
+    import torch
+
     # the legacy global NumPy state is the one seed_everything seeds
     _, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
     return {
@@ -226,6 +237,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore the generators saved by :func:`rng_state`."""
+    import numpy as np
+    import torch
+
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -244,6 +258,8 @@ def save_checkpoint(
     config: VaeConfig,
 ) -> None:
     """Write networks, optimizer, epoch, RNG states and config to ``path`` atomically."""
+    import torch
+
     state = {
         "epoch": epoch,
         "networks": loss_fn.state_dict(),
@@ -256,6 +272,8 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (a missing file is a clear error)."""
+    import torch
+
     if not path.is_file():
         raise FileNotFoundError(
             f"no checkpoint at {path}: the run stopped before its first "
@@ -286,8 +304,17 @@ def fit(
     NonFiniteLossError
         When the loss becomes NaN or infinite; the last epoch's checkpoint stays as it was.
     """
+    import pyro
+    import torch
+    from tqdm.auto import tqdm
+
+    from .. import svi
+    from ..vae import evaluate
+    from ..vae.data import DeviceBatches
+    from ..vae.model import observations
+
     model, guide = build_model(config, device)
-    loss_fn = make_objective(model, guide, make_elbo(config.elbo, config.particles))
+    loss_fn = svi.make_objective(model, guide, svi.make_elbo(config.elbo, config.particles))
     optimizer = torch.optim.Adam(loss_fn.parameters(), lr=config.lr)
     start = 0
     if checkpoint is not None:
@@ -304,7 +331,7 @@ def fit(
         for epoch in range(start + 1, config.epochs + 1):
             loss_fn.train()
             x_train = observations(splits.train_pixels, config.likelihood)
-            result = train(
+            result = svi.train(
                 loss_fn,
                 optimizer,
                 DeviceBatches(x_train, config.batch_size),
@@ -341,6 +368,8 @@ def execute(
     config: VaeConfig, config_name: str, out: Path | None = None, progress: bool = True
 ) -> Run:
     """Do a whole new run: data, training, evaluation, figures, report. Returns the run."""
+    from ..svi import seed_everything
+
     device = run_device(config)
     splits = prepare_data(config, device)
     with Run.create(config_name, out) as run:
@@ -409,6 +438,9 @@ def finish(
     device: torch.device,
 ) -> None:
     """Evaluate the trained pair, save the arrays and posterior draws, write report and summary."""
+    from .. import diagnostics
+    from ..vae import evaluate
+
     start = time.perf_counter()
     evaluation, draws = evaluate.evaluate(
         model,
@@ -442,12 +474,16 @@ def finish(
 def make_summary(
     config: VaeConfig,
     splits: Splits,
-    evaluation: evaluate.Evaluation,
+    evaluation: Evaluation,
     metrics: list[dict],
     device: torch.device,
     eval_seconds: float,
 ) -> dict:
     """The numbers of ``summary.json`` from the config, data, evaluation and metrics."""
+    import numpy as np
+
+    from ..vae import evaluate
+
     elbo, elbo_se = evaluate.mean_and_se(evaluation.elbo)
     ks = [int(k) for k in evaluation.iw_k]
     khat = evaluation.khat
@@ -502,6 +538,8 @@ def rebuild_report(run_dir: Path) -> Path:
 
 def build_report(run_dir: Path, summary: dict) -> Path:
     """Draw the figures from the run's files and write ``report.html``; returns its path."""
+    from ..vae import evaluate
+
     evaluation = evaluate.Evaluation.load(run_dir / EVALUATION)
     metrics = read_metrics(run_dir)
     report = Report(
@@ -517,10 +555,10 @@ def build_report(run_dir: Path, summary: dict) -> Path:
     return write_report(run_dir, report)
 
 
-def make_figures(
-    folder: Path, evaluation: evaluate.Evaluation, metrics: list[dict]
-) -> list[Figure]:
+def make_figures(folder: Path, evaluation: Evaluation, metrics: list[dict]) -> list[Figure]:
     """Draw every figure of the report into ``folder`` and return them as report figures."""
+    from ..vae import figures
+
     result = [
         Figure(
             "Training curves",
