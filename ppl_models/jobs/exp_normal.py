@@ -8,27 +8,60 @@ Exponential(theta) by default). The run writes the run-directory contract of
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from .. import diagnostics, exp_normal, plots
 from ..config import command_line_overrides, load_command_line_config, require
 from ..report import Figure, Report, Table, write_report
 from ..runs import Run, atomic_save, atomic_write_json, read_json, read_metrics
-from ..svi import (
-    ELBO_KINDS,
-    local_params,
-    make_elbo,
-    make_objective,
-    resolve_device,
-    seed_everything,
-    train,
+
+
+class _Lazy:
+    """A module imported on first attribute access: building the command line (``--help``)
+    then imports neither torch nor pyro. (A stop-gap until this module imports them inside
+    its functions.)"""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+def _svi(name: str):
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module("ppl_models.svi"), name)(*args, **kwargs)
+
+    return call
+
+
+def local_params():
+    """:func:`ppl_models.svi.local_params`, looked up when the decorated function runs."""
+
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return _svi("local_params")()(func)(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+np = _Lazy("numpy")
+torch = _Lazy("torch")
+diagnostics = _Lazy("ppl_models.diagnostics")
+exp_normal = _Lazy("ppl_models.exp_normal")
+plots = _Lazy("ppl_models.plots")
+make_elbo, make_objective, resolve_device, seed_everything, train = map(
+    _svi, ("make_elbo", "make_objective", "resolve_device", "seed_everything", "train")
 )
+ELBO_KINDS = ("trace", "meanfield")  # ppl_models.svi.ELBO_KINDS; tests/test_cli.py checks
+GUIDE_FAMILIES = ("exponential", "gamma", "lognormal", "truncated-normal")  # exp_normal's, too
 
 MODEL = "exp-normal"
 DEFAULT_CONFIG = Path("runs/exp_normal.toml")
@@ -453,7 +486,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, help="prior rate (> 0)")
     parser.add_argument("--n-obs", type=int, dest="n_obs", help="simulate N observations")
     parser.add_argument("--seed", type=int, help="seed for simulation and SVI")
-    parser.add_argument("--guide", choices=exp_normal.GUIDE_FAMILIES, help="guide family")
+    parser.add_argument("--guide", choices=GUIDE_FAMILIES, help="guide family")
     parser.add_argument("--elbo", choices=ELBO_KINDS, help="ELBO estimator")
     parser.add_argument("--particles", type=int, help="ELBO particles per step (vectorized)")
     parser.add_argument("--steps", type=int, help="SVI steps")
