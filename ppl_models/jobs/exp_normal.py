@@ -36,10 +36,12 @@ def _svi(name: str):
     def call(*args, **kwargs):
         return getattr(importlib.import_module("ppl_models.svi"), name)(*args, **kwargs)
 
+    # a re-export of svi's function, documented there
+    call.__module__, call.__name__, call.__qualname__ = "ppl_models.svi", name, name
     return call
 
 
-def local_params():
+def _local_params():
     """:func:`ppl_models.svi.local_params`, looked up when the decorated function runs."""
 
     def decorate(func):
@@ -137,7 +139,7 @@ class Fit:
     seconds: float
 
 
-@local_params()
+@_local_params()
 def fit(
     x: torch.Tensor, config: ExpNormalConfig, run: Run | None = None, progress: bool = True
 ) -> Fit:
