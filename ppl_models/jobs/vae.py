@@ -36,6 +36,7 @@ from ..runs import (
 if TYPE_CHECKING:
     import torch
 
+    from .. import distributed
     from ..vae.data import MnistData
     from ..vae.evaluate import Evaluation
     from ..vae.model import VaeGuide, VaeModel
@@ -256,8 +257,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     epoch: int,
     config: VaeConfig,
+    rank_rng: list[dict] | None = None,
 ) -> None:
-    """Write networks, optimizer, epoch, RNG states and config to ``path`` atomically."""
+    """Write networks, optimizer, epoch, RNG states and config to ``path`` atomically.
+
+    ``rank_rng``: under ``torchrun``, every rank's :func:`rng_state`, in rank order; saved with
+    the world size, so a resume with as many processes gives each its own generators back.
+    """
     import torch
 
     state = {
@@ -267,6 +273,8 @@ def save_checkpoint(
         "rng": rng_state(),
         "config": dataclasses.asdict(config),
     }
+    if rank_rng is not None and len(rank_rng) > 1:
+        state.update(world_size=len(rank_rng), rank_rng=rank_rng)
     atomic_save(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -292,37 +300,46 @@ def fit(
     device: torch.device,
     checkpoint: dict | None = None,
     progress: bool = True,
+    ctx: distributed.Context | None = None,
 ) -> tuple[VaeModel, VaeGuide]:
     """Train epoch by epoch from scratch or from ``checkpoint``; log and checkpoint each epoch.
 
-    The loss module ``Trace_ELBO()(model, guide)`` could be wrapped in
-    ``DistributedDataParallel`` under ``torchrun``, with ``DeviceBatches(rank=, world_size=)``
-    sharding each epoch's permutation.
+    Each step's loss is a minibatch under ``pyro.plate("data", N, subsample=idx)``: an unbiased
+    estimate of the full-data negative ELBO. Under ``torchrun`` (``ctx`` of several ranks) the
+    loss module is wrapped in ``DistributedDataParallel``, every rank takes its stride of the
+    pass's shared permutation (:func:`ppl_models.distributed.epoch_seed`), the logged losses
+    and held-out ELBOs are gathered from all ranks, and rank 0 alone logs and checkpoints.
 
     Raises
     ------
     NonFiniteLossError
         When the loss becomes NaN or infinite; the last epoch's checkpoint stays as it was.
     """
+    import numpy as np
     import pyro
     import torch
     from tqdm.auto import tqdm
 
-    from .. import svi
+    from .. import distributed, svi
     from ..vae import evaluate
     from ..vae.data import DeviceBatches
     from ..vae.model import observations
 
+    ctx = ctx or distributed.Context(device=device)
     model, guide = build_model(config, device)
-    loss_fn = svi.make_objective(model, guide, svi.make_elbo(config.elbo, config.particles))
-    optimizer = torch.optim.Adam(loss_fn.parameters(), lr=config.lr)
+    objective = svi.make_objective(model, guide, svi.make_elbo(config.elbo, config.particles))
+    optimizer = torch.optim.Adam(objective.parameters(), lr=config.lr)
     start = 0
     if checkpoint is not None:
-        loss_fn.load_state_dict(checkpoint["networks"])
+        objective.load_state_dict(checkpoint["networks"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"])  # last: building the networks drew from the RNG
+        # last: building the networks drew from the RNG
+        set_rng_state(checkpoint["rank_rng"][ctx.rank] if ctx.parallel else checkpoint["rng"])
         start = checkpoint["epoch"]
+    # the networks exist at construction, so no warm-up call; rank 0's values are broadcast
+    loss_fn = ctx.wrap(objective)
     n_train = len(splits.train_pixels)
+    heldout_share = splits.heldout[ctx.share(len(splits.heldout))]
     # a GPU keeps its queue full when losses are read back only now and then
     sync_every = 1 if device.type == "cpu" else 50
     # Pyro's validation reads every site's log-density back to the host to warn of NaN, a
@@ -331,26 +348,45 @@ def fit(
         for epoch in range(start + 1, config.epochs + 1):
             loss_fn.train()
             x_train = observations(splits.train_pixels, config.likelihood)
+            batches = DeviceBatches(
+                x_train,
+                config.batch_size,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+                seed=distributed.epoch_seed(config.seed, epoch),
+                subsample=True,
+            )
             result = svi.train(
                 loss_fn,
                 optimizer,
-                DeviceBatches(x_train, config.batch_size),
+                batches,
                 sync_every=sync_every,
-                items_per_step=config.batch_size,
-                progress=progress,
+                items_per_step=config.batch_size * ctx.world_size,
+                progress=progress and ctx.is_main,
                 desc=f"epoch {epoch}/{config.epochs}",
             )
-            heldout = evaluate.elbo_per_image(model, guide, splits.heldout, config.eval_chunk)
-            # each loss is -sum of the batch's ELBOs; the batches cover every image once
+            losses = ctx.all_reduce_mean(result.losses.double()).cpu()
+            heldout = ctx.gather(
+                evaluate.elbo_per_image(model, guide, heldout_share, config.eval_chunk)
+            )
+            rank_rng = ctx.gather(rng_state())
+            if not ctx.is_main:
+                continue
+            # each loss estimates the full-data -ELBO, N times the per-image one; weighted by
+            # batch size, so that every image seen in the pass counts once
+            sizes = torch.tensor(batches.batch_sizes(), dtype=torch.float64)
+            seen = batches.items * ctx.world_size
             record = {
                 "epoch": epoch,
-                "train_elbo": -float(result.losses.double().sum()) / n_train,
-                "heldout_elbo": float(heldout.mean()),
+                "train_elbo": -float((losses * sizes).sum() / sizes.sum()) / n_train,
+                "heldout_elbo": float(np.concatenate(heldout).mean()),
                 "seconds": result.seconds,
-                "images_per_second": n_train / result.seconds,
+                "images_per_second": seen / result.seconds,
             }
             run.log_metrics(**record)
-            save_checkpoint(run.file(CHECKPOINT), loss_fn, optimizer, epoch, config)
+            save_checkpoint(
+                run.file(CHECKPOINT), objective, optimizer, epoch, config, rank_rng=rank_rng
+            )
             if progress:
                 tqdm.write(
                     f"epoch {epoch}/{config.epochs}: train ELBO "
@@ -367,17 +403,25 @@ def fit(
 def execute(
     config: VaeConfig, config_name: str, out: Path | None = None, progress: bool = True
 ) -> Run:
-    """Do a whole new run: data, training, evaluation, figures, report. Returns the run."""
+    """Do a whole new run: data, training, evaluation, figures, report. Returns the run.
+
+    Under ``torchrun`` every rank calls this; rank 0 creates and writes the run directory, the
+    others return a :class:`~ppl_models.runs.Run` of the same path that wrote nothing.
+    """
+    from .. import distributed
     from ..svi import seed_everything
 
     device = run_device(config)
-    splits = prepare_data(config, device)
-    with Run.create(config_name, out) as run:
-        run.write_config(config)
-        run.write_env(seed=config.seed, device=str(device))
-        seed_everything(config.seed)
-        model, guide = fit(run, config, splits, device, progress=progress)
-        finish(run, config, splits, model, guide, device)
+    with distributed.session(device) as ctx:
+        splits = prepare_data(config, ctx.device)
+        run = distributed.rank_run(ctx.on_main(lambda: Run.create(config_name, out)), ctx)
+        with run:
+            run.write_config(config)
+            run.write_env(seed=config.seed, device=str(ctx.device), extra=ctx.describe())
+            # rank 0's seed is the config's: its initialisation is the one broadcast
+            seed_everything(distributed.rank_seed(config.seed, ctx.rank))
+            model, guide = fit(run, config, splits, ctx.device, progress=progress, ctx=ctx)
+            finish(run, config, splits, model, guide, ctx.device, ctx=ctx)
     return run
 
 
@@ -385,8 +429,13 @@ def resume(run_dir: Path, epochs: int | None = None, progress: bool = True) -> R
     """Continue an interrupted run (or extend a finished one to ``epochs``) from its checkpoint.
 
     With the same device (CPU), the losses are those of an uninterrupted run, exactly: the
-    checkpoint restores networks, Adam's moments and every RNG state after the last epoch.
+    checkpoint restores networks, Adam's moments and every RNG state after the last epoch (of
+    every rank, under ``torchrun``, which must then start as many processes as before). Every
+    rank reads the run directory (on several machines it must be on a shared filesystem); rank 0
+    alone writes it.
     """
+    from .. import distributed
+
     run = Run.open(run_dir)
     config = load_config(
         VaeConfig, run.file("config.toml"), {"epochs": epochs} if epochs is not None else {}
@@ -419,13 +468,25 @@ def resume(run_dir: Path, epochs: int | None = None, progress: bool = True) -> R
             f"with N > {done} to train it further"
         )
     device = run_device(config)
-    splits = prepare_data(config, device)
-    with run:
-        run.write_config(config)
-        kept = [m for m in read_metrics(run.path) if m["epoch"] <= done]
-        atomic_write_text(run.file("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in kept))
-        model, guide = fit(run, config, splits, device, checkpoint=checkpoint, progress=progress)
-        finish(run, config, splits, model, guide, device)
+    with distributed.session(device) as ctx:
+        saved_world = checkpoint.get("world_size", 1)
+        if saved_world != ctx.world_size:
+            raise ValueError(
+                f"the checkpoint of {run_dir} was written by {saved_world} processes; resume "
+                f"it with as many (--nproc {saved_world}), not {ctx.world_size}"
+            )
+        splits = prepare_data(config, ctx.device)
+        run = distributed.rank_run(run, ctx)
+        with run:
+            run.write_config(config)
+            if ctx.is_main:
+                kept = [m for m in read_metrics(run.path) if m["epoch"] <= done]
+                lines = "".join(json.dumps(m) + "\n" for m in kept)
+                atomic_write_text(run.file("metrics.jsonl"), lines)
+            model, guide = fit(
+                run, config, splits, ctx.device, checkpoint=checkpoint, progress=progress, ctx=ctx
+            )
+            finish(run, config, splits, model, guide, ctx.device, ctx=ctx)
     return run
 
 
@@ -436,13 +497,23 @@ def finish(
     model: VaeModel,
     guide: VaeGuide,
     device: torch.device,
+    ctx: distributed.Context | None = None,
 ) -> None:
-    """Evaluate the trained pair, save the arrays and posterior draws, write report and summary."""
-    from .. import diagnostics
+    """Evaluate the trained pair, save the arrays and posterior draws, write report and summary.
+
+    Under ``torchrun`` the evaluation is sharded across ranks and gathered on rank 0, which
+    alone writes; the summary records every rank's parameter digest (all equal: the ranks hold
+    bit-identical parameters).
+    """
+    import torch
+
+    from .. import diagnostics, distributed
     from ..vae import evaluate
 
+    ctx = ctx or distributed.Context(device=device)
     start = time.perf_counter()
-    evaluation, draws = evaluate.evaluate(
+    digests = ctx.gather(distributed.parameter_digest(torch.nn.ModuleList([model, guide])))
+    result = evaluate.evaluate(
         model,
         guide,
         splits.heldout,
@@ -452,7 +523,11 @@ def finish(
         ks=config.ks,
         keep=config.posterior_draws,
         chunk=config.eval_chunk,
+        parallel=ctx if ctx.parallel else None,
     )
+    if not ctx.is_main:
+        return
+    evaluation, draws = result
     evaluation.save(run.file(EVALUATION))
     # one chain: any number of draws; they are independent given each image anyway
     idata = diagnostics.inference_data(
@@ -467,6 +542,7 @@ def finish(
         device,
         eval_seconds=time.perf_counter() - start,
     )
+    summary.update(ctx.describe(), parameter_digests=digests)
     build_report(run.path, summary)
     run.write_summary(summary)  # last: a summary with status "complete" means all is there
 
@@ -813,6 +889,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last checkpoint"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train data-parallel in N processes on this machine (torchrun --standalone "
+        "--nproc-per-node N; one GPU each on CUDA); for several machines run torchrun "
+        "yourself: torchrun --nnodes ... -m ppl_models vae ...",
+    )
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict:
@@ -828,7 +912,21 @@ def config_from_args(args: argparse.Namespace) -> tuple[VaeConfig, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run (or resume) ``ppl-models vae`` and print the key numbers; returns 0."""
+    """Run (or resume) ``ppl-models vae`` and print the key numbers; returns 0.
+
+    With ``--nproc N`` (outside ``torchrun``), launch the same command as N processes through
+    ``torch.distributed.run`` instead; under ``torchrun`` only rank 0 prints.
+
+    Raises
+    ------
+    ppl_models.distributed.RankFailure
+        (a ``ConnectionError``) when a worker of ``--nproc`` fails; the run's ``summary.json``
+        then says ``"status": "failed"`` and why.
+    """
+    import os
+
+    from .. import distributed
+
     if args.resume is not None:
         extra = sorted(set(_flag_overrides(args)) - set(RESUME_KEYS))
         extra += [name for name in ("config", "out") if getattr(args, name) is not None]
@@ -837,11 +935,41 @@ def main(args: argparse.Namespace) -> int:
                 f"--resume continues a run with its own configuration; only "
                 f"--epochs may change, got {', '.join(extra)}"
             )
+    if args.nproc is not None and not distributed.launched():
+        return _launch(args)
+    if args.resume is not None:
         run = resume(args.resume, epochs=args.epochs, progress=not args.quiet)
     else:
         config, name = config_from_args(args)
         run = execute(config, name, out=args.out, progress=not args.quiet)
-    s = read_json(run.file("summary.json"))
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    _print_summary(run.path)
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N``: check the command here, then run it as N workers of torchrun."""
+    from .. import distributed
+
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    argv = list(getattr(args, "argv", None) or [])
+    if not argv:
+        raise ValueError("--nproc needs the command line (run it through ppl_models.cli.main)")
+    if args.resume is not None:
+        run_dir = Run.open(args.resume).path
+    else:
+        config, name = config_from_args(args)  # a bad configuration fails here, once
+        run_dir = Run.new_path(name, args.out).absolute()
+        if args.out is None:
+            argv += ["--out", str(run_dir)]  # every worker must agree on the folder
+    distributed.launch(args.nproc, argv, run_dir)  # rank 0 prints the summary
+    return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    s = read_json(Path(run_dir) / "summary.json")
     ks = list(s["iw_bounds"])
     print(
         f"held-out ELBO {s['heldout_elbo']:.2f} nats/image ({s['eval_images']} images); on "
@@ -850,5 +978,4 @@ def main(args: argparse.Namespace) -> int:
         f"{s['active_units']}/{s['latent_dim']}; k-hat above {s['khat_threshold']:.2f} for "
         f"{100 * s['khat_share_bad']:.1f}% of images"
     )
-    print(f"report: {run.file('report.html')}")
-    return 0
+    print(f"report: {Path(run_dir) / 'report.html'}")
