@@ -80,8 +80,8 @@ def test_run_writes_the_contract_and_the_report_rebuilds(synthetic_mnist, tmp_pa
 
     s = read_json(run / "summary.json")
     assert s["status"] == "complete" and s["model"] == "vae"
-    assert (s["train_images"], s["heldout_images"], s["eval_images"]) == (256, 2000, 64)
-    assert "first 8,000 train" in s["data_split"]
+    assert (s["train_images"], s["heldout_images"], s["eval_images"]) == (256, 200, 64)
+    assert "official split: 1,000 training images" in s["data_split"]
     assert s["epochs"] == 2 and s["device"] == "cpu" and s["latent_dim"] == 2
     assert list(s["iw_bounds"]) == ["1", "10", "100"]
     assert s["log_likelihood"] == s["iw_bounds"]["100"]
@@ -103,6 +103,8 @@ def test_run_writes_the_contract_and_the_report_rebuilds(synthetic_mnist, tmp_pa
 
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 6
+    # every ELBO beside an IW bound is on the same images, and says how many
+    assert "ELBO, the first 8 of them" in html and "IW bound, K = 10 (8 images)" in html
     assert "held-out ELBO" in html and "k-hat" in html
 
     (run / "report.html").unlink()
@@ -111,6 +113,25 @@ def test_run_writes_the_contract_and_the_report_rebuilds(synthetic_mnist, tmp_pa
     assert cli.main(["report", str(run)]) == 0
     assert (run / "report.html").read_text().count("data:image/png;base64,") == 6
     assert len(list((run / "figures").glob("*.png"))) == 6
+
+
+def test_k1_bound_is_the_elbo_of_the_same_images(synthetic_mnist, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(tiny(synthetic_mnist, run, "--set", "iw_images=32")) == 0
+    s = read_json(run / "summary.json")
+    evaluation = np.load(run / "evaluation.npz")
+    one_draw = evaluation["elbo"][:32]  # the one-draw ELBO of the IW images
+    assert s["iw_elbo"] == pytest.approx(one_draw.mean())
+    # K = 1 averages 100 draws per image of the same images: equal up to Monte Carlo error.
+    # The images are shared, so only the one draw's noise separates them; its per-image sd is
+    # bounded by the spread of the one-draw ELBOs around the K = 1 bound.
+    noise = np.sqrt(np.mean((one_draw - one_draw.mean()) ** 2) / 32)
+    assert abs(s["iw_elbo"] - s["iw_bounds"]["1"]) < 4 * noise
+    # the IW bounds are not below the ELBO of their images (beyond Monte Carlo error)
+    assert s["log_likelihood"] >= s["iw_bounds"]["1"] - 4 * s["iw_gains_se"]["10"]
+    assert f"on the first 32 of those images, the ELBO is {s['iw_bounds']['1']:.2f}" in " ".join(
+        job.verdict(s)
+    ).replace("On the", "on the")
 
 
 def test_resume_reproduces_an_uninterrupted_run_exactly(synthetic_mnist, tmp_path, monkeypatch):
