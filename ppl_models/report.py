@@ -2,7 +2,7 @@
 
 A job describes its report as a title, a plain-words verdict, tables and figures; this module
 embeds the figures (base64 PNG), appends the provenance read from the run directory
-(``config.toml``, ``env.json``) and writes ``report.html`` atomically.
+(``config.toml``, ``env.json``, each when present) and writes ``report.html`` atomically.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def write_report(run_dir: Path, report: Report) -> Path:
     run_dir = Path(run_dir)
     env_path = run_dir / "env.json"
     env = json.loads(env_path.read_text()) if env_path.exists() else {}
-    config_text = (run_dir / "config.toml").read_text()
+    config_path = run_dir / "config.toml"
+    config_text = config_path.read_text() if config_path.exists() else "(no config.toml)"
     figures = [
         {
             "title": fig.title,
