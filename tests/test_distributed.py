@@ -425,3 +425,43 @@ def test_a_killed_rank_ends_the_job_and_a_resume_reproduces_the_uninterrupted_ru
     assert a["status"] == "complete"
     for key in ("heldout_elbo", "iw_bounds", "khat_median", "parameter_digests"):
         assert a[key] == b[key], key
+
+
+def test_world_sizes_of_the_scaling_bench():
+    from ppl_models.bench.scaling import parse_world_sizes
+
+    assert parse_world_sizes("1,2,4") == [1, 2, 4]
+    for bad in ("2,4", "1,1,2", "1,x", "4,2,1"):
+        with pytest.raises(ValueError, match="starting at 1"):
+            parse_world_sizes(bad)
+
+
+def test_bench_reports_images_per_second_and_efficiency_per_world_size(
+    synthetic_mnist, tmp_path, capsys
+):
+    args = ["bench", "vae", "--device", "cpu", "--arch", "mlp", "--latent-dim", "4"]
+    args += ["--batch-sizes", "16", "--steps", "2", "--repeats", "1", "--warmup", "1"]
+    args += ["--epoch-images", "200", "--data-dir", str(synthetic_mnist), "--out", str(tmp_path)]
+    assert cli.main([*args, "--nproc", "1,2"]) == 0
+    assert "efficiency" in capsys.readouterr().out
+    result = read_json(tmp_path / "bench.json")
+    assert result["benchmark"] == "vae-data-parallel" and result["backend"] == "gloo"
+    rows = result["rows"]
+    assert [(r["world_size"], r["global_batch"]) for r in rows] == [(1, 16), (2, 32)]
+    for r in rows:
+        assert r["images_per_s"] > 0
+        assert r["speedup"] == pytest.approx(r["images_per_s"] / rows[0]["images_per_s"])
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["world_size"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
+
+
+@pytest.mark.cuda
+def test_data_parallel_run_on_cuda_uses_nccl_and_one_gpu_per_process(synthetic_mnist, tmp_path):
+    nproc = min(2, torch.cuda.device_count())
+    run = tmp_path / "run"
+    args = tiny(synthetic_mnist, "--epochs", "1", "--out", str(run), "--nproc", str(nproc))
+    assert cli.main([*args[:6], "cuda", *args[7:]]) == 0  # --device cuda
+    s = read_json(run / "summary.json")
+    assert s["status"] == "complete" and s["device"].startswith("cuda")
+    assert s["world_size"] == nproc and s["backend"] == ("nccl" if nproc > 1 else None)
+    assert len(set(s["parameter_digests"])) == 1

@@ -160,12 +160,16 @@ def test_device_batches_shard_one_permutation_across_ranks():
     data = torch.arange(50)
     shards = []
     for rank in range(3):
-        torch.manual_seed(7)  # every rank has the same seed
-        shards.append(torch.cat([b[0] for b in DeviceBatches(data, 4, rank=rank, world_size=3)]))
-    assert sorted(torch.cat(shards).tolist()) == list(range(50))
-    assert [len(s) for s in shards] == [17, 17, 16]
+        torch.manual_seed(rank)  # the global RNGs differ; the permutation's seed does not
+        batches = DeviceBatches(data, 4, rank=rank, world_size=3, seed=11)
+        shards.append(torch.cat([b[0] for b in batches]))
+    covered = torch.cat(shards).tolist()
+    # 16 items each (50 mod 3 = 2 dropped): every rank takes the same number of steps
+    assert [len(s) for s in shards] == [16, 16, 16] and len(set(covered)) == 48
     with pytest.raises(ValueError, match="rank"):
-        DeviceBatches(data, 4, rank=3, world_size=3)
+        DeviceBatches(data, 4, rank=3, world_size=3, seed=11)
+    with pytest.raises(ValueError, match="seed"):
+        DeviceBatches(data, 4, rank=0, world_size=3)
     with pytest.raises(ValueError, match="batch_size"):
         DeviceBatches(data, 0)
 

@@ -141,8 +141,8 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(synthetic_mnist, tmp_pat
     # interrupted right after the first epoch's checkpoint
     real_save = job.save_checkpoint
 
-    def save_then_stop(path, loss_fn, optimizer, epoch, config):
-        real_save(path, loss_fn, optimizer, epoch, config)
+    def save_then_stop(path, loss_fn, optimizer, epoch, config, **kwargs):
+        real_save(path, loss_fn, optimizer, epoch, config, **kwargs)
         raise KeyboardInterrupt
 
     interrupted = tmp_path / "interrupted"

@@ -9,6 +9,9 @@ Three ways to take the same Adam step on the same networks and MNIST images (til
 (c) ``dataloader``: (a)'s objective fed as Pyro's VAE example does, a ``DataLoader`` over a
     ``TensorDataset`` in host memory, each batch moved with ``.to(device)``.
 
+With ``--nproc 1,2,...`` it measures data-parallel scaling instead
+(:mod:`ppl_models.bench.scaling`).
+
 Ratios are of time per step: (a)/(b) is the price of Pyro's machinery (target <= 1.15), (c)/(a)
 the price of the per-item data path (target >= 3 on CUDA). On CUDA it also times one epoch of
 60,000 images of the conv network at batch 256 (target < 1.5 s on an H100).
@@ -248,6 +251,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time a whole epoch also off CUDA (it is always timed on CUDA)",
     )
     parser.add_argument(
+        "--nproc",
+        metavar="W1,W2,...",
+        help="measure data-parallel scaling instead: images/s, speed-up and efficiency at each "
+        "of these numbers of processes (from 1; through torchrun, one GPU each on CUDA)",
+    )
+    parser.add_argument(
         "--data-dir", dest="data_dir", help="MNIST root (default $PPL_MODELS_DATA, else data/mnist)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the networks and batches")
@@ -270,7 +279,10 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Measure the three training steps, print the table, write ``bench.json``; returns 0."""
+    """Measure the three training steps, print the table, write ``bench.json``; returns 0.
+
+    With ``--nproc 1,2,...``, measure data-parallel scaling instead
+    (:mod:`ppl_models.bench.scaling`)."""
     import pyro
     import torch
 
@@ -286,6 +298,11 @@ def main(args: argparse.Namespace) -> int:
             f"{args.warmup}, {args.epoch_images}"
         )
     out = make_out_dir(args.out)
+    if args.nproc is not None:
+        from . import scaling
+
+        args.out = out
+        return scaling.main(args, sizes)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     data = load_mnist(resolve_root(args.data_dir), device)
