@@ -1,10 +1,12 @@
 """Data-parallel SVI (issue 9) on the CPU with gloo: the pieces in one process, then real jobs.
 
-Every process that torchrun starts costs seconds of imports on a 2-core machine, so one
-2-process run (a module fixture, started as two torchrun "nodes" over the loopback address)
-serves several tests: the run contract, bit-identical parameters, the comparison with one
-process and the doubled batch, and the reference of the kill-and-resume test. The gradient test
-forks its two ranks from the test process instead.
+Every process that torchrun starts costs seconds of imports on a 2-core machine. So the ranks
+of most tests are forked from the test process, in the environment torchrun would give them
+(``forked_ranks``); torchrun itself starts the workers of two tests: the killed-rank test
+(``ppl-models vae --nproc 2``) and the two-"node" gradient test (two torchrun agents meeting
+over the loopback address). One uninterrupted 2-process run (a module fixture) serves several
+tests: the run contract, bit-identical parameters, the comparison with one process and the
+doubled batch, and the reference of the kill-and-resume test.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -254,38 +255,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(command: list[str], cwd: Path, timeout: float = 300) -> list[str]:
-    """Run ``torchrun ... command`` as two "nodes" of one process each on the loopback address
-    (each its own torchrun, meeting at a c10d rendezvous); returns their outputs."""
-    port = free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
-            + ["--nproc-per-node", "1", "--rdzv-backend", "c10d"]
-            + ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "ppl-models-test"]
-            + ["--rdzv-conf", f"is_host={int(host)}", "--local-addr", "127.0.0.1", *command],
-            cwd=cwd,
-            env=worker_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for host in (True, False)
-    ]
-    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
-    return outputs
+def _as_rank(rank: int, port: int, fn, *args) -> None:
+    """Run ``fn(*args)`` as rank ``rank`` of 2, in the environment torchrun would set."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    fn(*args)
+
+
+def forked_ranks(fn, *args) -> None:
+    """``fn(*args)`` in two processes forked from this one, as ranks 0 and 1 of a gloo group:
+    no interpreter start-up, the modules are already imported."""
+    torch.multiprocessing.start_processes(
+        _as_rank, args=(free_port(), fn, *args), nprocs=2, start_method="fork"
+    )
+
+
+def _cli_ok(argv: list[str]) -> None:
+    assert cli.main(argv) == 0
+
+
+def _chdir_and_cli(folder: Path, argv: list[str]) -> None:
+    os.chdir(folder)
+    _cli_ok(argv)
 
 
 @pytest.fixture(scope="module")
 def ddp_run(synthetic_mnist, tmp_path_factory):
-    """One uninterrupted 2-process run, as two torchrun "nodes" over 127.0.0.1."""
+    """One uninterrupted run of ``ppl-models vae`` as ranks 0 and 1 of a gloo group."""
     folder = tmp_path_factory.mktemp("ddp")
     run = folder / "run"
     args = tiny(synthetic_mnist, "--epochs", str(EPOCHS), "--out", str(run))
-    # the folder is the workers' working directory: a stray write by any rank lands in it
-    outputs = two_nodes(["-m", "ppl_models", *args], cwd=folder)
-    assert sum("held-out ELBO" in o for o in outputs) == 1  # rank 0 alone prints
+    # the folder is the ranks' working directory: a stray write by any rank lands in it
+    forked_ranks(_chdir_and_cli, folder, args)
     return SimpleNamespace(folder=folder, path=run)
 
 
@@ -321,39 +327,34 @@ def test_two_processes_match_one_process_with_the_doubled_batch(ddp_run, synthet
         assert abs(a["train_elbo"] - b["train_elbo"]) < 0.02 * abs(a["train_elbo"])
 
 
-def _as_rank(rank: int, port: int, fn, *args) -> None:
-    """Run ``fn(*args)`` as rank ``rank`` of 2, in the environment torchrun would set."""
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
+def _torchrun_node(node: int, port: int, out: Path) -> None:
+    from torch.distributed import run as torchrun
+
+    os.environ.update(worker_env())
+    args = torchrun.parse_args(
+        ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
+        + ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "ppl-models-test"]
+        + ["--rdzv-conf", f"is_host={int(node == 0)}", "--local-addr", "127.0.0.1"]
+        + [str(TESTS / "ddp_gradient.py"), str(out)]
     )
-    fn(*args)
+    torchrun.run(args)
 
 
-def forked_ranks(fn, *args) -> None:
-    """``fn(*args)`` in two processes forked from this one, as ranks 0 and 1 of a gloo group:
-    no interpreter start-up, the modules are already imported."""
-    torch.multiprocessing.start_processes(
-        _as_rank, args=(free_port(), fn, *args), nprocs=2, start_method="fork"
-    )
-
-
-def _cli_ok(argv: list[str]) -> None:
-    assert cli.main(argv) == 0
-
-
-def test_ddp_gradient_equals_the_full_data_gradient(tmp_path):
-    """Two processes average the gradients of their halves of the data; with the noise fixed
-    per image, that is the single-process gradient of the full-data ELBO (no subsampling)."""
+def test_ddp_gradient_across_two_nodes_equals_the_full_data_gradient(tmp_path):
+    """Two torchrun "nodes" on the loopback address, one process each, average the gradients of
+    their halves of the data; with the noise fixed per image, that is the single-process
+    gradient of the full-data ELBO (no subsampling)."""
     sys.path.insert(0, str(TESTS))
     try:
         import ddp_gradient as worker
     finally:
         sys.path.remove(str(TESTS))
-    forked_ranks(worker.main, tmp_path)
+    # two torchrun agents ("nodes", forked from this process to spare their imports) meet at a
+    # c10d rendezvous on 127.0.0.1; each starts one worker, ``python tests/ddp_gradient.py``
+    port = free_port()
+    torch.multiprocessing.start_processes(
+        _torchrun_node, args=(port, tmp_path), nprocs=2, start_method="fork"
+    )
     state = torch.load(tmp_path / "gradients.pt", weights_only=True)
     assert state["world"] == {"world_size": 2, "backend": "gloo"}
     # each rank initialised from its own seed: equal digests are DDP's broadcast
@@ -437,11 +438,13 @@ def test_world_sizes_of_the_scaling_bench():
 
 
 def test_bench_reports_images_per_second_and_efficiency_per_world_size(
-    synthetic_mnist, tmp_path, capsys
+    synthetic_mnist, tmp_path, capsys, monkeypatch
 ):
     args = ["bench", "vae", "--device", "cpu", "--arch", "mlp", "--latent-dim", "4"]
     args += ["--batch-sizes", "16", "--steps", "2", "--repeats", "1", "--warmup", "1"]
     args += ["--epoch-images", "200", "--data-dir", str(synthetic_mnist), "--out", str(tmp_path)]
+    # torchrun's launch is tested above; here the workers are forked ranks running the command
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: forked_ranks(_cli_ok, argv))
     assert cli.main([*args, "--nproc", "1,2"]) == 0
     assert "efficiency" in capsys.readouterr().out
     result = read_json(tmp_path / "bench.json")
