@@ -119,6 +119,7 @@ class Context:
 
     @property
     def parallel(self) -> bool:
+        """More than one rank."""
         return self.world_size > 1
 
     def describe(self) -> dict:
@@ -191,6 +192,7 @@ class Context:
         raise RankFailure(f"rank 0 failed: {type(value).__name__}: {value}")
 
     def barrier(self) -> None:
+        """Wait until every rank has arrived."""
         if self.parallel:
             with _translated(self):
                 dist.barrier()

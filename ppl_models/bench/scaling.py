@@ -175,6 +175,7 @@ def main(args: argparse.Namespace, batch_sizes: list[int]) -> int:
 
 
 def print_table(result: dict) -> None:
+    """Print the rows of a scaling ``bench.json`` as a table."""
     print(
         f"VAE SVI step, data-parallel ({result['backend']}), {result['arch']} / "
         f"{result['likelihood']}, device {result['device']} ({result['device_name']}), "
