@@ -236,6 +236,18 @@ def test_nproc_is_checked_before_anything_starts(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_nproc_launches_the_same_command_into_one_agreed_folder(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda *args: launched.append(args))
+    monkeypatch.chdir(tmp_path)
+    argv = ["vae", "--config", str(REPO / "runs" / "vae_mnist_mlp.toml"), "--nproc", "3"]
+    assert cli.main(argv) == 0
+    [(nproc, worker_argv, run_dir)] = launched
+    assert nproc == 3 and run_dir.is_absolute() and not run_dir.exists()
+    assert run_dir.parent == tmp_path / "runs" / "vae_mnist_mlp"
+    assert worker_argv == [*argv, "--out", str(run_dir)]  # the workers ignore --nproc
+
+
 def test_wrap_refuses_parameters_outside_the_module():
     def model(x):
         pyro.param("mu", torch.zeros(()))
