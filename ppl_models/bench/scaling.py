@@ -5,8 +5,8 @@ For each world size :math:`W` it times the step that ``ppl-models vae`` takes un
 device-resident images under the full-data plate), with the per-rank batch fixed (weak scaling:
 the global batch is :math:`W b`). :math:`W = 1` runs in this process, without a wrapper, as
 ``ppl-models vae`` does; larger :math:`W` are launched through ``torch.distributed.run``, on one
-GPU per process on CUDA and with ``cpu_count // W`` threads per process on the CPU, so every
-world size has the same machine. It reports
+GPU per process on CUDA and with ``cpu_count // W`` threads per process on the CPU (or
+``--threads``), so every world size has the same machine. It reports
 
 .. math::
 
@@ -53,8 +53,11 @@ def parse_world_sizes(text: str) -> list[int]:
     return sizes
 
 
-def threads_per_process(world_size: int, device: torch.device) -> int:
-    """CPU threads for each of ``world_size`` processes: the machine's cores shared evenly."""
+def threads_per_process(world_size: int, device: torch.device, threads: int | None = None) -> int:
+    """CPU threads for each of ``world_size`` processes: ``threads`` when given, else the
+    machine's cores shared evenly (one on CUDA, where the GPU computes)."""
+    if threads is not None:
+        return threads
     if device.type == "cuda":
         return 1
     return max(1, (os.cpu_count() or 1) // world_size)
@@ -118,7 +121,7 @@ def worker(args: argparse.Namespace, batch_sizes: list[int]) -> int:
     """One rank of a launched world size: measure every batch size; rank 0 writes the rows."""
     device = resolve_device(args.device)
     with distributed.session(device) as ctx:
-        torch.set_num_threads(threads_per_process(ctx.world_size, device))
+        torch.set_num_threads(threads_per_process(ctx.world_size, device, args.threads))
         rows = [measure(args, ctx, b) for b in batch_sizes]
         if ctx.is_main:
             atomic_write_json(_partial(args.out, ctx.world_size), rows)
@@ -128,6 +131,8 @@ def worker(args: argparse.Namespace, batch_sizes: list[int]) -> int:
 def main(args: argparse.Namespace, batch_sizes: list[int]) -> int:
     """Measure every world size of ``--nproc``, print the table, write ``bench.json``."""
     world_sizes = parse_world_sizes(args.nproc)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if distributed.launched():
         return worker(args, batch_sizes)
     device = resolve_device(args.device)
@@ -140,7 +145,7 @@ def main(args: argparse.Namespace, batch_sizes: list[int]) -> int:
     for world_size in world_sizes:
         if world_size == 1:
             threads = torch.get_num_threads()
-            torch.set_num_threads(threads_per_process(1, device))
+            torch.set_num_threads(threads_per_process(1, device, args.threads))
             try:
                 rows += [measure(args, distributed.Context(device=device), b) for b in batch_sizes]
             finally:

@@ -257,6 +257,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "of these numbers of processes (from 1; through torchrun, one GPU each on CUDA)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        help="with --nproc: CPU threads per process (default: the cores shared evenly)",
+    )
+    parser.add_argument(
         "--data-dir", dest="data_dir", help="MNIST root (default $PPL_MODELS_DATA, else data/mnist)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the networks and batches")
