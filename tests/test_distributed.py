@@ -390,16 +390,49 @@ def kill(pids: list[int]) -> None:
             pass
 
 
+def test_kill_9_of_the_whole_job_then_resume_reproduces_the_uninterrupted_run(
+    ddp_run, synthetic_mnist, tmp_path
+):
+    """Both ranks are killed with SIGKILL at once, right after the first checkpoint; nothing is
+    recorded. ``--resume`` with 2 processes reproduces the uninterrupted run bit for bit."""
+    run = tmp_path / "run"
+    args = tiny(synthetic_mnist, "--epochs", "30", "--out", str(run))
+    ranks = torch.multiprocessing.start_processes(
+        _as_rank, args=(free_port(), _cli_ok, args), nprocs=2, start_method="fork", join=False
+    )
+    try:
+        wait_for(run / "checkpoint.pt")
+    finally:
+        kill(ranks.pids())
+    with pytest.raises(torch.multiprocessing.ProcessExitedException, match="SIGKILL"):
+        while not ranks.join():
+            pass
+    done = len(read_metrics(run))
+    assert 1 <= done < EPOCHS, f"killed after {done} epochs; the test needs fewer than {EPOCHS}"
+    assert not (run / "summary.json").exists()
+
+    forked_ranks(_cli_ok, ["vae", "--resume", str(run), "--epochs", str(EPOCHS)])
+    assert_same_run(run, ddp_run.path)
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Every epoch's losses and the final evaluation of ``run`` equal ``reference``'s exactly."""
+    keys = ("epoch", "train_elbo", "heldout_elbo")
+    resumed = [[m[k] for k in keys] for m in read_metrics(run)]
+    assert resumed == [[m[k] for k in keys] for m in read_metrics(reference)]
+    a, b = read_json(run / "summary.json"), read_json(reference / "summary.json")
+    assert a["status"] == "complete"
+    for key in ("heldout_elbo", "iw_bounds", "khat_median", "parameter_digests"):
+        assert a[key] == b[key], key
+
+
 def test_a_killed_rank_ends_the_job_and_a_resume_reproduces_the_uninterrupted_run(
     ddp_run, synthetic_mnist, tmp_path, capsys
 ):
     """``ppl-models vae --nproc 2``; rank 1 is killed (SIGKILL) right after the first
     checkpoint. The other rank stops within seconds, the command fails with one line naming the
     dead rank, and so does summary.json. ``--resume`` with 2 processes then reproduces the
-    uninterrupted run's losses of every epoch and its final evaluation, bit for bit.
-
-    (Killing the whole job instead, launcher included, leaves the same files: the checkpoint
-    of the last finished epoch, written atomically; the resume does not care how it stopped.)"""
+    uninterrupted run's losses of every epoch and its final evaluation, bit for bit."""
     run = tmp_path / "run"
     killed = {}
 
@@ -431,13 +464,7 @@ def test_a_killed_rank_ends_the_job_and_a_resume_reproduces_the_uninterrupted_ru
     assert 1 <= done < EPOCHS, f"killed after {done} epochs; the test needs fewer than {EPOCHS}"
     # the resume as torchrun's two workers would run it (forked: their imports are done)
     forked_ranks(_cli_ok, ["vae", "--resume", str(run), "--epochs", str(EPOCHS)])
-    keys = ("epoch", "train_elbo", "heldout_elbo")
-    resumed = [[m[k] for k in keys] for m in read_metrics(run)]
-    assert resumed == [[m[k] for k in keys] for m in read_metrics(ddp_run.path)]
-    a, b = read_json(run / "summary.json"), read_json(ddp_run.path / "summary.json")
-    assert a["status"] == "complete"
-    for key in ("heldout_elbo", "iw_bounds", "khat_median", "parameter_digests"):
-        assert a[key] == b[key], key
+    assert_same_run(run, ddp_run.path)
 
 
 def test_world_sizes_of_the_scaling_bench():
