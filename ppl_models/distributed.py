@@ -94,7 +94,9 @@ def parameter_digest(module: torch.nn.Module) -> str:
     for name, param in sorted(module.named_parameters(), key=lambda item: item[0]):
         value = param.detach().cpu().contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else bytes(value))
+        if value.dtype == torch.bfloat16:  # NumPy has no bfloat16: hash its bits
+            value = value.view(torch.int16)
+        digest.update(value.numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -176,20 +178,32 @@ class Context:
         """
         if not self.parallel:
             return fn()
+        reported = (ValueError, FileNotFoundError, NotADirectoryError)
         outcome: tuple = ("ok", None)
+        error = None
         if self.is_main:
             try:
                 outcome = ("ok", fn())
-            except Exception as err:  # sent to the other ranks, then raised here too
-                outcome = ("error", err)
+            except Exception as err:  # its name and message go to the other ranks
+                error = err
+                kind = type(err).__name__ if isinstance(err, reported) else None
+                outcome = ("error", (kind, f"{type(err).__name__}: {err}", str(err)))
         status, value = self.broadcast(outcome)
         if status == "ok":
             return value
-        if self.is_main:
-            raise value
-        if isinstance(value, (ValueError, FileNotFoundError, NotADirectoryError)):
-            raise type(value)(str(value))
-        raise RankFailure(f"rank 0 failed: {type(value).__name__}: {value}")
+        if error is not None:
+            raise error
+        kind, described, message = value
+        by_name = {cls.__name__: cls for cls in reported}
+        if kind in by_name:
+            raise by_name[kind](message)
+        raise RankFailure(f"rank 0 failed: {described}")
+
+    def lost_ranks_reported(self) -> contextlib.AbstractContextManager:
+        """A block in which a failed collective (a peer died, or the timeout passed), including
+        DistributedDataParallel's own gradient all-reduce, raises a one-line
+        :class:`RankFailure` instead of the backend's message."""
+        return _translated(self) if self.parallel else contextlib.nullcontext()
 
     def barrier(self) -> None:
         """Wait until every rank has arrived."""
@@ -229,13 +243,16 @@ class Context:
             return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
+_LOST = re.compile(r"gloo|nccl|connection|timed out|timeout|peer|socket", re.IGNORECASE)
+
+
 @contextlib.contextmanager
 def _translated(ctx: Context) -> Iterator[None]:
     """Turn a collective's failure (a peer died or timed out) into a one-line RankFailure."""
     try:
         yield
     except (dist.DistError, RuntimeError) as err:
-        if isinstance(err, RankFailure):
+        if not isinstance(err, dist.DistError) and not _LOST.search(str(err)):
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         # gloo's messages open with its source location and close with advice: keep the news

@@ -339,6 +339,41 @@ def test_two_processes_match_one_process_with_the_doubled_batch(ddp_run, synthet
         assert abs(a["train_elbo"] - b["train_elbo"]) < 0.02 * abs(a["train_elbo"])
 
 
+class Unpicklable(RuntimeError):
+    def __reduce__(self):
+        raise TypeError("not picklable")
+
+
+def _collective_failures() -> None:
+    with distributed.session(torch.device("cpu")) as ctx:
+
+        def fail():
+            raise ValueError("output directory exists")
+
+        with pytest.raises(ValueError, match="output directory exists"):
+            ctx.on_main(fail)
+
+        def fail_oddly():
+            raise Unpicklable("odd")
+
+        expected = Unpicklable if ctx.is_main else distributed.RankFailure
+        with pytest.raises(expected, match="odd"):
+            ctx.on_main(fail_oddly)
+        # a rank that stops answering: the other gives up after the group's timeout
+        if ctx.rank == 1:
+            time.sleep(6)
+            return
+        start = time.monotonic()
+        with pytest.raises(distributed.RankFailure, match="rank 0 of 2 lost the other ranks"):
+            ctx.gather("anyone?")
+        assert time.monotonic() - start < 5
+
+
+def test_errors_on_rank_0_reach_every_rank_and_a_silent_rank_times_out(monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "2")
+    forked_ranks(_collective_failures)
+
+
 def _torchrun_node(node: int, port: int, out: Path) -> None:
     from torch.distributed import run as torchrun
 

@@ -348,7 +348,7 @@ def fit(
     sync_every = 1 if device.type == "cpu" else 50
     # Pyro's validation reads every site's log-density back to the host to warn of NaN, a
     # synchronisation per site and step on a GPU; the loop's own finiteness check covers it.
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), ctx.lost_ranks_reported():
         for epoch in range(start + 1, config.epochs + 1):
             loss_fn.train()
             x_train = observations(splits.train_pixels, config.likelihood)
