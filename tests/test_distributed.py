@@ -323,6 +323,15 @@ def test_two_processes_train_identical_parameters_and_only_rank_0_writes(ddp_run
     assert len(s["iw_bounds"]) == 3 and s["iw_images"] == 9 and s["eval_images"] == 64
 
 
+def test_a_two_process_checkpoint_resumes_only_with_two_processes(ddp_run, capsys):
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in ddp_run.path.iterdir())
+    assert cli.main(["vae", "--resume", str(ddp_run.path), "--epochs", str(EPOCHS + 1)]) == 2
+    assert "written by 2 processes; resume it with as many (--nproc 2), not 1" in (
+        capsys.readouterr().err
+    )
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in ddp_run.path.iterdir()) == before
+
+
 def test_two_processes_match_one_process_with_the_doubled_batch(ddp_run, synthetic_mnist, tmp_path):
     """Same seed, same permutations, same images per step: only the Monte Carlo noise of the
     second rank's half differs, so the held-out ELBOs agree within Monte Carlo error."""
