@@ -20,7 +20,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 docs: setup
-	PPL_MODELS_DOCS_MODE=$${PPL_MODELS_DOCS_MODE:-smoke} $(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	PPL_MODELS_DOCS_MODE=$${PPL_MODELS_DOCS_MODE:-full} $(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 lint: setup
 	$(BIN)/ruff check .
@@ -30,4 +30,4 @@ bench: setup
 	$(BIN)/ppl-models bench exp-normal
 
 clean:
-	rm -rf $(VENV) docs/_build docs/jupyter_execute
+	rm -rf $(VENV) docs/_build docs/jupyter_execute docs/tutorials/_generated docs/tutorials/_ipynb

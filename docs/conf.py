@@ -5,27 +5,37 @@ the installed package; the API reference is generated from the NumPy-style docst
 needs no network: no intersphinx, and MathJax is served from the built site itself when the
 ``sphinx-mathjax-offline`` package is installed.
 
-``PPL_MODELS_DOCS_MODE=smoke`` (what ``make docs`` sets unless told otherwise) makes every tutorial
-shrink its sizes so the whole site builds on a 2-core CPU in a few minutes; ``full`` (the default
-here) runs them at the sizes whose numbers the pages discuss.
+``PPL_MODELS_DOCS_MODE=full`` (the default, and what ``make docs`` builds) runs the tutorials at
+the sizes whose numbers and pictures the pages discuss, within about 10 minutes on a 2-core CPU;
+``smoke`` shrinks every size for quick local iteration, and its pages say they are smoke output.
+
+MNIST is found by :func:`ppl_models.tutorial.mnist_root` (``$PPL_MODELS_DATA``, else the
+repository's ``data/mnist`` or ``../shared/data/mnist``). Without it the cells tagged ``mnist``
+are not executed (a ``skip-execution`` tag is added as each page is read), and each MNIST page
+shows a note at its top saying how to get the data, so a fresh clone builds the whole site.
+
+Every tutorial is also offered as a Jupyter notebook: ``tutorials/_ipynb/NAME.ipynb`` is written
+from its MyST source before the build reads the pages.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import ppl_models
+from ppl_models import tutorial
 
 DOCS = Path(__file__).resolve().parent
 
 # -- the two build modes ----------------------------------------------------------------------
 
 MODES = ("smoke", "full")
-DOCS_MODE = os.environ.setdefault("PPL_MODELS_DOCS_MODE", "full")
-if DOCS_MODE not in MODES:
-    raise ValueError(f"PPL_MODELS_DOCS_MODE must be one of {', '.join(MODES)}, got {DOCS_MODE!r}")
+os.environ.setdefault("PPL_MODELS_DOCS_MODE", "full")
+DOCS_MODE = tutorial.mode()  # validates the value
+MNIST = tutorial.mnist_root()
 
 # -- project ----------------------------------------------------------------------------------
 
@@ -54,6 +64,7 @@ exclude_patterns = [
     "jupyter_execute",
     "**.ipynb_checkpoints",
     "tutorials/_generated",
+    "tutorials/_ipynb",
 ]
 
 # -- MyST and MyST-NB ---------------------------------------------------------------------------
@@ -70,6 +81,9 @@ nb_execution_show_tb = True
 nb_execution_timeout = 600 if DOCS_MODE == "smoke" else 3600
 nb_execution_allow_errors = False
 nb_merge_streams = True
+# Markdown outputs (the tutorials' tables, ppl_models.tutorial.show_table) are parsed as MyST,
+# which has tables; CommonMark, the default, has none.
+nb_render_markdown_format = "myst"
 # A warning (a NumPy RuntimeWarning, a deprecation) printed by a cell fails the build under -W:
 # a tutorial must run cleanly. Cells whose stderr is known noise carry the `remove-stderr` tag
 # (the import cells: tqdm warns at import in a kernel without ipywidgets).
@@ -89,7 +103,9 @@ napoleon_use_ivar = True
 
 html_theme = "sphinx_book_theme"
 html_title = f"ppl_models {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+# a wider content column: code and outputs up to about 100 characters fit without scrolling
+html_css_files = ["wide.css"]
 html_theme_options = {
     "show_toc_level": 2,
     "use_download_button": True,
@@ -120,5 +136,40 @@ def _fail_on_error_outputs(app, doctree):
             )
 
 
+CELL_TAGS = re.compile(r"^(```\{code-cell\}[^\n]*\n:tags: *\[)([^\]]*)\]", re.M)
+
+
+def _skip_mnist_cells(app, docname, source):
+    """Without MNIST, tag each code cell tagged ``mnist`` ``skip-execution`` as it is read."""
+    if MNIST is not None or not docname.startswith("tutorials/"):
+        return
+
+    def tag(match: re.Match) -> str:
+        tags = [t.strip() for t in match.group(2).split(",")]
+        if "mnist" in tags:
+            tags.append("skip-execution")
+        return match.group(1) + ", ".join(tags) + "]"
+
+    source[0] = CELL_TAGS.sub(tag, source[0])
+
+
+def _write_notebooks(app):
+    """Each tutorial as ``tutorials/_ipynb/NAME.ipynb``, for the pages' download links."""
+    import nbformat
+    from myst_nb.core.read import read_myst_markdown_notebook
+
+    out = DOCS / "tutorials" / "_ipynb"
+    out.mkdir(exist_ok=True)
+    for page in sorted((DOCS / "tutorials").glob("*.md")):
+        notebook = read_myst_markdown_notebook(page.read_text())
+        notebook.metadata.pop("jupytext", None)
+        text = nbformat.writes(notebook)
+        target = out / f"{page.stem}.ipynb"
+        if not target.is_file() or target.read_text() != text:
+            target.write_text(text)
+
+
 def setup(app):
+    app.connect("builder-inited", _write_notebooks)
+    app.connect("source-read", _skip_mnist_cells)
     app.connect("doctree-read", _fail_on_error_outputs)

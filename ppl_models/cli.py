@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 from pathlib import Path
@@ -85,14 +86,25 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command; expected errors become one stderr line and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # a launcher (--nproc) starts its workers with the same command line
     try:
         return int(args.handler(args) or 0)
-    # FloatingPointError covers ppl_models.svi.NonFiniteLossError without importing torch here
-    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as err:
+    # FloatingPointError: svi.NonFiniteLossError, ConnectionError: distributed.RankFailure, caught
+    # by their base classes so that building the parser imports neither torch nor pyro
+    except (
+        ValueError,
+        FileNotFoundError,
+        NotADirectoryError,
+        FloatingPointError,
+        ConnectionError,
+    ) as err:
         # one line: messages from deeper libraries can carry tables after their first line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        print(f"ppl-models: error: {first}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0") if "LOCAL_RANK" in os.environ else "0"
+        where = "" if rank == "0" else f" (rank {rank})"  # under torchrun every rank may say it
+        print(f"ppl-models: error{where}: {first}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ppl-models: interrupted", file=sys.stderr)

@@ -153,18 +153,23 @@ def method_posterior(idata: az.InferenceData, method: str) -> xr.Dataset:
 
 
 def summary_row(draws: np.ndarray, hdi_prob: float = 0.94) -> dict[str, float]:
-    """ArviZ summary statistics of one scalar's independent draws: mean, sd, 94% HDI, bulk ESS."""
+    """ArviZ summary statistics of one scalar's independent draws: mean, sd, HDI, bulk ESS.
+
+    The HDI's ends keep ArviZ's names: ``hdi_3%`` and ``hdi_97%`` for the default 94%,
+    ``hdi_5%`` and ``hdi_95%`` for ``hdi_prob=0.9``.
+    """
     table = az.summary(
         inference_data(draws),
         hdi_prob=hdi_prob,
         round_to="none",
     )
     row = table.iloc[0]
+    lower, upper = (name for name in table.columns if name.startswith("hdi_"))
     return {
         "mean": float(row["mean"]),
         "sd": float(row["sd"]),
-        "hdi_3%": float(row["hdi_3%"]),
-        "hdi_97%": float(row["hdi_97%"]),
+        lower: float(row[lower]),
+        upper: float(row[upper]),
         "ess_bulk": float(row["ess_bulk"]),
     }
 
@@ -174,31 +179,61 @@ def load(path: Path) -> az.InferenceData:
     return az.from_netcdf(str(path))
 
 
+def _cdf(d: torch.distributions.Distribution, z: torch.Tensor) -> torch.Tensor:
+    """The CDF of ``d`` at ``z``, 0 below and 1 above its support (where ``cdf`` may refuse)."""
+    lo, hi = _support(d)
+    inside = d.cdf(z.clamp(lo, hi))
+    return torch.where(z < lo, 0.0, torch.where(z > hi, 1.0, inside))
+
+
+def _support(d: torch.distributions.Distribution) -> tuple[float, float]:
+    return (
+        float(getattr(d.support, "lower_bound", -math.inf)),
+        float(getattr(d.support, "upper_bound", math.inf)),
+    )
+
+
 def _cdf_grid(
     q: torch.distributions.Distribution,
     p: torch.distributions.Distribution,
     n_points: int = 200_001,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Both CDFs on one fine grid over [0, U], U where both CDFs exceed 1 - 1e-12."""
-    upper = float(p.mean + 10 * p.variance.sqrt()) + 1.0
-    for _ in range(60):
-        u = torch.tensor(upper, dtype=torch.float64)
-        if min(float(q.cdf(u)), float(p.cdf(u))) > 1 - 1e-12:
-            break
-        upper *= 2
-    z = torch.linspace(0.0, upper, n_points, dtype=torch.float64)
-    return z.numpy(), q.cdf(z).numpy(), p.cdf(z).numpy()
+    """Both CDFs on one fine grid [L, U] that holds all but 1e-12 of each distribution's mass:
+    an end of the supports' union where it is finite, else found by doubling a step outwards;
+    the supports' finite ends inside [L, U] are grid points."""
+    supports = [_support(d) for d in (q, p)]
+    centre = float(p.mean) if math.isfinite(float(p.mean)) else 0.0
+    width = 10 * float(p.variance.sqrt()) + 1.0 if math.isfinite(float(p.variance)) else 1.0
+    ends = []
+    for side, bound in ((-1, min(s[0] for s in supports)), (1, max(s[1] for s in supports))):
+        if math.isfinite(bound):
+            ends.append(bound)
+            continue
+        step = width
+        for _ in range(60):
+            end = torch.tensor(centre + side * step, dtype=torch.float64)
+            tails = [float(_cdf(d, end)) for d in (q, p)]
+            if (side < 0 and max(tails) < 1e-12) or (side > 0 and min(tails) > 1 - 1e-12):
+                break
+            step *= 2
+        ends.append(float(end))
+    z = torch.linspace(ends[0], ends[1], n_points, dtype=torch.float64)
+    # the supports' finite ends are grid points too: a CDF's kink (or jump) sits there
+    kinks = [b for s in supports for b in s if ends[0] < b < ends[1]]
+    z = torch.cat([z, torch.tensor(kinks, dtype=torch.float64)]).sort().values
+    return z.numpy(), _cdf(q, z).numpy(), _cdf(p, z).numpy()
 
 
 def wasserstein1(q: torch.distributions.Distribution, p: torch.distributions.Distribution) -> float:
-    r"""Wasserstein-1 distance :math:`\int_0^\infty |F_q(z) - F_p(z)|\,dz` of two
-    distributions on :math:`z > 0`, by the trapezoid rule on a fine grid."""
+    r"""Wasserstein-1 distance :math:`\int |F_q(z) - F_p(z)|\,dz` of two distributions on the
+    real line (any supports, bounded or not), by the trapezoid rule on a fine grid."""
     z, fq, fp = _cdf_grid(q, p)
     return float(np.trapezoid(np.abs(fq - fp), z))
 
 
 def ks_distance(q: torch.distributions.Distribution, p: torch.distributions.Distribution) -> float:
-    r"""Kolmogorov-Smirnov distance :math:`\sup_z |F_q(z) - F_p(z)|` on :math:`z > 0`."""
+    r"""Kolmogorov-Smirnov distance :math:`\sup_z |F_q(z) - F_p(z)|` of two distributions on
+    the real line (any supports), on a fine grid."""
     _, fq, fp = _cdf_grid(q, p)
     return float(np.max(np.abs(fq - fp)))
 

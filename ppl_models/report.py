@@ -2,26 +2,31 @@
 
 A job describes its report as a title, a plain-words verdict, tables and figures; this module
 embeds the figures (base64 PNG), appends the provenance read from the run directory
-(``config.toml``, ``env.json``) and writes ``report.html`` atomically.
+(``config.toml``, ``env.json``, each when present) and writes ``report.html`` atomically.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
-
 from .runs import atomic_write_text
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("ppl_models", "templates"),
-    autoescape=jinja2.select_autoescape(["html", "j2"]),
-    undefined=jinja2.StrictUndefined,
-)
+
+@functools.cache
+def _templates():
+    # jinja2 on first use: the command line imports the report's dataclasses, not the renderer
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("ppl_models", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ def write_report(run_dir: Path, report: Report) -> Path:
     run_dir = Path(run_dir)
     env_path = run_dir / "env.json"
     env = json.loads(env_path.read_text()) if env_path.exists() else {}
-    config_text = (run_dir / "config.toml").read_text()
+    config_path = run_dir / "config.toml"
+    config_text = config_path.read_text() if config_path.exists() else "(no config.toml)"
     figures = [
         {
             "title": fig.title,
@@ -89,7 +95,8 @@ def write_report(run_dir: Path, report: Report) -> Path:
         }
         for t in report.tables
     ]
-    html = _TEMPLATES.get_template("report.html.j2").render(
+    template = _templates().get_template("report.html.j2")
+    html = template.render(
         title=report.title,
         verdict=report.verdict,
         tables=tables,

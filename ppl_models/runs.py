@@ -94,16 +94,7 @@ class Run:
         Raises ``ValueError`` when ``out`` exists and is not empty, or when the folder cannot be
         created (for example an unwritable parent, or a parent that is a file).
         """
-        if out is not None:
-            path = Path(out)
-            if path.exists() and (not path.is_dir() or any(path.iterdir())):
-                raise ValueError(f"output directory {path} already exists and is not empty")
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            base = Path(root) / config_name / stamp
-            path, n = base, 1
-            while path.exists():
-                path, n = base.with_name(f"{stamp}-{n}"), n + 1
+        path = cls.new_path(config_name, out, root)
         try:
             (path / "figures").mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"
@@ -114,6 +105,22 @@ class Run:
                 f"cannot write the run directory {path}: {err.strerror or err}"
             ) from None
         return cls(path)
+
+    @staticmethod
+    def new_path(config_name: str, out: Path | None = None, root: Path = DEFAULT_ROOT) -> Path:
+        """The folder :meth:`create` would create, without creating it (a launcher picks the
+        path, its workers create it)."""
+        if out is not None:
+            path = Path(out)
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
+                raise ValueError(f"output directory {path} already exists and is not empty")
+            return path
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path(root) / config_name / stamp
+        path, n = base, 1
+        while path.exists():
+            path, n = base.with_name(f"{stamp}-{n}"), n + 1
+        return path
 
     @classmethod
     def open(cls, path: Path) -> Run:

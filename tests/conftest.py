@@ -1,4 +1,9 @@
-"""Every test runs seeded, on the CPU unless marked ``cuda``, with a non-interactive matplotlib."""
+"""Every test runs seeded, on the CPU unless marked ``cuda``, with a non-interactive matplotlib.
+
+Tests marked ``cuda`` skip without a GPU; tests marked ``mnist`` (the real images, fixture
+``mnist_dir``) skip unless ``$PPL_MODELS_DATA`` or ``../shared/data/mnist`` holds them. Every
+other VAE test runs on the synthetic MNIST-format set of the ``synthetic_mnist`` fixture.
+"""
 
 import os
 from pathlib import Path
@@ -32,19 +37,29 @@ def synthetic_mnist(tmp_path_factory) -> Path:
     return write_synthetic_mnist(tmp_path_factory.mktemp("synthetic-mnist"))
 
 
+def real_mnist() -> Path:
+    """Where the real MNIST images are looked for: ``$PPL_MODELS_DATA``, else
+    ``../shared/data/mnist`` beside the repository."""
+    return Path(os.environ.get("PPL_MODELS_DATA", SHARED_MNIST))
+
+
 @pytest.fixture
-def mnist_dir() -> Path:
-    """The offline MNIST test split (``PPL_MODELS_DATA`` or ``../shared/data/mnist``)."""
-    path = Path(os.environ.get("PPL_MODELS_DATA", SHARED_MNIST))
-    if not (path / "MNIST" / "raw").is_dir():
-        pytest.skip(f"MNIST not found under {path}")
-    return path
+def mnist_dir(request) -> Path:
+    """The real MNIST images (for tests marked ``mnist``)."""
+    assert request.node.get_closest_marker("mnist"), "a test using mnist_dir must be marked mnist"
+    return real_mnist()
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["cuda"] = pytest.mark.skip(reason="needs a CUDA GPU")
+    if not (real_mnist() / "MNIST" / "raw").is_dir():
+        skips["mnist"] = pytest.mark.skip(
+            reason=f"needs the real MNIST images: none under {real_mnist()} "
+            "(set PPL_MODELS_DATA, or download them with ppl-models vae --download)"
+        )
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)

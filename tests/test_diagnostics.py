@@ -97,3 +97,57 @@ def test_inference_data_and_summary_row(tmp_path):
     assert np.allclose(diagnostics.method_posterior(back, "b")["z"].values.ravel(), draws + 1)
     with pytest.raises(ValueError, match="multiple of chains"):
         diagnostics.inference_data(np.zeros(10))
+
+
+def test_summary_row_names_the_hdi_of_any_probability():
+    draws = np.random.default_rng(4).normal(0.0, 1.0, 4000)
+    row = diagnostics.summary_row(draws, hdi_prob=0.9)
+    inside = np.mean((draws >= row["hdi_5%"]) & (draws <= row["hdi_95%"]))
+    assert inside == pytest.approx(0.9, abs=0.01)
+    assert "hdi_3%" not in row
+
+
+def _torch_and_scipy(name, *params):
+    """The same distribution in torch (float64) and scipy.stats (the independent reference)."""
+    from scipy import stats
+
+    t = [torch.tensor(float(v), dtype=torch.float64) for v in params]
+    if name == "normal":
+        return torch.distributions.Normal(*t), stats.norm(*params)
+    if name == "exponential":
+        return torch.distributions.Exponential(*t), stats.expon(scale=1 / params[0])
+    low, high = params
+    return torch.distributions.Uniform(*t), stats.uniform(low, high - low)
+
+
+@pytest.mark.parametrize(
+    "q, p",
+    [
+        (("normal", 0.0, 1.0), ("normal", 1.5, 2.0)),
+        (("exponential", 1.0), ("normal", 0.5, 1.0)),  # supports [0, inf) and the whole line
+        (("uniform", -1.0, 1.0), ("normal", 0.0, 0.5)),  # a bounded support
+    ],
+    ids=["normals", "exponential-normal", "uniform-normal"],
+)
+def test_distances_on_any_support_match_quadrature(q, p):
+    from scipy import integrate
+
+    (tq, sq), (tp, sp) = _torch_and_scipy(*q), _torch_and_scipy(*p)
+
+    def gap(z):
+        return abs(sq.cdf(z) - sp.cdf(z))
+
+    breaks = [-1.0, 0.0, 1.0]
+    w1 = integrate.quad(gap, -60.0, 60.0, points=breaks, limit=400)[0]
+    ks = gap(np.linspace(-20.0, 20.0, 400_001)).max()
+    assert diagnostics.wasserstein1(tq, tp) == pytest.approx(w1, rel=1e-5)
+    assert diagnostics.ks_distance(tq, tp) == pytest.approx(ks, rel=1e-4)
+
+
+def test_two_normals_have_closed_form_distances():
+    a = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+    b = torch.distributions.Normal(torch.tensor(1.0, dtype=torch.float64), 1.0)
+    # a shift: W1 is the shift, KS is 2 Phi(1/2) - 1
+    assert diagnostics.wasserstein1(a, b) == pytest.approx(1.0, rel=1e-6)
+    ks = 2 * float(torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(0.5))) - 1
+    assert diagnostics.ks_distance(a, b) == pytest.approx(ks, rel=1e-5)

@@ -256,3 +256,88 @@ def test_every_public_name_has_a_docstring():
         "public functions and classes without a docstring (the API reference lists them "
         f"empty): {missing}"
     )
+
+
+# ----------------------------------------------------------------------------- tutorial helpers
+
+
+def test_mnist_is_found_from_the_repository_not_the_current_folder(tmp_path, monkeypatch):
+    from synthetic_mnist import write_synthetic_mnist
+
+    from ppl_models import tutorial
+
+    root = write_synthetic_mnist(tmp_path / "mnist", n_train=None, n_test=20)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PPL_MODELS_DATA", str(root))
+    assert tutorial.mnist_root() == root
+    monkeypatch.setenv("PPL_MODELS_DATA", str(tmp_path / "missing"))
+    assert tutorial.mnist_root() is None
+    monkeypatch.delenv("PPL_MODELS_DATA")
+    assert tutorial.mnist_candidates()[0] == tutorial.REPO / "data" / "mnist"
+    assert all(p.is_absolute() for p in tutorial.mnist_candidates())
+
+
+def test_mode_and_page_notes(monkeypatch, tmp_path):
+    from ppl_models import tutorial
+
+    shown = []
+    monkeypatch.setattr(tutorial, "_display_html", shown.append)
+    monkeypatch.setenv("PPL_MODELS_DATA", str(tmp_path / "missing"))
+    monkeypatch.setenv("PPL_MODELS_DOCS_MODE", "smoke")
+    page = tutorial.setup(mnist=True)
+    assert page.smoke and page.mnist is None
+    assert "Smoke output" in shown[0] and "--download" in shown[0]
+    assert "PPL_MODELS_DATA" in shown[0]
+    monkeypatch.setenv("PPL_MODELS_DOCS_MODE", "full")
+    shown.clear()
+    assert not tutorial.setup().smoke and shown == []
+    monkeypatch.setenv("PPL_MODELS_DOCS_MODE", "fast")
+    with pytest.raises(ValueError, match="smoke, full"):
+        tutorial.mode()
+
+
+def test_tables_have_one_format_per_column():
+    from ppl_models import tutorial
+
+    text = tutorial.table(
+        [["a", 1.23456, 1000], ["b", None, 2]], ["x", "y", "n"], [None, "{:.2f}", "{:,}"]
+    )
+    assert text.splitlines()[2:] == ["| a | 1.23 | 1,000 |", "| b | — | 2 |"]
+
+
+def test_scratch_dirs_are_removed_at_exit(tmp_path):
+    import subprocess
+    import sys
+
+    code = "from ppl_models import tutorial; print(tutorial.scratch_dir())"
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(repo)},
+        check=True,
+    ).stdout
+    assert out.strip() and not Path(out.strip()).exists()
+
+
+def test_mnist_cells_are_tagged_and_skipped_without_mnist():
+    """Every code cell of an MNIST page that reads page.mnist, or follows one, is tagged mnist;
+    conf.py's hook adds skip-execution to those tags when MNIST is missing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_conf", DOCS / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    for page in sorted(TUTORIALS.glob("*.md")):
+        text = page.read_text()
+        if "setup(mnist=True)" not in text:
+            continue
+        for cell in re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", text, re.S):
+            if "page.mnist" in cell:
+                assert cell.startswith(":tags: [mnist"), (page.name, cell[:80])
+        source = [text]
+        conf.MNIST = None
+        conf._skip_mnist_cells(None, f"tutorials/{page.stem}", source)
+        assert source[0].count("skip-execution") == text.count(":tags: [mnist]") > 0

@@ -456,3 +456,10 @@ def test_load_errors_name_the_path(tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(ValueError, match="no observations"):
         en.load_observations(empty)
+
+
+def test_kl_of_the_exact_posterior_is_zero_never_negative(dataset):
+    # the quadrature's pieces can round to -1e-17 in sum; a KL is clipped at 0
+    x, rate = dataset
+    assert en.kl_of(en.exact_posterior(x, rate), x, rate) == pytest.approx(0.0, abs=1e-10)
+    assert en.kl_of(en.exact_posterior(x, rate), x, rate) >= 0.0

@@ -24,7 +24,7 @@ def test_handwritten_step_is_the_same_loss_as_the_package_step(likelihood):
     torch.testing.assert_close(handwritten, package, rtol=1e-5, atol=1e-3)
 
 
-def test_bench_writes_a_table_and_json(mnist_dir, tmp_path, capsys):
+def test_bench_writes_a_table_and_json(synthetic_mnist, tmp_path, capsys):
     args = [
         "bench",
         "vae",
@@ -48,7 +48,7 @@ def test_bench_writes_a_table_and_json(mnist_dir, tmp_path, capsys):
         "300",
         "--full-epoch",
         "--data-dir",
-        str(mnist_dir),
+        str(synthetic_mnist),
         "--out",
         str(tmp_path),
     ]

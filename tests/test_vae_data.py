@@ -11,8 +11,6 @@ import torch
 from ppl_models.vae import data as vae_data
 from ppl_models.vae.data import DeviceBatches, load_mnist, read_idx, resolve_root
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> Path:
     """An IDX file of unsigned bytes, written from the format's definition (big-endian header)."""
@@ -35,6 +33,7 @@ def fake_split(raw: Path, prefix: str, n: int, shape=(28, 28), seed=0) -> None:
     write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
 
 
+@pytest.mark.mnist
 def test_offline_test_split_is_read_and_split_8000_2000(mnist_dir):
     data = load_mnist(mnist_dir)
     raw = mnist_dir / "MNIST" / "raw"
@@ -161,20 +160,23 @@ def test_device_batches_shard_one_permutation_across_ranks():
     data = torch.arange(50)
     shards = []
     for rank in range(3):
-        torch.manual_seed(7)  # every rank has the same seed
-        shards.append(torch.cat([b[0] for b in DeviceBatches(data, 4, rank=rank, world_size=3)]))
-    assert sorted(torch.cat(shards).tolist()) == list(range(50))
-    assert [len(s) for s in shards] == [17, 17, 16]
+        torch.manual_seed(rank)  # the global RNGs differ; the permutation's seed does not
+        batches = DeviceBatches(data, 4, rank=rank, world_size=3, seed=11)
+        shards.append(torch.cat([b[0] for b in batches]))
+    covered = torch.cat(shards).tolist()
+    # 16 items each (50 mod 3 = 2 dropped): every rank takes the same number of steps
+    assert [len(s) for s in shards] == [16, 16, 16] and len(set(covered)) == 48
     with pytest.raises(ValueError, match="rank"):
-        DeviceBatches(data, 4, rank=3, world_size=3)
+        DeviceBatches(data, 4, rank=3, world_size=3, seed=11)
+    with pytest.raises(ValueError, match="seed"):
+        DeviceBatches(data, 4, rank=0, world_size=3)
     with pytest.raises(ValueError, match="batch_size"):
         DeviceBatches(data, 0)
 
 
 @pytest.mark.cuda
-@requires_cuda
-def test_data_and_batches_live_on_cuda(mnist_dir):
-    data = load_mnist(mnist_dir, "cuda")
+def test_data_and_batches_live_on_cuda(synthetic_mnist):
+    data = load_mnist(synthetic_mnist, "cuda")
     assert data.train_images.is_cuda and data.heldout_labels.is_cuda
     (batch,) = next(iter(DeviceBatches(data.train_images, 256)))
     assert batch.is_cuda and batch.shape == (256, 1, 28, 28)

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_models import cli, diagnostics
+from ppl_models import cli, diagnostics, svi
 from ppl_models.config import config_to_toml, load_config
 from ppl_models.jobs import vae as job
 from ppl_models.runs import read_json, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 CONTRACT = [
     "config.toml",
@@ -35,14 +34,14 @@ FIGURES = [
 ]
 
 
-def tiny(mnist_dir, out, *extra):
+def tiny(synthetic_mnist, out, *extra):
     """A run of seconds: the MLP config on 256 training images, K up to 100 on 8 images."""
     return [
         "vae",
         "--config",
         str(REPO / "runs" / "vae_mnist_mlp.toml"),
         "--data-dir",
-        str(mnist_dir),
+        str(synthetic_mnist),
         "--out",
         str(out),
         "--device",
@@ -70,9 +69,9 @@ def elbos(run_dir):
     return [(m["epoch"], m["train_elbo"], m["heldout_elbo"]) for m in read_metrics(run_dir)]
 
 
-def test_run_writes_the_contract_and_the_report_rebuilds(mnist_dir, tmp_path, capsys):
+def test_run_writes_the_contract_and_the_report_rebuilds(synthetic_mnist, tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli.main(tiny(mnist_dir, run, "--latent-dim", "2")) == 0
+    assert cli.main(tiny(synthetic_mnist, run, "--latent-dim", "2")) == 0
     assert "report:" in capsys.readouterr().out
     for name in CONTRACT:
         assert (run / name).is_file(), name
@@ -81,8 +80,8 @@ def test_run_writes_the_contract_and_the_report_rebuilds(mnist_dir, tmp_path, ca
 
     s = read_json(run / "summary.json")
     assert s["status"] == "complete" and s["model"] == "vae"
-    assert (s["train_images"], s["heldout_images"], s["eval_images"]) == (256, 2000, 64)
-    assert "first 8,000 train" in s["data_split"]
+    assert (s["train_images"], s["heldout_images"], s["eval_images"]) == (256, 200, 64)
+    assert "official split: 1,000 training images" in s["data_split"]
     assert s["epochs"] == 2 and s["device"] == "cpu" and s["latent_dim"] == 2
     assert list(s["iw_bounds"]) == ["1", "10", "100"]
     assert s["log_likelihood"] == s["iw_bounds"]["100"]
@@ -104,6 +103,8 @@ def test_run_writes_the_contract_and_the_report_rebuilds(mnist_dir, tmp_path, ca
 
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 6
+    # every ELBO beside an IW bound is on the same images, and says how many
+    assert "ELBO, the first 8 of them" in html and "IW bound, K = 10 (8 images)" in html
     assert "held-out ELBO" in html and "k-hat" in html
 
     (run / "report.html").unlink()
@@ -114,20 +115,39 @@ def test_run_writes_the_contract_and_the_report_rebuilds(mnist_dir, tmp_path, ca
     assert len(list((run / "figures").glob("*.png"))) == 6
 
 
-def test_resume_reproduces_an_uninterrupted_run_exactly(mnist_dir, tmp_path, monkeypatch):
+def test_k1_bound_is_the_elbo_of_the_same_images(synthetic_mnist, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(tiny(synthetic_mnist, run, "--set", "iw_images=32")) == 0
+    s = read_json(run / "summary.json")
+    evaluation = np.load(run / "evaluation.npz")
+    one_draw = evaluation["elbo"][:32]  # the one-draw ELBO of the IW images
+    assert s["iw_elbo"] == pytest.approx(one_draw.mean())
+    # K = 1 averages 100 draws per image of the same images: equal up to Monte Carlo error.
+    # The images are shared, so only the one draw's noise separates them; its per-image sd is
+    # bounded by the spread of the one-draw ELBOs around the K = 1 bound.
+    noise = np.sqrt(np.mean((one_draw - one_draw.mean()) ** 2) / 32)
+    assert abs(s["iw_elbo"] - s["iw_bounds"]["1"]) < 4 * noise
+    # the IW bounds are not below the ELBO of their images (beyond Monte Carlo error)
+    assert s["log_likelihood"] >= s["iw_bounds"]["1"] - 4 * s["iw_gains_se"]["10"]
+    assert f"on the first 32 of those images, the ELBO is {s['iw_bounds']['1']:.2f}" in " ".join(
+        job.verdict(s)
+    ).replace("On the", "on the")
+
+
+def test_resume_reproduces_an_uninterrupted_run_exactly(synthetic_mnist, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
-    assert cli.main(tiny(mnist_dir, straight)) == 0
+    assert cli.main(tiny(synthetic_mnist, straight)) == 0
 
     # interrupted right after the first epoch's checkpoint
     real_save = job.save_checkpoint
 
-    def save_then_stop(path, loss_fn, optimizer, epoch, config):
-        real_save(path, loss_fn, optimizer, epoch, config)
+    def save_then_stop(path, loss_fn, optimizer, epoch, config, **kwargs):
+        real_save(path, loss_fn, optimizer, epoch, config, **kwargs)
         raise KeyboardInterrupt
 
     interrupted = tmp_path / "interrupted"
     monkeypatch.setattr(job, "save_checkpoint", save_then_stop)
-    assert cli.main(tiny(mnist_dir, interrupted)) == 130
+    assert cli.main(tiny(synthetic_mnist, interrupted)) == 130
     monkeypatch.undo()
     assert read_json(interrupted / "summary.json")["status"] == "failed"
     assert len(read_metrics(interrupted)) == 1
@@ -135,7 +155,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(mnist_dir, tmp_path, mon
 
     # finished after one epoch, then extended to two
     extended = tmp_path / "extended"
-    assert cli.main(tiny(mnist_dir, extended, "--epochs", "1")) == 0
+    assert cli.main(tiny(synthetic_mnist, extended, "--epochs", "1")) == 0
     assert cli.main(["vae", "--resume", str(extended), "--epochs", "2", "--quiet"]) == 0
 
     expected = elbos(straight)
@@ -157,9 +177,11 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(mnist_dir, tmp_path, mon
         (["--epochs", "1"], "has 2 epochs, more than the 1"),
     ],
 )
-def test_resume_refuses_changes_and_finished_runs(mnist_dir, tmp_path, capsys, extra, message):
+def test_resume_refuses_changes_and_finished_runs(
+    synthetic_mnist, tmp_path, capsys, extra, message
+):
     run = tmp_path / "run"
-    assert cli.main(tiny(mnist_dir, run)) == 0
+    assert cli.main(tiny(synthetic_mnist, run)) == 0
     capsys.readouterr()
     assert cli.main(["vae", "--resume", str(run), *extra]) == 2
     err = capsys.readouterr().err
@@ -173,9 +195,9 @@ def test_resume_without_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
-def test_nonfinite_loss_fails_the_run_with_exit_2(mnist_dir, tmp_path, capsys):
+def test_nonfinite_loss_fails_the_run_with_exit_2(synthetic_mnist, tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli.main(tiny(mnist_dir, run, "--lr", "1e30")) == 2
+    assert cli.main(tiny(synthetic_mnist, run, "--lr", "1e30")) == 2
     err = capsys.readouterr().err
     assert "loss became" in err and len(err.strip().splitlines()) == 1
     summary = read_json(run / "summary.json")
@@ -184,8 +206,8 @@ def test_nonfinite_loss_fails_the_run_with_exit_2(mnist_dir, tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
-def test_nonfinite_loss_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
-    real_train = job.train
+def test_nonfinite_loss_keeps_the_last_good_checkpoint(synthetic_mnist, tmp_path, monkeypatch):
+    real_train = svi.train
     calls = []
 
     def poison_second_epoch(loss_fn, *args, **kwargs):
@@ -196,9 +218,9 @@ def test_nonfinite_loss_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monk
                     p.fill_(float("nan"))
         return real_train(loss_fn, *args, **kwargs)
 
-    monkeypatch.setattr(job, "train", poison_second_epoch)
+    monkeypatch.setattr(svi, "train", poison_second_epoch)
     run = tmp_path / "run"
-    assert cli.main(tiny(mnist_dir, run)) == 2
+    assert cli.main(tiny(synthetic_mnist, run)) == 2
     assert read_json(run / "summary.json")["status"] == "failed"
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
@@ -217,8 +239,10 @@ def test_nonfinite_loss_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monk
         (["--set", "bf16=true"], "bf16 autocast is for CUDA"),
     ],
 )
-def test_bad_configuration_is_one_line_and_exit_2(mnist_dir, tmp_path, capsys, extra, message):
-    assert cli.main(tiny(mnist_dir, tmp_path / "run", *extra)) == 2
+def test_bad_configuration_is_one_line_and_exit_2(
+    synthetic_mnist, tmp_path, capsys, extra, message
+):
+    assert cli.main(tiny(synthetic_mnist, tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing is created for a run that cannot start
@@ -279,10 +303,9 @@ def test_checkpoint_rng_state_round_trips():
 
 
 @pytest.mark.cuda
-@requires_cuda
-def test_cuda_run_with_bf16(mnist_dir, tmp_path):
+def test_cuda_run_with_bf16(synthetic_mnist, tmp_path):
     run = tmp_path / "run"
-    args = tiny(mnist_dir, run, "--set", "bf16=true")
+    args = tiny(synthetic_mnist, run, "--set", "bf16=true")
     args[args.index("--device") + 1] = "cuda"
     assert cli.main(args) == 0
     s = read_json(run / "summary.json")

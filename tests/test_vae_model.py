@@ -11,7 +11,6 @@ from ppl_models.vae.model import LIKELIHOODS, build_vae, observations
 from ppl_models.vae.networks import build_networks
 
 LOG_2PI = math.log(2 * math.pi)
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def make_pair(arch="mlp", likelihood="normal", latent_dim=8, device="cpu"):
@@ -165,7 +164,6 @@ def test_bf16_autocast_keeps_float32_log_densities():
 
 
 @pytest.mark.cuda
-@requires_cuda
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_pyro_elbo_equals_handwritten_on_cuda(likelihood):
     model, guide = make_pair("conv", likelihood, latent_dim=32, device="cuda")

@@ -19,8 +19,6 @@ from ppl_models.vae.data import DeviceBatches, load_mnist
 from ppl_models.vae.model import build_vae, observations
 from ppl_models.vae.networks import build_networks
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 def fit_subset(
     mnist_dir, arch, likelihood, latent_dim, steps, batch_size, device="cpu", bf16=False
@@ -58,27 +56,38 @@ def mean_image_loglik(mean, heldout):
     return float((-((heldout - centre) ** 2) / 2 - math.log(2 * math.pi) / 2).sum(1).mean())
 
 
-def test_mlp_bernoulli_beats_the_pixel_baselines(mnist_dir):
-    before, after, mean, heldout = fit_subset(mnist_dir, "mlp", "bernoulli", 50, 300, 100)
+# each learning test runs on the synthetic digits everywhere, and on the real images where present
+DATASETS = pytest.mark.parametrize(
+    "dataset",
+    ["synthetic_mnist", pytest.param("mnist_dir", marks=[pytest.mark.mnist, pytest.mark.slow])],
+    ids=["synthetic", "mnist"],
+)
+
+
+@DATASETS
+def test_mlp_bernoulli_beats_the_pixel_baselines(dataset, request):
+    root = request.getfixturevalue(dataset)
+    before, after, mean, heldout = fit_subset(root, "mlp", "bernoulli", 50, 300, 100)
     baseline = independent_pixel_loglik(mean, heldout)
     assert -after < 784 * math.log(2)
     assert after > before + 300
     assert after > baseline + 20  # well above: about 50 nats in practice
 
 
-def test_conv_normal_reaches_the_mean_image_baseline(mnist_dir):
-    before, after, mean, heldout = fit_subset(mnist_dir, "conv", "normal", 32, 200, 64)
+@DATASETS
+def test_conv_normal_reaches_the_mean_image_baseline(dataset, request):
+    root = request.getfixturevalue(dataset)
+    before, after, mean, heldout = fit_subset(root, "conv", "normal", 32, 200, 64)
     baseline = mean_image_loglik(mean, heldout)
     assert after > before + 100
     assert after > baseline - 10
 
 
 @pytest.mark.cuda
-@requires_cuda
 @pytest.mark.parametrize("bf16", [False, True])
-def test_conv_bernoulli_learns_on_cuda(mnist_dir, bf16):
+def test_conv_bernoulli_learns_on_cuda(synthetic_mnist, bf16):
     before, after, mean, heldout = fit_subset(
-        mnist_dir, "conv", "bernoulli", 32, 1500, 64, device="cuda", bf16=bf16
+        synthetic_mnist, "conv", "bernoulli", 32, 1500, 64, device="cuda", bf16=bf16
     )
     assert -after < 784 * math.log(2)
     assert after > independent_pixel_loglik(mean, heldout)

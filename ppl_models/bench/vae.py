@@ -9,6 +9,9 @@ Three ways to take the same Adam step on the same networks and MNIST images (til
 (c) ``dataloader``: (a)'s objective fed as Pyro's VAE example does, a ``DataLoader`` over a
     ``TensorDataset`` in host memory, each batch moved with ``.to(device)``.
 
+With ``--nproc 1,2,...`` it measures data-parallel scaling instead
+(:mod:`ppl_models.bench.scaling`).
+
 Ratios are of time per step: (a)/(b) is the price of Pyro's machinery (target <= 1.15), (c)/(a)
 the price of the per-item data path (target >= 3 on CUDA). On CUDA it also times one epoch of
 60,000 images of the conv network at batch 256 (target < 1.5 s on an H100).
@@ -23,16 +26,17 @@ import math
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyro
-import torch
-import torch.nn.functional as F
-
+from ..jobs.vae import ARCHS, LIKELIHOODS
 from ..runs import atomic_write_json, environment
-from ..svi import make_elbo, make_objective, resolve_device, seed_everything, train
-from ..vae.data import DeviceBatches, load_mnist, resolve_root
-from ..vae.model import LIKELIHOODS, VaeGuide, VaeModel, build_vae, observations
-from ..vae.networks import ARCHS, build_networks
+from . import make_out_dir
+
+# torch and pyro are imported inside the functions, so that building the command line is instant
+if TYPE_CHECKING:
+    import torch
+
+    from ..vae.model import VaeGuide, VaeModel
 
 LOG_2PI = math.log(2 * math.pi)
 EPOCH_BATCH = 256
@@ -42,6 +46,9 @@ METHODS = ("package", "handwritten", "dataloader")
 def handwritten_loss(model: VaeModel, guide: VaeGuide, x: torch.Tensor) -> torch.Tensor:
     r""":math:`-\sum_n [\log p(x_n \mid z_n) + \log p(z_n) - \log q(z_n \mid x_n)]` with
     :math:`z_n = \mu_n + \sigma_n \odot \epsilon_n`, written with plain tensor operations."""
+    import torch
+    import torch.nn.functional as F
+
     loc, log_scale = guide.encoder(x)
     eps = torch.randn_like(loc)
     z = loc + log_scale.exp() * eps
@@ -58,6 +65,8 @@ def handwritten_loss(model: VaeModel, guide: VaeGuide, x: torch.Tensor) -> torch
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -72,6 +81,9 @@ def _timed(step_loop, steps: int, device: torch.device) -> float:
 
 
 def _pair(args, device):
+    from ..vae.model import build_vae
+    from ..vae.networks import build_networks
+
     encoder, decoder = build_networks(args.arch, args.latent_dim)
     model, guide = build_vae(encoder, decoder, args.latent_dim, args.likelihood)
     return model.to(device), guide.to(device)
@@ -87,8 +99,13 @@ def _stepper(
     device: torch.device,
 ):
     """A function taking ``n`` Adam steps of ``method`` on the next ``n`` batches."""
+    import torch
+
+    from ..svi import make_elbo, make_objective, train
+    from ..vae.data import DeviceBatches
+
     if method == "handwritten":
-        loss_fn = _HandwrittenLoss(model, guide)
+        loss_fn = _handwritten_module(model, guide)
     else:
         loss_fn = make_objective(model, guide, make_elbo("trace"))
     optimizer = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
@@ -156,15 +173,19 @@ def measure(
     }
 
 
-class _HandwrittenLoss(torch.nn.Module):
+def _handwritten_module(model: VaeModel, guide: VaeGuide) -> torch.nn.Module:
     """:func:`handwritten_loss` as a module, so the shared loop drives (a) and (b) alike."""
+    import torch
 
-    def __init__(self, model: VaeModel, guide: VaeGuide):
-        super().__init__()
-        self.model, self.guide = model, guide
+    class HandwrittenLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.guide = model, guide
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return handwritten_loss(self.model, self.guide, x)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return handwritten_loss(self.model, self.guide, x)
+
+    return HandwrittenLoss()
 
 
 def _forever(batches):
@@ -175,6 +196,8 @@ def _forever(batches):
 
 def epoch_seconds(images: torch.Tensor, args, device: torch.device) -> float:
     """Wall time of one epoch's worth of steps over ``images``, package step, batch 256."""
+    from ..vae.data import DeviceBatches
+
     steps = _stepper("package", *_pair(args, device), images, images, EPOCH_BATCH, device)
     steps(args.warmup)
     return _timed(steps, len(DeviceBatches(images, EPOCH_BATCH)), device)
@@ -228,6 +251,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time a whole epoch also off CUDA (it is always timed on CUDA)",
     )
     parser.add_argument(
+        "--nproc",
+        metavar="W1,W2,...",
+        help="measure data-parallel scaling instead: images/s, speed-up and efficiency at each "
+        "of these numbers of processes (from 1; through torchrun, one GPU each on CUDA)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="with --nproc: CPU threads per process (default: the cores shared evenly)",
+    )
+    parser.add_argument(
         "--data-dir", dest="data_dir", help="MNIST root (default $PPL_MODELS_DATA, else data/mnist)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the networks and batches")
@@ -235,7 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=Path("."),
-        help="folder for bench.json (default: the current folder)",
+        help="folder for bench.json, created when missing (default: the current folder)",
     )
 
 
@@ -250,7 +284,17 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Measure the three training steps, print the table, write ``bench.json``; returns 0."""
+    """Measure the three training steps, print the table, write ``bench.json``; returns 0.
+
+    With ``--nproc 1,2,...``, measure data-parallel scaling instead
+    (:mod:`ppl_models.bench.scaling`)."""
+    import pyro
+    import torch
+
+    from ..svi import resolve_device, seed_everything
+    from ..vae.data import load_mnist, resolve_root
+    from ..vae.model import observations
+
     sizes = _batch_sizes(args.batch_sizes)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.epoch_images < max(sizes):
         raise ValueError(
@@ -258,8 +302,12 @@ def main(args: argparse.Namespace) -> int:
             f">= the largest batch; got {args.steps}, {args.repeats}, "
             f"{args.warmup}, {args.epoch_images}"
         )
-    if not args.out.is_dir():
-        raise NotADirectoryError(f"--out must be an existing folder, got {args.out}")
+    out = make_out_dir(args.out)
+    if args.nproc is not None:
+        from . import scaling
+
+        args.out = out
+        return scaling.main(args, sizes)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     data = load_mnist(resolve_root(args.data_dir), device)
@@ -290,7 +338,7 @@ def main(args: argparse.Namespace) -> int:
         "epoch": per_epoch,
         **{key: env[key] for key in ("device", "device_name", "versions", "python", "created")},
     }
-    atomic_write_json(args.out / "bench.json", result)
+    atomic_write_json(out / "bench.json", result)
     _print_table(result)
     return 0
 

@@ -218,7 +218,8 @@ def kl_of(q: torch.distributions.Distribution, x, rate) -> float:
     with the exact log posterior (so the large :math:`\log p(x)` never cancels against an ELBO).
     :math:`[0, \infty)` is split at quantiles of q from :math:`10^{-15}` to :math:`1 - 10^{-15}`
     and each piece is integrated by tanh-sinh quadrature (``scipy.integrate.tanhsinh``, which
-    also handles the infinite last piece).
+    also handles the infinite last piece). A sum that rounds below zero (q equal to the
+    posterior, up to about 1e-17) is returned as 0: a KL divergence is never negative.
 
     Parameters
     ----------
@@ -252,7 +253,9 @@ def kl_of(q: torch.distributions.Distribution, x, rate) -> float:
     result = integrate.tanhsinh(integrand, edges[:-1], edges[1:], atol=1e-14, rtol=1e-12)
     if not np.all(result.success):
         raise ValueError(f"KL quadrature did not converge (status {result.status})")
-    return float(np.sum(result.integral))
+    # A KL is never negative; where q is the posterior, the pieces' rounding errors can sum to
+    # -1e-17 or so, which is 0 to the quadrature's accuracy.
+    return max(float(np.sum(result.integral)), 0.0)
 
 
 def elbo_of(q: torch.distributions.Distribution, x, rate) -> float:

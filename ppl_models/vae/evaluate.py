@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -50,6 +51,17 @@ class ImportanceDraws:
     z: np.ndarray
     log_joint: np.ndarray
     log_q: np.ndarray
+
+    @classmethod
+    def concatenate(cls, parts: list[ImportanceDraws]) -> ImportanceDraws:
+        """The draws of consecutive groups of images as one (images are axis 0 of
+        ``log_weights`` and axis 1 of the kept arrays)."""
+        return cls(
+            log_weights=np.concatenate([p.log_weights for p in parts]),
+            z=np.concatenate([p.z for p in parts], axis=1),
+            log_joint=np.concatenate([p.log_joint for p in parts], axis=1),
+            log_q=np.concatenate([p.log_q for p in parts], axis=1),
+        )
 
 
 @torch.no_grad()
@@ -79,8 +91,8 @@ def importance_draws(
         raise ValueError(f"draws and chunk must be >= 1, got draws={draws}, chunk={chunk}")
     keep = min(keep, draws)
     per_pass_images = min(len(x), chunk)
-    log_w, kept_z, kept_joint, kept_q = [], [], [], []
-    for start in range(0, len(x), per_pass_images):
+    log_w, kept_z, kept_joint, kept_q = [torch.zeros(0, draws, dtype=torch.float64)], [], [], []
+    for start in range(0, len(x), max(per_pass_images, 1)):
         xs = x[start : start + per_pass_images]
         obs = xs.reshape(len(xs), -1)
         q = guide.posterior(xs)
@@ -107,9 +119,9 @@ def importance_draws(
 
     return ImportanceDraws(
         log_weights=torch.cat(log_w).numpy(),
-        z=stack(kept_z, (0, len(x), dim)),
-        log_joint=stack(kept_joint, (0, len(x))),
-        log_q=stack(kept_q, (0, len(x))),
+        z=stack(kept_z, (keep, len(x), dim)),
+        log_joint=stack(kept_joint, (keep, len(x))),
+        log_q=stack(kept_q, (keep, len(x))),
     )
 
 
@@ -258,11 +270,18 @@ def evaluate(
     ks: list[int],
     keep: int = 0,
     chunk: int = DEFAULT_CHUNK,
-) -> tuple[Evaluation, ImportanceDraws]:
+    parallel: Parallel | None = None,
+) -> tuple[Evaluation, ImportanceDraws] | None:
     """Evaluate on held-out observations ``x`` (grey levels ``pixels``, digit ``labels``).
 
     The ELBO and latent statistics use all of ``x``; the importance-weighted bounds and the
     k-hats use its first ``iw_images`` images with ``max(ks)`` draws each.
+
+    ``parallel`` (a :class:`ppl_models.distributed.Context` under ``torchrun``) shards the
+    per-image work: each rank computes the ELBO, latent moments, importance weights and k-hat of
+    its contiguous share of the images with its own random draws, and rank 0 gathers them in
+    image order and computes the rest. Every rank must call; rank 0 gets the result, the others
+    None.
     """
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
@@ -270,9 +289,12 @@ def evaluate(
         raise ValueError(f"iw_images must be between 1 and {len(x)}, got {iw_images}")
     model.eval()
     guide.eval()
-    loc, scale = latent_moments(guide, x, chunk)
-    elbo = elbo_per_image(model, guide, x, chunk)
-    draws = importance_draws(model, guide, x[:iw_images], max(ks), keep=keep, chunk=chunk)
+    parts = _per_image_parts(model, guide, x, iw_images, ks, keep, chunk, parallel)
+    if parts is None:
+        return None
+    loc, scale, elbo = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    draws = ImportanceDraws.concatenate([p[3] for p in parts])
+    khat = np.concatenate([p[4] for p in parts])
     bounds = iw_bounds(draws.log_weights, ks)
     gains, gains_se = iw_gains(draws.log_weights, ks)
     evaluation = Evaluation(
@@ -280,7 +302,7 @@ def evaluate(
         latent_loc=loc,
         latent_scale=scale,
         labels=labels.cpu().numpy(),
-        khat=diagnostics.psis_khat(draws.log_weights),
+        khat=khat,
         iw_draws=np.asarray(max(ks)),
         iw_k=np.asarray(ks),
         iw_bound=np.asarray([bounds[k][0] for k in ks]),
@@ -290,3 +312,24 @@ def evaluate(
         **figure_images(model, guide, x, pixels),
     )
     return evaluation, draws
+
+
+class Parallel(Protocol):
+    """What sharded evaluation needs of a process group (see ppl_models.distributed.Context)."""
+
+    def share(self, n: int) -> slice: ...
+
+    def gather(self, obj: Any) -> list | None: ...
+
+
+def _per_image_parts(model, guide, x, iw_images, ks, keep, chunk, parallel) -> list | None:
+    """This rank's (loc, scale, ELBO, draws, k-hat) of its share of the images, gathered."""
+    share = parallel.share(len(x)) if parallel is not None else slice(None)
+    iw_share = parallel.share(iw_images) if parallel is not None else slice(0, iw_images)
+    xs, iw_xs = x[share], x[:iw_images][iw_share]
+    loc, scale = latent_moments(guide, xs, chunk)
+    elbo = elbo_per_image(model, guide, xs, chunk)
+    draws = importance_draws(model, guide, iw_xs, max(ks), keep=keep, chunk=chunk)
+    khat = diagnostics.psis_khat(draws.log_weights) if len(iw_xs) else np.zeros(0)
+    part = (loc, scale, elbo, draws, khat)
+    return parallel.gather(part) if parallel is not None else [part]

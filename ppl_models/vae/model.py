@@ -7,7 +7,9 @@ r"""The VAE as a Pyro model/guide pair.
 
 Model and guide are ``nn.Module``\ s (decoder in the model, encoder in the guide), so
 ``Trace_ELBO()(model, guide)`` is one module holding every parameter (see :mod:`ppl_models.svi`).
-Both draw under ``pyro.plate("data")`` on the data's device. Pixel likelihoods:
+Both draw under ``pyro.plate("data")`` on the data's device (:func:`data_plate`), over the batch
+or, with ``forward(x, subsample, size)``, over the whole data set of which ``x`` is a minibatch.
+Pixel likelihoods:
 
 - ``normal``: :math:`\mathcal N(x_j; m_j(z), 1)` on pixels normalised to :math:`[-1, 1]`;
 - ``normal-learned-scale``: :math:`\mathcal N(x_j; m_j(z), e^{2\lambda})` with one learned
@@ -56,6 +58,29 @@ def observations(
     return pixels * 2 - 1
 
 
+def data_plate(
+    x: torch.Tensor, subsample: torch.Tensor | None = None, size: int | None = None
+) -> pyro.plate:
+    r"""The images' plate: over the batch ``x``, or, given ``subsample`` (the batch's indices into a
+    data set of ``size`` images), over the whole data set with ``x`` as its subsample.
+
+    In the second form Pyro scales every log-density in the plate by :math:`N/b`
+    (``size / len(x)``), so the loss of a batch is an unbiased estimate of the full-data negative
+    ELBO, whatever the batch size, and averaging the losses of several ranks' batches (as
+    ``DistributedDataParallel`` averages their gradients) is the estimate from their union. The
+    indices are given, never drawn by the plate: a plate that drew its own subsample would draw
+    the same one on every rank.
+    """
+    if subsample is None:
+        return pyro.plate("data", x.shape[0], device=x.device)
+    if size is None or len(subsample) != x.shape[0]:
+        raise ValueError(
+            f"a subsample needs the data size and one index per image: got {len(subsample)} "
+            f"indices for {x.shape[0]} images, size {size}"
+        )
+    return pyro.plate("data", size, subsample=subsample, device=x.device)
+
+
 class VaeModel(nn.Module):
     """Generative model :math:`p(z) p_\\theta(x \\mid z)`; ``forward(x)`` is the Pyro model."""
 
@@ -101,8 +126,10 @@ class VaeModel(nn.Module):
             return torch.sigmoid(out)
         return ((out + 1) / 2).clamp(0, 1)
 
-    def forward(self, x: torch.Tensor) -> None:
-        with pyro.plate("data", x.shape[0], device=x.device):
+    def forward(
+        self, x: torch.Tensor, subsample: torch.Tensor | None = None, size: int | None = None
+    ) -> None:
+        with data_plate(x, subsample, size):
             z = pyro.sample("z", self.prior(x))
             pyro.sample("x", self.observation(z), obs=x.reshape(x.shape[0], -1))
 
@@ -121,8 +148,10 @@ class VaeGuide(nn.Module):
             loc, log_scale = self.encoder(x)
         return dist.Normal(loc.float(), log_scale.float().exp(), validate_args=False).to_event(1)
 
-    def forward(self, x: torch.Tensor) -> None:
-        with pyro.plate("data", x.shape[0], device=x.device):
+    def forward(
+        self, x: torch.Tensor, subsample: torch.Tensor | None = None, size: int | None = None
+    ) -> None:
+        with data_plate(x, subsample, size):
             pyro.sample("z", self.posterior(x))
 
 

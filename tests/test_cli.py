@@ -1,0 +1,102 @@
+"""The command line: ``--help`` is instant (no torch, no pyro), choices match the code's."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ppl_models import cli, svi
+from ppl_models import exp_normal as exp_normal_model
+from ppl_models.bench import exp_normal as bench_exp_normal
+from ppl_models.jobs import exp_normal as exp_normal_job
+from ppl_models.jobs import vae as vae_job
+from ppl_models.vae import evaluate
+from ppl_models.vae.model import LIKELIHOODS
+from ppl_models.vae.networks import ARCHS
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "pyro", "arviz", "matplotlib", "jinja2")
+
+COMMANDS = [
+    [],
+    *([name] for name in cli.JOBS),
+    ["report"],
+    ["bench"],
+    *(["bench", name] for name in cli.BENCHMARKS),
+]
+
+
+def _in_fresh_interpreter(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    return result.stdout
+
+
+def test_building_the_parser_imports_neither_torch_nor_pyro():
+    code = (
+        "import json, sys\n"
+        "from ppl_models import cli\n"
+        "cli.build_parser()\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    assert json.loads(_in_fresh_interpreter(code)) == []
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ppl-models")
+def test_every_help_is_fast_and_light(command):
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from ppl_models import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    try:\n"
+        f"        cli.main({[*command, '--help']!r})\n"
+        "    except SystemExit as exit:\n"
+        "        code = exit.code\n"
+        "print(json.dumps({'code': code, 'help': out.getvalue(), "
+        f"'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+    )
+    start = time.perf_counter()
+    result = json.loads(_in_fresh_interpreter(code))
+    seconds = time.perf_counter() - start
+    assert result["code"] == 0 and "usage: ppl-models" in result["help"]
+    assert result["heavy"] == []
+    # a whole fresh interpreter included; the heavy imports alone took 4.6-8.5 s
+    assert seconds < 2.0
+
+
+def test_the_spelled_out_choices_are_the_codes():
+    assert vae_job.ARCHS == ARCHS
+    assert vae_job.LIKELIHOODS == LIKELIHOODS
+    assert vae_job.ELBO_KINDS == svi.ELBO_KINDS == exp_normal_job.ELBO_KINDS
+    assert exp_normal_job.GUIDE_FAMILIES == exp_normal_model.GUIDE_FAMILIES
+    assert bench_exp_normal.TOLERANCE == exp_normal_job.TOLERANCE
+    assert vae_job.ACTIVE_THRESHOLD == evaluate.ACTIVE_THRESHOLD
+
+
+def test_a_nonfinite_loss_is_a_floating_point_error():
+    # the command line catches it by this base class, without importing svi
+    assert issubclass(svi.NonFiniteLossError, FloatingPointError)
+
+
+def test_bench_out_is_created_when_missing(tmp_path, capsys):
+    out = tmp_path / "new" / "bench"
+    args = ["bench", "exp-normal", "--repeats", "1", "--baseline-steps", "5", "--out", str(out)]
+    assert cli.main(args) == 0
+    assert json.loads((out / "bench.json").read_text())["benchmark"] == "exp-normal"
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_bench_out_must_not_be_a_file(tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("")
+    assert cli.main(["bench", "exp-normal", "--out", str(out)]) == 2
+    assert "must be a folder" in capsys.readouterr().err
