@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -64,13 +63,10 @@ def test_every_help_is_fast_and_light(command):
         "print(json.dumps({'code': code, 'help': out.getvalue(), "
         f"'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
     )
-    start = time.perf_counter()
     result = json.loads(_in_fresh_interpreter(code))
-    seconds = time.perf_counter() - start
     assert result["code"] == 0 and "usage: ppl-models" in result["help"]
     assert result["heavy"] == []
-    # a whole fresh interpreter included; the heavy imports alone took 4.6-8.5 s
-    assert seconds < 2.0
+    # speed is the absence of the heavy imports (they took 4.6-8.5 s); no timed assertion
 
 
 def test_the_spelled_out_choices_are_the_codes():
