@@ -18,7 +18,11 @@ from .svi import NonFiniteLossError
 
 # command name -> module implementing it; the summary's "model" key names the same modules.
 JOBS = {"exp-normal": "ppl_models.jobs.exp_normal", "vae": "ppl_models.jobs.vae"}
-BENCHMARKS = {"exp-normal": "ppl_models.bench.exp_normal", "vae": "ppl_models.bench.vae"}
+BENCHMARKS = {
+    "exp-normal": "ppl_models.bench.exp_normal",
+    "vae": "ppl_models.bench.vae",
+    "step": "ppl_models.bench.step",
+}
 EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
 
 

@@ -37,6 +37,7 @@ from ..runs import (
 )
 from ..svi import (
     ELBO_KINDS,
+    OBJECTIVE_KINDS,
     make_elbo,
     make_objective,
     resolve_device,
@@ -70,6 +71,7 @@ class VaeConfig:
     lr: float = 1e-3
     elbo: str = "trace"
     particles: int = 1
+    objective: str = "plain"
     device: str = "auto"
     bf16: bool = False
     seed: int = 0
@@ -97,6 +99,12 @@ class VaeConfig:
         require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
         require(self.elbo in ELBO_KINDS, "elbo", self.elbo, f"one of {', '.join(ELBO_KINDS)}")
         require(self.particles >= 1, "particles", self.particles, "an integer >= 1")
+        require(
+            self.objective in OBJECTIVE_KINDS,
+            "objective",
+            self.objective,
+            f"one of {', '.join(OBJECTIVE_KINDS)}",
+        )
         require(
             self.device in ("auto", "cpu", "cuda"), "device", self.device, "one of auto, cpu, cuda"
         )
@@ -287,7 +295,9 @@ def fit(
         When the loss becomes NaN or infinite; the last epoch's checkpoint stays as it was.
     """
     model, guide = build_model(config, device)
-    loss_fn = make_objective(model, guide, make_elbo(config.elbo, config.particles))
+    loss_fn = make_objective(
+        model, guide, make_elbo(config.elbo, config.particles), config.objective
+    )
     optimizer = torch.optim.Adam(loss_fn.parameters(), lr=config.lr)
     start = 0
     if checkpoint is not None:
