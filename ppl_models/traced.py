@@ -185,6 +185,7 @@ class TracedObjective(Objective):
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise _Untraceable(f"the loss cannot be traced: {first}") from None
         _fold_constants(gm)
+        _drop_identities(gm)
         frozen = [
             node.target
             for node in gm.graph.nodes
@@ -353,6 +354,52 @@ def _fold_constants(gm: torch.fx.GraphModule) -> None:
         node.replace_all_uses_with(constant)
     graph.eliminate_dead_code(is_impure_node=_is_impure)
     gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _drop_identities(gm: torch.fx.GraphModule) -> None:
+    """Drop operations that return their input's values exactly: ``x / 1``, ``x * 1``,
+    ``x - 0``, ``x + 0`` with a folded constant of ones or zeros that changes neither shape nor
+    dtype, and ``x.to(dtype)`` to the dtype ``x`` has (Pyro's ``Normal(0, 1)`` prior and the
+    networks' autocast casts). IEEE arithmetic makes each an identity; gradients are unchanged."""
+    identities = {
+        _ATEN.div.Tensor: 1.0,
+        _ATEN.mul.Tensor: 1.0,
+        _ATEN.sub.Tensor: 0.0,
+        _ATEN.add.Tensor: 0.0,
+    }
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or "val" not in node.meta:
+            continue
+        if any(
+            isinstance(u.target, torch._ops.OpOverload) and _mutates(u.target) for u in node.users
+        ):
+            continue
+        source = node.args[0] if node.args else None
+        if not isinstance(source, torch.fx.Node) or "val" not in source.meta:
+            continue
+        out, example = node.meta["val"], source.meta["val"]
+        if not isinstance(out, torch.Tensor) or not isinstance(example, torch.Tensor):
+            continue
+        if out.shape != example.shape or out.dtype != example.dtype:
+            continue
+        if node.target is _ATEN.to.dtype and len(node.args) == 2 and not node.kwargs:
+            node.replace_all_uses_with(source)
+            continue
+        neutral = identities.get(node.target)
+        if neutral is None or len(node.args) != 2 or node.kwargs:
+            continue
+        other = node.args[1]
+        if not (isinstance(other, torch.fx.Node) and other.op == "get_attr"):
+            continue
+        constant = getattr(gm, other.target)
+        if isinstance(constant, torch.Tensor) and bool((constant == neutral).all()):
+            node.replace_all_uses_with(source)
+    graph.eliminate_dead_code(is_impure_node=_is_impure)
+    used = {node.target for node in graph.nodes if node.op == "get_attr"}
+    for name in [name for name in gm._buffers if name not in used]:
+        del gm._buffers[name]  # constants whose every use was folded or dropped
     gm.recompile()
 
 

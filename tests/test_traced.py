@@ -78,6 +78,18 @@ def test_loss_and_gradients_match_on_the_same_draws():
             torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
+def test_bf16_autocast_of_the_networks_is_replayed():
+    """The networks' autocast region is part of the graph (checked with CPU autocast here)."""
+    encoder, decoder = build_networks("mlp", 2, 16)
+    model, guide = build_vae(encoder, decoder, 2, "bernoulli", autocast=True)
+    x = observations(torch.rand(6, 1, 28, 28), "bernoulli")
+    plain = make_objective(copy.deepcopy(model), copy.deepcopy(guide), make_elbo("trace"))
+    traced = make_objective(model, guide, make_elbo("trace"), "traced")
+    assert_same_fit(plain, traced, [x, x, x])
+    graph, _ = next(iter(traced._graphs.values()))
+    assert "torch.bfloat16" in graph.code and "_enter_autocast" in graph.code
+
+
 def test_checkpoints_do_not_see_the_graphs():
     model, guide = vae_pair()
     traced = make_objective(model, guide, make_elbo("trace"), "traced")
