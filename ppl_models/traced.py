@@ -352,8 +352,7 @@ def _fold_constants(gm: torch.fx.GraphModule) -> None:
         with graph.inserting_before(node):
             constant = graph.get_attr(name)
         node.replace_all_uses_with(constant)
-    graph.eliminate_dead_code(is_impure_node=_is_impure)
-    gm.delete_all_unused_submodules()
+    _eliminate_dead_code(graph)
     gm.recompile()
 
 
@@ -396,7 +395,7 @@ def _drop_identities(gm: torch.fx.GraphModule) -> None:
         constant = getattr(gm, other.target)
         if isinstance(constant, torch.Tensor) and bool((constant == neutral).all()):
             node.replace_all_uses_with(source)
-    graph.eliminate_dead_code(is_impure_node=_is_impure)
+    _eliminate_dead_code(graph)
     used = {node.target for node in graph.nodes if node.op == "get_attr"}
     for name in [name for name in gm._buffers if name not in used]:
         del gm._buffers[name]  # constants whose every use was folded or dropped
@@ -428,6 +427,14 @@ def _like(node: torch.fx.Node) -> torch.Tensor:
     return torch.empty_strided(
         example.shape, example.stride(), dtype=example.dtype, device=example.device
     )
+
+
+def _eliminate_dead_code(graph: torch.fx.Graph) -> None:
+    """Erase the nodes nothing uses, except random and mutating operations (written out: the
+    ``is_impure_node`` argument of ``Graph.eliminate_dead_code`` is recent)."""
+    for node in reversed(list(graph.nodes)):
+        if not node.users and not _is_impure(node):
+            graph.erase_node(node)
 
 
 def _is_impure(node: torch.fx.Node) -> bool:

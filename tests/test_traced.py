@@ -90,6 +90,22 @@ def test_bf16_autocast_of_the_networks_is_replayed():
     assert "torch.bfloat16" in graph.code and "_enter_autocast" in graph.code
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_traced_steps_match_on_cuda(bf16):
+    """On the GPU: the draws come from the CUDA generator, the networks may run in bf16."""
+    torch.manual_seed(1)
+    encoder, decoder = build_networks("mlp", 8, 64)  # matmuls: deterministic, unlike cuDNN's convs
+    model, guide = build_vae(encoder, decoder, 8, "bernoulli", autocast=bf16)
+    model, guide = model.cuda(), guide.cuda()
+    x = observations(torch.rand(64, 1, 28, 28, device="cuda"), "bernoulli")
+    plain = make_objective(copy.deepcopy(model), copy.deepcopy(guide), make_elbo("trace"))
+    traced = make_objective(model, guide, make_elbo("trace"), "traced")
+    assert_same_fit(plain, traced, [x[:32], x[32:], x[:32]])
+    assert traced.fallback_reason is None
+
+
 def test_checkpoints_do_not_see_the_graphs():
     model, guide = vae_pair()
     traced = make_objective(model, guide, make_elbo("trace"), "traced")
