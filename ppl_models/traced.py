@@ -184,18 +184,20 @@ class TracedObjective(Objective):
                 # control flow); the plain evaluation above has shown the model itself runs
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise _Untraceable(f"the loss cannot be traced: {first}") from None
-        _fold_constants(gm)
-        _drop_identities(gm)
         frozen = [
             node.target
             for node in gm.graph.nodes
             if node.op == "get_attr" and getattr(gm, node.target).requires_grad
         ]
         if frozen:
+            # a graph would hold them as constants: their training would stop
             raise _Untraceable(
                 f"the loss uses {len(frozen)} tensor(s) that require grad but are not parameters "
                 "of the model, guide or param store"
             )
+        with torch.no_grad():
+            _fold_constants(gm)
+            _drop_identities(gm)
         return gm, inputs
 
 

@@ -25,6 +25,7 @@ def test_bench_step_writes_a_table_and_json(tmp_path, capsys):
     hand = rows["handwritten"]["us_per_step"]
     for row in rows.values():
         assert len(row["us_rounds"]) == 2 and row["us_min"] <= row["us_per_step"]
+        assert row["first_call_s"] > 0
         assert math.isclose(row["time_over_handwritten"], row["us_per_step"] / hand)
         assert math.isclose(
             row["us_beyond_networks"], row["us_per_step"] - rows["networks"]["us_per_step"]

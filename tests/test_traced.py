@@ -217,6 +217,21 @@ def test_data_dependent_control_flow_falls_back_to_the_plain_path():
             torch.testing.assert_close(traced(value), expected)
 
 
+def test_a_tensor_that_requires_grad_outside_the_parameters_falls_back():
+    shift = torch.tensor(0.5, requires_grad=True)  # trained by someone else's optimizer
+
+    def shifted_model(x):
+        mu = pyro.sample("mu", dist.Normal(shift, 10.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    with pyro.get_param_store().scope():
+        traced = make_objective(shifted_model, mu_guide, make_elbo("trace"), "traced")
+        with pytest.warns(UserWarning, match="require grad but are not parameters"):
+            traced(torch.tensor([1.0, 2.0])).backward()
+    assert shift.grad is not None  # the plain path keeps the gradient flowing
+
+
 def test_an_effect_handler_around_the_call_falls_back():
     model, guide = vae_pair()
     x = observations(torch.rand(4, 1, 28, 28), "normal")

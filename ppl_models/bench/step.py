@@ -101,12 +101,12 @@ def main(args: argparse.Namespace) -> int:
             warnings.catch_warnings(),
         ):
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace is deprecated
-            steppers, fallback = _steppers(args, device)
+            steppers, first_calls, fallback = _steppers(args, device)
             seconds = _measure(steppers, args, device)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)
-    result = _result(args, seconds, fallback, used_threads, device)
+    result = _result(args, seconds, first_calls, fallback, used_threads, device)
     env = environment(seed=args.seed, device=str(device))
     result.update({key: env[key] for key in ("device", "device_name", "versions", "python")})
     result["created"] = env["created"]
@@ -116,8 +116,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _steppers(args, device):
-    """One function per method taking ``n`` Adam steps on the batch; the traced objective's
-    fallback reason (None when it replays its graph)."""
+    """One function per method taking ``n`` Adam steps on the batch; the seconds of each
+    method's first call (tracing, compiling); the traced objective's fallback reason (None
+    when it replays its graph)."""
     import copy
 
     import torch
@@ -140,16 +141,18 @@ def _steppers(args, device):
             losses[method] = _torch_loss(*pair, method)
         else:
             losses[method] = make_objective(*pair, make_elbo("trace"), method)
-    steppers = {}
+    steppers, first_calls = {}, {}
     for method, loss_fn in losses.items():
+        start = time.perf_counter()
         loss_fn(x)  # creates parameters (JitTrace_ELBO: its param-store entries) and graphs
+        first_calls[method] = time.perf_counter() - start
         optimizer = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
 
         def steps(n, loss_fn=loss_fn, optimizer=optimizer):
             train(loss_fn, optimizer, [(x,)] * n, sync_every=n, progress=False)
 
         steppers[method] = steps
-    return steppers, losses["traced"].fallback_reason
+    return steppers, first_calls, losses["traced"].fallback_reason
 
 
 def _measure(steppers: dict, args, device) -> dict[str, list[float]]:
@@ -226,7 +229,7 @@ def _jit_loss(model, guide):
     return JitLoss()
 
 
-def _result(args, seconds: dict, fallback, threads: int, device) -> dict:
+def _result(args, seconds: dict, first_calls: dict, fallback, threads: int, device) -> dict:
     median = {method: statistics.median(s) for method, s in seconds.items()}
     rows = []
     for method in METHODS:
@@ -237,6 +240,7 @@ def _result(args, seconds: dict, fallback, threads: int, device) -> dict:
                 "us_min": 1e6 * min(seconds[method]),
                 "us_rounds": [1e6 * s for s in seconds[method]],
                 "us_beyond_networks": 1e6 * (median[method] - median["networks"]),
+                "first_call_s": first_calls[method],
                 "time_over_handwritten": median[method] / median["handwritten"],
             }
         )
@@ -279,8 +283,8 @@ def _print_table(result: dict) -> None:
         f"{result['device']} ({result['device_name']}), {result['cpu_threads']} CPU threads, "
         f"torch {result['versions']['torch']}, pyro {result['versions']['pyro-ppl']}"
     )
-    header = ("method", "us/step", "min", "beyond networks", "x hand-written")
-    print(f"{header[0]:<20}" + "".join(f"{h:>17}" for h in header[1:]))
+    header = ("method", "us/step", "min", "beyond networks", "x hand-written", "1st call ms")
+    print(f"{header[0]:<20}" + "".join(f"{h:>16}" for h in header[1:]))
     for row in result["rows"]:
         cells = (
             row["us_per_step"],
@@ -290,8 +294,8 @@ def _print_table(result: dict) -> None:
         )
         print(
             f"{LABELS[row['method']]:<20}"
-            + "".join(f"{c:>17.0f}" for c in cells[:3])
-            + f"{cells[3]:>17.2f}"
+            + "".join(f"{c:>16.0f}" for c in cells[:3])
+            + f"{cells[3]:>16.2f}{1e3 * row['first_call_s']:>16.0f}"
         )
     print(
         f"median of {result['repeats']} rounds of {result['steps']} steps; time (traced)/(hand-"
