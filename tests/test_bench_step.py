@@ -25,7 +25,11 @@ def test_bench_step_writes_a_table_and_json(tmp_path, capsys):
     hand = rows["handwritten"]["us_per_step"]
     for row in rows.values():
         assert len(row["us_rounds"]) == 2 and row["us_min"] <= row["us_per_step"]
-        assert row["first_call_s"] > 0
+        assert row["first_call_s"] > 0 and row["cpu_us_per_step"] > 0
+        assert math.isclose(
+            row["cpu_time_over_handwritten"],
+            row["cpu_us_per_step"] / rows["handwritten"]["cpu_us_per_step"],
+        )
         assert math.isclose(row["time_over_handwritten"], row["us_per_step"] / hand)
         assert math.isclose(
             row["us_beyond_networks"], row["us_per_step"] - rows["networks"]["us_per_step"]
