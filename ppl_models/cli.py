@@ -26,6 +26,7 @@ BENCHMARKS = {
     "exp-normal": "ppl_models.bench.exp_normal",
     "vae": "ppl_models.bench.vae",
     "fit": "ppl_models.bench.fit",
+    "step": "ppl_models.bench.step",
 }
 EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
 

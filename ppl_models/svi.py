@@ -21,6 +21,8 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 ELBO_KINDS = ("trace", "meanfield")
+# how the objective evaluates the ELBO: Pyro's handlers on every call, or traced once and replayed
+OBJECTIVE_KINDS = ("plain", "traced")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -117,11 +119,22 @@ class Objective(torch.nn.Module):
                 yield value
 
 
-def make_objective(model: Callable, guide: Callable, elbo: ELBO) -> Objective:
+def make_objective(model: Callable, guide: Callable, elbo: ELBO, kind: str = "plain") -> Objective:
     """Return the negative-ELBO loss of ``model``/``guide`` as an :class:`Objective` module.
+
+    ``kind`` is ``plain`` (Pyro runs model and guide under its handlers on every call) or
+    ``traced`` (:class:`ppl_models.traced.TracedObjective`: the same loss, traced once per input
+    signature and replayed as a graph of tensor operations, for a pair with a static structure;
+    it falls back to the plain path, with a warning, where tracing cannot be trusted).
 
     Call it once before building the optimizer: parameters are created on first use.
     """
+    if kind not in OBJECTIVE_KINDS:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVE_KINDS)}, got {kind!r}")
+    if kind == "traced":
+        from .traced import TracedObjective  # imported on demand: it loads torch.fx's tracer
+
+        return TracedObjective(model, guide, elbo)
     return Objective(model, guide, elbo)
 
 

@@ -47,6 +47,8 @@ def test_bench_writes_a_table_and_json(synthetic_mnist, tmp_path, capsys):
         "--epoch-images",
         "300",
         "--full-epoch",
+        "--objective",
+        "traced",
         "--data-dir",
         str(synthetic_mnist),
         "--out",
@@ -57,6 +59,7 @@ def test_bench_writes_a_table_and_json(synthetic_mnist, tmp_path, capsys):
     assert "(a)/(b)" in out and "one epoch of 300 images" in out
     result = read_json(tmp_path / "bench.json")
     assert result["benchmark"] == "vae" and result["device"] == "cpu"
+    assert result["objective"] == "traced" and "traced objective" in out
     assert [r["batch_size"] for r in result["rows"]] == [16, 32]
     for row in result["rows"]:
         a, b, c = (row[f"{k}_images_per_s"] for k in ("package", "handwritten", "dataloader"))

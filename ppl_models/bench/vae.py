@@ -97,8 +97,10 @@ def _stepper(
     host_images: torch.Tensor,
     batch_size: int,
     device: torch.device,
+    objective: str = "plain",
 ):
-    """A function taking ``n`` Adam steps of ``method`` on the next ``n`` batches."""
+    """A function taking ``n`` Adam steps of ``method`` on the next ``n`` batches; ``objective``
+    is the kind of the package's objective (see :func:`ppl_models.svi.make_objective`)."""
     import torch
 
     from ..svi import make_elbo, make_objective, train
@@ -107,7 +109,7 @@ def _stepper(
     if method == "handwritten":
         loss_fn = _handwritten_module(model, guide)
     else:
-        loss_fn = make_objective(model, guide, make_elbo("trace"))
+        loss_fn = make_objective(model, guide, make_elbo("trace"), objective)
     optimizer = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
     if method == "dataloader":
         loader = torch.utils.data.DataLoader(
@@ -152,6 +154,7 @@ def measure(
             host_images,
             batch_size,
             device,
+            args.objective,
         )
         for name in METHODS
     }
@@ -198,7 +201,8 @@ def epoch_seconds(images: torch.Tensor, args, device: torch.device) -> float:
     """Wall time of one epoch's worth of steps over ``images``, package step, batch 256."""
     from ..vae.data import DeviceBatches
 
-    steps = _stepper("package", *_pair(args, device), images, images, EPOCH_BATCH, device)
+    pair = _pair(args, device)
+    steps = _stepper("package", *pair, images, images, EPOCH_BATCH, device, args.objective)
     steps(args.warmup)
     return _timed(steps, len(DeviceBatches(images, EPOCH_BATCH)), device)
 
@@ -263,6 +267,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--data-dir", dest="data_dir", help="MNIST root (default $PPL_MODELS_DATA, else data/mnist)"
+    )
+    parser.add_argument(
+        "--objective",
+        choices=("plain", "traced"),
+        default="plain",
+        help="the package's objective for (a) and (c): Pyro's handlers every step, or traced once",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the networks and batches")
     parser.add_argument(
@@ -330,6 +340,7 @@ def main(args: argparse.Namespace) -> int:
         "arch": args.arch,
         "likelihood": args.likelihood,
         "latent_dim": args.latent_dim,
+        "objective": args.objective,
         "steps": args.steps,
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -345,7 +356,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _print_table(result: dict) -> None:
     print(
-        f"VAE SVI step, {result['arch']} / {result['likelihood']}, device {result['device']} "
+        f"VAE SVI step, {result['arch']} / {result['likelihood']}, "
+        f"{result['objective']} objective, device {result['device']} "
         f"({result['device_name']}), {result['cpu_threads']} CPU threads, "
         f"torch {result['versions']['torch']}, pyro {result['versions']['pyro-ppl']}"
     )

@@ -42,10 +42,12 @@ if TYPE_CHECKING:
     from ..vae.model import VaeGuide, VaeModel
 
 # The choices of the config, spelled out here for the same reason; tests/test_cli.py checks that
-# they equal ppl_models.vae.networks.ARCHS, ppl_models.vae.model.LIKELIHOODS and svi.ELBO_KINDS.
+# they equal ppl_models.vae.networks.ARCHS, ppl_models.vae.model.LIKELIHOODS, svi.ELBO_KINDS and
+# svi.OBJECTIVE_KINDS.
 ARCHS = ("conv", "mlp")
 LIKELIHOODS = ("normal", "normal-learned-scale", "bernoulli")
 ELBO_KINDS = ("trace", "meanfield")
+OBJECTIVE_KINDS = ("plain", "traced")
 
 MODEL = "vae"
 DEFAULT_CONFIG = Path("runs/vae_mnist_conv.toml")
@@ -73,6 +75,7 @@ class VaeConfig:
     lr: float = 1e-3
     elbo: str = "trace"
     particles: int = 1
+    objective: str = "plain"
     device: str = "auto"
     bf16: bool = False
     seed: int = 0
@@ -100,6 +103,12 @@ class VaeConfig:
         require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
         require(self.elbo in ELBO_KINDS, "elbo", self.elbo, f"one of {', '.join(ELBO_KINDS)}")
         require(self.particles >= 1, "particles", self.particles, "an integer >= 1")
+        require(
+            self.objective in OBJECTIVE_KINDS,
+            "objective",
+            self.objective,
+            f"one of {', '.join(OBJECTIVE_KINDS)}",
+        )
         require(
             self.device in ("auto", "cpu", "cuda"), "device", self.device, "one of auto, cpu, cuda"
         )
@@ -331,7 +340,9 @@ def fit(
 
     ctx = ctx or distributed.Context(device=device)
     model, guide = build_model(config, device)
-    objective = svi.make_objective(model, guide, svi.make_elbo(config.elbo, config.particles))
+    objective = svi.make_objective(
+        model, guide, svi.make_elbo(config.elbo, config.particles), config.objective
+    )
     optimizer = torch.optim.Adam(objective.parameters(), lr=config.lr)
     start = 0
     if checkpoint is not None:

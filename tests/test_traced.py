@@ -1,0 +1,285 @@
+"""The traced objective: the plain Trace_ELBO's loss and gradients on the same draws, and the
+plain path wherever a trace cannot be trusted."""
+
+import copy
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import JitTrace_ELBO
+from pyro.nn import PyroModule, PyroParam
+
+from ppl_models.svi import local_params, make_elbo, make_objective, train
+from ppl_models.vae.model import LIKELIHOODS, build_vae, observations
+from ppl_models.vae.networks import build_networks
+
+
+def vae_pair(arch="mlp", likelihood="normal", latent_dim=2, hidden_dim=16):
+    torch.manual_seed(1)
+    return build_vae(*build_networks(arch, latent_dim, hidden_dim), latent_dim, likelihood)
+
+
+def run_steps(loss_fn, batches, seed=7, lr=1e-2):
+    """Seed once, then Adam steps: the losses and the final parameters."""
+    loss_fn(batches[0])  # creates any pyro.param site before the optimizer is built
+    optimizer = torch.optim.Adam(loss_fn.parameters(), lr=lr)
+    torch.manual_seed(seed)
+    losses = train(loss_fn, optimizer, [(x,) for x in batches], progress=False).losses
+    return losses, [p.detach().clone() for p in loss_fn.parameters()]
+
+
+def assert_same_fit(plain, traced, batches):
+    """Same seed, same steps: the same losses and parameters, to float rounding.
+
+    The first call of each input signature is the tracing one, and it must draw exactly what
+    the plain path draws, so every later draw lines up too.
+    """
+    plain_losses, plain_params = run_steps(plain, batches)
+    traced_losses, traced_params = run_steps(traced, batches)
+    torch.testing.assert_close(traced_losses, plain_losses, rtol=1e-5, atol=1e-4)
+    assert len(traced_params) == len(plain_params)
+    for mine, theirs in zip(traced_params, plain_params, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("elbo", ["trace", "meanfield"])
+def test_vae_steps_match_the_plain_objective(likelihood, elbo):
+    model, guide = vae_pair(likelihood=likelihood)
+    images = observations(
+        torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(2)), likelihood
+    )
+    # two shapes: the last batch of an epoch is smaller and gets its own graph
+    batches = [images[:8], images[8:16], images[16:], images[:8]]
+    plain = make_objective(copy.deepcopy(model), copy.deepcopy(guide), make_elbo(elbo))
+    traced = make_objective(model, guide, make_elbo(elbo), "traced")
+    assert_same_fit(plain, traced, batches)
+    assert traced.fallback_reason is None
+    assert len(traced._graphs) == 2
+
+
+def test_loss_and_gradients_match_on_the_same_draws():
+    """One call each from the same seed: loss and every gradient, for the conv networks."""
+    model, guide = vae_pair("conv", latent_dim=4)
+    x = observations(torch.rand(3, 1, 28, 28), "normal")
+    plain = make_objective(model, guide, make_elbo("trace", particles=3))
+    traced = make_objective(model, guide, make_elbo("trace", particles=3), "traced")
+    params = list(plain.parameters())
+    results = []
+    for loss_fn in (plain, traced, traced):  # the tracing call, then a replay
+        torch.manual_seed(5)
+        loss = loss_fn(x)
+        results.append((loss.detach(), torch.autograd.grad(loss, params)))
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], rtol=1e-6, atol=0)
+        for mine, theirs in zip(grads, results[0][1], strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_of_the_networks_is_replayed():
+    """The networks' autocast region is part of the graph (checked with CPU autocast here)."""
+    encoder, decoder = build_networks("mlp", 2, 16)
+    model, guide = build_vae(encoder, decoder, 2, "bernoulli", autocast=True)
+    x = observations(torch.rand(6, 1, 28, 28), "bernoulli")
+    plain = make_objective(copy.deepcopy(model), copy.deepcopy(guide), make_elbo("trace"))
+    traced = make_objective(model, guide, make_elbo("trace"), "traced")
+    assert_same_fit(plain, traced, [x, x, x])
+    graph, _ = next(iter(traced._graphs.values()))
+    assert "torch.bfloat16" in graph.code and "_enter_autocast" in graph.code
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_traced_steps_match_on_cuda(bf16):
+    """On the GPU: the draws come from the CUDA generator, the networks may run in bf16."""
+    torch.manual_seed(1)
+    encoder, decoder = build_networks("mlp", 8, 64)  # matmuls: deterministic, unlike cuDNN's convs
+    model, guide = build_vae(encoder, decoder, 8, "bernoulli", autocast=bf16)
+    model, guide = model.cuda(), guide.cuda()
+    x = observations(torch.rand(64, 1, 28, 28, device="cuda"), "bernoulli")
+    plain = make_objective(copy.deepcopy(model), copy.deepcopy(guide), make_elbo("trace"))
+    traced = make_objective(model, guide, make_elbo("trace"), "traced")
+    assert_same_fit(plain, traced, [x[:32], x[32:], x[:32]])
+    assert traced.fallback_reason is None
+
+
+def test_checkpoints_do_not_see_the_graphs():
+    model, guide = vae_pair()
+    traced = make_objective(model, guide, make_elbo("trace"), "traced")
+    before = set(traced.state_dict())
+    traced(torch.zeros(4, 1, 28, 28))
+    assert set(traced.state_dict()) == before
+    assert before == set(make_objective(model, guide, make_elbo("trace")).state_dict())
+
+
+# ----------------------------------------------------------------------------- other model shapes
+
+
+def conjugate_model(x):
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 10.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+
+def param_guide(x):
+    loc = pyro.param("q_loc", torch.tensor(0.0, dtype=x.dtype))
+    scale = pyro.param(
+        "q_scale", torch.tensor(1.0, dtype=x.dtype), constraint=dist.constraints.positive
+    )
+    pyro.sample("mu", dist.Normal(loc, scale))
+
+
+@pytest.mark.parametrize("elbo", ["trace", "meanfield"])
+def test_a_pyro_param_guide_is_traced_with_its_store_parameters(elbo):
+    x = torch.tensor([1.0, 2.0, 3.0, 4.5], dtype=torch.float64)
+    with pyro.get_param_store().scope():
+        plain = make_objective(conjugate_model, param_guide, make_elbo(elbo, particles=8))
+        plain_losses, plain_params = run_steps(plain, [x] * 30)
+    with pyro.get_param_store().scope():
+        traced = make_objective(
+            conjugate_model, param_guide, make_elbo(elbo, particles=8), "traced"
+        )
+        traced_losses, traced_params = run_steps(traced, [x] * 30)
+        assert traced.fallback_reason is None
+        assert len(traced_params) == 2
+    torch.testing.assert_close(traced_losses, plain_losses, rtol=1e-10, atol=1e-8)
+    for mine, theirs in zip(traced_params, plain_params, strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
+class DiscreteGuide(PyroModule):
+    """q(c) = Bernoulli(sigmoid(logit)): a site without reparameterisation (score function)."""
+
+    def __init__(self):
+        super().__init__()
+        self.logit = PyroParam(torch.tensor(0.3))
+
+    def forward(self, x):
+        pyro.sample("c", dist.Bernoulli(logits=self.logit))
+
+
+def mixture_model(x):
+    c = pyro.sample("c", dist.Bernoulli(0.4))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(3.0 * c, 1.0), obs=x)
+
+
+def test_score_function_surrogate_matches():
+    """For a discrete guide site the loss's value and its gradient come from different terms."""
+    x = torch.tensor([2.5, 3.1, 0.2])
+    with local_params():
+        guide = DiscreteGuide()
+        plain = make_objective(mixture_model, guide, make_elbo("trace", particles=16))
+        traced = make_objective(mixture_model, guide, make_elbo("trace", particles=16), "traced")
+        for _ in range(2):
+            results = []
+            for loss_fn in (plain, traced):
+                torch.manual_seed(11)
+                loss = loss_fn(x)
+                results.append(
+                    (loss.detach(), torch.autograd.grad(loss, [guide.logit_unconstrained])[0])
+                )
+            (plain_loss, plain_grad), (traced_loss, traced_grad) = results
+            torch.testing.assert_close(traced_loss, plain_loss)
+            torch.testing.assert_close(traced_grad, plain_grad)
+            assert plain_grad != 0
+
+
+# ----------------------------------------------------------------------------- the fallback
+
+
+def branching_model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    if x.sum() > 0:  # structure chosen by the data's value: a trace would freeze one branch
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+
+def mu_guide(x):
+    pyro.sample("mu", dist.Normal(pyro.param("m", torch.tensor(0.0)), 1.0))
+
+
+def test_data_dependent_control_flow_falls_back_to_the_plain_path():
+    x = torch.tensor([1.0, 2.0])
+    with pyro.get_param_store().scope():
+        traced = make_objective(branching_model, mu_guide, make_elbo("trace"), "traced")
+        with pytest.warns(UserWarning, match="plain Trace_ELBO path"):
+            traced(x)
+        assert "cannot be traced" in traced.fallback_reason
+        plain = make_objective(branching_model, mu_guide, make_elbo("trace"))
+        for value in (x, -x):
+            torch.manual_seed(0)
+            expected = plain(value)
+            torch.manual_seed(0)
+            torch.testing.assert_close(traced(value), expected)
+
+
+def test_a_tensor_that_requires_grad_outside_the_parameters_falls_back():
+    shift = torch.tensor(0.5, requires_grad=True)  # trained by someone else's optimizer
+
+    def shifted_model(x):
+        mu = pyro.sample("mu", dist.Normal(shift, 10.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    with pyro.get_param_store().scope():
+        traced = make_objective(shifted_model, mu_guide, make_elbo("trace"), "traced")
+        with pytest.warns(UserWarning, match="require grad but are not parameters"):
+            traced(torch.tensor([1.0, 2.0])).backward()
+    assert shift.grad is not None  # the plain path keeps the gradient flowing
+
+
+def test_an_effect_handler_around_the_call_falls_back():
+    model, guide = vae_pair()
+    x = observations(torch.rand(4, 1, 28, 28), "normal")
+    plain = make_objective(model, guide, make_elbo("trace"))
+    traced = make_objective(model, guide, make_elbo("trace"), "traced")
+    with pytest.warns(UserWarning, match="Pyro effect handler"):
+        with poutine.scale(scale=0.5):
+            torch.manual_seed(0)
+            halved = traced(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(halved, plain(x) / 2, rtol=1e-5, atol=1e-3)
+    assert not traced._graphs
+
+
+def test_choices_are_validated():
+    model, guide = vae_pair()
+    with pytest.raises(ValueError, match="objective must be one of plain, traced, got 'jit'"):
+        make_objective(model, guide, make_elbo("trace"), "jit")
+    with pytest.raises(ValueError, match="needs Trace_ELBO or TraceMeanField_ELBO, got JitTrace"):
+        make_objective(model, guide, JitTrace_ELBO(), "traced")
+
+
+# ----------------------------------------------------------------------------- the config choice
+
+
+def test_a_vae_run_with_the_traced_objective_matches_the_plain_run(mnist_dir, tmp_path):
+    from test_vae_job import elbos, tiny
+
+    from ppl_models import cli
+    from ppl_models.runs import read_json
+
+    assert cli.main(tiny(mnist_dir, tmp_path / "plain")) == 0
+    assert cli.main(tiny(mnist_dir, tmp_path / "traced", "--set", "objective=traced")) == 0
+    assert 'objective = "traced"' in (tmp_path / "traced" / "config.toml").read_text()
+    plain, traced = elbos(tmp_path / "plain"), elbos(tmp_path / "traced")
+    assert len(traced) == len(plain) == 2
+    for mine, theirs in zip(traced, plain, strict=True):
+        assert mine == pytest.approx(theirs, rel=1e-5)
+    bounds = [
+        read_json(tmp_path / run / "summary.json")["iw_bounds"] for run in ("traced", "plain")
+    ]
+    assert bounds[0] == pytest.approx(bounds[1], rel=1e-4)
+
+
+def test_the_objective_key_is_validated(mnist_dir, tmp_path, capsys):
+    from test_vae_job import tiny
+
+    from ppl_models import cli
+
+    assert cli.main(tiny(mnist_dir, tmp_path / "run", "--set", "objective=jit")) == 2
+    assert "objective must be one of plain, traced, got 'jit'" in capsys.readouterr().err
