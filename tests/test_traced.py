@@ -257,14 +257,14 @@ def test_choices_are_validated():
 # ----------------------------------------------------------------------------- the config choice
 
 
-def test_a_vae_run_with_the_traced_objective_matches_the_plain_run(mnist_dir, tmp_path):
+def test_a_vae_run_with_the_traced_objective_matches_the_plain_run(synthetic_mnist, tmp_path):
     from test_vae_job import elbos, tiny
 
     from ppl_models import cli
     from ppl_models.runs import read_json
 
-    assert cli.main(tiny(mnist_dir, tmp_path / "plain")) == 0
-    assert cli.main(tiny(mnist_dir, tmp_path / "traced", "--set", "objective=traced")) == 0
+    assert cli.main(tiny(synthetic_mnist, tmp_path / "plain")) == 0
+    assert cli.main(tiny(synthetic_mnist, tmp_path / "traced", "--set", "objective=traced")) == 0
     assert 'objective = "traced"' in (tmp_path / "traced" / "config.toml").read_text()
     plain, traced = elbos(tmp_path / "plain"), elbos(tmp_path / "traced")
     assert len(traced) == len(plain) == 2
@@ -276,10 +276,10 @@ def test_a_vae_run_with_the_traced_objective_matches_the_plain_run(mnist_dir, tm
     assert bounds[0] == pytest.approx(bounds[1], rel=1e-4)
 
 
-def test_the_objective_key_is_validated(mnist_dir, tmp_path, capsys):
+def test_the_objective_key_is_validated(synthetic_mnist, tmp_path, capsys):
     from test_vae_job import tiny
 
     from ppl_models import cli
 
-    assert cli.main(tiny(mnist_dir, tmp_path / "run", "--set", "objective=jit")) == 2
+    assert cli.main(tiny(synthetic_mnist, tmp_path / "run", "--set", "objective=jit")) == 2
     assert "objective must be one of plain, traced, got 'jit'" in capsys.readouterr().err
