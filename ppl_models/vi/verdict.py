@@ -32,6 +32,9 @@ without reference draws (a non-centred model's raw parameters, when the referenc
 derived ones) are summarised, not compared: when k-hat is within its threshold their
 PSIS-corrected means and sds must agree with q's (a mean off -> ``not-trustworthy``, an sd off
 -> ``means-only``); when q's own diagnostics cannot certify them the report says so.
+An element whose Monte Carlo allowance alone exceeds the core tolerance (a reference too short
+to resolve 0.1 sd) is not certified by the reference either: q's own diagnostics judge it, and
+unless they certify it the verdict is at most ``means-only``.
 
 **Without a reference** the fit must certify itself, from q's draws alone:
 
@@ -98,7 +101,9 @@ class VerdictRules:
             "sqrt(1/S + 1/ESS_ref). A mean outside -> not-trustworthy; an sd or shape outside "
             "-> means-only. The reference's MCSE and ESS come from its own chains (ArviZ). "
             "Latent sites the reference lacks: their PSIS-corrected means and sds must agree "
-            "with q's when k-hat is within its threshold.",
+            "with q's when k-hat is within its threshold. Elements whose MCSE term exceeds the "
+            "core tolerance (a reference too short to resolve it) are judged by q's own "
+            "diagnostics instead.",
             f"Without a reference: converged, k-hat "
             f"<= {self.khat_bounds:g} (so E_q[w^2] is finite and d_2 is estimable) and an "
             f"importance ESS >= max({self.min_ess:g}, {self.min_ess_fraction:g} S), else "
