@@ -12,7 +12,9 @@ from ppl_models.runs import read_json
 
 STAGES = (
     "total",
+    "total_cpu",
     "fit",
+    "fit_cpu",
     "fit_init",
     "fit_steps",
     "diagnose",
@@ -54,6 +56,7 @@ def test_bench_fit_writes_a_table_and_json(tmp_path, capsys):
     assert row["plain_pyro"]["guide"] == "AutoNormal" and row["plain_pyro"]["seconds"] > 0
     assert row["nuts"]["chains"] == 1 and row["nuts"]["seconds"] > 0
     assert row["fit_overhead"] == pytest.approx(run["fit"] / row["plain_pyro"]["seconds"])
+    assert row["plain_pyro"]["cpu_seconds"] > 0 and row["fit_overhead_cpu"] > 0
     assert isinstance(row["meets_time_target"], bool)
     # the baseline leaves the user's parameter store as it was
     assert list(pyro.get_param_store().keys()) == ["users_own"]

@@ -124,6 +124,21 @@ def test_reference_tolerance_allows_for_the_references_monte_carlo_error():
     assert _decide([_row("a", 0.02)], converged=False).label == MEANS_ONLY
 
 
+def test_a_reference_too_short_to_resolve_the_tolerance_cannot_certify():
+    # MCSE 0.08 sd: the reference alone would accept up to 0.1 + 2 x 0.08 sd of error
+    row = _row("a", 0.2, ref_mcse=0.08, ess=150)
+    certified = [{"name": "a", "site": "a", "sd": 1.0, "mean_error": 0.01, "sd_error": 0.05}]
+    loose = [dict(certified[0], mean_error=0.6, sd_error=0.9)]
+    assert _decide([row], coordinates=certified).label == TRUSTWORTHY  # q certifies itself
+    v = _decide([row], coordinates=loose)
+    assert v.label == MEANS_ONLY and "too short" in " ".join(v.reasons)
+    assert _decide([row], coordinates=loose, khat=0.6).label == MEANS_ONLY
+    moved = dict(row, psis_mean=0.6)  # importance sampling measures the mean off
+    assert _decide([moved], coordinates=certified).label == NOT_TRUSTWORTHY
+    # a long reference settles the same error on its own
+    assert _decide([_row("a", 0.2, ref_mcse=0.01)], coordinates=loose).label == NOT_TRUSTWORTHY
+
+
 def test_never_trustworthy_while_any_element_is_outside_its_band():
     rules = VerdictRules()
     rng = np.random.default_rng(0)

@@ -32,6 +32,9 @@ without reference draws (a non-centred model's raw parameters, when the referenc
 derived ones) are summarised, not compared: when k-hat is within its threshold their
 PSIS-corrected means and sds must agree with q's (a mean off -> ``not-trustworthy``, an sd off
 -> ``means-only``); when q's own diagnostics cannot certify them the report says so.
+An element whose Monte Carlo allowance alone exceeds the core tolerance (a reference too short
+to resolve 0.1 sd) is not certified by the reference either: q's own diagnostics judge it, and
+unless they certify it the verdict is at most ``means-only``.
 
 **Without a reference** the fit must certify itself, from q's draws alone:
 
@@ -98,7 +101,9 @@ class VerdictRules:
             "sqrt(1/S + 1/ESS_ref). A mean outside -> not-trustworthy; an sd or shape outside "
             "-> means-only. The reference's MCSE and ESS come from its own chains (ArviZ). "
             "Latent sites the reference lacks: their PSIS-corrected means and sds must agree "
-            "with q's when k-hat is within its threshold.",
+            "with q's when k-hat is within its threshold. Elements whose MCSE term exceeds the "
+            "core tolerance (a reference too short to resolve it) are judged by q's own "
+            "diagnostics instead.",
             f"Without a reference: converged, k-hat "
             f"<= {self.khat_bounds:g} (so E_q[w^2] is finite and d_2 is estimable) and an "
             f"importance ESS >= max({self.min_ess:g}, {self.min_ess_fraction:g} S), else "
@@ -160,7 +165,14 @@ def reference_checks(row: dict, draws: int, rules: VerdictRules) -> dict | None:
     sd_tol = rules.sd_tolerance + f * math.hypot(rel_ref, rel_q)
     ess = row.get("ref_ess") or 1.0
     ks_tol = rules.ks_tolerance + rules.ks_critical * math.sqrt(1.0 / draws + 1.0 / ess)
+    # The Monte Carlo allowance may not outgrow the tolerance itself: a reference too short to
+    # resolve 0.1 sd cannot certify an element, however well q agrees with it.
+    conclusive = (
+        f * mcse_m / ref_sd <= rules.mean_tolerance
+        and f * math.hypot(rel_ref, rel_q) <= rules.sd_tolerance
+    )
     return {
+        "conclusive": conclusive,
         "mean_tolerance": mean_tol,
         "mean_ok": abs(row["std_mean_error"]) <= mean_tol,
         "sd_tolerance": sd_tol,
@@ -217,6 +229,17 @@ def _reference_verdict(rows, draws, rules):
         )
     off = list(dict.fromkeys(bad_mean + bad_sd + bad_ks))
     return label, reasons, off, {n: c for n, (_, c) in checked.items()}
+
+
+def _too_noisy(rows, draws, rules) -> list[str]:
+    """Elements within their reference tolerances only because the reference is too short to
+    resolve the core tolerance (see :func:`reference_checks`)."""
+    noisy = []
+    for row in rows:
+        c = reference_checks(row, draws, rules)
+        if c is not None and not c["conclusive"] and c["mean_ok"] and c["sd_ok"] and c["ks_ok"]:
+            noisy.append(row["name"])
+    return noisy
 
 
 def _psis_discrepancies(rows, rules: VerdictRules) -> tuple[list[str], list[str]]:
@@ -404,6 +427,32 @@ def decide(
                 reasons.append(
                     f"The reference has no draws of {names}; q's own diagnostics certify them."
                 )
+        noisy = _too_noisy(compared, draws, rules)
+        if noisy:
+            # Judge what the reference cannot resolve as if it had no reference: a short
+            # reference must not turn "not measured" into "certified".
+            sub_rows = [r for r in compared if r["name"] in noisy]
+            sites = {r["site"] for r in sub_rows}
+            sub_coords = [c for c in coordinates if c["site"] in sites]
+            l3, why3, bad3, checks["noisy_reference"] = _self_verdict(
+                sub_rows,
+                sub_coords,
+                khat=khat,
+                khat_threshold=khat_threshold,
+                d2=d2,
+                importance_ess=importance_ess,
+                draws=draws,
+                rules=rules,
+            )
+            reasons.append(
+                f"The reference is too short to resolve {rules.mean_tolerance:g} sd for "
+                f"{_names(noisy)} (its Monte Carlo error allows more): a longer reference run "
+                "would settle them; meanwhile q's own diagnostics judge them."
+            )
+            if l3 != TRUSTWORTHY:
+                reasons += why3
+                off += bad3
+                label = _worse(label, l3 if bad3 and l3 == NOT_TRUSTWORTHY else MEANS_ONLY)
     else:
         if has_reference:
             reasons.append("The reference shares no element with the model: nothing compared.")
