@@ -1,8 +1,8 @@
 """Data-parallel SVI (issue 9) on the CPU with gloo: the pieces in one process, then real jobs.
 
-Every process that torchrun starts costs seconds of imports on a 2-core machine. So the ranks
-of most tests are forked from the test process, in the environment torchrun would give them
-(``forked_ranks``); torchrun itself starts the workers of two tests: the killed-rank test
+The ranks of most tests are started from the test process with the ``spawn`` method, in the
+environment torchrun would give them (``spawned_ranks``; ``fork`` would be cheaper, but autograd
+refuses to run in a child forked after the parent used it, as earlier tests in the suite do); torchrun itself starts the workers of two tests: the killed-rank test
 (``ppl-models vae --nproc 2``) and the two-"node" gradient test (two torchrun agents meeting
 over the loopback address). One uninterrupted 2-process run (a module fixture) serves several
 tests: the run contract, bit-identical parameters, the comparison with one process and the
@@ -279,11 +279,11 @@ def _as_rank(rank: int, port: int, fn, *args) -> None:
     fn(*args)
 
 
-def forked_ranks(fn, *args) -> None:
-    """``fn(*args)`` in two processes forked from this one, as ranks 0 and 1 of a gloo group:
+def spawned_ranks(fn, *args) -> None:
+    """``fn(*args)`` in two processes spawned from this one, as ranks 0 and 1 of a gloo group:
     no interpreter start-up, the modules are already imported."""
     torch.multiprocessing.start_processes(
-        _as_rank, args=(free_port(), fn, *args), nprocs=2, start_method="fork"
+        _as_rank, args=(free_port(), fn, *args), nprocs=2, start_method="spawn"
     )
 
 
@@ -303,7 +303,7 @@ def ddp_run(synthetic_mnist, tmp_path_factory):
     run = folder / "run"
     args = tiny(synthetic_mnist, "--epochs", str(EPOCHS), "--out", str(run))
     # the folder is the ranks' working directory: a stray write by any rank lands in it
-    forked_ranks(_chdir_and_cli, folder, args)
+    spawned_ranks(_chdir_and_cli, folder, args)
     return SimpleNamespace(folder=folder, path=run)
 
 
@@ -380,7 +380,7 @@ def _collective_failures() -> None:
 
 def test_errors_on_rank_0_reach_every_rank_and_a_silent_rank_times_out(monkeypatch):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, "2")
-    forked_ranks(_collective_failures)
+    spawned_ranks(_collective_failures)
 
 
 def _torchrun_node(node: int, port: int, out: Path) -> None:
@@ -405,11 +405,11 @@ def test_ddp_gradient_across_two_nodes_equals_the_full_data_gradient(tmp_path):
         import ddp_gradient as worker
     finally:
         sys.path.remove(str(TESTS))
-    # two torchrun agents ("nodes", forked from this process to spare their imports) meet at a
+    # two torchrun agents ("nodes", spawned from this process) meet at a
     # c10d rendezvous on 127.0.0.1; each starts one worker, ``python tests/ddp_gradient.py``
     port = free_port()
     torch.multiprocessing.start_processes(
-        _torchrun_node, args=(port, tmp_path), nprocs=2, start_method="fork"
+        _torchrun_node, args=(port, tmp_path), nprocs=2, start_method="spawn"
     )
     state = torch.load(tmp_path / "gradients.pt", weights_only=True)
     assert state["world"] == {"world_size": 2, "backend": "gloo"}
@@ -442,7 +442,7 @@ def test_kill_9_of_the_whole_job_then_resume_reproduces_the_uninterrupted_run(
     run = tmp_path / "run"
     args = tiny(synthetic_mnist, "--epochs", "30", "--out", str(run))
     ranks = torch.multiprocessing.start_processes(
-        _as_rank, args=(free_port(), _cli_ok, args), nprocs=2, start_method="fork", join=False
+        _as_rank, args=(free_port(), _cli_ok, args), nprocs=2, start_method="spawn", join=False
     )
     try:
         wait_for(run / "checkpoint.pt")
@@ -455,7 +455,7 @@ def test_kill_9_of_the_whole_job_then_resume_reproduces_the_uninterrupted_run(
     assert 1 <= done < EPOCHS, f"killed after {done} epochs; the test needs fewer than {EPOCHS}"
     assert not (run / "summary.json").exists()
 
-    forked_ranks(_cli_ok, ["vae", "--resume", str(run), "--epochs", str(EPOCHS)])
+    spawned_ranks(_cli_ok, ["vae", "--resume", str(run), "--epochs", str(EPOCHS)])
     assert_same_run(run, ddp_run.path)
 
 
@@ -506,8 +506,8 @@ def test_a_killed_rank_ends_the_job_and_a_resume_reproduces_the_uninterrupted_ru
 
     done = len(read_metrics(run))
     assert 1 <= done < EPOCHS, f"killed after {done} epochs; the test needs fewer than {EPOCHS}"
-    # the resume as torchrun's two workers would run it (forked: their imports are done)
-    forked_ranks(_cli_ok, ["vae", "--resume", str(run), "--epochs", str(EPOCHS)])
+    # the resume as torchrun's two workers would run it (spawned ranks)
+    spawned_ranks(_cli_ok, ["vae", "--resume", str(run), "--epochs", str(EPOCHS)])
     assert_same_run(run, ddp_run.path)
 
 
@@ -526,8 +526,8 @@ def test_bench_reports_images_per_second_and_efficiency_per_world_size(
     args = ["bench", "vae", "--device", "cpu", "--arch", "mlp", "--latent-dim", "4"]
     args += ["--batch-sizes", "16", "--steps", "2", "--repeats", "1", "--warmup", "1"]
     args += ["--epoch-images", "200", "--data-dir", str(synthetic_mnist), "--out", str(tmp_path)]
-    # torchrun's launch is tested above; here the workers are forked ranks running the command
-    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: forked_ranks(_cli_ok, argv))
+    # torchrun's launch is tested above; here the workers are spawned ranks running the command
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: spawned_ranks(_cli_ok, argv))
     assert cli.main([*args, "--nproc", "1,2"]) == 0
     assert "efficiency" in capsys.readouterr().out
     result = read_json(tmp_path / "bench.json")
