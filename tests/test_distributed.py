@@ -2,8 +2,9 @@
 
 The ranks of most tests are started from the test process with the ``spawn`` method, in the
 environment torchrun would give them (``spawned_ranks``; ``fork`` would be cheaper, but autograd
-refuses to run in a child forked after the parent used it, as earlier tests in the suite do); torchrun itself starts the workers of two tests: the killed-rank test
-(``ppl-models vae --nproc 2``) and the two-"node" gradient test (two torchrun agents meeting
+refuses to run in a child forked after the parent used it, as earlier tests in the suite do);
+torchrun itself starts the workers of two tests: the killed-rank test (``ppl-models vae --nproc
+2``) and the two-"node" gradient test (two torchrun agents meeting
 over the loopback address). One uninterrupted 2-process run (a module fixture) serves several
 tests: the run contract, bit-identical parameters, the comparison with one process and the
 doubled batch, and the reference of the kill-and-resume test.
