@@ -63,7 +63,7 @@ visits (a missed mode): only a reference can.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -504,7 +504,3 @@ def _plain(obj):
     if isinstance(obj, (np.floating,)):
         return float(obj)
     return obj
-
-
-def as_dict(rules: VerdictRules) -> dict:
-    return asdict(rules)
