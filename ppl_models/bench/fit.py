@@ -355,14 +355,18 @@ def main(args: argparse.Namespace) -> int:
             nuts = None
             if not args.no_nuts:
                 print(f"{m.name}: NUTS ...", file=sys.stderr, flush=True)
-                nuts = time_nuts(
-                    model,
-                    data,
-                    warmup=args.nuts_warmup,
-                    draws=args.nuts_draws,
-                    chains=args.nuts_chains,
-                    nesting=run["max_plate_nesting"],
-                )
+                try:
+                    nuts = time_nuts(
+                        model,
+                        data,
+                        warmup=args.nuts_warmup,
+                        draws=args.nuts_draws,
+                        chains=args.nuts_chains,
+                        nesting=run["max_plate_nesting"],
+                    )
+                except Exception as err:  # noqa: BLE001 - reported in bench.json, not fatal
+                    first = (str(err).strip().splitlines() or [""])[0]
+                    nuts = {"seconds": None, "error": f"{type(err).__name__}: {first}"}
             print(f"{m.name}: {run['total']:.1f} s", file=sys.stderr, flush=True)
             results.append(
                 {
@@ -456,7 +460,7 @@ def _print_table(r: dict) -> None:
             sec(m["plain_pyro"]["seconds"]),
             "—" if m["fit_overhead"] is None else f"{m['fit_overhead']:.2f}x",
             "—" if m["fit_overhead_cpu"] is None else f"{m['fit_overhead_cpu']:.2f}x",
-            sec(None if m["nuts"] is None else m["nuts"]["seconds"]),
+            sec(None if m["nuts"] is None else m["nuts"]["seconds"]),  # None: failed
         ]
         print(
             "".join(
@@ -469,5 +473,9 @@ def _print_table(r: dict) -> None:
         f"targets: report <= {t['seconds']:g} s for <= {t['parameters']} parameters; "
         f"fit/plain <= {t['fit_overhead']:g}x"
     )
+    for m in r["models"]:
+        for part in ("plain_pyro", "nuts"):
+            if m[part] and m[part].get("error"):
+                print(f"{m['model']}: {part} failed: {m[part]['error']}")
     for line in r["skipped"]:
         print(f"skipped {line}")
