@@ -128,6 +128,24 @@ def test_nuts_reference_recovers_a_conjugate_posterior_with_deterministic_sites(
     assert "NUTS" in ref.source and "2 chain" in ref.source
 
 
+def test_nuts_reference_starts_flat_priors_in_the_datas_float64():
+    # ImproperUniform has no dtype of its own; float64 data once met a float32 start and failed
+    y = torch.tensor([0.3, 1.1, 0.7, 1.9, 1.2], dtype=torch.float64)
+
+    def model(y):
+        shape = torch.Size([2])
+        beta = pyro.sample("beta", dist.ImproperUniform(dist.constraints.real, (), shape))
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.Normal(beta.sum(-1), 1.0), obs=y)
+
+    ref = nuts_reference(
+        model, {"y": y}, warmup=100, draws=200, chains=1, seed=0, jit=False, max_plate_nesting=1
+    )
+    total = ref.draws["beta"].sum(-1).ravel()  # flat prior: beta1 + beta2 ~ N(mean(y), 1/n)
+    assert abs(total.mean() - float(y.mean())) < 0.2
+    assert abs(total.std() - (1 / len(y)) ** 0.5) < 0.1
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/posteriordb is absent")
 def test_shared_posteriordb_reference_draws_load():
     ref = load_reference(SHARED / "kidiq-kidscore_momiq" / "reference_draws.json.zip")

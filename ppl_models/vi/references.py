@@ -14,6 +14,7 @@ they came from. Three sources:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -271,9 +272,10 @@ def match_sites(reference: Reference, site_shapes: dict[str, tuple[int, ...]]) -
 # --------------------------------------------------------------------------- NUTS
 
 
-def _init_uniform(site, radius: float = 2.0):
+def _init_uniform(site, radius: float = 2.0, dtype=None):
     """Pyro's ``init_to_uniform`` that also works on flat priors (``ImproperUniform`` cannot
-    be sampled): a uniform point in ``(-radius, radius)`` of the unconstrained space."""
+    be sampled): a uniform point in ``(-radius, radius)`` of the unconstrained space, in
+    ``dtype`` (the data's float dtype) where the prior has none to give."""
     import torch
     from torch.distributions import transform_to
 
@@ -283,7 +285,7 @@ def _init_uniform(site, radius: float = 2.0):
         u = t.inv(fn.sample().detach())
     except NotImplementedError:  # flat priors
         shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-        u = torch.zeros(t.inverse_shape(shape), dtype=torch.get_default_dtype())
+        u = torch.zeros(t.inverse_shape(shape), dtype=dtype or torch.get_default_dtype())
     value = t(torch.rand_like(u) * (2 * radius) - radius)
     value._pyro_custom_init = False
     return value
@@ -332,6 +334,10 @@ def nuts_reference(
         )
     start = time.perf_counter()
     per_chain = []
+    # a flat prior's initial value takes the data's float dtype (float64 data, float32 default)
+    float_dtype = next(
+        (v.dtype for v in data.values() if torch.is_tensor(v) and v.is_floating_point()), None
+    )
     with torch.random.fork_rng(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation notice
         for chain in range(chains):
@@ -340,7 +346,7 @@ def nuts_reference(
                 model,
                 jit_compile=jit,
                 ignore_jit_warnings=True,
-                init_strategy=_init_uniform,
+                init_strategy=functools.partial(_init_uniform, dtype=float_dtype),
                 full_mass=full_mass,
                 max_plate_nesting=max_plate_nesting,
             )
