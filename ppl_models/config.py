@@ -73,6 +73,24 @@ def load_command_line_config(
     return load_config(cls, path, overrides), (Path(path).stem if path else fallback_name)
 
 
+def add_config_arguments(parser, default: Path) -> None:
+    """Add the options every job shares: ``--config FILE`` (``default`` when present) and the
+    repeatable ``--set KEY=VALUE`` (read by :func:`command_line_overrides`)."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML run configuration (default {default} when present)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a configuration key (repeatable)",
+    )
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
     """Turn ``["steps=100", "lr=0.1"]`` into a dict; a pair without ``=`` is a ``ValueError``."""
     result = {}

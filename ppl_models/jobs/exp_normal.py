@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import command_line_overrides, load_command_line_config, require
+from ..config import (
+    add_config_arguments,
+    command_line_overrides,
+    load_command_line_config,
+    require,
+)
 from ..exp_normal.settings import ELBO_KINDS, GUIDE_FAMILIES, validate_rate
 from ..exp_normal.settings import MODEL as MODEL  # summary.json's "model"
 
@@ -154,19 +159,7 @@ def rebuild_report(run_dir: Path) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``ppl-models exp-normal``'s options (each overrides the config file)."""
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help=f"TOML run configuration (default {DEFAULT_CONFIG} when present)",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override a configuration key (repeatable)",
-    )
+    add_config_arguments(parser, DEFAULT_CONFIG)
     parser.add_argument("--data", help="observations file: .csv, .txt or .npy, one number per row")
     parser.add_argument("--rate", type=float, help="prior rate (> 0)")
     parser.add_argument("--n-obs", type=int, dest="n_obs", help="simulate N observations")

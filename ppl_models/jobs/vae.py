@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import command_line_overrides, load_command_line_config, load_config, require
+from ..config import (
+    add_config_arguments,
+    command_line_overrides,
+    load_command_line_config,
+    load_config,
+    require,
+)
 from ..report import Figure, Report, Table, write_report
 from ..runs import (
     STATUS_COMPLETE,
@@ -926,19 +932,7 @@ FLAGS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``ppl-models vae``'s options (each overrides the config file)."""
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help=f"TOML run configuration (default {DEFAULT_CONFIG} when present)",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override a configuration key (repeatable)",
-    )
+    add_config_arguments(parser, DEFAULT_CONFIG)
     parser.add_argument("--arch", choices=ARCHS, help="encoder/decoder architecture")
     parser.add_argument("--likelihood", choices=LIKELIHOODS, help="pixel likelihood")
     parser.add_argument("--latent-dim", type=int, dest="latent_dim", help="latent dimension")
