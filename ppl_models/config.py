@@ -56,6 +56,27 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ValueError(f"{key} must be {expected}, got {value!r}")
 
 
+def require_svi_schedule(config: Any) -> None:
+    """Validate the SVI schedule fields a fitting config shares: ``steps``, ``particles``,
+    ``lr``, ``lr_final`` (geometric decay from ``lr``) and ``average_window`` (the fraction of
+    iterates averaged)."""
+    require(config.steps >= 1, "steps", config.steps, "an integer >= 1")
+    require(config.particles >= 1, "particles", config.particles, "an integer >= 1")
+    require(config.lr > 0 and math.isfinite(config.lr), "lr", config.lr, "a positive number")
+    require(
+        0 < config.lr_final <= config.lr,
+        "lr_final",
+        config.lr_final,
+        f"a positive number no larger than lr ({config.lr})",
+    )
+    require(
+        0 < config.average_window <= 1,
+        "average_window",
+        config.average_window,
+        "a fraction in (0, 1]",
+    )
+
+
 def command_line_overrides(pairs: list[str] | None, flags: Mapping[str, Any]) -> dict[str, Any]:
     """``--set key=value`` pairs, then the flags that were given (those not ``None``)."""
     overrides: dict[str, Any] = parse_overrides(pairs)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ from ..config import (
     command_line_overrides,
     load_command_line_config,
     require,
+    require_svi_schedule,
 )
 from ..exp_normal.settings import ELBO_KINDS, GUIDE_FAMILIES, validate_rate
 from ..exp_normal.settings import MODEL as MODEL  # summary.json's "model"
@@ -84,21 +84,7 @@ class ExpNormalConfig:
             f"one of {', '.join(GUIDE_FAMILIES)}",
         )
         require(self.elbo in ELBO_KINDS, "elbo", self.elbo, f"one of {', '.join(ELBO_KINDS)}")
-        require(self.particles >= 1, "particles", self.particles, "an integer >= 1")
-        require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
-        require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
-        require(
-            0 < self.lr_final <= self.lr,
-            "lr_final",
-            self.lr_final,
-            f"a positive number no larger than lr ({self.lr})",
-        )
-        require(
-            0 < self.average_window <= 1,
-            "average_window",
-            self.average_window,
-            "a fraction in (0, 1]",
-        )
+        require_svi_schedule(self)
         require(self.draws >= 100, "draws", self.draws, "an integer >= 100")
         require(self.grid_points >= 101, "grid_points", self.grid_points, "an integer >= 101")
 

@@ -11,11 +11,10 @@ k-hat, importance-weighted bounds, CUBO, error bounds) and compares with ``--ref
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import command_line_overrides, load_config, require
+from ..config import command_line_overrides, load_config, require, require_svi_schedule
 
 MODEL = "fit"
 DEFAULT_SCRIPT = "runs/normal_mean.py"
@@ -59,21 +58,7 @@ class FitConfig:
         require(
             bool(str(self.reference).strip()), "reference", self.reference, "none, nuts or a file"
         )
-        require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
-        require(self.particles >= 1, "particles", self.particles, "an integer >= 1")
-        require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
-        require(
-            0 < self.lr_final <= self.lr,
-            "lr_final",
-            self.lr_final,
-            f"a positive number no larger than lr ({self.lr})",
-        )
-        require(
-            0 < self.average_window <= 1,
-            "average_window",
-            self.average_window,
-            "a fraction in (0, 1]",
-        )
+        require_svi_schedule(self)
         require(self.init in INIT_NAMES, "init", self.init, f"one of {', '.join(INIT_NAMES)}")
         require(self.rank is None or self.rank >= 1, "rank", self.rank, "an integer >= 1")
         require(
