@@ -17,8 +17,9 @@ from ppl_models.vi.references import (
     match_sites,
     nuts_reference,
 )
+from ppl_models.vi.script import posteriordb_dir
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "posteriordb"
+SHARED = posteriordb_dir()
 
 
 def _chains(n_chains=2, n_draws=5):
@@ -146,7 +147,7 @@ def test_nuts_reference_starts_flat_priors_in_the_datas_float64():
     assert abs(total.std() - (1 / len(y)) ** 0.5) < 0.1
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/posteriordb is absent")
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"posteriordb data not found under {SHARED}")
 def test_shared_posteriordb_reference_draws_load():
     ref = load_reference(SHARED / "kidiq-kidscore_momiq" / "reference_draws.json.zip")
     assert ref.draws["beta"].shape == (10, 1000, 2)

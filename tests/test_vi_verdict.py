@@ -10,9 +10,10 @@ from vi_helpers import FakeFit, gaussian_problem, normal_guide
 
 from ppl_models.vi.diagnose import diagnose
 from ppl_models.vi.references import Reference
+from ppl_models.vi.script import posteriordb_dir
 from ppl_models.vi.verdict import MEANS_ONLY, NOT_TRUSTWORTHY, TRUSTWORTHY, VerdictRules, decide
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "posteriordb"
+SHARED = posteriordb_dir()
 DRAWS = 20_000
 
 
@@ -187,7 +188,7 @@ def _shared_fit(script: str, guide: str):
 
 
 needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason="../shared/data/posteriordb is absent"
+    not SHARED.is_dir(), reason=f"posteriordb data not found under {SHARED}"
 )
 
 

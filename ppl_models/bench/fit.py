@@ -1,8 +1,8 @@
 """Benchmark ``ppl-models fit`` end to end on the shipped model scripts.
 
 For each model script in ``runs/`` whose data is available (``normal_mean.py`` always; the
-posteriordb ones when ``$PPL_MODELS_POSTERIORDB`` or ``../shared/data/posteriordb`` holds
-them), three timings on the same settings:
+posteriordb ones when their data is found: ``$PPL_MODELS_POSTERIORDB``, else the repository's
+``runs/posteriordb``), three timings on the same settings:
 
 (a) ``fit``: the command's whole run, :func:`ppl_models.jobs.fit.execute` (inputs, the fit
     with its Laplace start, the diagnosis with ``--draws`` guide draws, the report and its

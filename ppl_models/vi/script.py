@@ -246,14 +246,17 @@ POSTERIORDB_ENV = "PPL_MODELS_POSTERIORDB"
 
 
 def posteriordb_dir() -> Path:
-    """The folder of posteriordb posteriors: ``$PPL_MODELS_POSTERIORDB`` when set, else
+    """The folder of posteriordb posteriors: ``$PPL_MODELS_POSTERIORDB`` when set, else the
+    four that ship with the repository in ``runs/posteriordb``, else
     ``../shared/data/posteriordb`` beside the repository."""
     import os
 
     env = os.environ.get(POSTERIORDB_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "posteriordb"
+    repo = Path(__file__).resolve().parents[2]
+    shipped = repo / "runs" / "posteriordb"
+    return shipped if shipped.is_dir() else repo.parent / "shared" / "data" / "posteriordb"
 
 
 def posteriordb_file(posterior: str, name: str = "data.json.zip") -> Path:
