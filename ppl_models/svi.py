@@ -18,7 +18,10 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
-from tqdm.auto import tqdm
+
+# tqdm.auto would pick the notebook widget, which warns on stderr without ipywidgets; the bar
+# only ever shows on a terminal (disable=None below), where the plain one is the right one
+from tqdm import tqdm
 
 ELBO_KINDS = ("trace", "meanfield")
 # how the objective evaluates the ELBO: Pyro's handlers on every call, or traced once and replayed

@@ -337,7 +337,7 @@ def fit(
     import numpy as np
     import pyro
     import torch
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the terminal bar, as in ppl_models.svi
 
     from .. import distributed, svi
     from ..vae import evaluate
