@@ -17,6 +17,7 @@ import html
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,12 @@ def setup(mnist: bool = False) -> Page:
     A smoke build gets a note that its numbers and pictures are smoke output. An MNIST page
     without the data gets a note saying how to get it; its MNIST cells are then skipped.
     """
+    # Pyro's MCMC logger imports tqdm.auto, which in a kernel without ipywidgets warns once on
+    # stderr as it is imported; imported here, quietly, it leaves the page's cells clean.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tqdm.auto  # noqa: F401
+
     page = Page(mode=mode(), mnist=mnist_root() if mnist else None)
     notes = []
     if page.smoke:
