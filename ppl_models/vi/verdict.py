@@ -62,6 +62,7 @@ visits (a missed mode): only a reference can.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -380,6 +381,16 @@ def decide(
         Whether a reference was given (elements it lacks are judged without one).
     """
     rules = rules or VerdictRules()
+    # the rules without a reference, for whichever elements need them
+    judge = functools.partial(
+        _self_verdict,
+        khat=khat,
+        khat_threshold=khat_threshold,
+        d2=d2,
+        importance_ess=importance_ess,
+        draws=draws,
+        rules=rules,
+    )
     reasons: list[str] = []
     off: list[str] = []
     checks: dict = {}
@@ -398,16 +409,7 @@ def decide(
             # certify them does not overrule the reference's checks of everything else.
             sub_rows = [r for r in rows if r["site"] in uncompared_latent]
             sub_coords = [c for c in coordinates if c["site"] in uncompared_latent]
-            l2, why2, bad2, checks["self"] = _self_verdict(
-                sub_rows,
-                sub_coords,
-                khat=khat,
-                khat_threshold=khat_threshold,
-                d2=d2,
-                importance_ess=importance_ess,
-                draws=draws,
-                rules=rules,
-            )
+            l2, why2, bad2, checks["self"] = judge(sub_rows, sub_coords)
             names = _names(sorted(uncompared_latent))
             mean_off, sd_off = _psis_discrepancies(sub_rows, rules)
             if khat is not None and khat <= khat_threshold and (mean_off or sd_off):
@@ -434,16 +436,7 @@ def decide(
             sub_rows = [r for r in compared if r["name"] in noisy]
             sites = {r["site"] for r in sub_rows}
             sub_coords = [c for c in coordinates if c["site"] in sites]
-            l3, why3, bad3, checks["noisy_reference"] = _self_verdict(
-                sub_rows,
-                sub_coords,
-                khat=khat,
-                khat_threshold=khat_threshold,
-                d2=d2,
-                importance_ess=importance_ess,
-                draws=draws,
-                rules=rules,
-            )
+            l3, why3, bad3, checks["noisy_reference"] = judge(sub_rows, sub_coords)
             reasons.append(
                 f"The reference is too short to resolve {rules.mean_tolerance:g} sd for "
                 f"{_names(noisy)} (its Monte Carlo error allows more): a longer reference run "
@@ -456,16 +449,7 @@ def decide(
     else:
         if has_reference:
             reasons.append("The reference shares no element with the model: nothing compared.")
-        label, why, off, checks["self"] = _self_verdict(
-            rows,
-            coordinates,
-            khat=khat,
-            khat_threshold=khat_threshold,
-            d2=d2,
-            importance_ess=importance_ess,
-            draws=draws,
-            rules=rules,
-        )
+        label, why, off, checks["self"] = judge(rows, coordinates)
         reasons += why
     cap = TRUSTWORTHY
     if khat is None or not (khat <= khat_threshold):
