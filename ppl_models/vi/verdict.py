@@ -232,17 +232,6 @@ def _reference_verdict(rows, draws, rules):
     return label, reasons, off, {n: c for n, (_, c) in checked.items()}
 
 
-def _too_noisy(rows, draws, rules) -> list[str]:
-    """Elements within their reference tolerances only because the reference is too short to
-    resolve the core tolerance (see :func:`reference_checks`)."""
-    noisy = []
-    for row in rows:
-        c = reference_checks(row, draws, rules)
-        if c is not None and not c["conclusive"] and c["mean_ok"] and c["sd_ok"] and c["ks_ok"]:
-            noisy.append(row["name"])
-    return noisy
-
-
 def _psis_discrepancies(rows, rules: VerdictRules) -> tuple[list[str], list[str]]:
     """Elements whose PSIS-corrected mean or sd differs from q's beyond the tolerances."""
     f = rules.mcse_factor
@@ -429,7 +418,12 @@ def decide(
                 reasons.append(
                     f"The reference has no draws of {names}; q's own diagnostics certify them."
                 )
-        noisy = _too_noisy(compared, draws, rules)
+        # elements within their bands only because the reference is too short to resolve them
+        noisy = [
+            name
+            for name, c in checks["reference"].items()
+            if not c["conclusive"] and c["mean_ok"] and c["sd_ok"] and c["ks_ok"]
+        ]
         if noisy:
             # Judge what the reference cannot resolve as if it had no reference: a short
             # reference must not turn "not measured" into "certified".
