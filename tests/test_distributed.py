@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from ranks import as_rank, cli_ok, free_port, spawned_ranks
 
 from ppl_models import cli, distributed, svi
 from ppl_models.runs import read_json, read_metrics
@@ -262,39 +262,9 @@ def test_wrap_refuses_parameters_outside_the_module():
 # ----------------------------------------------------------------------------- real jobs
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_rank(rank: int, port: int, fn, *args) -> None:
-    """Run ``fn(*args)`` as rank ``rank`` of 2, in the environment torchrun would set."""
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    fn(*args)
-
-
-def spawned_ranks(fn, *args) -> None:
-    """``fn(*args)`` in two processes spawned from this one, as ranks 0 and 1 of a gloo group:
-    no interpreter start-up, the modules are already imported."""
-    torch.multiprocessing.start_processes(
-        _as_rank, args=(free_port(), fn, *args), nprocs=2, start_method="spawn"
-    )
-
-
-def _cli_ok(argv: list[str]) -> None:
-    assert cli.main(argv) == 0
-
-
 def _chdir_and_cli(folder: Path, argv: list[str]) -> None:
     os.chdir(folder)
-    _cli_ok(argv)
+    cli_ok(argv)
 
 
 @pytest.fixture(scope="module")
@@ -443,7 +413,7 @@ def test_kill_9_of_the_whole_job_then_resume_reproduces_the_uninterrupted_run(
     run = tmp_path / "run"
     args = tiny(synthetic_mnist, "--epochs", "30", "--out", str(run))
     ranks = torch.multiprocessing.start_processes(
-        _as_rank, args=(free_port(), _cli_ok, args), nprocs=2, start_method="spawn", join=False
+        as_rank, args=(free_port(), cli_ok, args), nprocs=2, start_method="spawn", join=False
     )
     try:
         wait_for(run / "checkpoint.pt")
@@ -456,7 +426,7 @@ def test_kill_9_of_the_whole_job_then_resume_reproduces_the_uninterrupted_run(
     assert 1 <= done < EPOCHS, f"killed after {done} epochs; the test needs fewer than {EPOCHS}"
     assert not (run / "summary.json").exists()
 
-    spawned_ranks(_cli_ok, ["vae", "--resume", str(run), "--epochs", str(EPOCHS)])
+    spawned_ranks(cli_ok, ["vae", "--resume", str(run), "--epochs", str(EPOCHS)])
     assert_same_run(run, ddp_run.path)
 
 
@@ -508,7 +478,7 @@ def test_a_killed_rank_ends_the_job_and_a_resume_reproduces_the_uninterrupted_ru
     done = len(read_metrics(run))
     assert 1 <= done < EPOCHS, f"killed after {done} epochs; the test needs fewer than {EPOCHS}"
     # the resume as torchrun's two workers would run it (spawned ranks)
-    spawned_ranks(_cli_ok, ["vae", "--resume", str(run), "--epochs", str(EPOCHS)])
+    spawned_ranks(cli_ok, ["vae", "--resume", str(run), "--epochs", str(EPOCHS)])
     assert_same_run(run, ddp_run.path)
 
 
@@ -528,7 +498,7 @@ def test_bench_reports_images_per_second_and_efficiency_per_world_size(
     args += ["--batch-sizes", "16", "--steps", "2", "--repeats", "1", "--warmup", "1"]
     args += ["--epoch-images", "200", "--data-dir", str(synthetic_mnist), "--out", str(tmp_path)]
     # torchrun's launch is tested above; here the workers are spawned ranks running the command
-    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: spawned_ranks(_cli_ok, argv))
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: spawned_ranks(cli_ok, argv))
     assert cli.main([*args, "--nproc", "1,2"]) == 0
     assert "efficiency" in capsys.readouterr().out
     result = read_json(tmp_path / "bench.json")
