@@ -407,6 +407,18 @@ def launch(nproc: int, argv: Sequence[str], run_dir: Path | None = None) -> None
         raise RankFailure(reason) from None
 
 
+def launch_command(nproc: int, argv: Sequence[str], run_dir: Path, pin_out: bool) -> None:
+    """A job's ``--nproc N``: run its command line ``argv`` as N workers (:func:`launch`) that
+    all write ``run_dir``, given them as ``--out`` when ``pin_out`` (a new run whose folder
+    each worker would otherwise name from its own clock)."""
+    argv = list(argv or [])
+    if not argv:
+        raise ValueError("--nproc needs the command line (run it through ppl_models.cli.main)")
+    if pin_out:
+        argv += ["--out", str(run_dir)]
+    launch(nproc, argv, run_dir)
+
+
 @contextlib.contextmanager
 def _restored_process_state() -> Iterator[None]:
     """Put back what torchrun's in-process launch changes: signal handlers (its agent installs

@@ -1031,17 +1031,13 @@ def _launch(args: argparse.Namespace) -> int:
 
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
-    argv = list(getattr(args, "argv", None) or [])
-    if not argv:
-        raise ValueError("--nproc needs the command line (run it through ppl_models.cli.main)")
     if args.resume is not None:
-        run_dir = Run.open(args.resume).path
+        run_dir, new = Run.open(args.resume).path, False
     else:
         config, name = config_from_args(args)  # a bad configuration fails here, once
-        run_dir = Run.new_path(name, args.out).absolute()
-        if args.out is None:
-            argv += ["--out", str(run_dir)]  # every worker must agree on the folder
-    distributed.launch(args.nproc, argv, run_dir)  # rank 0 prints the summary
+        run_dir, new = Run.new_path(name, args.out).absolute(), args.out is None
+    # rank 0 prints the summary
+    distributed.launch_command(args.nproc, getattr(args, "argv", None), run_dir, pin_out=new)
     return 0
 
 
