@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,9 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
+from ..distributed import Context, rank_seed
 from ..svi import ELBO_KINDS, local_params, make_objective, resolve_device, seed_everything, train
+from .data_plate import DataPlate, check_indexing, find_data_plate, index_batches, subsampled
 from .guides import CUSTOM, GUIDES, WhitenedGuide, make_guide, max_plate_nesting
 from .script import check_data_keys, convert_data
 
@@ -284,6 +286,9 @@ def fit_svi(
     validate: bool = False,
     threads: int | None = None,
     elbo: str = "trace",
+    data_plate: str | None = None,
+    batch_size: int = 0,
+    context: Context | None = None,
 ) -> SviFit:
     r"""Fit ``guide`` to ``model``'s posterior given ``data`` by SVI.
 
@@ -330,6 +335,17 @@ def fit_svi(
     elbo
         ``trace`` (:class:`pyro.infer.Trace_ELBO`) or ``meanfield``
         (:class:`pyro.infer.TraceMeanField_ELBO`: the analytic KL where one is registered).
+    data_plate, batch_size
+        The name of the model's plate over its observations, which the model indexes by the
+        plate's indices (:mod:`ppl_models.vi.data_plate`): each step then takes a batch of
+        ``batch_size`` observations under it, scaled to the full data (0: all of them, or each
+        process's share under ``torchrun``). None: every step uses all the data.
+    context
+        This process's place in a ``torchrun`` job (:func:`ppl_models.distributed.session`).
+        With several processes the fit needs ``data_plate``: the loss module is wrapped in
+        ``DistributedDataParallel``, each rank takes its stride of one shared permutation of
+        the observations and draws its own Monte Carlo noise, and the recorded losses are the
+        ranks' mean. Every rank returns the same fit.
     threads
         CPU threads for torch during the fit (restored after). By default one thread when the
         data times the particles hold fewer than 2**20 numbers: a small model's steps are
@@ -346,7 +362,9 @@ def fit_svi(
     Raises
     ------
     ValueError
-        For bad settings, data keys that do not fit the model, or NaN in the data.
+        For bad settings, data keys that do not fit the model, NaN in the data, a data plate
+        the model does not have or does not index by, or several processes without a data
+        plate.
     ppl_models.svi.NonFiniteLossError
         When the loss becomes NaN or infinite.
     """
@@ -392,6 +410,13 @@ def fit_svi(
         size = sum(v.numel() for v in data.values() if isinstance(v, torch.Tensor))
         threads = 1 if size * particles < 2**20 else torch.get_num_threads()
     settings["threads"] = threads if device.type == "cpu" else None
+    context = context or Context(device=device)
+    if context.parallel and not data_plate:
+        raise ValueError(
+            f"fitting on {context.world_size} processes needs the model's data plate "
+            "(data_plate): the plate over the observations, which the model indexes by its indices"
+        )
+    settings.update(data_plate=data_plate or None, batch_size=batch_size, **context.describe())
     start = time.perf_counter()
     notes: list[str] = []
     with local_params(), _torch_threads(threads if device.type == "cpu" else None):
@@ -413,6 +438,10 @@ def fit_svi(
             prototype = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
         init_seconds = time.perf_counter() - start
         nesting = max_plate_nesting(prototype)
+        plate = None
+        if data_plate:
+            plate = find_data_plate(prototype, data_plate)
+            check_indexing(model, _latent_values(prototype), data, plate)
         can_vectorize = (
             vectorization_ok(model, fitted, data, nesting) if vectorize is not False else False
         )
@@ -436,6 +465,13 @@ def fit_svi(
         params = list(loss_fn.parameters())
         if not params:
             raise ValueError("the guide has no parameters to fit")
+        step_loss, batches = _step_losses(
+            context.wrap(loss_fn), data, plate, batch_size, steps, seed=seed, context=context
+        )
+        if plate is not None:
+            notes.append(_plate_note(plate, batch_size, context))
+        if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
+            seed_everything(rank_seed(seed, context.rank))
         optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(betas))
         decay = (lr_final / lr) ** (1.0 / steps)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
@@ -446,6 +482,8 @@ def fit_svi(
 
         def record(step: int, loss: float) -> bool:
             nonlocal count
+            if context.parallel:  # every rank records, and so decides, on the same mean loss
+                loss = float(context.all_reduce_mean(torch.tensor(loss)))
             if step >= first:
                 with torch.no_grad():
                     for s, p in zip(sums, params, strict=True):
@@ -467,14 +505,15 @@ def fit_svi(
             return stop
 
         validation = contextlib.nullcontext() if validate else pyro.validation_enabled(False)
-        with validation:
+        with validation, context.lost_ranks_reported():
             result = train(
-                lambda: loss_fn(**data),
+                step_loss,
                 optimizer,
-                [()] * steps,
+                batches,
+                total=steps,
                 scheduler=scheduler,
                 on_step=record,
-                progress=progress,
+                progress=progress and context.is_main,
                 desc=f"SVI {guide_name}",
             )
         with torch.no_grad():
@@ -485,7 +524,7 @@ def fit_svi(
                 notes.append(
                     "The fit stopped before the averaging window; the last iterate is used."
                 )
-    losses = result.losses.numpy().astype(np.float64)
+    losses = np.asarray(losses_seen, dtype=np.float64)
     convergence = convergence_report(losses, eval_every, tolerance)
     window_losses = losses[first:] if len(losses) > first else losses
     if not convergence["held"]:
@@ -508,6 +547,61 @@ def fit_svi(
         dtype=dtype,
         init_seconds=init_seconds,
         extras={"stopped_early": result.stopped_early, "averaged_steps": count},
+    )
+
+
+def _latent_values(trace) -> dict[str, torch.Tensor]:
+    return {
+        name: site["value"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    }
+
+
+def _step_losses(
+    loss_fn: Callable,
+    data: dict,
+    plate: DataPlate | None,
+    batch_size: int,
+    steps: int,
+    *,
+    seed: int,
+    context: Context,
+) -> tuple[Callable, Iterable[tuple]]:
+    """The loss of one step and the steps' arguments: without a data plate, all the data at
+    every step; with one, a batch of observation indices per step, given to the plate
+    (:func:`ppl_models.vi.data_plate.index_batches`)."""
+    if plate is None:
+        return (lambda: loss_fn(**data)), [()] * steps
+
+    def step_loss(indices: torch.Tensor) -> torch.Tensor:
+        with subsampled(plate.name, indices):
+            return loss_fn(**data)
+
+    indices = index_batches(
+        plate.size,
+        batch_size,
+        steps,
+        seed=seed,
+        rank=context.rank,
+        world_size=context.world_size,
+        device=context.device,
+    )
+    return step_loss, ((batch,) for batch in indices)
+
+
+def _plate_note(plate: DataPlate, batch_size: int, context: Context) -> str:
+    per_rank = plate.size // context.world_size
+    batch = batch_size or per_rank
+    where = (
+        f"on each of {context.world_size} processes (data-parallel, their gradients averaged)"
+        if context.parallel
+        else "at each step"
+    )
+    return (
+        f"The data plate {plate.name!r} ({plate.size} observations) took a batch of {batch} "
+        f"{where}, its log-likelihood scaled by {plate.size}/{batch}: every step's loss is an "
+        "unbiased estimate of the full-data negative ELBO."
     )
 
 

@@ -4,7 +4,9 @@ A model script is a Python file that defines
 
 - ``model(**data)``: a Pyro model whose keyword arguments are the keys of the data;
 - optionally ``guide(**data)``: the user's own guide (``--guide custom``);
-- optionally ``data()``: a function returning the data dict (a ``--data FILE`` overrides it).
+- optionally ``data()``: a function returning the data dict (a ``--data FILE`` overrides it);
+- optionally ``DATA_PLATE``: the name of the plate over the observations, which the model indexes
+  by the plate's indices, for minibatch and data-parallel fits (:mod:`ppl_models.vi.data_plate`).
 
 Data values arrive converted (:func:`convert_data`): JSON numbers as Python ``int``/``float``,
 (nested) lists as torch tensors, ``int64`` when every element is an integer, else the run's
@@ -31,13 +33,15 @@ _COUNTER = itertools.count()
 
 @dataclass(frozen=True)
 class ModelScript:
-    """A loaded model script: its ``model``, optional ``guide`` and ``data`` function, and path."""
+    """A loaded model script: its ``model``, optional ``guide`` and ``data`` function, path, and
+    the name of its data plate (``DATA_PLATE``) when it declares one."""
 
     model: Callable
     guide: Callable | None
     data: Callable[[], Mapping[str, Any]] | None
     path: Path
     module: Any = None
+    data_plate: str | None = None
 
     def load_data(self) -> dict[str, Any]:
         """Call the script's ``data()``; a ``ValueError`` when it has none or it fails."""
@@ -100,7 +104,13 @@ def load_script(path: str | Path) -> ModelScript:
         if value is not None and not callable(value):
             raise ValueError(f"`{attr}` in model script {path} must be callable")
         parts[attr] = value
-    return ModelScript(model, parts["guide"], parts["data"], path.resolve(), module)
+    plate = getattr(module, "DATA_PLATE", None)
+    if plate is not None and (not isinstance(plate, str) or not plate.strip()):
+        raise ValueError(
+            f"DATA_PLATE in model script {path} must name a plate (a non-empty string), "
+            f"got {plate!r}"
+        )
+    return ModelScript(model, parts["guide"], parts["data"], path.resolve(), module, plate)
 
 
 def _identifier(text: str) -> str:

@@ -1,0 +1,225 @@
+r"""A model's data plate: minibatches of its observations, and data-parallel fitting over them.
+
+A model script *declares its data plate* by naming the ``pyro.plate`` over its independent
+observations (``DATA_PLATE = "obs"`` in the script, or ``--set data_plate=obs``) and by indexing
+its data with the plate's indices, the standard Pyro idiom:
+
+.. code-block:: python
+
+    with pyro.plate("obs", len(x)) as i:
+        pyro.sample("x", dist.Normal(mu, sigma), obs=x[i])
+
+The fit then chooses the indices. Under :func:`subsampled` the plate's indices are a batch
+:math:`B` of the :math:`N` observations, and Pyro scales every log-density in the plate by
+:math:`N / |B|`, so
+
+.. math::
+
+    \widehat{\mathcal L}_B = E_q\Big[\log p(z) + \frac{N}{|B|} \sum_{n \in B} \log p(x_n \mid z)
+        - \log q(z)\Big]
+
+is an unbiased estimate of the full-data ELBO when :math:`B` is a uniformly random subset. With
+``W`` ranks under ``torchrun`` each rank takes its stride of one permutation shared by all
+(:class:`~ppl_models.vae.data.DeviceBatches`, the VAE's sampler), and the average that
+``DistributedDataParallel`` takes over ranks is the estimate from the union of their batches
+(see :mod:`ppl_models.distributed`).
+
+Only global latent variables can be fitted this way: a latent inside the data plate has one value
+per observation, and the package's guides are not amortized over observations, so such a model is
+refused with the site's name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+SCRIPT_ATTRIBUTE = "DATA_PLATE"
+
+
+@dataclass(frozen=True)
+class DataPlate:
+    """The plate ``name`` over ``size`` observations, and the sites it holds."""
+
+    name: str
+    size: int
+    sites: tuple[str, ...]
+
+
+class _Subsampled(Messenger):
+    """Give the plate ``name`` the indices ``indices`` instead of letting it draw its own."""
+
+    def __init__(self, name: str, indices: torch.Tensor):
+        super().__init__()
+        self.name = name
+        self.indices = indices
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] == self.name and site_is_subsample(msg) and msg["value"] is None:
+            msg["value"] = self.indices
+
+
+def subsampled(name: str, indices: torch.Tensor) -> Messenger:
+    """A handler under which ``pyro.plate(name, N)`` (in model and guide alike) runs over the
+    observations ``indices`` and scales its log-densities by ``N / len(indices)``.
+
+    A plate given ``subsample_size`` must be given as many indices; one without takes any number.
+    """
+    return _Subsampled(name, indices)
+
+
+def find_data_plate(trace, name: str) -> DataPlate:
+    """The plate ``name`` of a model's trace, checked to hold observations only.
+
+    Raises
+    ------
+    ValueError
+        When the trace has no plate ``name``, when the plate holds no observed site, or when it
+        holds a latent site (the guides are not amortized over observations).
+    """
+    size = None
+    observed, latent = [], []
+    for site in trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        if site_is_subsample(site):
+            if site["name"] == name:
+                size = int(site["fn"].size)
+            continue
+        if any(frame.name == name for frame in site["cond_indep_stack"]):
+            (observed if site["is_observed"] else latent).append(site["name"])
+    plates = sorted(
+        {
+            frame.name
+            for site in trace.nodes.values()
+            if site["type"] == "sample"
+            for frame in site["cond_indep_stack"]
+            if not frame.name.startswith("_")
+        }
+    )
+    if size is None:
+        known = ", ".join(repr(p) for p in plates) or "none"
+        raise ValueError(f"data_plate {name!r} is not a plate of the model (its plates: {known})")
+    if latent:
+        raise ValueError(
+            f"data_plate {name!r} holds the latent site(s) {', '.join(latent)}: only observations "
+            "may be in the data plate (the guides are not amortized over observations)"
+        )
+    if not observed:
+        raise ValueError(f"data_plate {name!r} holds no observed site")
+    return DataPlate(name, size, tuple(observed))
+
+
+def check_indexing(
+    model: Callable, latents: Mapping[str, torch.Tensor], data: Mapping[str, Any], plate: DataPlate
+) -> None:
+    r"""Check that ``model`` indexes its data by the plate's indices.
+
+    With the latents fixed at ``latents``, the unscaled log-likelihoods of the plate's sites over
+    two halves of the observations must add up to the full data's:
+    :math:`\sum_{n \in A} \ell_n + \sum_{n \in A^c} \ell_n = \sum_n \ell_n` (relative tolerance
+    1e-6 in float64, 1e-4 in float32). A model that passes ``obs=x`` instead of ``obs=x[i]``
+    fails it, by a shape error or by a different sum.
+
+    Raises
+    ------
+    ValueError
+        Naming the plate and the idiom the model must follow.
+    """
+    advice = (
+        f"the model must index its data by the indices of pyro.plate({plate.name!r}, N), as in "
+        f"`with pyro.plate({plate.name!r}, len(x)) as i: pyro.sample(..., obs=x[i])`"
+    )
+    if plate.size < 2:
+        raise ValueError(f"data_plate {plate.name!r} has {plate.size} observation; it needs two")
+    conditioned = poutine.condition(model, data=dict(latents))
+    device = next(iter(latents.values())).device if latents else torch.device("cpu")
+    half = plate.size // 2
+    parts = (
+        None,
+        torch.arange(half, device=device),
+        torch.arange(half, plate.size, device=device),
+    )
+    totals = []
+    for indices in parts:
+        try:
+            with torch.no_grad():
+                if indices is None:
+                    trace = poutine.trace(conditioned).get_trace(**data)
+                else:
+                    with subsampled(plate.name, indices):
+                        trace = poutine.trace(conditioned).get_trace(**data)
+                trace.compute_log_prob()
+        except Exception as err:  # noqa: BLE001 - any failure here means the indexing is wrong
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{advice} (on half of the data it raised: {first})") from err
+        totals.append(
+            sum(
+                float(trace.nodes[name]["unscaled_log_prob"].sum())
+                for name in plate.sites
+                if name in trace
+            )
+        )
+    full, halves = totals[0], totals[1] + totals[2]
+    dtype = next(iter(latents.values())).dtype if latents else torch.float64
+    rtol = 1e-6 if dtype == torch.float64 else 1e-4
+    if not math.isclose(full, halves, rel_tol=rtol, abs_tol=rtol):
+        raise ValueError(
+            f"{advice}: the log-likelihood of the two halves of the data adds up to "
+            f"{halves:.8g}, not the full data's {full:.8g}"
+        )
+
+
+def index_batches(
+    size: int,
+    batch_size: int,
+    steps: int,
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> Iterator[torch.Tensor]:
+    """The observation indices of ``steps`` steps on rank ``rank`` of ``world_size``.
+
+    Passes over the data follow one another; pass ``e`` shuffles by a permutation every rank
+    draws alike (seeded by :func:`ppl_models.distributed.epoch_seed`) and gives each rank its
+    stride of it in batches of ``batch_size`` (the VAE's
+    :class:`~ppl_models.vae.data.DeviceBatches`). ``batch_size`` 0 means one batch per pass:
+    each rank's whole stride, so that with ``size`` divisible by ``world_size`` the ranks' batches
+    together are the full data at every step.
+    """
+    from ..distributed import epoch_seed
+    from ..vae.data import DeviceBatches
+
+    if world_size > size:
+        raise ValueError(f"{size} observations cannot be shared among {world_size} processes")
+    per_rank = size // world_size
+    if not 0 <= batch_size <= per_rank:
+        raise ValueError(
+            f"batch_size must be between 0 (each process's whole share) and {per_rank} "
+            f"({size} observations over {world_size} process(es)), got {batch_size}"
+        )
+    indices = torch.arange(size, device=device)
+    taken, epoch = 0, 0
+    while taken < steps:
+        batches = DeviceBatches(
+            indices,
+            batch_size or per_rank,
+            rank=rank,
+            world_size=world_size,
+            seed=epoch_seed(seed, epoch),
+        )
+        for (batch,) in batches:
+            if taken == steps:
+                return
+            yield batch
+            taken += 1
+        epoch += 1
