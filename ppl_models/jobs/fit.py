@@ -6,6 +6,11 @@ posteriordb ``.json.zip``). The fit starts from a Laplace approximation at the M
 coordinates whitened by it; the diagnosis draws ``--draws`` samples from the guide (PSIS
 k-hat, importance-weighted bounds, CUBO, error bounds) and compares with ``--reference``
 (reference draws, an ArviZ ``.nc`` file, ``nuts``, or ``none``).
+
+A script that declares its data plate (``DATA_PLATE``, or ``--set data_plate=NAME``) can be
+fitted on minibatches (``--set batch_size=B``) and data-parallel: ``--nproc N``, or
+``torchrun --nproc-per-node N -m ppl_models fit SCRIPT``. Every rank fits; rank 0 alone
+diagnoses and writes the run directory.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ class FitConfig:
     """One ``ppl-models fit`` run: the script, its data, the guide, the fit and the diagnosis.
 
     ``reference`` is ``none``, ``nuts`` or a file of reference draws; ``dtype`` ``auto`` is
-    float64 on the CPU and float32 on CUDA. The fit's defaults are those of
-    :func:`ppl_models.vi.fitting.fit_svi`.
+    float64 on the CPU and float32 on CUDA; ``data_plate`` empty means the script's
+    ``DATA_PLATE`` (if any), and ``batch_size`` 0 all the observations (each process's share
+    with several). The fit's defaults are those of :func:`ppl_models.vi.fitting.fit_svi`.
     """
 
     script: str = DEFAULT_SCRIPT
@@ -51,6 +57,8 @@ class FitConfig:
     nuts_warmup: int = 500
     nuts_draws: int = 1000
     nuts_chains: int = 2
+    data_plate: str = ""
+    batch_size: int = 0
 
     def __post_init__(self):
         require(bool(str(self.script).strip()), "script", self.script, "a model script path")
@@ -70,6 +78,7 @@ class FitConfig:
         require(self.nuts_warmup >= 0, "nuts_warmup", self.nuts_warmup, "an integer >= 0")
         require(self.nuts_draws >= 1, "nuts_draws", self.nuts_draws, "an integer >= 1")
         require(self.nuts_chains >= 1, "nuts_chains", self.nuts_chains, "an integer >= 1")
+        require(self.batch_size >= 0, "batch_size", self.batch_size, "an integer >= 0")
 
     @property
     def reference_kind(self) -> str:
@@ -117,12 +126,33 @@ def _dtype(config: FitConfig):
     return {"float32": torch.float32, "float64": torch.float64}[config.dtype]
 
 
+def data_plate(config: FitConfig, script) -> str | None:
+    """The data plate the fit uses: ``config.data_plate``, else the script's ``DATA_PLATE``.
+
+    Raises ``ValueError`` when ``batch_size`` is set without one."""
+    plate = config.data_plate.strip() or script.data_plate
+    if config.batch_size and not plate:
+        raise ValueError(_needs_plate(f"batch_size {config.batch_size}"))
+    return plate
+
+
+def _needs_plate(what: str) -> str:
+    return (
+        f"{what} needs the model's data plate: name the plate over the observations with "
+        "DATA_PLATE in the script or --set data_plate=NAME"
+    )
+
+
 def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
     """Do the whole run: inputs, fit, diagnosis, report. Returns ``(run, diagnosis)``.
 
+    Under ``torchrun`` every rank fits (:func:`ppl_models.vi.fitting.fit_svi` with the
+    process's :class:`~ppl_models.distributed.Context`); rank 0 alone diagnoses and writes the
+    run directory, and the other ranks return ``(run, None)`` with a run that wrote nothing.
     A model that raises while fitting or being diagnosed ends the run with ``summary.json``
     saying ``"status": "failed"`` and a ``ValueError`` carrying the model's message.
     """
+    from .. import distributed
     from ..runs import Run
     from ..svi import NonFiniteLossError, resolve_device
     from ..vi.diagnose import diagnose
@@ -130,59 +160,84 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
     from ..vi.report import write_report
 
     script, data, source, reference = prepare(config)
-    device = resolve_device(config.device)
+    plate = data_plate(config, script)
     name = Path(config.script).stem
-    with Run.create(name, out) as run:
-        run.write_config(config)
-        run.write_env(seed=config.seed, device=str(device))
-        guide = script.guide if config.guide == "custom" else config.guide
-        options = {"rank": config.rank} if config.guide == "auto-lowrank" and config.rank else {}
-        try:
-            fit = fit_svi(
-                script.model,
-                guide,
-                data,
-                steps=config.steps,
-                particles=config.particles,
-                lr=config.lr,
-                lr_final=config.lr_final,
-                average_window=config.average_window,
-                seed=config.seed,
-                device=device,
-                dtype=_dtype(config),
-                init=config.init,
-                eval_every=config.eval_every,
-                guide_options=options,
-                progress=progress,
-                on_log=lambda record: run.log_metrics(**record),
-                log_every=1,
+    with distributed.session(resolve_device(config.device)) as ctx:
+        if ctx.parallel and not plate:
+            raise ValueError(_needs_plate(f"{ctx.world_size} processes"))
+        run = distributed.rank_run(ctx.on_main(lambda: Run.create(name, out)), ctx)
+        with run:
+            run.write_config(config)
+            run.write_env(seed=config.seed, device=str(ctx.device), extra=ctx.describe())
+            guide = script.guide if config.guide == "custom" else config.guide
+            lowrank = config.guide == "auto-lowrank" and config.rank
+            options = {"rank": config.rank} if lowrank else {}
+            try:
+                fit = fit_svi(
+                    script.model,
+                    guide,
+                    data,
+                    steps=config.steps,
+                    particles=config.particles,
+                    lr=config.lr,
+                    lr_final=config.lr_final,
+                    average_window=config.average_window,
+                    seed=config.seed,
+                    device=ctx.device,
+                    dtype=_dtype(config),
+                    init=config.init,
+                    eval_every=config.eval_every,
+                    guide_options=options,
+                    progress=progress,
+                    on_log=lambda record: run.log_metrics(**record),
+                    log_every=1,
+                    data_plate=plate,
+                    batch_size=config.batch_size,
+                    context=ctx,
+                )
+            except (ValueError, FileNotFoundError, NonFiniteLossError, distributed.RankFailure):
+                raise
+            except Exception as err:  # noqa: BLE001 - the user's model failed: one line
+                raise ValueError(_model_failed("fitting", err)) from err
+            digests = ctx.gather(_parameter_digest(fit.guide)) if ctx.parallel else None
+            if not ctx.is_main:
+                return run, None
+            nuts = {
+                "warmup": config.nuts_warmup,
+                "draws": config.nuts_draws,
+                "chains": config.nuts_chains,
+                "seed": config.seed,
+                "progress": progress,
+            }
+            ref = "nuts" if config.reference_kind == "nuts" else reference
+            try:
+                diagnosis = diagnose(
+                    fit, ref, draws=config.draws, seed=config.seed, progress=progress, nuts=nuts
+                )
+            except (ValueError, FileNotFoundError):
+                raise
+            except Exception as err:  # noqa: BLE001
+                raise ValueError(_model_failed("diagnosis", err)) from err
+            diagnosis.summary.update(
+                script=str(script.path),
+                data=source,
+                device=str(ctx.device),
+                init_seconds=fit.init_seconds,
+                **ctx.describe(),
             )
-        except (ValueError, FileNotFoundError, NonFiniteLossError):
-            raise
-        except Exception as err:  # noqa: BLE001 - the user's model failed: report it in one line
-            raise ValueError(_model_failed("fitting", err)) from err
-        nuts = {
-            "warmup": config.nuts_warmup,
-            "draws": config.nuts_draws,
-            "chains": config.nuts_chains,
-            "seed": config.seed,
-            "progress": progress,
-        }
-        ref = "nuts" if config.reference_kind == "nuts" else reference
-        try:
-            diagnosis = diagnose(
-                fit, ref, draws=config.draws, seed=config.seed, progress=progress, nuts=nuts
-            )
-        except (ValueError, FileNotFoundError):
-            raise
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(_model_failed("diagnosis", err)) from err
-        diagnosis.summary["script"] = str(script.path)
-        diagnosis.summary["data"] = source
-        diagnosis.summary["device"] = str(device)
-        diagnosis.summary["init_seconds"] = fit.init_seconds
-        write_report(diagnosis, run.path)
+            if digests is not None:
+                diagnosis.summary["parameter_digests"] = digests
+            write_report(diagnosis, run.path)
     return run, diagnosis
+
+
+def _parameter_digest(guide) -> str | None:
+    """The digest of a module guide's parameters (None for a function guide)."""
+    import torch
+
+    from ..distributed import parameter_digest
+
+    return parameter_digest(guide) if isinstance(guide, torch.nn.Module) else None
 
 
 def _model_failed(stage: str, err: BaseException) -> str:
@@ -231,6 +286,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="set any configuration key (repeatable), e.g. lr_final=0.001, init=feasible",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="fit data-parallel in N processes on this machine (torchrun --standalone "
+        "--nproc-per-node N); the script must declare its data plate (DATA_PLATE)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> FitConfig:
@@ -242,9 +304,19 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``ppl-models fit``: fit, diagnose, report; print the verdict; returns 0."""
+    """Run ``ppl-models fit``: fit, diagnose, report; print the verdict; returns 0.
+
+    With ``--nproc N`` (outside ``torchrun``), launch the same command as N processes through
+    ``torch.distributed.run``; under ``torchrun`` only rank 0 prints.
+    """
+    from .. import distributed
+
     config = config_from_args(args)
+    if args.nproc is not None and not distributed.launched():
+        return _launch(args, config)
     run, diagnosis = execute(config, out=args.out, progress=not args.quiet)
+    if diagnosis is None:  # a rank other than 0 of a torchrun job
+        return 0
     s = diagnosis.summary
     khat = s.get("psis_khat")
     print(
@@ -253,4 +325,20 @@ def main(args: argparse.Namespace) -> int:
         + f", verdict: {s['verdict']}"
     )
     print(f"report: {run.file('report.html')}")
+    return 0
+
+
+def _launch(args: argparse.Namespace, config: FitConfig) -> int:
+    """``--nproc N``: check the inputs here, then run the command as N workers of torchrun."""
+    from .. import distributed
+    from ..runs import Run
+
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    script = prepare(config)[0]  # bad inputs fail here, once
+    if args.nproc > 1 and not data_plate(config, script):
+        raise ValueError(_needs_plate(f"--nproc {args.nproc}"))
+    run_dir = Run.new_path(Path(config.script).stem, args.out).absolute()
+    argv = getattr(args, "argv", None)
+    distributed.launch_command(args.nproc, argv, run_dir, pin_out=args.out is None)
     return 0
