@@ -30,6 +30,7 @@ from ppl_models.vi.data_plate import (
     subsampled,
 )
 from ppl_models.vi.fitting import fit_svi
+from ppl_models.vi.logweights import draw_log_weights
 from ppl_models.vi.script import load_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,3 +232,33 @@ def test_bad_data_plate_input_is_one_line_and_exit_2(tmp_path, capsys, header, a
     code = cli.main(["fit", str(_script(tmp_path, header)), "--quiet", "--out", str(out), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
+
+
+def _sharded_draws(out: Path) -> None:
+    with distributed.session(torch.device("cpu")) as ctx, svi.local_params():
+        fit = fit_svi(model, "auto-normal", {"x": X}, data_plate="obs", steps=50, context=ctx)
+        lw = draw_log_weights(fit.model, fit.guide, fit.data, draws=1001, seed=3, context=ctx)
+        mine = draw_log_weights(
+            fit.model,
+            fit.guide,
+            fit.data,
+            draws=len(range(1001)[ctx.share(1001)]),
+            seed=distributed.rank_seed(3, ctx.rank),
+        )
+        parts = ctx.gather(mine)  # a collective: every rank calls it
+        if ctx.is_main:
+            torch.save({"gathered": lw, "parts": parts}, out)
+
+
+def test_the_diagnosis_draws_are_shared_among_ranks_and_gathered_in_order(tmp_path):
+    out = tmp_path / "draws.pt"
+    spawned_ranks(_sharded_draws, out)
+    saved = torch.load(out, weights_only=False)
+    gathered, (first, second) = saved["gathered"], saved["parts"]
+    assert gathered.draws == 1001 and (first.draws, second.draws) == (501, 500)
+    expected = np.concatenate([first.log_weights, second.log_weights])
+    assert np.array_equal(gathered.log_weights, expected)
+    assert not np.array_equal(first.log_weights[:500], second.log_weights)  # own seeds
+    assert np.array_equal(
+        gathered.values["mu"], np.concatenate([first.values["mu"], second.values["mu"]])
+    )

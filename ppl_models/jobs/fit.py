@@ -9,8 +9,8 @@ k-hat, importance-weighted bounds, CUBO, error bounds) and compares with ``--ref
 
 A script that declares its data plate (``DATA_PLATE``, or ``--set data_plate=NAME``) can be
 fitted on minibatches (``--set batch_size=B``) and data-parallel: ``--nproc N``, or
-``torchrun --nproc-per-node N -m ppl_models fit SCRIPT``. Every rank fits; rank 0 alone
-diagnoses and writes the run directory.
+``torchrun --nproc-per-node N -m ppl_models fit SCRIPT``. Every rank fits and makes its share of
+the diagnosis's guide draws; rank 0 alone does the rest and writes the run directory.
 """
 
 from __future__ import annotations
@@ -147,8 +147,9 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
     """Do the whole run: inputs, fit, diagnosis, report. Returns ``(run, diagnosis)``.
 
     Under ``torchrun`` every rank fits (:func:`ppl_models.vi.fitting.fit_svi` with the
-    process's :class:`~ppl_models.distributed.Context`); rank 0 alone diagnoses and writes the
-    run directory, and the other ranks return ``(run, None)`` with a run that wrote nothing.
+    process's :class:`~ppl_models.distributed.Context`) and makes its share of the guide draws;
+    rank 0 alone does the rest of the diagnosis and writes the run directory, and the other
+    ranks return ``(run, None)`` with a run that wrote nothing.
     A model that raises while fitting or being diagnosed ends the run with ``summary.json``
     saying ``"status": "failed"`` and a ``ValueError`` carrying the model's message.
     """
@@ -200,8 +201,6 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
             except Exception as err:  # noqa: BLE001 - the user's model failed: one line
                 raise ValueError(_model_failed("fitting", err)) from err
             digests = ctx.gather(_parameter_digest(fit.guide)) if ctx.parallel else None
-            if not ctx.is_main:
-                return run, None
             nuts = {
                 "warmup": config.nuts_warmup,
                 "draws": config.nuts_draws,
@@ -212,12 +211,20 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
             ref = "nuts" if config.reference_kind == "nuts" else reference
             try:
                 diagnosis = diagnose(
-                    fit, ref, draws=config.draws, seed=config.seed, progress=progress, nuts=nuts
+                    fit,
+                    ref,
+                    draws=config.draws,
+                    seed=config.seed,
+                    progress=progress,
+                    nuts=nuts,
+                    context=ctx,
                 )
-            except (ValueError, FileNotFoundError):
+            except (ValueError, FileNotFoundError, distributed.RankFailure):
                 raise
             except Exception as err:  # noqa: BLE001
                 raise ValueError(_model_failed("diagnosis", err)) from err
+            if diagnosis is None:  # not rank 0: its draws went to rank 0, which writes
+                return run, None
             diagnosis.summary.update(
                 script=str(script.path),
                 data=source,

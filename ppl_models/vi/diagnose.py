@@ -145,7 +145,8 @@ def diagnose(
     rules: VerdictRules | None = None,
     nuts: dict | None = None,
     loop_draws: int = 4_000,
-) -> Diagnosis:
+    context=None,
+) -> Diagnosis | None:
     r"""Diagnose a variational fit.
 
     Parameters
@@ -168,10 +169,14 @@ def diagnose(
         Seed of the draws (the caller's random state is left as it was).
     rules
         Tolerances of the verdict (:class:`~ppl_models.vi.verdict.VerdictRules`).
+    context
+        A ``torchrun`` job's :class:`~ppl_models.distributed.Context`: every rank makes its
+        share of the draws, and rank 0 alone does the rest (reference, statistics, verdict).
 
     Returns
     -------
-    Diagnosis
+    Diagnosis or None
+        None on ranks other than 0.
 
     Raises
     ------
@@ -192,7 +197,10 @@ def diagnose(
         chunk=chunk,
         seed=seed,
         device=getattr(fit, "device", None),
+        context=context,
     )
+    if lw is None:  # a rank other than 0: its draws went to rank 0
+        return None
     timings["draws"] = time.perf_counter() - t0
 
     t = time.perf_counter()

@@ -20,6 +20,7 @@ fewer draws.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
+from ppl_models.distributed import Context, rank_seed
 from ppl_models.svi import local_params
 
 DRAW_PLATE = "_ppl_models_draws"
@@ -87,6 +89,28 @@ class LogWeights:
     @property
     def draws(self) -> int:
         return len(self.log_joint)
+
+    @classmethod
+    def concatenate(cls, parts: list[LogWeights]) -> LogWeights:
+        """The draws of several parts (ranks) as one: arrays joined in order, the first part's
+        sites and transforms, the longest drawing time, each distinct note once."""
+        first = parts[0]
+
+        def joined(name):
+            return {
+                k: np.concatenate([getattr(p, name)[k] for p in parts])
+                for k in getattr(first, name)
+            }
+
+        return dataclasses.replace(
+            first,
+            log_joint=np.concatenate([p.log_joint for p in parts]),
+            log_q=np.concatenate([p.log_q for p in parts]),
+            values=joined("values"),
+            unconstrained=joined("unconstrained"),
+            seconds=max(p.seconds for p in parts),
+            notes=list(dict.fromkeys(note for p in parts for note in p.notes)),
+        )
 
     def unconstrained_matrix(self) -> tuple[np.ndarray, list[str]]:
         """All latent sites' unconstrained values as one ``(S, D)`` matrix and the names of
@@ -291,7 +315,8 @@ def draw_log_weights(
     chunk: int | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
-) -> LogWeights:
+    context: Context | None = None,
+) -> LogWeights | None:
     r"""Draw from the guide and score each draw under model and guide.
 
     Parameters
@@ -308,11 +333,15 @@ def draw_log_weights(
         Draws per chunk (default: as many as keep a chunk's tensors near 64 MiB, at most 20,000).
     seed
         Seeds torch's generator for the drawing only; the caller's generator state is restored.
+    context
+        A ``torchrun`` job's :class:`~ppl_models.distributed.Context`: each rank makes its share
+        of the draws (at least 10) with its own seed (:func:`~ppl_models.distributed.rank_seed`),
+        and rank 0 receives them all.
 
     Returns
     -------
-    LogWeights
-        Everything in float64 NumPy arrays on the CPU.
+    LogWeights or None
+        Everything in float64 NumPy arrays on the CPU; None on ranks other than 0.
 
     Notes
     -----
@@ -322,6 +351,28 @@ def draw_log_weights(
     """
     if draws < 10:
         raise ValueError(f"draws must be >= 10, got {draws}")
+    if context is not None and context.parallel:
+
+        def share(n: int) -> int:
+            return max(10, len(range(n)[context.share(n)]))
+
+        mine = draw_log_weights(
+            model,
+            guide,
+            data,
+            draws=share(draws),
+            vectorized=vectorized,
+            max_plate_nesting=max_plate_nesting,
+            loop_draws=share(loop_draws),
+            chunk=chunk,
+            seed=rank_seed(seed, context.rank),
+            device=device,
+        )
+        # the bijections are rank 0's to keep: the other ranks send arrays only
+        parts = context.gather(
+            mine if context.is_main else dataclasses.replace(mine, bijections={})
+        )
+        return LogWeights.concatenate(parts) if context.is_main else None
     start = time.perf_counter()
     notes: list[str] = []
     devices = []
