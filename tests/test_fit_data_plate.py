@@ -262,3 +262,32 @@ def test_the_diagnosis_draws_are_shared_among_ranks_and_gathered_in_order(tmp_pa
     assert np.array_equal(
         gathered.values["mu"], np.concatenate([first.values["mu"], second.values["mu"]])
     )
+
+
+KILLED_AT_CALL = """
+import itertools, os, signal
+CALLS = itertools.count()
+DATA_PLATE = "obs"
+def model(x):
+    # rank 1 dies by SIGKILL in the middle of the SVI loop
+    if os.environ.get("RANK") == "1" and next(CALLS) == 300:
+        os.kill(os.getpid(), signal.SIGKILL)
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("obs", len(x)) as i:
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=x[i])
+def data():
+    return {"x": [0.5, 1.5, 1.0, 2.0]}
+"""
+
+
+def test_a_killed_rank_ends_the_fit_with_one_line_and_a_failed_run(tmp_path, capsys):
+    script = tmp_path / "killed.py"
+    script.write_text("import pyro, pyro.distributions as dist\n" + KILLED_AT_CALL)
+    run = tmp_path / "run"
+    code = cli.main(["fit", str(script), "--nproc", "2", "--quiet", "--out", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    # torchrun logs, and rank 0 says it lost its peer; the command's last line names the dead rank
+    assert code == 2
+    assert err[-1].startswith("ppl-models: error: rank 1 of 2 died of signal SIGKILL"), err
+    s = read_json(run / "summary.json")
+    assert s["status"] == "failed" and "rank 1 of 2 died of signal SIGKILL" in s["error"]
