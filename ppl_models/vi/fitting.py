@@ -468,7 +468,7 @@ def fit_svi(
         step_loss, batches = _step_losses(
             context.wrap(loss_fn), data, plate, batch_size, steps, seed=seed, context=context
         )
-        if plate is not None:
+        if plate is not None and (batch_size or context.parallel):
             notes.append(_plate_note(plate, batch_size, context))
         if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
             seed_everything(rank_seed(seed, context.rank))
@@ -568,10 +568,11 @@ def _step_losses(
     seed: int,
     context: Context,
 ) -> tuple[Callable, Iterable[tuple]]:
-    """The loss of one step and the steps' arguments: without a data plate, all the data at
-    every step; with one, a batch of observation indices per step, given to the plate
+    """The loss of one step and the steps' arguments: all the data at every step, unless a
+    data plate is to be subsampled (a ``batch_size``, or several processes); then a batch of
+    observation indices per step, given to the plate
     (:func:`ppl_models.vi.data_plate.index_batches`)."""
-    if plate is None:
+    if plate is None or (batch_size == 0 and not context.parallel):  # all the data every step
         return (lambda: loss_fn(**data)), [()] * steps
 
     def step_loss(indices: torch.Tensor) -> torch.Tensor:
