@@ -92,6 +92,18 @@ def test_the_data_plate_is_found_and_checked():
         find_data_plate(trace_of(local_latent_model, X), "obs")
 
 
+def self_subsampling_model(x):
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=x.dtype), TAU0))
+    with pyro.plate("obs", len(x), subsample_size=4) as i:
+        pyro.sample("x", dist.Normal(mu, SIGMA), obs=x[i])
+
+
+def test_a_plate_that_draws_its_own_subsample_is_refused_before_fitting():
+    # its log p(x, z) would be a random estimate: the diagnosis would measure that noise
+    with pytest.raises(ValueError, match=r"subsample_size=4\) draws its own subsample"):
+        fit_svi(self_subsampling_model, "auto-normal", {"x": X}, steps=10)
+
+
 def test_a_model_that_does_not_index_its_data_by_the_plate_is_refused():
     latents = {"mu": torch.tensor(2.0, dtype=torch.float64)}
     check_indexing(model, latents, {"x": X}, find_data_plate(trace_of(model, X), "obs"))

@@ -117,6 +117,30 @@ def find_data_plate(trace, name: str) -> DataPlate:
     return DataPlate(name, size, tuple(observed))
 
 
+def refuse_own_subsampling(*traces) -> None:
+    r"""Raise ``ValueError`` when a plate of the traces draws its own subsample
+    (``pyro.plate(name, N, subsample_size=b)`` with ``b < N``).
+
+    Such a model's :math:`\log p(x, z)` is a random estimate, so the diagnosis (importance
+    weights, k-hat, bounds) would measure its noise; the data plate gives the fit minibatches
+    while the diagnosis sees all the data.
+    """
+    for trace in traces:
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or not site_is_subsample(site):
+                continue
+            fn = site["fn"]
+            if fn.subsample_size is not None and fn.subsample_size < fn.size:
+                name = site["name"]
+                raise ValueError(
+                    f"pyro.plate({name!r}, {fn.size}, subsample_size={fn.subsample_size}) draws "
+                    "its own subsample, so log p(x, z) is a random estimate and cannot be "
+                    f"diagnosed: drop subsample_size, index the data by the plate's indices, and "
+                    f"declare DATA_PLATE = {name!r} with --set batch_size={fn.subsample_size} "
+                    "for minibatches"
+                )
+
+
 def check_indexing(
     model: Callable, latents: Mapping[str, torch.Tensor], data: Mapping[str, Any], plate: DataPlate
 ) -> None:

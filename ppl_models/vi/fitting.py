@@ -41,7 +41,14 @@ from pyro.poutine.util import site_is_subsample
 
 from ..distributed import Context, rank_seed
 from ..svi import ELBO_KINDS, local_params, make_objective, resolve_device, seed_everything, train
-from .data_plate import DataPlate, check_indexing, find_data_plate, index_batches, subsampled
+from .data_plate import (
+    DataPlate,
+    check_indexing,
+    find_data_plate,
+    index_batches,
+    refuse_own_subsampling,
+    subsampled,
+)
 from .guides import CUSTOM, GUIDES, WhitenedGuide, make_guide, max_plate_nesting
 from .script import check_data_keys, convert_data
 
@@ -362,9 +369,9 @@ def fit_svi(
     Raises
     ------
     ValueError
-        For bad settings, data keys that do not fit the model, NaN in the data, a data plate
-        the model does not have or does not index by, or several processes without a data
-        plate.
+        For bad settings, data keys that do not fit the model, NaN in the data, a plate that
+        draws its own subsample, a data plate the model does not have or does not index by, or
+        several processes without a data plate.
     ppl_models.svi.NonFiniteLossError
         When the loss becomes NaN or infinite.
     """
@@ -438,6 +445,7 @@ def fit_svi(
             prototype = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
         init_seconds = time.perf_counter() - start
         nesting = max_plate_nesting(prototype)
+        refuse_own_subsampling(guide_trace, prototype)
         plate = None
         if data_plate:
             plate = find_data_plate(prototype, data_plate)
