@@ -177,12 +177,23 @@ def test_a_reference_too_short_to_resolve_the_tolerance_cannot_certify():
     loose = [dict(certified[0], mean_error=0.6, sd_error=0.9)]
     assert _decide([row], coordinates=certified).label == TRUSTWORTHY  # q certifies itself
     v = _decide([row], coordinates=loose)
-    assert v.label == MEANS_ONLY and "too short" in " ".join(v.reasons)
+    assert v.label == MEANS_ONLY and "cannot resolve" in " ".join(v.reasons)
     assert _decide([row], coordinates=loose, khat=0.6).label == MEANS_ONLY
     moved = dict(row, psis_mean=0.6)  # importance sampling measures the mean off
     assert _decide([moved], coordinates=certified).label == NOT_TRUSTWORTHY
     # a long reference settles the same error on its own
     assert _decide([_row("a", 0.2, ref_mcse=0.01)], coordinates=loose).label == NOT_TRUSTWORTHY
+
+
+def test_a_reference_whose_chains_disagree_cannot_certify():
+    certified = [{"name": "a", "site": "a", "sd": 1.0, "mean_error": 0.01, "sd_error": 0.05}]
+    loose = [dict(certified[0], mean_error=0.6, sd_error=0.9)]
+    agreeing = dict(_row("a", 0.02), ref_r_hat=1.002)
+    assert _decide([agreeing], coordinates=loose).label == TRUSTWORTHY
+    stuck = dict(agreeing, ref_r_hat=1.08)  # chains in different places: its MCSE means nothing
+    v = _decide([stuck], coordinates=loose)
+    assert v.label == MEANS_ONLY and "R-hat above 1.01" in " ".join(v.reasons)
+    assert _decide([stuck], coordinates=certified).label == TRUSTWORTHY  # q certifies itself
 
 
 def test_never_trustworthy_while_any_element_is_outside_its_band():

@@ -36,7 +36,8 @@ The Monte Carlo allowance only keeps noise from being called an error; it never 
 element is certified by the reference only when its measured errors are within the core
 tolerances themselves (0.1 sd, 0.1 sd ratio) and the allowance is no larger than they are. An
 element within its band only thanks to the allowance (a reference too short to resolve 0.1 sd,
-or a measured error between 0.1 sd and 0.1 sd plus the allowance) is judged by q's own
+or a measured error between 0.1 sd and 0.1 sd plus the allowance), or compared with reference
+chains that disagree (R-hat above 1.01, Vehtari et al. 2021), is judged by q's own
 diagnostics instead, and unless they certify it the verdict is at most ``means-only``: a
 borderline fit errs towards "not trustworthy", whatever the seed. A reference whose draws of an
 element are constant or not finite while q's are not counts that element as off.
@@ -102,6 +103,7 @@ class VerdictRules:
     bound_sd_tolerance: float = 0.5
     min_ess: float = 100.0
     min_ess_fraction: float = 0.01
+    max_r_hat: float = 1.01
 
     def describe(self) -> list[str]:
         """The rules in words, for the report."""
@@ -119,7 +121,8 @@ class VerdictRules:
             "with q's when k-hat is within its threshold. The MCSE allowance keeps noise from "
             "being called an error but never certifies: elements within their bands only "
             "thanks to it (a reference too short to resolve the tolerance, or a measured error "
-            "above the core tolerance) are judged by q's own diagnostics instead.",
+            f"above the core tolerance) or compared with reference chains whose R-hat exceeds "
+            f"{self.max_r_hat:g} are judged by q's own diagnostics instead.",
             f"Without a reference: converged, k-hat "
             f"<= {self.khat_bounds:g} (so E_q[w^2] is finite and d_2 is estimable) and an "
             f"importance ESS >= max({self.min_ess:g}, {self.min_ess_fraction:g} S), else "
@@ -209,9 +212,13 @@ def reference_checks(row: dict, draws: int, rules: VerdictRules) -> dict | None:
     ks_tol = rules.ks_tolerance + rules.ks_critical * math.sqrt(1.0 / draws + 1.0 / ess)
     # The Monte Carlo allowance may not outgrow the tolerance itself: a reference too short to
     # resolve 0.1 sd cannot certify an element, however well q agrees with it.
+    # nor can a reference whose chains disagree (R-hat above 1.01, Vehtari et al. 2021): its
+    # Monte Carlo errors then mean nothing (chains stuck in different modes, say)
+    r_hat = row.get("ref_r_hat")
     resolved = (
         f * mcse_m / ref_sd <= rules.mean_tolerance
         and f * math.hypot(rel_ref, rel_q) <= rules.sd_tolerance
+        and (r_hat is None or r_hat <= rules.max_r_hat)
     )
     mean_err, sd_err = abs(row["std_mean_error"]), abs(row["sd_ratio"] - 1.0)
     ks_ok = row["ks"] <= ks_tol
@@ -396,7 +403,8 @@ def _self_verdict(
     worst_m = max((c["mean_error"] / c["sd"] for c in coords if c["sd"] > 0), default=0.0)
     worst_s = max((c["sd_error"] / c["sd"] for c in coords if c["sd"] > 0), default=0.0)
     reasons.append(
-        f"Certified without a reference: k-hat = {khat:.3g}, d_2 = {d2:.3g}; the error bounds "
+        f"Where q puts mass, its own draws certify it: k-hat = {khat:.3g}, d_2 = {d2:.3g}; "
+        "the error bounds "
         f"allow at most {worst_m:.3g} sd of mean error and {worst_s:.3g} sd of sd error in the "
         "guide's unconstrained space, and PSIS-corrected means and sds agree with q's."
     )
@@ -534,9 +542,10 @@ def decide(
             marginal = [n for n, c in within.items() if c["resolved"]]
             if short:
                 reasons.append(
-                    f"The reference is too short to resolve {rules.mean_tolerance:g} sd for "
-                    f"{_names(short)} (its Monte Carlo error allows more): a longer reference "
-                    "run would settle them; meanwhile q's own diagnostics judge them."
+                    f"The reference cannot resolve {rules.mean_tolerance:g} sd for "
+                    f"{_names(short)} (its Monte Carlo error allows more, or its chains "
+                    f"disagree: R-hat above {rules.max_r_hat:g}): a longer, converged "
+                    "reference run would settle them; meanwhile q's own diagnostics judge them."
                 )
             if marginal:
                 reasons.append(
