@@ -50,7 +50,7 @@ MODE_STARTS = 8
 INIT_RADIUS = 2.0  # Stan's uniform(-2, 2) initial values in the unconstrained space
 ELLIPSOID_LEVEL = 0.99
 MIN_VISITED = 0.01
-MODE_ITERATIONS = 200
+MODE_ITERATIONS = 100  # a mode of a 2-20-parameter model takes 10-50; a funnel has none
 
 
 @dataclass
