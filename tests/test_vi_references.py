@@ -99,6 +99,14 @@ def test_names_matching_no_site_name_both_lists():
     assert matched.draws["mu"].shape == (1, 4, 1)
 
 
+def test_non_finite_reference_draws_are_a_corrupt_reference(tmp_path):
+    chains = _chains()
+    chains[1]["b[2,3]"][2] = float("nan")  # JSON's NaN token, which json.loads accepts
+    ref = load_reference(_write(tmp_path / "nan.json", chains, zipped=False))
+    with pytest.raises(ValueError, match=r"'b' hold 1 NaN or infinite values of 60"):
+        match_sites(ref, {"mu": (), "b": (2, 3)})
+
+
 def test_inference_data_file_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     beta = rng.normal(size=(2, 50, 3))

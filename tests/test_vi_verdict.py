@@ -8,6 +8,7 @@ import pytest
 import torch
 from vi_helpers import FakeFit, gaussian_problem, normal_guide
 
+from ppl_models.vi.bounds import d2_bound
 from ppl_models.vi.diagnose import diagnose
 from ppl_models.vi.references import Reference
 from ppl_models.vi.script import posteriordb_dir
@@ -28,11 +29,11 @@ def problem():
     return gaussian_problem(d=3, n=5)
 
 
-def _diagnose(problem, shift=0.0, scale=1.0, reference=None, converged=True):
+def _diagnose(problem, shift=0.0, scale=1.0, reference=None, converged=True, seed=0):
     model, data, m, s = problem
     guide = normal_guide(m + shift * s, torch.full_like(m, scale * s))
     fit = FakeFit(model, guide, data, max_plate_nesting=2, converged=converged)
-    return diagnose(fit, reference, draws=DRAWS, progress=False).summary
+    return diagnose(fit, reference, draws=DRAWS, progress=False, seed=seed).summary
 
 
 def test_a_fit_equal_to_the_posterior_is_trustworthy(problem):
@@ -64,6 +65,50 @@ def test_wrong_spread_with_right_means_is_means_only_with_a_reference(problem):
     assert "sd ratio" in " ".join(wide["verdict_reasons"])
     narrow = _diagnose(problem, scale=0.75, reference=_exact_reference(m, s))
     assert narrow["verdict"] == MEANS_ONLY
+
+
+def test_an_error_above_the_tolerance_is_never_certified_by_the_monte_carlo_allowance(problem):
+    # exact error 0.11 sd in every mean (closed form): within 0.1 + 2 MCSE of a long reference,
+    # so the allowance once certified it as trustworthy in most seeds
+    _, _, m, s = problem
+    ref = _exact_reference(m, s, draws=25_000)
+    for seed in range(3):
+        summary = _diagnose(problem, shift=0.11, reference=ref, seed=seed)
+        assert summary["verdict"] != TRUSTWORTHY
+        assert any("within the Monte Carlo error" in r for r in summary["verdict_reasons"]) or (
+            summary["verdict"] == NOT_TRUSTWORTHY
+        )
+    # the same comparison certifies an exact fit (measured errors far below 0.1 sd)
+    assert _diagnose(problem, reference=ref)["verdict"] == TRUSTWORTHY
+
+
+def test_a_constant_reference_certifies_nothing():
+    row = _row("a", 0.0)
+    row.update(ref_sd=0.0, ref_mcse_mean=0.0, ref_mcse_sd=0.0, std_mean_error=None, sd_ratio=None)
+    v = _decide([row])
+    assert v.label == NOT_TRUSTWORTHY and v.off == ["a"]
+    assert "constant or not finite" in v.reasons[0]
+    point = dict(row, sd=0.0, mcse_mean=0.0, mcse_sd=0.0)  # q agrees: a constant quantity
+    assert _decide([point]).label == TRUSTWORTHY
+
+
+def test_a_nan_never_passes_a_check():
+    coords = [{"name": "a", "site": "a", "sd": 1.0, "mean_error": 0.01, "sd_error": 0.05}]
+    row = _row("a", 0.0)
+    for key in ("ref_mean", "ref_sd", "std_mean_error", "sd_ratio", "ks"):
+        row[key] = None
+    alone = dict(has_reference=False, coordinates=coords)
+    assert _decide([row], **alone).label == TRUSTWORTHY
+    assert _decide([row], **alone, importance_ess=math.nan).label == NOT_TRUSTWORTHY
+    assert _decide([row], **alone, khat=math.nan).label == NOT_TRUSTWORTHY
+    assert d2_bound(np.array([0.0, 1.0, math.nan])) == math.inf  # bounds nothing, never 0
+    nan_bound = [dict(coords[0], mean_error=math.nan)]
+    assert _decide([row], has_reference=False, coordinates=nan_bound).label != TRUSTWORTHY
+    assert _decide([dict(row, psis_mean=math.nan)], **alone).label != TRUSTWORTHY
+    compared = _row("a", math.nan)
+    assert _decide([compared]).label == NOT_TRUSTWORTHY
+    assert _decide([_row("a", 0.0, ratio=math.nan)]).label != TRUSTWORTHY
+    assert _decide([_row("a", 0.0, ks=math.nan)]).label != TRUSTWORTHY
 
 
 def test_not_converged_is_never_trustworthy(problem):
@@ -132,12 +177,23 @@ def test_a_reference_too_short_to_resolve_the_tolerance_cannot_certify():
     loose = [dict(certified[0], mean_error=0.6, sd_error=0.9)]
     assert _decide([row], coordinates=certified).label == TRUSTWORTHY  # q certifies itself
     v = _decide([row], coordinates=loose)
-    assert v.label == MEANS_ONLY and "too short" in " ".join(v.reasons)
+    assert v.label == MEANS_ONLY and "cannot resolve" in " ".join(v.reasons)
     assert _decide([row], coordinates=loose, khat=0.6).label == MEANS_ONLY
     moved = dict(row, psis_mean=0.6)  # importance sampling measures the mean off
     assert _decide([moved], coordinates=certified).label == NOT_TRUSTWORTHY
     # a long reference settles the same error on its own
     assert _decide([_row("a", 0.2, ref_mcse=0.01)], coordinates=loose).label == NOT_TRUSTWORTHY
+
+
+def test_a_reference_whose_chains_disagree_cannot_certify():
+    certified = [{"name": "a", "site": "a", "sd": 1.0, "mean_error": 0.01, "sd_error": 0.05}]
+    loose = [dict(certified[0], mean_error=0.6, sd_error=0.9)]
+    agreeing = dict(_row("a", 0.02), ref_r_hat=1.002)
+    assert _decide([agreeing], coordinates=loose).label == TRUSTWORTHY
+    stuck = dict(agreeing, ref_r_hat=1.08)  # chains in different places: its MCSE means nothing
+    v = _decide([stuck], coordinates=loose)
+    assert v.label == MEANS_ONLY and "R-hat above 1.01" in " ".join(v.reasons)
+    assert _decide([stuck], coordinates=certified).label == TRUSTWORTHY  # q certifies itself
 
 
 def test_never_trustworthy_while_any_element_is_outside_its_band():

@@ -331,6 +331,11 @@ def main(args: argparse.Namespace) -> int:
         + ("n/a" if khat is None else f"{khat:.3g}")
         + f", verdict: {s['verdict']}"
     )
+    if s["verdict_off"]:
+        print(
+            f"off: {', '.join(s['verdict_off'][:8])}"
+            + (" ..." if len(s["verdict_off"]) > 8 else "")
+        )
     print(f"report: {run.file('report.html')}")
     return 0
 

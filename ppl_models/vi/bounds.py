@@ -66,8 +66,13 @@ def cubo2(log_weights: np.ndarray) -> float:
 
 
 def d2_bound(log_weights: np.ndarray) -> float:
-    r""":math:`d_2 = 2(\mathrm{CUBO}_2 - \mathcal L) \ge D_2(\pi \| q)`; never negative (Jensen)."""
-    return max(0.0, 2.0 * (cubo2(log_weights) - elbo(log_weights)))
+    r""":math:`d_2 = 2(\mathrm{CUBO}_2 - \mathcal L) \ge D_2(\pi \| q)`; never negative (Jensen).
+
+    Infinite when it cannot be estimated (non-finite log weights): such a :math:`d_2` bounds
+    nothing, and must never read as the perfect fit's 0.
+    """
+    d2 = 2.0 * (cubo2(log_weights) - elbo(log_weights))
+    return max(0.0, d2) if not math.isnan(d2) else math.inf
 
 
 def iw_bounds(

@@ -11,7 +11,8 @@ For every scalar element (``beta[1]`` style, 1-based) of every latent and determ
   :math:`W_1(q, r)/s_r` (``scipy.stats.wasserstein_distance`` on the draws, so for any support)
   and the two-sample Kolmogorov-Smirnov distance (``scipy.stats.ks_2samp``); the reference's
   own Monte Carlo errors (ArviZ's ``mcse_mean``/``mcse_sd`` and ESS, which account for its
-  chains' autocorrelation) are kept so that the verdict can allow for them.
+  chains' autocorrelation) and its rank-normalised split R-hat are kept so that the verdict
+  can allow for them, and refuse a reference whose chains disagree.
 
 Elements without reference draws get ``None`` in the reference columns.
 """
@@ -73,8 +74,8 @@ def compare(
         Keys ``name``, ``site``, ``kind``, ``mean``, ``sd``, ``mcse_mean``, ``mcse_sd``,
         ``hdi_low``, ``hdi_high``, ``ess_bulk``, ``psis_mean``, ``psis_sd``,
         ``psis_mcse_mean``, ``psis_mcse_sd``, ``ref_mean``, ``ref_sd``, ``ref_mcse_mean``,
-        ``ref_mcse_sd``, ``ref_ess``, ``std_mean_error``, ``sd_ratio``, ``w1_over_sd``, ``ks``
-        (``None`` where not defined).
+        ``ref_mcse_sd``, ``ref_ess``, ``ref_r_hat``, ``std_mean_error``, ``sd_ratio``,
+        ``w1_over_sd``, ``ks`` (``None`` where not defined).
     """
     elements = flatten_sites(values)
     site_of = {}
@@ -114,6 +115,7 @@ def compare(
             "ref_mcse_mean": None,
             "ref_mcse_sd": None,
             "ref_ess": None,
+            "ref_r_hat": None,
             "std_mean_error": None,
             "sd_ratio": None,
             "w1_over_sd": None,
@@ -131,6 +133,7 @@ def compare(
                 ref_mcse_mean=_finite(rs["mcse_mean"]),
                 ref_mcse_sd=_finite(rs["mcse_sd"]),
                 ref_ess=min(ess) if ess else None,
+                ref_r_hat=_finite(rs["r_hat"]),
                 ks=float(stats.ks_2samp(draws, flat_ref).statistic),
             )
             if ref_sd > 0:

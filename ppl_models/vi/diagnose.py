@@ -4,7 +4,8 @@ One log-weight engine (:mod:`ppl_models.vi.logweights`) draws :math:`S` samples 
 from their :math:`\log w = \log p(x, z) - \log q(z)` and values come PSIS k-hat, the importance
 ESS, PSIS-corrected moments, importance-weighted bounds, CUBO, :math:`d_2` and VIABEL's error
 bounds (:mod:`ppl_models.vi.bounds`), the per-element comparison with a reference
-(:mod:`ppl_models.vi.compare`) and the verdict (:mod:`ppl_models.vi.verdict`).
+(:mod:`ppl_models.vi.compare`), a multi-start search for posterior modes that q never visits
+(:mod:`ppl_models.vi.modes`) and the verdict (:mod:`ppl_models.vi.verdict`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ppl_models import diagnostics
 from ppl_models.vi import bounds as vb
 from ppl_models.vi.compare import compare, flatten_sites
 from ppl_models.vi.logweights import DEFAULT_DRAWS, LogWeights, draw_log_weights, element_names
+from ppl_models.vi.modes import MODE_STARTS, search_modes
 from ppl_models.vi.references import Reference, load_reference, match_sites, nuts_reference
 from ppl_models.vi.verdict import VerdictRules, decide
 
@@ -145,6 +147,7 @@ def diagnose(
     rules: VerdictRules | None = None,
     nuts: dict | None = None,
     loop_draws: int = 4_000,
+    mode_starts: int = MODE_STARTS,
     context=None,
 ) -> Diagnosis | None:
     r"""Diagnose a variational fit.
@@ -169,9 +172,14 @@ def diagnose(
         Seed of the draws (the caller's random state is left as it was).
     rules
         Tolerances of the verdict (:class:`~ppl_models.vi.verdict.VerdictRules`).
+    mode_starts
+        L-BFGS starts of the search for modes q never visits
+        (:func:`~ppl_models.vi.modes.search_modes`); 0 skips it, and the verdict then cannot
+        see a missed mode without a reference.
     context
         A ``torchrun`` job's :class:`~ppl_models.distributed.Context`: every rank makes its
-        share of the draws, and rank 0 alone does the rest (reference, statistics, verdict).
+        share of the draws, and rank 0 alone does the rest (mode search, reference,
+        statistics, verdict).
 
     Returns
     -------
@@ -235,6 +243,10 @@ def diagnose(
     rows = compare(lw.values, kinds, psis, ref)
     timings["compare"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    modes = search_modes(fit.model, fit.data, lw, starts=mode_starts, seed=seed)
+    timings["mode_search"] = time.perf_counter() - t
+
     converged = bool(getattr(fit, "converged", False))
     verdict = decide(
         rows,
@@ -247,6 +259,7 @@ def diagnose(
         coordinates=coords,
         has_reference=ref is not None,
         rules=rules,
+        mode_search=modes.to_dict() if mode_starts > 0 else None,
     )
 
     t = time.perf_counter()
@@ -258,15 +271,32 @@ def diagnose(
     notes = list(getattr(fit, "notes", []) or []) + list(lw.notes)
     if ref is not None:
         notes += ref.notes
+    if mode_starts > 0:
+        notes.append(
+            f"Mode search: {modes.starts} L-BFGS starts (half uniform in (-2, 2) in the "
+            f"unconstrained space, half from the prior), {modes.minima} reached a minimum, "
+            f"{len(modes.modes)} distinct mode(s), {len(modes.missed)} of them outside q's draws."
+            + (
+                ""
+                if modes.minima
+                else " No start reached a minimum (the density may have none, as in a funnel), "
+                "so the search could not look for missed modes."
+            )
+        )
     notes.append(
         "Summaries use all draws; the HDI and ESS columns come from at most 20,000 of them, "
         f"and posterior.nc keeps {min(s, POSTERIOR_DRAWS):,} draws (sample_stats keeps the log "
         f"densities of all {s:,})."
     )
-    if not math.isfinite(khat):
+    if khat == -math.inf:
         notes.append(
             "All importance weights are equal (q equals the posterior up to rounding): k-hat "
             "tends to -infinity and is stored as null."
+        )
+    elif not math.isfinite(khat):
+        notes.append(
+            f"PSIS k-hat could not be estimated ({khat}); it is stored as null and the verdict "
+            "treats it as above every threshold."
         )
     if not math.isfinite(d2) or not all(math.isfinite(v) for v in joint.values()):
         notes.append("Infinite error bounds are stored as null.")
@@ -300,6 +330,7 @@ def diagnose(
         "verdict_rules": verdict.rules,
         "verdict_off": verdict.off,
         "verdict_checks": verdict.checks,
+        "mode_search": modes.to_dict() if mode_starts > 0 else None,
         "converged": converged,
         "convergence": convergence,
         "convergence_rule": convergence.get("rule"),

@@ -174,33 +174,52 @@ def _gaussian(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return precision, tril, diag, pd
 
 
-def laplace_start(
+@dataclass
+class Minimum:
+    r"""Where L-BFGS stopped on a potential :math:`U`, and the curvature there.
+
+    Attributes
+    ----------
+    path
+        Every finite point L-BFGS evaluated, in order; the last is where it stopped.
+    iterations
+        L-BFGS iterations taken.
+    failure
+        Why it stopped abnormally (an exception's message), else None.
+    converged
+        A minimum: positive-definite Hessian and a Newton decrement
+        :math:`\lVert L^\top \nabla U \rVert < 10^{-2}` (the distance to the minimum in
+        posterior sds of the Laplace metric, :math:`L L^\top = H^{-1}`).
+    decrement
+        That Newton decrement (infinite without a positive-definite Hessian).
+    precision, scale_tril, diag_scale
+        :func:`_gaussian` of the Hessian at the last point (None after a failure).
+    """
+
+    path: list[torch.Tensor]
+    iterations: int
+    failure: str | None
+    converged: bool
+    decrement: float
+    precision: torch.Tensor | None = None
+    scale_tril: torch.Tensor | None = None
+    diag_scale: torch.Tensor | None = None
+
+    @property
+    def point(self) -> torch.Tensor:
+        return self.path[-1]
+
+
+def lbfgs_minimum(
     potential: Callable[[torch.Tensor], torch.Tensor],
     start: torch.Tensor,
-    *,
     iterations: int = LBFGS_ITERATIONS,
-    draws: int = SELECTION_DRAWS,
-    generator: torch.Generator | None = None,
-) -> LaplaceStart:
-    r"""Find the MAP by L-BFGS from ``start`` and build the Laplace approximation there.
+) -> Minimum:
+    r"""Minimise :math:`U` by L-BFGS (strong-Wolfe line search, float64) from ``start``.
 
-    Parameters
-    ----------
-    potential
-        :math:`U(z)` for a flat float64 vector ``z`` (a scalar tensor, differentiable).
-    start
-        A feasible starting point.
-    iterations
-        L-BFGS iterations allowed. A minimum is accepted when the largest gradient component
-        falls below :math:`10^{-6}\max(1, |U|)` or :math:`U` stops changing (relative
-        :math:`10^{-12}`), and the Hessian there is positive definite.
-    draws
-        Draws for the ELBO estimate that picks a start along the path when there is no
-        minimum.
-
-    Returns
-    -------
-    LaplaceStart
+    A minimum is accepted when the largest gradient component falls below
+    :math:`10^{-6}\max(1, |U|)` or :math:`U` stops changing (relative :math:`10^{-12}`), and
+    the Hessian there is positive definite with a Newton decrement below :math:`10^{-2}`.
     """
     z = start.detach().clone().to(torch.float64).requires_grad_(True)
     optimizer = torch.optim.LBFGS(
@@ -233,20 +252,57 @@ def laplace_start(
     k = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
     if failure is None and bool(torch.isfinite(z).all()):
         path.append(z.detach().clone())  # the accepted point (trial points were recorded too)
-    converged = False
-    decrement = math.inf
-    if failure is None:
-        try:
-            with torch.enable_grad():
-                zz = path[-1].clone().requires_grad_(True)
-                (grad,) = torch.autograd.grad(potential(zz), zz)
-            h = _hessian(potential, path[-1])
-            precision, tril, diag, pd = _gaussian(h)
-            # Newton decrement: the distance to the minimum in posterior sds (Laplace metric)
-            decrement = float((grad @ tril).norm()) if pd else math.inf
-            converged = pd and decrement < 1e-2
-        except Exception as err:  # noqa: BLE001
-            failure = f"{type(err).__name__}: {err}".splitlines()[0]
+    if failure is not None:
+        return Minimum(path, k, failure, False, math.inf)
+    try:
+        with torch.enable_grad():
+            zz = path[-1].clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(potential(zz), zz)
+        h = _hessian(potential, path[-1])
+        precision, tril, diag, pd = _gaussian(h)
+    except Exception as err:  # noqa: BLE001
+        failure = f"{type(err).__name__}: {err}".splitlines()[0]
+        return Minimum(path, k, failure, False, math.inf)
+    # Newton decrement: the distance to the minimum in posterior sds (Laplace metric)
+    decrement = float((grad @ tril).norm()) if pd else math.inf
+    return Minimum(path, k, None, pd and decrement < 1e-2, decrement, precision, tril, diag)
+
+
+def laplace_start(
+    potential: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    *,
+    iterations: int = LBFGS_ITERATIONS,
+    draws: int = SELECTION_DRAWS,
+    generator: torch.Generator | None = None,
+) -> LaplaceStart:
+    r"""Find the MAP by L-BFGS from ``start`` (:func:`lbfgs_minimum`) and build the Laplace
+    approximation there.
+
+    Parameters
+    ----------
+    potential
+        :math:`U(z)` for a flat float64 vector ``z`` (a scalar tensor, differentiable).
+    start
+        A feasible starting point.
+    iterations
+        L-BFGS iterations allowed.
+    draws
+        Draws for the ELBO estimate that picks a start along the path when there is no
+        minimum.
+
+    Returns
+    -------
+    LaplaceStart
+    """
+    found = lbfgs_minimum(potential, start, iterations)
+    path, k, failure, converged = found.path, found.iterations, found.failure, found.converged
+    precision, tril, diag, decrement = (
+        found.precision,
+        found.scale_tril,
+        found.diag_scale,
+        found.decrement,
+    )
     notes = []
     if converged:
         notes.append(

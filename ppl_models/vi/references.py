@@ -246,8 +246,10 @@ def match_sites(reference: Reference, site_shapes: dict[str, tuple[int, ...]]) -
     Raises
     ------
     ValueError
-        When a reference name matches no site (the message lists both), or when a site's
-        reference draws hold a different number of elements than the site.
+        When a reference name matches no site (the message lists both), when a site's
+        reference draws hold a different number of elements than the site, or when they hold
+        NaN or infinite values (a corrupt reference: its moments would be NaN, and a NaN must
+        never pass a check).
     """
     unknown = [name for name in reference.draws if name not in site_shapes]
     if unknown:
@@ -265,6 +267,12 @@ def match_sites(reference: Reference, site_shapes: dict[str, tuple[int, ...]]) -
                     f"site has shape {shape}"
                 )
             values = values.reshape(*values.shape[:2], *shape)
+        bad = int(np.size(values) - np.isfinite(values).sum())
+        if bad:
+            raise ValueError(
+                f"reference draws of {name!r} hold {bad} NaN or infinite values of "
+                f"{np.size(values)}: the reference ({reference.source}) is corrupt"
+            )
         draws[name] = values
     return Reference(draws=draws, source=reference.source, notes=list(reference.notes))
 

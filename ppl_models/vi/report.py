@@ -132,9 +132,10 @@ def verdict_paragraphs(s: dict) -> list[str]:
     conv = s.get("convergence_rule") or "no rule recorded"
     out.append(f"Convergence: {'met' if s.get('converged') else 'NOT met'}. Rule: {conv}.")
     k = s.get("psis_khat")
+    k_words = "not finite (see the notes)" if k is None else f"{k:.3g}"
     out.append(
-        f"Importance weights from {s['draws']:,} draws of q: PSIS k-hat "
-        f"{'-inf' if k is None else f'{k:.3g}'} (threshold {s['psis_khat_threshold']:.3g}), "
+        f"Importance weights from {s['draws']:,} draws of q: PSIS k-hat {k_words} "
+        f"(threshold {s['psis_khat_threshold']:.3g}), "
         f"importance ESS {s['importance_ess']:.0f}, d_2 = {s['d2']:.3g}. The Wasserstein and "
         "error bounds hold in the guide's unconstrained space."
     )

@@ -32,9 +32,15 @@ without reference draws (a non-centred model's raw parameters, when the referenc
 derived ones) are summarised, not compared: when k-hat is within its threshold their
 PSIS-corrected means and sds must agree with q's (a mean off -> ``not-trustworthy``, an sd off
 -> ``means-only``); when q's own diagnostics cannot certify them the report says so.
-An element whose Monte Carlo allowance alone exceeds the core tolerance (a reference too short
-to resolve 0.1 sd) is not certified by the reference either: q's own diagnostics judge it, and
-unless they certify it the verdict is at most ``means-only``.
+The Monte Carlo allowance only keeps noise from being called an error; it never certifies. An
+element is certified by the reference only when its measured errors are within the core
+tolerances themselves (0.1 sd, 0.1 sd ratio) and the allowance is no larger than they are. An
+element within its band only thanks to the allowance (a reference too short to resolve 0.1 sd,
+or a measured error between 0.1 sd and 0.1 sd plus the allowance), or compared with reference
+chains that disagree (R-hat above 1.01, Vehtari et al. 2021), is judged by q's own
+diagnostics instead, and unless they certify it the verdict is at most ``means-only``: a
+borderline fit errs towards "not trustworthy", whatever the seed. A reference whose draws of an
+element are constant or not finite while q's are not counts that element as off.
 
 **Without a reference** the fit must certify itself, from q's draws alone:
 
@@ -54,10 +60,19 @@ unless they certify it the verdict is at most ``means-only``.
 
 So ``trustworthy`` without a reference needs both the measurement and the guarantee.
 
+**Modes q never visits** (with or without a reference): a multi-start mode search
+(:mod:`ppl_models.vi.modes`) looks for posterior modes outside q's draws and approximates the
+posterior by the mixture of q and their Laplace approximations, each weighted by its estimated
+mass. Where that mixture moves an unconstrained coordinate's mean by more than
+``mean_tolerance`` of its sd -> ``not-trustworthy``; where it changes an sd by more than
+``sd_tolerance`` -> at most ``means-only``. A reference drawn by a sampler that stayed in one
+mode (short NUTS chains often do) agrees with q there, so this check is not overruled by one.
+
 k-hat alone is not enough: q = N(mu + delta, 1) for p = N(mu, 1) has normal log weights
 (k-hat stays low) but :math:`d_2 = 2\delta^2`, and the bounds and the PSIS-corrected means
 expose the shift. No diagnostic computed from q's draws can see posterior mass that q never
-visits (a missed mode): only a reference can.
+visits (a missed mode: there :math:`d_2` and k-hat read as for an exact fit): only the mode
+search or a reference can.
 """
 
 from __future__ import annotations
@@ -88,6 +103,7 @@ class VerdictRules:
     bound_sd_tolerance: float = 0.5
     min_ess: float = 100.0
     min_ess_fraction: float = 0.01
+    max_r_hat: float = 1.01
 
     def describe(self) -> list[str]:
         """The rules in words, for the report."""
@@ -102,9 +118,11 @@ class VerdictRules:
             "sqrt(1/S + 1/ESS_ref). A mean outside -> not-trustworthy; an sd or shape outside "
             "-> means-only. The reference's MCSE and ESS come from its own chains (ArviZ). "
             "Latent sites the reference lacks: their PSIS-corrected means and sds must agree "
-            "with q's when k-hat is within its threshold. Elements whose MCSE term exceeds the "
-            "core tolerance (a reference too short to resolve it) are judged by q's own "
-            "diagnostics instead.",
+            "with q's when k-hat is within its threshold. The MCSE allowance keeps noise from "
+            "being called an error but never certifies: elements within their bands only "
+            "thanks to it (a reference too short to resolve the tolerance, or a measured error "
+            f"above the core tolerance) or compared with reference chains whose R-hat exceeds "
+            f"{self.max_r_hat:g} are judged by q's own diagnostics instead.",
             f"Without a reference: converged, k-hat "
             f"<= {self.khat_bounds:g} (so E_q[w^2] is finite and d_2 is estimable) and an "
             f"importance ESS >= max({self.min_ess:g}, {self.min_ess_fraction:g} S), else "
@@ -114,6 +132,11 @@ class VerdictRules:
             f"{self.bound_mean_tolerance:g} sd_q, sd-error bound (W2) <= "
             f"{self.bound_sd_tolerance:g} sd_q and every PSIS-corrected sd within "
             f"{self.sd_tolerance:g} + {f:g} relative MCSE of q's, else means-only.",
+            "With or without a reference: posterior modes that a multi-start L-BFGS search finds "
+            "and q never visits are added to q with their Laplace masses; if that moves an "
+            f"unconstrained coordinate's mean by more than {self.mean_tolerance:g} sd -> "
+            f"not-trustworthy, if it changes an sd by more than {self.sd_tolerance:g} relative "
+            "-> at most means-only.",
         ]
 
 
@@ -152,13 +175,34 @@ def _fmt(x: float | None) -> str:
 
 
 def reference_checks(row: dict, draws: int, rules: VerdictRules) -> dict | None:
-    """Tolerances and pass/fail of one compared element (None when it has no reference)."""
+    """Tolerances and pass/fail of one compared element (None when it has no reference).
+
+    ``*_ok`` say whether the element is within its band *including* the Monte Carlo allowance
+    (outside it the element is off); ``certified`` whether the reference certifies it: the
+    allowance is no larger than the core tolerance (``resolved``) and the measured errors are
+    within the core tolerances themselves. The allowance excuses noise from being called an
+    error; it never turns a measured error above the tolerance into a certificate, so a
+    borderline fit errs towards "not certified" whatever the seed. A reference whose draws of
+    the element are constant or not finite (while q's are not) certifies nothing and counts as
+    off (``degenerate``).
+    """
     if row.get("ref_mean") is None or row.get("ref_sd") is None:
         return None
     f = rules.mcse_factor
     ref_sd, sd = row["ref_sd"], row["sd"]
-    if not ref_sd > 0:
-        return None
+    if not (ref_sd > 0 and math.isfinite(ref_sd) and math.isfinite(row["ref_mean"])):
+        same = ref_sd == 0 and sd == 0 and row["mean"] == row["ref_mean"]
+        return {
+            "degenerate": True,
+            "resolved": same,
+            "certified": same,
+            "mean_tolerance": 0.0,
+            "mean_ok": same,
+            "sd_tolerance": 0.0,
+            "sd_ok": same,
+            "ks_tolerance": 0.0,
+            "ks_ok": same,
+        }
     mcse_m = math.hypot(row.get("ref_mcse_mean") or 0.0, row.get("mcse_mean") or 0.0)
     mean_tol = rules.mean_tolerance + f * mcse_m / ref_sd
     rel_ref = (row.get("ref_mcse_sd") or 0.0) / ref_sd
@@ -168,18 +212,28 @@ def reference_checks(row: dict, draws: int, rules: VerdictRules) -> dict | None:
     ks_tol = rules.ks_tolerance + rules.ks_critical * math.sqrt(1.0 / draws + 1.0 / ess)
     # The Monte Carlo allowance may not outgrow the tolerance itself: a reference too short to
     # resolve 0.1 sd cannot certify an element, however well q agrees with it.
-    conclusive = (
+    # nor can a reference whose chains disagree (R-hat above 1.01, Vehtari et al. 2021): its
+    # Monte Carlo errors then mean nothing (chains stuck in different modes, say)
+    r_hat = row.get("ref_r_hat")
+    resolved = (
         f * mcse_m / ref_sd <= rules.mean_tolerance
         and f * math.hypot(rel_ref, rel_q) <= rules.sd_tolerance
+        and (r_hat is None or r_hat <= rules.max_r_hat)
     )
+    mean_err, sd_err = abs(row["std_mean_error"]), abs(row["sd_ratio"] - 1.0)
+    ks_ok = row["ks"] <= ks_tol
     return {
-        "conclusive": conclusive,
+        "degenerate": False,
+        "resolved": resolved,
+        "certified": bool(
+            resolved and mean_err <= rules.mean_tolerance and sd_err <= rules.sd_tolerance and ks_ok
+        ),
         "mean_tolerance": mean_tol,
-        "mean_ok": abs(row["std_mean_error"]) <= mean_tol,
+        "mean_ok": mean_err <= mean_tol,
         "sd_tolerance": sd_tol,
-        "sd_ok": abs(row["sd_ratio"] - 1.0) <= sd_tol,
+        "sd_ok": sd_err <= sd_tol,
         "ks_tolerance": ks_tol,
-        "ks_ok": row["ks"] <= ks_tol,
+        "ks_ok": ks_ok,
     }
 
 
@@ -189,10 +243,18 @@ def _reference_verdict(rows, draws, rules):
         c = reference_checks(row, draws, rules)
         if c is not None:
             checked[row["name"]] = (row, c)
-    bad_mean = [n for n, (_, c) in checked.items() if not c["mean_ok"]]
-    bad_sd = [n for n, (_, c) in checked.items() if not c["sd_ok"]]
-    bad_ks = [n for n, (_, c) in checked.items() if not c["ks_ok"]]
+    degenerate = [n for n, (_, c) in checked.items() if c["degenerate"] and not c["certified"]]
+    measured = {n: rc for n, rc in checked.items() if not rc[1]["degenerate"]}
+    bad_mean = [n for n, (_, c) in measured.items() if not c["mean_ok"]]
+    bad_sd = [n for n, (_, c) in measured.items() if not c["sd_ok"]]
+    bad_ks = [n for n, (_, c) in measured.items() if not c["ks_ok"]]
     reasons = []
+    if degenerate:
+        reasons.append(
+            f"The reference's draws of {_names(degenerate)} are constant or not finite while "
+            "q's are not: the reference cannot judge them, so they count as off (check the "
+            "reference: a stuck chain, or draws of another quantity)."
+        )
     if bad_mean:
         detail = "; ".join(
             f"{n}: {checked[n][0]['std_mean_error']:+.3g} sd (tolerance "
@@ -215,20 +277,23 @@ def _reference_verdict(rows, draws, rules):
         reasons.append(
             f"The marginal shapes of {_names(bad_ks)} differ from the reference: {detail}."
         )
-    if bad_mean:
+    if bad_mean or degenerate:
         label = NOT_TRUSTWORTHY
     elif bad_sd or bad_ks:
         label = MEANS_ONLY
     else:
         label = TRUSTWORTHY
-        worst = max(checked.values(), key=lambda rc: abs(rc[0]["std_mean_error"]))[0]
-        worst_sd = max(checked.values(), key=lambda rc: abs(rc[0]["sd_ratio"] - 1))[0]
-        reasons.append(
-            f"All {len(checked)} compared elements match the reference: the largest "
-            f"standardised mean error is {worst['std_mean_error']:+.3g} ({worst['name']}), the "
-            f"sd ratio furthest from 1 is {worst_sd['sd_ratio']:.3g} ({worst_sd['name']})."
-        )
-    off = list(dict.fromkeys(bad_mean + bad_sd + bad_ks))
+        summary = f"All {len(checked)} compared elements are within their bands"
+        if measured:
+            worst = max(measured.values(), key=lambda rc: abs(rc[0]["std_mean_error"]))[0]
+            worst_sd = max(measured.values(), key=lambda rc: abs(rc[0]["sd_ratio"] - 1))[0]
+            summary += (
+                f": the largest standardised mean error is {worst['std_mean_error']:+.3g} "
+                f"({worst['name']}), the sd ratio furthest from 1 is {worst_sd['sd_ratio']:.3g} "
+                f"({worst_sd['name']})"
+            )
+        reasons.append(summary + ".")
+    off = list(dict.fromkeys(degenerate + bad_mean + bad_sd + bad_ks))
     return label, reasons, off, {n: c for n, (_, c) in checked.items()}
 
 
@@ -241,13 +306,14 @@ def _psis_discrepancies(rows, rules: VerdictRules) -> tuple[list[str], list[str]
         if pm is None or ps is None:
             continue
         scale = max(ps, r["sd"])
-        if scale <= 0:
+        if scale == 0:  # q and PSIS agree on a constant
             continue
-        if abs(r["mean"] - pm) > rules.mean_tolerance * scale + f * (r.get("psis_mcse_mean") or 0):
+        # written as "not within" so that a NaN anywhere is off, never within
+        mean_tol = rules.mean_tolerance * scale + f * (r.get("psis_mcse_mean") or 0)
+        if not abs(r["mean"] - pm) <= mean_tol:
             mean_off.append(r["name"])
-        if ps <= 0 or abs(r["sd"] / ps - 1.0) > rules.sd_tolerance + f * (
-            (r.get("psis_mcse_sd") or 0.0) / ps
-        ):
+        sd_tol = rules.sd_tolerance + f * ((r.get("psis_mcse_sd") or 0.0) / ps) if ps > 0 else 0
+        if not (ps > 0 and abs(r["sd"] / ps - 1.0) <= sd_tol):
             sd_off.append(r["name"])
     return mean_off, sd_off
 
@@ -270,7 +336,7 @@ def _self_verdict(
             "cannot be estimated."
         )
         return NOT_TRUSTWORTHY, reasons, [], checks
-    if importance_ess < min_ess:
+    if not importance_ess >= min_ess:  # NaN fails too
         reasons.append(
             f"Without a reference nothing certifies the fit: the importance ESS "
             f"({importance_ess:.0f}) is below {min_ess:.0f}, too few for the importance-"
@@ -337,11 +403,47 @@ def _self_verdict(
     worst_m = max((c["mean_error"] / c["sd"] for c in coords if c["sd"] > 0), default=0.0)
     worst_s = max((c["sd_error"] / c["sd"] for c in coords if c["sd"] > 0), default=0.0)
     reasons.append(
-        f"Certified without a reference: k-hat = {khat:.3g}, d_2 = {d2:.3g}; the error bounds "
+        f"Where q puts mass, its own draws certify it: k-hat = {khat:.3g}, d_2 = {d2:.3g}; "
+        "the error bounds "
         f"allow at most {worst_m:.3g} sd of mean error and {worst_s:.3g} sd of sd error in the "
         "guide's unconstrained space, and PSIS-corrected means and sds agree with q's."
     )
     return TRUSTWORTHY, reasons, [], checks
+
+
+def _mode_verdict(search: dict, rules: VerdictRules) -> tuple[str, list[str], list[str]]:
+    """The rule on modes q never visits (module docstring), from a mode search's dict."""
+    missed = search.get("missed") or []
+    if not missed:
+        return TRUSTWORTHY, [], []
+    coords = search.get("coordinates") or []
+    mean_off = [c["name"] for c in coords if not c["mean_shift"] <= rules.mean_tolerance]
+    sd_off = [c["name"] for c in coords if not abs(c["sd_ratio"] - 1.0) <= rules.sd_tolerance]
+    share = sum(m["share"] for m in missed)
+    where = "; ".join(
+        ", ".join(f"{k} = {v:.3g}" for k, v in list(m["location"].items())[:4])
+        + (" ..." if len(m["location"]) > 4 else "")
+        + f" ({m['share']:.2%})"
+        for m in missed[:3]
+    )
+    found = (
+        f"A mode search ({search['starts']} L-BFGS starts) found {len(missed)} posterior "
+        f"mode{'s' if len(missed) > 1 else ''} that q never visits, holding an estimated "
+        f"{share:.2%} of the posterior mass (Laplace approximation); unconstrained space: "
+        f"{where}."
+    )
+    if not (mean_off or sd_off):
+        return TRUSTWORTHY, [f"{found} Too little mass to move a mean or sd beyond tolerance."], []
+    worst = max(coords, key=lambda c: c["mean_shift"])
+    effect = (
+        f" With it the means of {_names(mean_off)} move by up to {worst['mean_shift']:.3g} sd "
+        f"({worst['name']}): q's means and sds describe one mode, not the posterior; fit a guide "
+        "that can hold every mode, or reparametrise the model to remove the symmetry."
+        if mean_off
+        else f" With it the sds of {_names(sd_off)} change by more than "
+        f"{rules.sd_tolerance:g} relative: q's uncertainty misses that mass."
+    )
+    return (NOT_TRUSTWORTHY if mean_off else MEANS_ONLY), [found + effect], mean_off + sd_off
 
 
 def decide(
@@ -356,6 +458,7 @@ def decide(
     coordinates: list[dict],
     has_reference: bool,
     rules: VerdictRules | None = None,
+    mode_search: dict | None = None,
 ) -> Verdict:
     """Apply the rules of this module.
 
@@ -368,6 +471,8 @@ def decide(
         ``mean_error`` and ``sd_error`` (its VIABEL bounds).
     has_reference
         Whether a reference was given (elements it lacks are judged without one).
+    mode_search
+        :meth:`ppl_models.vi.modes.ModeSearch.to_dict` (None: no search was run).
     """
     rules = rules or VerdictRules()
     # the rules without a reference, for whichever elements need them
@@ -418,24 +523,38 @@ def decide(
                 reasons.append(
                     f"The reference has no draws of {names}; q's own diagnostics certify them."
                 )
-        # elements within their bands only because the reference is too short to resolve them
-        noisy = [
-            name
+        # elements within their bands only thanks to the Monte Carlo allowance: a reference
+        # too short to resolve the tolerance, or a measured error between the tolerance and
+        # the tolerance plus the allowance
+        within = {
+            name: c
             for name, c in checks["reference"].items()
-            if not c["conclusive"] and c["mean_ok"] and c["sd_ok"] and c["ks_ok"]
-        ]
-        if noisy:
-            # Judge what the reference cannot resolve as if it had no reference: a short
-            # reference must not turn "not measured" into "certified".
-            sub_rows = [r for r in compared if r["name"] in noisy]
+            if not c["certified"] and c["mean_ok"] and c["sd_ok"] and c["ks_ok"]
+        }
+        if within:
+            # Judge what the reference cannot certify as if it had no reference: noise must not
+            # turn "not measured" into "certified".
+            sub_rows = [r for r in compared if r["name"] in within]
             sites = {r["site"] for r in sub_rows}
             sub_coords = [c for c in coordinates if c["site"] in sites]
             l3, why3, bad3, checks["noisy_reference"] = judge(sub_rows, sub_coords)
-            reasons.append(
-                f"The reference is too short to resolve {rules.mean_tolerance:g} sd for "
-                f"{_names(noisy)} (its Monte Carlo error allows more): a longer reference run "
-                "would settle them; meanwhile q's own diagnostics judge them."
-            )
+            short = [n for n, c in within.items() if not c["resolved"]]
+            marginal = [n for n, c in within.items() if c["resolved"]]
+            if short:
+                reasons.append(
+                    f"The reference cannot resolve {rules.mean_tolerance:g} sd for "
+                    f"{_names(short)} (its Monte Carlo error allows more, or its chains "
+                    f"disagree: R-hat above {rules.max_r_hat:g}): a longer, converged "
+                    "reference run would settle them; meanwhile q's own diagnostics judge them."
+                )
+            if marginal:
+                reasons.append(
+                    f"The measured errors of {_names(marginal)} exceed {rules.mean_tolerance:g} "
+                    f"sd (means) or {rules.sd_tolerance:g} (sd ratios) but are within the "
+                    "Monte Carlo error of the comparison: not certified; more draws or a "
+                    "longer reference would settle them; meanwhile q's own diagnostics judge "
+                    "them."
+                )
             if l3 != TRUSTWORTHY:
                 reasons += why3
                 off += bad3
@@ -445,6 +564,11 @@ def decide(
             reasons.append("The reference shares no element with the model: nothing compared.")
         label, why, off, checks["self"] = judge(rows, coordinates)
         reasons += why
+    if mode_search is not None:
+        modes_label, why_modes, modes_off = _mode_verdict(mode_search, rules)
+        label = _worse(label, modes_label)
+        reasons[:0] = why_modes
+        off += modes_off
     cap = TRUSTWORTHY
     if khat is None or not (khat <= khat_threshold):
         reasons.insert(

@@ -1,0 +1,138 @@
+"""Posterior modes q never visits: found by the mode search, and never called trustworthy.
+
+The bimodal posterior of y_i ~ N(|theta|, 1), theta ~ N(m0, s0^2) is two Gaussians (one for
+each sign of theta), so its modes, their masses and its moments have closed forms; scipy
+quadrature checks the masses independently. A guide equal to the positive mode's Gaussian is
+exact where it puts mass: its log weights are constant, k-hat and d_2 read as for an exact fit,
+and only the mode search can see the other mode.
+"""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from scipy import integrate, stats
+from vi_helpers import FakeFit, gaussian_problem, normal_guide
+
+from ppl_models.vi.diagnose import diagnose
+from ppl_models.vi.references import Reference
+from ppl_models.vi.verdict import MEANS_ONLY, NOT_TRUSTWORTHY, TRUSTWORTHY, decide
+
+Y = torch.tensor([1.2, 2.5, 1.9, 2.2, 1.6, 2.8, 2.0, 1.7], dtype=torch.float64)
+M0, S0 = 0.5, 3.0
+DRAWS = 4_000
+
+
+def bimodal_model(y):
+    theta = pyro.sample("theta", dist.Normal(torch.tensor(M0, dtype=y.dtype), S0))
+    with pyro.plate("obs", len(y)):
+        pyro.sample("y", dist.Normal(theta.abs(), 1.0), obs=y)
+
+
+def _sign_mode(sign: float) -> tuple[float, float]:
+    """Mean and sd of the Gaussian that is the posterior restricted to sign(theta) = sign."""
+    n, ybar = len(Y), float(Y.mean())
+    precision = 1 / S0**2 + n
+    return (M0 / S0**2 + sign * n * ybar) / precision, math.sqrt(1 / precision)
+
+
+def _quadrature_mass_below_zero() -> float:
+    y = Y.numpy()
+
+    def density(t):
+        return stats.norm.pdf(t, M0, S0) * np.prod(stats.norm.pdf(y, abs(t), 1.0))
+
+    neg = integrate.quad(density, -20, 0, points=[_sign_mode(-1)[0]])[0]
+    pos = integrate.quad(density, 0, 20, points=[_sign_mode(1)[0]])[0]
+    return neg / (neg + pos)
+
+
+def _one_mode_fit():
+    loc, scale = _sign_mode(1.0)
+
+    def guide(y):
+        pyro.sample("theta", dist.Normal(torch.tensor(loc, dtype=y.dtype), scale))
+
+    return FakeFit(bimodal_model, guide, {"y": Y})
+
+
+def test_a_mode_q_never_visits_is_found_with_its_mass_and_condemns_the_fit():
+    summary = diagnose(_one_mode_fit(), None, draws=DRAWS, progress=False).summary
+    assert summary["psis_khat"] is None or summary["psis_khat"] < 0.5  # q's draws reassure
+    assert summary["d2"] < 1e-6
+    missed = summary["mode_search"]["missed"]
+    assert len(missed) == 1
+    assert missed[0]["location"]["theta"] == pytest.approx(_sign_mode(-1.0)[0], abs=1e-4)
+    assert missed[0]["share"] == pytest.approx(_quadrature_mass_below_zero(), abs=0.005)
+    assert summary["verdict"] == NOT_TRUSTWORTHY
+    assert summary["verdict_off"] == ["theta"]
+    assert "never visits" in summary["verdict_reasons"][0]
+
+
+def test_a_reference_stuck_in_the_same_mode_does_not_overrule_the_mode_search():
+    # a sampler that stayed in the positive mode agrees with q there
+    loc, scale = _sign_mode(1.0)
+    draws = np.random.default_rng(0).normal(loc, scale, size=(4, 2500))
+    stuck = Reference({"theta": draws}, "draws from one mode (test)")
+    summary = diagnose(_one_mode_fit(), stuck, draws=DRAWS, progress=False).summary
+    assert abs(summary["parameters"][0]["std_mean_error"]) < 0.1  # the reference agrees
+    assert summary["verdict"] == NOT_TRUSTWORTHY
+
+
+def test_a_unimodal_posterior_has_no_missed_mode():
+    model, data, m, s = gaussian_problem(d=3, n=5)
+    fit = FakeFit(model, normal_guide(m, torch.full_like(m, s)), data, max_plate_nesting=2)
+    summary = diagnose(fit, None, draws=DRAWS, progress=False).summary
+    search = summary["mode_search"]
+    assert search["modes_found"] == 1 and search["missed"] == []
+    assert all(c["mean_shift"] == 0.0 for c in search["coordinates"])
+    assert summary["verdict"] == TRUSTWORTHY
+
+
+def _search(share: float, shift: float, ratio: float) -> dict:
+    return {
+        "starts": 8,
+        "minima": 8,
+        "modes_found": 2,
+        "missed": [{"location": {"a": 5.0}, "share": share, "starts": 3}],
+        "coordinates": [{"name": "a", "mean_shift": shift, "sd_ratio": ratio}],
+    }
+
+
+@pytest.mark.parametrize(
+    "search, label",
+    [
+        (_search(1e-4, 5e-4, 0.999), TRUSTWORTHY),  # found, too light to matter
+        (_search(0.02, 0.05, 0.8), MEANS_ONLY),  # moves the sd, not the mean
+        (_search(0.3, 0.9, 0.3), NOT_TRUSTWORTHY),
+    ],
+)
+def test_a_missed_mode_is_judged_by_what_it_does_to_the_moments(search, label):
+    row = {
+        "name": "a",
+        "site": "a",
+        "kind": "latent",
+        "mean": 0.0,
+        "sd": 1.0,
+        "psis_mean": 0.0,
+        "psis_sd": 1.0,
+        "ref_mean": None,
+    }
+    coords = [{"name": "a", "site": "a", "sd": 1.0, "mean_error": 0.01, "sd_error": 0.05}]
+    v = decide(
+        [row],
+        converged=True,
+        khat=0.1,
+        khat_threshold=0.7,
+        d2=1e-5,
+        importance_ess=4000.0,
+        draws=DRAWS,
+        coordinates=coords,
+        has_reference=False,
+        mode_search=search,
+    )
+    assert v.label == label
+    assert any("never visits" in r for r in v.reasons)
