@@ -425,31 +425,42 @@ def grid_posteriors(
     _range_boxes(log_density, low, high, search_box, log_drop, int(probe_points), chunk)
 
     b, n = len(center), int(n_points)
-    index = np.arange(b)
-    results: list[GridPosterior2D | None] = [None] * b
-    todo = index
+    results = []
+    # a few densities at a time, so that the points and values in flight stay bounded
+    group = max(1, chunk // (n * n))
     with tqdm(
         total=b * n * n, desc="grid", unit="pt", unit_scale=True, disable=None if progress else True
     ) as bar:
-        for _ in range(_MAX_WIDENINGS):
-            u, v, points = _nodes(low[todo], high[todo], n)
-            values = evaluate_points(log_density, todo, points, chunk=chunk, bar=bar)
-            values = values.reshape(len(todo), n, n)
-            peak = values.max(axis=(1, 2))
-            _check_peak(peak, todo, "grid")
-            edges = _edges_above(values, peak - log_drop)
-            for k, row in enumerate(todo):
-                if not edges[k].any():
-                    results[row] = GridPosterior2D(u[k], v[k], values[k])
-            redo = edges.any(axis=1)
-            if not redo.any():
-                return results
-            # the probe missed mass near an edge: widen those sides by half and evaluate again
-            lo, hi = low[todo[redo]], high[todo[redo]]
-            _widen(lo, hi, edges[redo], 0.5)
-            low[todo[redo]], high[todo[redo]] = lo, hi
-            todo = todo[redo]
-            bar.total += len(todo) * n * n
+        for start in range(0, b, group):
+            rows = np.arange(start, min(start + group, b))
+            results += _fine_grids(log_density, rows, low, high, n, log_drop, chunk, bar)
+    return results
+
+
+def _fine_grids(log_density, rows, low, high, n, log_drop, chunk, bar) -> list[GridPosterior2D]:
+    """The final grids of densities ``rows``; a side whose edge still reaches within
+    ``log_drop`` of the peak (the probe missed mass near it) is widened by half, and that
+    density evaluated again."""
+    done: dict[int, GridPosterior2D] = {}
+    todo = rows
+    for _ in range(_MAX_WIDENINGS):
+        u, v, points = _nodes(low[todo], high[todo], n)
+        values = evaluate_points(log_density, todo, points, chunk=chunk, bar=bar)
+        values = values.reshape(len(todo), n, n)
+        peak = values.max(axis=(1, 2))
+        _check_peak(peak, todo, "grid")
+        edges = _edges_above(values, peak - log_drop)
+        for k, row in enumerate(todo):
+            if not edges[k].any():
+                done[int(row)] = GridPosterior2D(u[k], v[k], values[k].copy())
+        redo = edges.any(axis=1)
+        if not redo.any():
+            return [done[int(row)] for row in rows]
+        lo, hi = low[todo[redo]], high[todo[redo]]
+        _widen(lo, hi, edges[redo], 0.5)
+        low[todo[redo]], high[todo[redo]] = lo, hi
+        todo = todo[redo]
+        bar.total += len(todo) * n * n
     raise ValueError(
         f"the grids of densities {todo.tolist()[:10]} still reach within {log_drop} nats of "
         f"their peak at an edge after {_MAX_WIDENINGS} widenings"
