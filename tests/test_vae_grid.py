@@ -296,3 +296,13 @@ def test_grid_settings_are_validated(synthetic_mnist, tmp_path, capsys):
     assert "grid_points must be an odd integer >= 5, got 100" in capsys.readouterr().err
     assert cli.main(grid_run(synthetic_mnist, tmp_path / "c", "--set", "best_particles=2")) == 2
     assert "best_particles must be an integer >= 3" in capsys.readouterr().err
+
+
+def test_bench_vae_grid_writes_a_table_and_json(synthetic_mnist, tmp_path, capsys):
+    args = ["bench", "vae-grid", "--device", "cpu", "--images", "2", "--grid-points", "21"]
+    args += ["--hidden-dim", "16", "--data-dir", str(synthetic_mnist), "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    assert "2 images at 21 x 21 points" in capsys.readouterr().out
+    result = read_json(tmp_path / "bench.json")
+    assert result["benchmark"] == "vae-grid" and result["final_grid_points"] == 2 * 21**2
+    assert result["seconds"] > 0 and result["peak_memory_bytes"] > 0
