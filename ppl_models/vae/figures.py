@@ -127,7 +127,15 @@ def grid_contours(
         ax.contourf(
             u[k], v[k], log_density[k].T, levels=[*order, log_density[k].max()], cmap="Oranges"
         )
-        ax.contour(u[k], v[k], log_density[k].T, levels=order, colors="tab:orange", linewidths=0.8)
+        ax.contour(
+            u[k],
+            v[k],
+            log_density[k].T,
+            levels=order,
+            colors="tab:orange",
+            linewidths=0.6,
+            linestyles="solid",
+        )
         for (label, (loc, cov)), (color, ls) in zip(gaussians.items(), styles, strict=False):
             ring = _ellipse(loc[k], cov[k])
             ax.plot(ring[:, 0], ring[:, 1], color=color, ls=ls, lw=1.4, label=label)
@@ -169,7 +177,7 @@ def iw_against_grid(
     ax.errorbar(ks, np.maximum(mean, floor), yerr=2 * se, color="black", marker="o", label="mean")
     if kl_best is not None:
         ax.axhline(
-            max(kl_best.mean(), floor), color="tab:green", ls="--", label="best Gaussian's KL"
+            max(kl_best.mean(), floor), color="tab:green", ls="--", label="approximation gap"
         )
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -6,6 +6,7 @@ the summary's ``grid_*`` keys, so ``ppl-models report`` redraws it without the n
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,9 @@ def verdict(s: dict) -> list[str]:
         f"posterior's ELBO falls {kl:.3f} ± {s['grid_kl_amortized_se']:.3f} nats short of it "
         f"(its KL to the exact posterior). Of that, the amortization gap (the best diagonal "
         f"Gaussian of each image against the encoder's) is {s['grid_amortization_gap']:.3f} ± "
-        f"{s['grid_amortization_gap_se']:.3f} nats ({100 * share:.0f}%), the approximation gap "
-        f"(the exact posterior against that best Gaussian) {s['grid_approximation_gap']:.3f} ± "
+        f"{s['grid_amortization_gap_se']:.3f} nats ({100 * share:.0f}% of it), the "
+        f"approximation gap (the exact posterior against that best Gaussian) "
+        f"{s['grid_approximation_gap']:.3f} ± "
         f"{s['grid_approximation_gap_se']:.3f} nats; a full-covariance Gaussian would leave "
         f"{s['grid_kl_best_full']:.3f}. Importance weighting with K = {k_max} draws of the "
         f"amortized posterior ends {s['grid_iw_shortfall'][k_max]:.3f} ± "
@@ -123,11 +125,15 @@ def _khat_words(s: dict) -> str:
     return (
         f"Did PSIS k-hat flag the images where q was worst? Spearman's rank correlation of "
         f"k-hat with KL(q || p) is {rho:.2f} (p = {p:.2g}): {reading}. Of the "
-        f"{s['grid_worst_images']} images with the largest KL, "
+        f"{_images(s['grid_worst_images'])} with the largest KL, "
         f"{100 * s['grid_khat_flagged_worst']:.0f}% have k-hat above "
         f"{s['grid_khat_threshold']:.2f}, against {100 * s['grid_khat_flagged_rest']:.0f}% of "
         "the others."
     )
+
+
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
 
 
 def tables(s: dict, c: GridComparison) -> list[Table]:
@@ -160,8 +166,8 @@ def tables(s: dict, c: GridComparison) -> list[Table]:
         ["Spearman rank correlation of k-hat and KL(q || p)", f"{s['grid_khat_spearman']:.2f}"],
         ["its p-value", f"{s['grid_khat_spearman_p']:.2g}"],
         [
-            f"k-hat above {s['grid_khat_threshold']:.2f}: the {s['grid_worst_images']} "
-            "worst images",
+            f"k-hat above {s['grid_khat_threshold']:.2f}: the "
+            f"{_images(s['grid_worst_images'])} with the largest KL",
             f"{100 * s['grid_khat_flagged_worst']:.0f}%",
         ],
         [
@@ -177,9 +183,12 @@ def tables(s: dict, c: GridComparison) -> list[Table]:
     side_by_side = [
         [int(i), f"z_{d + 1}", method, *(f"{c.summaries[i, m, d, j]:.3f}" for j in range(4)),
          f"{c.summaries[i, m, d, 4]:.0f}"]
+        if method != "grid, quadrature" else
+        [int(i), f"z_{d + 1}", method, f"{c.grid_loc[i, d]:.3f}",
+         f"{math.sqrt(c.grid_cov[i, d, d]):.3f}", "", "", ""]
         for i in c.figure_index
         for d in range(2)
-        for m, method in enumerate(METHODS)
+        for m, method in enumerate([*METHODS, "grid, quadrature"])
     ]  # fmt: skip
     draws = int(c.draws)
     return [
@@ -206,7 +215,8 @@ def tables(s: dict, c: GridComparison) -> list[Table]:
             side_by_side,
             note="ArviZ's summaries of each method's draws (94% HDI); summary.json holds these, "
             "grid_comparison.npz those of every grid image, posterior_grid.nc the draws. Grid "
-            "draws: a cell by its mass, then a uniform point inside it.",
+            "draws: a cell by its mass, then a uniform point inside it; 'grid, quadrature' "
+            "gives the grid posterior's exact mean and sd, for the draws' Monte Carlo error.",
         ),
     ]
 
