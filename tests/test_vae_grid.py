@@ -144,6 +144,10 @@ def test_gaps_of_a_linear_gaussian_vae_match_closed_form_kls():
     # IW bounds approach log p(x) from below (K = 1000: one group per image, noisy)
     assert (c.iw_shortfall[:, 1:] < c.iw_shortfall[:, :1]).all()
     assert np.abs(c.iw_shortfall[:, -1]).max() < 0.1 and c.iw_shortfall[:, 1].mean() > 0
+    # the grid's marginal quantiles (of its cell histogram: O(h^2) off)
+    sd = np.sqrt(np.diag(cov))
+    exact = stats.norm.ppf(np.array(gaps.QUANTILES)[None, :, None], mean[:, None, :], sd)
+    np.testing.assert_allclose(c.grid_quantiles, exact, atol=1e-2 * sd.min())
     # every method's draws: ArviZ summaries agree with the exact marginals
     grid = c.summaries[:, gaps.METHODS.index("grid")]
     np.testing.assert_allclose(grid[:, :, 0], mean, atol=5 * np.sqrt(cov.max()) / math.sqrt(1000))
@@ -272,7 +276,9 @@ def test_latent2_run_writes_the_grid_section(synthetic_mnist, tmp_path):
     summaries = s["grid_figure_summaries"]
     assert len(summaries) == len(c.figure_index) >= 1
     first = next(iter(summaries.values()))
-    assert set(first) == set(gaps.METHODS) and set(first["grid"]["z_1"]) >= {"mean", "hdi_3%"}
+    assert set(first) == {*gaps.METHODS, "grid-quadrature"}
+    assert set(first["grid"]["z_1"]) >= {"mean", "hdi_3%"}
+    assert set(first["grid-quadrature"]["z_2"]) == {"mean", "sd", "q3%", "q50%", "q97%"}
     idata = diagnostics.load(run / "posterior_grid.nc")
     assert diagnostics.method_posterior(idata, "best-full")["z"].shape == (4, 250, 5, 2)
 

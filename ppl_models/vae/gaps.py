@@ -47,14 +47,16 @@ HPD_MASSES = (1 - math.exp(-0.5), 1 - math.exp(-2.0), 1 - math.exp(-4.5))  # 1, 
 FIGURE_IMAGES = 4
 FIGURE_NODES = 201  # the saved contour grids keep at most about this many nodes per axis
 WORST_SHARE = 0.25  # "where q was worst": the quarter of the images with the largest KL
+QUANTILES = (0.03, 0.5, 0.97)  # the grid posterior's marginal quantiles kept per image
 
 
 @dataclass(frozen=True)
 class GridComparison:
-    """Per image (axis 0, ``n`` images): the grid's ``log_evidence`` and its ``log_z_error``;
-    each method's ``*_loc`` ``(n, 2)`` and ``*_cov`` ``(n, 2, 2)`` (grid: exact moments); each
-    Gaussian's ``elbo_*`` and its Monte Carlo standard error ``elbo_*_se``; the amortized
-    :math:`q`'s ``khat`` and its bounds ``iw_bound`` ``(n, len(iw_k))``; ArviZ ``summaries``
+    """Per image (axis 0, ``n`` images): the grid's ``log_evidence``, its ``log_z_error`` and
+    its marginal ``grid_quantiles`` ``(n, len(QUANTILES), 2)``; each method's ``*_loc``
+    ``(n, 2)`` and ``*_cov`` ``(n, 2, 2)`` (grid: exact moments); each Gaussian's ``elbo_*`` and
+    its Monte Carlo standard error ``elbo_*_se``; the amortized :math:`q`'s ``khat`` and its
+    bounds ``iw_bound`` ``(n, len(iw_k))``; ArviZ ``summaries``
     ``(n, len(METHODS), 2, len(SUMMARY_STATS))``. ``draws``: draws per image behind each ELBO.
     For the contour figures, images ``figure_index``: grid nodes ``figure_u``, ``figure_v``,
     log-densities ``figure_log_density`` (every few nodes) and the levels ``figure_levels`` of
@@ -65,6 +67,7 @@ class GridComparison:
     log_z_error: np.ndarray
     grid_loc: np.ndarray
     grid_cov: np.ndarray
+    grid_quantiles: np.ndarray
     amortized_loc: np.ndarray
     amortized_cov: np.ndarray
     best_loc: np.ndarray
@@ -281,6 +284,7 @@ def compare(
         log_z_error=np.array([g.log_z_error for g in grids]),
         grid_loc=np.array([g.mean for g in grids]),
         grid_cov=np.array([g.cov for g in grids]),
+        grid_quantiles=np.array([g.quantile(QUANTILES) for g in grids]),
         amortized_loc=loc_np,
         amortized_cov=np.stack([np.diag(s**2) for s in scale_np]).reshape(n, 2, 2),
         best_loc=best["diagonal"].loc.double().cpu().numpy(),

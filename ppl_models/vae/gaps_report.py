@@ -14,7 +14,7 @@ import numpy as np
 from ..report import Figure, Table
 from . import figures
 from .evaluate import mean_and_se
-from .gaps import METHODS, GridComparison
+from .gaps import METHODS, QUANTILES, GridComparison
 
 QUADRATURE_WARNING = 1e-3  # nats: a grid whose log Z moves more than this under halving is coarse
 SUMMARY_KEYS = ("mean", "sd", "hdi_3%", "hdi_97%", "ess_bulk")  # ArviZ's names of SUMMARY_STATS
@@ -58,19 +58,31 @@ def summary(c: GridComparison, grid_points: int) -> dict:
         "grid_best_worse_images": int(worse.sum()),
         "grid_seconds": float(c.seconds[0]),
         "grid_best_seconds": float(c.seconds[1]),
-        "grid_figure_summaries": {
-            str(int(i)): {
-                method: {
-                    f"z_{d + 1}": dict(
-                        zip(SUMMARY_KEYS, map(float, c.summaries[i, m, d]), strict=True)
-                    )
-                    for d in range(2)
-                }
-                for m, method in enumerate(METHODS)
-            }
-            for i in c.figure_index
-        },
+        "grid_figure_summaries": {str(int(i)): _image_summaries(c, i) for i in c.figure_index},
     }
+    return out
+
+
+def _image_summaries(c: GridComparison, i: int) -> dict:
+    """Image ``i``'s ArviZ summaries per method and coordinate, and the grid's exact moments and
+    quantiles (``grid-quadrature``)."""
+    out = {
+        method: {
+            f"z_{d + 1}": dict(zip(SUMMARY_KEYS, map(float, c.summaries[i, m, d]), strict=True))
+            for d in range(2)
+        }
+        for m, method in enumerate(METHODS)
+    }
+    sd = np.sqrt(np.diag(c.grid_cov[i]))
+    out["grid-quadrature"] = {
+        f"z_{d + 1}": {
+            "mean": float(c.grid_loc[i, d]),
+            "sd": float(sd[d]),
+            **{f"q{100 * q:g}%": float(c.grid_quantiles[i, k, d]) for k, q in enumerate(QUANTILES)},
+        }
+        for d in range(2)
+    }
+    out["grid-quadrature"]["corr"] = float(c.grid_cov[i, 0, 1] / sd.prod())
     return out
 
 
@@ -185,7 +197,8 @@ def tables(s: dict, c: GridComparison) -> list[Table]:
          f"{c.summaries[i, m, d, 4]:.0f}"]
         if method != "grid, quadrature" else
         [int(i), f"z_{d + 1}", method, f"{c.grid_loc[i, d]:.3f}",
-         f"{math.sqrt(c.grid_cov[i, d, d]):.3f}", "", "", ""]
+         f"{math.sqrt(c.grid_cov[i, d, d]):.3f}", f"{c.grid_quantiles[i, 0, d]:.3f}",
+         f"{c.grid_quantiles[i, -1, d]:.3f}", ""]
         for i in c.figure_index
         for d in range(2)
         for m, method in enumerate([*METHODS, "grid, quadrature"])
@@ -216,7 +229,8 @@ def tables(s: dict, c: GridComparison) -> list[Table]:
             note="ArviZ's summaries of each method's draws (94% HDI); summary.json holds these, "
             "grid_comparison.npz those of every grid image, posterior_grid.nc the draws. Grid "
             "draws: a cell by its mass, then a uniform point inside it; 'grid, quadrature' "
-            "gives the grid posterior's exact mean and sd, for the draws' Monte Carlo error.",
+            "gives the grid posterior's exact mean and sd and its 3% and 97% quantiles (an "
+            "equal-tailed interval, where the others give ArviZ's highest-density one).",
         ),
     ]
 
