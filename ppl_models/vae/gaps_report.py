@@ -136,11 +136,10 @@ def _khat_words(s: dict) -> str:
         )
     return (
         f"Did PSIS k-hat flag the images where q was worst? Spearman's rank correlation of "
-        f"k-hat with KL(q || p) is {rho:.2f} (p = {p:.2g}): {reading}. Of the "
-        f"{_images(s['grid_worst_images'])} with the largest KL, "
-        f"{100 * s['grid_khat_flagged_worst']:.0f}% have k-hat above "
-        f"{s['grid_khat_threshold']:.2f}, against {100 * s['grid_khat_flagged_rest']:.0f}% of "
-        "the others."
+        f"k-hat with KL(q || p) is {rho:.2f} (p = {p:.2g}): {reading}. k-hat exceeds "
+        f"{s['grid_khat_threshold']:.2f} for {100 * s['grid_khat_flagged_worst']:.0f}% of the "
+        f"{_images(s['grid_worst_images'])} with the largest KL, against "
+        f"{100 * s['grid_khat_flagged_rest']:.0f}% of the others."
     )
 
 
