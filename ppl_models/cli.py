@@ -25,6 +25,7 @@ JOBS = {
 BENCHMARKS = {
     "exp-normal": "ppl_models.bench.exp_normal",
     "vae": "ppl_models.bench.vae",
+    "vae-grid": "ppl_models.bench.vae_grid",
     "fit": "ppl_models.bench.fit",
     "step": "ppl_models.bench.step",
 }

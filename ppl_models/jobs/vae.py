@@ -59,6 +59,7 @@ MODEL = "vae"
 DEFAULT_CONFIG = Path("runs/vae_mnist_conv.toml")
 CHECKPOINT = "checkpoint.pt"
 EVALUATION = "evaluation.npz"
+GRID_COMPARISON = "grid_comparison.npz"  # latent dimension 2: exact grid posteriors and gaps
 RESUME_KEYS = ("epochs",)  # the only key a resumed run may change: it can train for longer
 UNIFORM_PIXELS_NATS = 784 * math.log(2)  # -log p(x) of binary images under p = 1/2 per pixel
 # Burda et al. (2016), Table 1: their one-stochastic-layer VAE (784-200-200-50, tanh hidden
@@ -93,6 +94,10 @@ class VaeConfig:
     iw_ks: str = "1,10,100,1000,5000"
     eval_chunk: int = 16384
     posterior_draws: int = 100
+    grid_images: int = 20
+    grid_points: int = 401
+    best_steps: int = 300
+    best_particles: int = 32
 
     def __post_init__(self):
         require(self.arch in ARCHS, "arch", self.arch, f"one of {', '.join(ARCHS)}")
@@ -136,6 +141,27 @@ class VaeConfig:
             self.posterior_draws >= 1, "posterior_draws", self.posterior_draws, "an integer >= 1"
         )
         parse_ks(self.iw_ks)
+        require(self.grid_images >= 0, "grid_images", self.grid_images, "an integer >= 0 (0: none)")
+        require(
+            self.latent_dim != 2 or self.grid_images <= self.iw_images,
+            "grid_images",
+            self.grid_images,
+            f"at most iw_images ({self.iw_images}): the grid images are the first IW images "
+            "(or 0: no grid posteriors)",
+        )
+        require(
+            self.grid_points >= 5 and self.grid_points % 2 == 1,
+            "grid_points",
+            self.grid_points,
+            "an odd integer >= 5",
+        )
+        require(self.best_steps >= 1, "best_steps", self.best_steps, "an integer >= 1")
+        require(
+            self.best_particles >= 3,
+            "best_particles",
+            self.best_particles,
+            "an integer >= 3 (the latent dimension 2, plus 1)",
+        )
 
     @property
     def ks(self) -> list[int]:
@@ -442,7 +468,7 @@ def execute(
             # rank 0's seed is the config's: its initialisation is the one broadcast
             seed_everything(distributed.rank_seed(config.seed, ctx.rank))
             model, guide = fit(run, config, splits, ctx.device, progress=progress, ctx=ctx)
-            finish(run, config, splits, model, guide, ctx.device, ctx=ctx)
+            finish(run, config, splits, model, guide, ctx.device, ctx=ctx, progress=progress)
     return run
 
 
@@ -507,7 +533,7 @@ def resume(run_dir: Path, epochs: int | None = None, progress: bool = True) -> R
             model, guide = fit(
                 run, config, splits, ctx.device, checkpoint=checkpoint, progress=progress, ctx=ctx
             )
-            finish(run, config, splits, model, guide, ctx.device, ctx=ctx)
+            finish(run, config, splits, model, guide, ctx.device, ctx=ctx, progress=progress)
     return run
 
 
@@ -519,12 +545,15 @@ def finish(
     guide: VaeGuide,
     device: torch.device,
     ctx: distributed.Context | None = None,
+    progress: bool = False,
 ) -> None:
     """Evaluate the trained pair, save the arrays and posterior draws, write report and summary.
 
     Under ``torchrun`` the evaluation is sharded across ranks and gathered on rank 0, which
     alone writes; the summary records every rank's parameter digest (all equal: the ranks hold
-    bit-identical parameters).
+    bit-identical parameters). With a two-dimensional latent, rank 0 also computes the first
+    ``grid_images`` IW images' exact grid posteriors and inference gaps
+    (:mod:`ppl_models.vae.gaps`).
     """
     import torch
 
@@ -563,9 +592,39 @@ def finish(
         device,
         eval_seconds=time.perf_counter() - start,
     )
+    if config.latent_dim == 2 and config.grid_images:
+        summary.update(_grid_section(run, config, splits, model, guide, draws, progress))
     summary.update(ctx.describe(), parameter_digests=digests)
     build_report(run.path, summary)
     run.write_summary(summary)  # last: a summary with status "complete" means all is there
+
+
+def _grid_section(run, config, splits, model, guide, draws, progress) -> dict:
+    """Grid posteriors and gaps of the first ``grid_images`` IW images, reusing their importance
+    weights; saves ``grid_comparison.npz`` and ``posterior_grid.nc``, returns the summary keys."""
+    from .. import diagnostics
+    from ..vae import gaps, gaps_report
+
+    n = config.grid_images
+    comparison, samples = gaps.compare(
+        model,
+        guide,
+        splits.heldout[:n],
+        ks=config.ks,
+        amortized_log_weights=draws.log_weights[:n],
+        grid_points=config.grid_points,
+        best_steps=config.best_steps,
+        best_particles=config.best_particles,
+        chunk=config.eval_chunk,
+        seed=config.seed,
+        progress=progress,
+    )
+    comparison.save(run.file(GRID_COMPARISON))
+    idata = diagnostics.merge_methods(
+        {method: diagnostics.inference_data(z) for method, z in samples.items()}
+    )
+    atomic_save(run.file("posterior_grid.nc"), lambda tmp: idata.to_netcdf(str(tmp)))
+    return gaps_report.summary(comparison, config.grid_points)
 
 
 def make_summary(
@@ -654,6 +713,13 @@ def build_report(run_dir: Path, summary: dict) -> Path:
         tables=tables(summary, metrics),
         figures=make_figures(run_dir / "figures", evaluation, metrics),
     )
+    if "grid_images" in summary:
+        from ..vae import gaps, gaps_report
+
+        comparison = gaps.GridComparison.load(run_dir / GRID_COMPARISON)
+        report.verdict.extend(gaps_report.verdict(summary))
+        report.tables[1:1] = gaps_report.tables(summary, comparison)
+        report.figures.extend(gaps_report.make_figures(run_dir / "figures", comparison))
     return write_report(run_dir, report)
 
 
@@ -1051,4 +1117,11 @@ def _print_summary(run_dir: Path) -> None:
         f"{s['active_units']}/{s['latent_dim']}; k-hat above {s['khat_threshold']:.2f} for "
         f"{100 * s['khat_share_bad']:.1f}% of images"
     )
+    if "grid_images" in s:
+        print(
+            f"exact grid posteriors of {s['grid_images']} images: log p(x) "
+            f"{s['grid_log_evidence']:.2f}; KL(q || p) {s['grid_kl_amortized']:.3f} = "
+            f"amortization gap {s['grid_amortization_gap']:.3f} + approximation gap "
+            f"{s['grid_approximation_gap']:.3f} nats/image"
+        )
     print(f"report: {Path(run_dir) / 'report.html'}")

@@ -1,8 +1,10 @@
 """The MNIST variational autoencoder as a Pyro model/guide pair.
 
 ``networks`` (encoders and decoders), ``model`` (model, guide, likelihoods), ``data`` (MNIST on
-the device), ``evaluate`` (held-out ELBO, importance-weighted bounds, k-hat, active units) and
-``figures``. The command ``ppl-models vae`` lives in :mod:`ppl_models.jobs.vae`.
+the device), ``evaluate`` (held-out ELBO, importance-weighted bounds, k-hat, active units),
+``figures``, and for a two-dimensional latent ``posterior_grid`` (exact posteriors on grids),
+``best_gaussian`` (each image's own Gaussian), ``gaps`` (the inference gap's parts) and
+``gaps_report``. The command ``ppl-models vae`` lives in :mod:`ppl_models.jobs.vae`.
 """
 
 from .data import DeviceBatches, MnistData, load_mnist, resolve_root

@@ -22,11 +22,13 @@ bounded for any number of images and draws.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pyro.distributions as dist
 import torch
 
 from .. import diagnostics
@@ -67,12 +69,13 @@ class ImportanceDraws:
 @torch.no_grad()
 def importance_draws(
     model: VaeModel,
-    guide: VaeGuide,
+    guide: VaeGuide | None,
     x: torch.Tensor,
     draws: int,
     *,
     keep: int = 0,
     chunk: int = DEFAULT_CHUNK,
+    proposal: Callable[[slice], dist.Distribution] | None = None,
 ) -> ImportanceDraws:
     r"""Log importance weights :math:`\log p(x, z_s) - \log q(z_s \mid x)`, :math:`z_s \sim q`.
 
@@ -86,6 +89,10 @@ def importance_draws(
         How many of the first draws to return in full (latents and both log densities).
     chunk
         Upper bound on (image, draw) pairs decoded in one pass.
+    proposal
+        In place of the guide's :math:`q(z \mid x)`: a function giving the proposal of the images
+        ``x[s]`` for a slice ``s`` (batch shape ``(len(x[s]),)``, event ``(D,)``), such as
+        per-image Gaussians fitted separately; ``guide`` is then not used.
     """
     if draws < 1 or chunk < 1:
         raise ValueError(f"draws and chunk must be >= 1, got draws={draws}, chunk={chunk}")
@@ -93,9 +100,10 @@ def importance_draws(
     per_pass_images = min(len(x), chunk)
     log_w, kept_z, kept_joint, kept_q = [torch.zeros(0, draws, dtype=torch.float64)], [], [], []
     for start in range(0, len(x), max(per_pass_images, 1)):
-        xs = x[start : start + per_pass_images]
+        images = slice(start, start + per_pass_images)
+        xs = x[images]
         obs = xs.reshape(len(xs), -1)
-        q = guide.posterior(xs)
+        q = guide.posterior(xs) if proposal is None else proposal(images)
         per_pass_draws = max(1, chunk // len(xs))
         rows, zs, joints, qs = [], [], [], []
         for first in range(0, draws, per_pass_draws):
@@ -137,6 +145,14 @@ def iw_bounds(log_weights: np.ndarray, ks: list[int]) -> dict[int, tuple[float, 
     return {k: diagnostics.iw_bound(log_weights, k) for k in ks}
 
 
+def iw_bounds_per_image(log_weights: np.ndarray, ks: list[int]) -> np.ndarray:
+    r""":math:`\mathcal L_K` of every image (row of ``log_weights``) at every K, ``(n_images,
+    len(ks))``: each row's draws cut into disjoint groups of K, as :func:`iw_bounds` does."""
+    return np.array(
+        [[diagnostics.iw_bound(row[np.newaxis], k)[0] for k in ks] for row in log_weights]
+    ).reshape(len(log_weights), len(ks))
+
+
 def iw_gains(log_weights: np.ndarray, ks: list[int]) -> tuple[np.ndarray, np.ndarray]:
     r"""Paired gains :math:`\mathcal L_{K_{i+1}} - \mathcal L_{K_i}` and their standard errors.
 
@@ -145,10 +161,7 @@ def iw_gains(log_weights: np.ndarray, ks: list[int]) -> tuple[np.ndarray, np.nda
     the images' spread. The bound must not decrease: a gain below minus two standard errors
     means too few draws for the larger K.
     """
-    per_image = np.array(
-        [[diagnostics.iw_bound(row[np.newaxis], k)[0] for k in ks] for row in log_weights]
-    )
-    gains = np.diff(per_image, axis=1)
+    gains = np.diff(iw_bounds_per_image(log_weights, ks), axis=1)
     results = [mean_and_se(column) for column in gains.T]
     return np.array([m for m, _ in results]), np.array([se for _, se in results])
 

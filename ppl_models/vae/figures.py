@@ -94,3 +94,106 @@ def latent_map(path: Path, latent_loc: np.ndarray, labels: np.ndarray) -> Path:
     ax.set_xlabel("E[z_1 | x]")
     ax.set_ylabel("E[z_2 | x]")
     return save_figure(fig, path)
+
+
+def _ellipse(loc: np.ndarray, cov: np.ndarray, radius: float = 2.0) -> np.ndarray:
+    """Points ``(200, 2)`` of the ellipse at Mahalanobis distance ``radius`` from ``loc``."""
+    t = np.linspace(0, 2 * np.pi, 200)
+    return loc + radius * np.stack([np.cos(t), np.sin(t)], axis=-1) @ np.linalg.cholesky(cov).T
+
+
+def grid_contours(
+    path: Path,
+    u: np.ndarray,
+    v: np.ndarray,
+    log_density: np.ndarray,
+    levels: np.ndarray,
+    gaussians: dict[str, tuple[np.ndarray, np.ndarray]],
+    titles: list[str],
+) -> Path:
+    """Grid posteriors of a few images as filled highest-density regions, with Gaussians' ellipses.
+
+    ``u``, ``v`` ``(m, g)`` are each image's grid nodes, ``log_density`` ``(m, g, g)`` its
+    log-density there and ``levels`` ``(m, k)`` the log-densities bounding its highest-density
+    regions (largest mass last); ``gaussians`` maps a label to means ``(m, 2)`` and covariances
+    ``(m, 2, 2)``, drawn as 2-sd ellipses (86.5% of a Gaussian's mass).
+    """
+    m = len(u)
+    fig, axes = new_figure(1, m, figsize=(3.3 * m, 3.6))
+    axes = np.atleast_1d(axes)
+    styles = [("tab:blue", "-"), ("tab:green", "--"), ("tab:red", ":")]
+    for k, ax in enumerate(axes):
+        order = np.sort(levels[k])
+        ax.contourf(
+            u[k], v[k], log_density[k].T, levels=[*order, log_density[k].max()], cmap="Oranges"
+        )
+        ax.contour(
+            u[k],
+            v[k],
+            log_density[k].T,
+            levels=order,
+            colors="tab:orange",
+            linewidths=0.6,
+            linestyles="solid",
+        )
+        for (label, (loc, cov)), (color, ls) in zip(gaussians.items(), styles, strict=False):
+            ring = _ellipse(loc[k], cov[k])
+            ax.plot(ring[:, 0], ring[:, 1], color=color, ls=ls, lw=1.4, label=label)
+        ax.set_title(titles[k], fontsize=9)
+        ax.set_xlabel("z_1")
+        ax.set_aspect("equal", adjustable="datalim")
+    axes[0].set_ylabel("z_2")
+    axes[0].legend(fontsize=7, loc="best")
+    return save_figure(fig, path)
+
+
+def inference_gaps(path: Path, approximation: np.ndarray, amortization: np.ndarray) -> Path:
+    """Histograms of the approximation and amortization gaps over images, means marked."""
+    fig, axes = new_figure(1, 2, figsize=(8, 3.4))
+    for ax, values, name, color in (
+        (axes[0], approximation, "approximation gap", "tab:green"),
+        (axes[1], amortization, "amortization gap", "tab:blue"),
+    ):
+        ax.hist(values, bins=min(30, max(5, len(values) // 3)), color=color, alpha=0.8)
+        ax.axvline(values.mean(), color="black", ls="--", label=f"mean {values.mean():.3f}")
+        ax.set_xlabel(f"{name} (nats)")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("images")
+    return save_figure(fig, path)
+
+
+def iw_against_grid(
+    path: Path, ks: np.ndarray, shortfall: np.ndarray, kl_best: np.ndarray | None = None
+) -> Path:
+    """:math:`\\log p(x) - \\mathcal L_K` against K: each image (grey) and the mean (two standard
+    errors across images), on log axes; values at or below 0 (reached within Monte Carlo noise)
+    are drawn at the axis floor. ``kl_best``: the best Gaussian's mean KL, for comparison."""
+    fig, ax = new_figure(figsize=(6, 3.8))
+    floor = 1e-4
+    for row in shortfall:
+        ax.plot(ks, np.maximum(row, floor), color="0.75", lw=0.6)
+    mean = shortfall.mean(axis=0)
+    se = shortfall.std(axis=0, ddof=1) / np.sqrt(len(shortfall)) if len(shortfall) > 1 else 0 * mean
+    ax.errorbar(ks, np.maximum(mean, floor), yerr=2 * se, color="black", marker="o", label="mean")
+    if kl_best is not None:
+        ax.axhline(
+            max(kl_best.mean(), floor), color="tab:green", ls="--", label="approximation gap"
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("K (importance draws of the amortized q)")
+    ax.set_ylabel("grid log p(x) - IW bound L_K (nats)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def khat_against_kl(path: Path, khat: np.ndarray, kl: np.ndarray, threshold: float) -> Path:
+    """Each image's PSIS k-hat against its exact :math:`\\mathrm{KL}(q \\| p)`."""
+    fig, ax = new_figure(figsize=(5.5, 3.8))
+    ax.scatter(kl, khat, s=12, color="#4c72b0")
+    ax.axhline(threshold, color="#c44e52", ls="--", label=f"k-hat threshold {threshold:.2f}")
+    ax.set_xlabel("KL(amortized q || grid posterior), nats")
+    ax.set_ylabel("PSIS k-hat")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

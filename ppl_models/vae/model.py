@@ -102,14 +102,15 @@ class VaeModel(nn.Module):
         return dist.Normal(zero, 1.0, validate_args=False).expand([self.latent_dim]).to_event(1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder output for latents ``(..., D)`` as ``(..., pixels)`` in float32.
+        """Decoder output for latents ``(..., D)`` as ``(..., pixels)`` in float32 (float64 for a
+        float64 decoder).
 
         Under ``autocast`` the network runs in bf16; the output is cast back so every
-        log-density is computed in float32.
+        log-density is computed in float32 at least.
         """
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.decoder(z.reshape(-1, z.shape[-1]))
-        return out.float().reshape(*z.shape[:-1], -1)
+        return out.to(torch.promote_types(out.dtype, torch.float32)).reshape(*z.shape[:-1], -1)
 
     def observation(self, z: torch.Tensor) -> dist.Distribution:
         """:math:`p_\\theta(x \\mid z)` over flattened pixels, batch shape ``z.shape[:-1]``."""
@@ -143,10 +144,14 @@ class VaeGuide(nn.Module):
         self.autocast = autocast
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        """Diagonal Normal :math:`q(z \\mid x)` with batch shape ``(N,)`` and event ``(D,)``."""
+        """Diagonal Normal :math:`q(z \\mid x)` with batch shape ``(N,)`` and event ``(D,)``, in
+        float32 (float64 for a float64 encoder)."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loc, log_scale = self.encoder(x)
-        return dist.Normal(loc.float(), log_scale.float().exp(), validate_args=False).to_event(1)
+        dtype = torch.promote_types(loc.dtype, torch.float32)
+        return dist.Normal(loc.to(dtype), log_scale.to(dtype).exp(), validate_args=False).to_event(
+            1
+        )
 
     def forward(
         self, x: torch.Tensor, subsample: torch.Tensor | None = None, size: int | None = None
