@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,39 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically (NumPy and torch values become lists/numbers)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+class ArrayFile:
+    """Save and load a dataclass of NumPy arrays as one ``.npz`` file, written atomically.
+
+    ``ARRAYS`` names the arrays in the "not found" error (for example ``"evaluation"``).
+    """
+
+    ARRAYS = "saved"
+
+    def save(self, path: Path) -> None:
+        """Write every field to ``path`` (``.npz``) atomically."""
+        import numpy as np
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: savez would append .npz to a name
+                np.savez(fh, **{f.name: getattr(self, f.name) for f in fields(self)})
+
+        atomic_save(path, write)
+
+    @classmethod
+    def load(cls, path: Path):
+        """Read what :meth:`save` wrote; a missing file or array is a clear error."""
+        import numpy as np
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{cls.ARRAYS} arrays not found: {path}")
+        with np.load(path) as data:
+            missing = [f.name for f in fields(cls) if f.name not in data]
+            if missing:
+                raise ValueError(f"{path} lacks the arrays {', '.join(missing)}")
+            return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def read_json(path: Path) -> Any:

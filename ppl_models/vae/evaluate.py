@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,7 +31,7 @@ import pyro.distributions as dist
 import torch
 
 from .. import diagnostics
-from ..runs import atomic_save
+from ..runs import ArrayFile
 from .model import VaeGuide, VaeModel
 
 ACTIVE_THRESHOLD = 0.01
@@ -218,7 +217,7 @@ def figure_images(
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Evaluation(ArrayFile):
     """Everything the report needs from an evaluation, saved as ``evaluation.npz``.
 
     Per held-out image of the ELBO set: ``elbo`` (one-draw ELBO), ``latent_loc``,
@@ -227,6 +226,8 @@ class Evaluation:
     (see :func:`iw_gains`). ``iw_draws`` holds the number of draws per image. The
     remaining arrays are grey-level images for the figures (see :func:`figure_images`).
     """
+
+    ARRAYS = "evaluation"
 
     elbo: np.ndarray
     latent_loc: np.ndarray
@@ -243,24 +244,6 @@ class Evaluation:
     reconstructions: np.ndarray
     prior_samples: np.ndarray
     interpolation: np.ndarray
-
-    def save(self, path: Path) -> None:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:  # a file object: savez would append .npz to a name
-                np.savez(fh, **{f.name: getattr(self, f.name) for f in fields(self)})
-
-        atomic_save(path, write)
-
-    @classmethod
-    def load(cls, path: Path) -> Evaluation:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"evaluation arrays not found: {path}")
-        with np.load(path) as data:
-            missing = [f.name for f in fields(cls) if f.name not in data]
-            if missing:
-                raise ValueError(f"{path} lacks the arrays {', '.join(missing)}")
-            return cls(**{f.name: data[f.name] for f in fields(cls)})
 
     @property
     def threshold(self) -> float:

@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import stats
 
 from .. import diagnostics
-from ..runs import atomic_save
+from ..runs import ArrayFile
 from . import best_gaussian, evaluate, posterior_grid
 from .model import VaeGuide, VaeModel
 
@@ -51,7 +50,7 @@ QUANTILES = (0.03, 0.5, 0.97)  # the grid posterior's marginal quantiles kept pe
 
 
 @dataclass(frozen=True)
-class GridComparison:
+class GridComparison(ArrayFile):
     """Per image (axis 0, ``n`` images): the grid's ``log_evidence``, its ``log_z_error`` and
     its marginal ``grid_quantiles`` ``(n, len(QUANTILES), 2)``; each method's ``*_loc``
     ``(n, 2)`` and ``*_cov`` ``(n, 2, 2)`` (grid: exact moments); each Gaussian's ``elbo_*`` and
@@ -62,6 +61,8 @@ class GridComparison:
     log-densities ``figure_log_density`` (every few nodes) and the levels ``figure_levels`` of
     the highest-density regions holding :data:`HPD_MASSES`. ``seconds``: grid, best Gaussians.
     """
+
+    ARRAYS = "grid comparison"
 
     log_evidence: np.ndarray
     log_z_error: np.ndarray
@@ -153,27 +154,6 @@ class GridComparison:
             "flagged_among_worst": float(flagged[worst].mean()),
             "flagged_among_rest": float(flagged[~worst].mean()) if (~worst).any() else math.nan,
         }
-
-    def save(self, path: Path) -> None:
-        """Write the arrays to ``path`` (``.npz``) atomically."""
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:  # a file object: savez would append .npz to a name
-                np.savez(fh, **{f.name: getattr(self, f.name) for f in fields(self)})
-
-        atomic_save(path, write)
-
-    @classmethod
-    def load(cls, path: Path) -> GridComparison:
-        """Read what :meth:`save` wrote; a missing file or array is a clear error."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"grid comparison arrays not found: {path}")
-        with np.load(path) as data:
-            missing = [f.name for f in fields(cls) if f.name not in data]
-            if missing:
-                raise ValueError(f"{path} lacks the arrays {', '.join(missing)}")
-            return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def compare(
