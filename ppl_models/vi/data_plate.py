@@ -31,6 +31,7 @@ refused with the site's name.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -95,17 +96,15 @@ def find_data_plate(trace, name: str) -> DataPlate:
             continue
         if any(frame.name == name for frame in site["cond_indep_stack"]):
             (observed if site["is_observed"] else latent).append(site["name"])
-    plates = sorted(
-        {
+    if size is None:
+        plates = {
             frame.name
             for site in trace.nodes.values()
             if site["type"] == "sample"
             for frame in site["cond_indep_stack"]
             if not frame.name.startswith("_")
         }
-    )
-    if size is None:
-        known = ", ".join(repr(p) for p in plates) or "none"
+        known = ", ".join(repr(p) for p in sorted(plates)) or "none"
         raise ValueError(f"data_plate {name!r} is not a plate of the model (its plates: {known})")
     if latent:
         raise ValueError(
@@ -164,22 +163,18 @@ def check_indexing(
     if plate.size < 2:
         raise ValueError(f"data_plate {plate.name!r} has {plate.size} observation; it needs two")
     conditioned = poutine.condition(model, data=dict(latents))
-    device = next(iter(latents.values())).device if latents else torch.device("cpu")
+    like = next(iter(latents.values()), torch.zeros((), dtype=torch.float64))
     half = plate.size // 2
     parts = (
-        None,
-        torch.arange(half, device=device),
-        torch.arange(half, plate.size, device=device),
+        contextlib.nullcontext(),
+        subsampled(plate.name, torch.arange(half, device=like.device)),
+        subsampled(plate.name, torch.arange(half, plate.size, device=like.device)),
     )
     totals = []
-    for indices in parts:
+    for part in parts:
         try:
-            with torch.no_grad():
-                if indices is None:
-                    trace = poutine.trace(conditioned).get_trace(**data)
-                else:
-                    with subsampled(plate.name, indices):
-                        trace = poutine.trace(conditioned).get_trace(**data)
+            with torch.no_grad(), part:
+                trace = poutine.trace(conditioned).get_trace(**data)
                 trace.compute_log_prob()
         except Exception as err:  # noqa: BLE001 - any failure here means the indexing is wrong
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -192,8 +187,7 @@ def check_indexing(
             )
         )
     full, halves = totals[0], totals[1] + totals[2]
-    dtype = next(iter(latents.values())).dtype if latents else torch.float64
-    rtol = 1e-6 if dtype == torch.float64 else 1e-4
+    rtol = 1e-6 if like.dtype == torch.float64 else 1e-4
     if not math.isclose(full, halves, rel_tol=rtol, abs_tol=rtol):
         raise ValueError(
             f"{advice}: the log-likelihood of the two halves of the data adds up to "
