@@ -23,10 +23,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 # only ever shows on a terminal (disable=None below), where the plain one is the right one
 from tqdm import tqdm
 
-ELBO_KINDS = ("trace", "meanfield")
-# how the objective evaluates the ELBO: Pyro's handlers on every call, or traced once and replayed
-OBJECTIVE_KINDS = ("plain", "traced")
-DEVICES = ("auto", "cpu", "cuda")
+from .options import DEVICES, ELBO_KINDS, OBJECTIVE_KINDS
 
 
 class NonFiniteLossError(FloatingPointError):
