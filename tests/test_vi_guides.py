@@ -10,12 +10,8 @@ import torch
 from pyro.distributions import constraints
 
 from ppl_models.svi import local_params
-from ppl_models.vi.guides import (
-    GUIDES,
-    feasible_init,
-    laplace_start,
-    make_guide,
-)
+from ppl_models.vi.guides import GUIDES, make_guide
+from ppl_models.vi.initialization import feasible_init, laplace_start
 
 
 def regression(X, y, sigma):

@@ -7,7 +7,7 @@ of a multimodal posterior, :math:`\log w` is nearly constant on q's draws, so k-
 search that looks elsewhere can see it; this module runs one (as Pathfinder's multiple paths
 and Stan's dispersed initial values do):
 
-1. L-BFGS (:func:`ppl_models.vi.guides.lbfgs_minimum`) minimises the potential
+1. L-BFGS (:func:`ppl_models.vi.initialization.lbfgs_minimum`) minimises the potential
    :math:`U(u) = -\log p(x, T(u)) - \log\lvert\det J_T(u)\rvert` in the guide's unconstrained
    space from ``starts`` points: half uniform in :math:`(-2, 2)^D` (Stan's initial values),
    half drawn from the prior (where it can be sampled);
@@ -43,7 +43,7 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from ppl_models.svi import local_params
-from ppl_models.vi.guides import lbfgs_minimum
+from ppl_models.vi.initialization import lbfgs_minimum
 from ppl_models.vi.logweights import LogWeights
 
 MODE_STARTS = 8
