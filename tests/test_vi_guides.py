@@ -10,8 +10,9 @@ import torch
 from pyro.distributions import constraints
 
 from ppl_models.svi import local_params
-from ppl_models.vi.guides import GUIDES, make_guide
+from ppl_models.vi.guides import make_guide
 from ppl_models.vi.initialization import feasible_init, laplace_start
+from ppl_models.vi.settings import GUIDES
 
 
 def regression(X, y, sigma):

@@ -47,11 +47,7 @@ from .initialization import (
     feasible_start,
     laplace_start,
 )
-
-GUIDES = ("auto-normal", "auto-mvn", "auto-lowrank", "auto-iaf")
-CUSTOM = "custom"
-INITS = ("laplace", "feasible")
-
+from .settings import CUSTOM, GUIDE_CHOICES, INITS
 
 # ----------------------------------------------------------------------------- guides
 
@@ -385,7 +381,7 @@ def make_guide(
             raise ValueError("guide 'custom' needs a guide(**data) function in the model script")
         return custom
     if name not in GUIDE_CLASSES:
-        raise ValueError(f"guide must be one of {', '.join((*GUIDES, CUSTOM))}, got {name!r}")
+        raise ValueError(f"guide must be one of {', '.join(GUIDE_CHOICES)}, got {name!r}")
     return GUIDE_CLASSES[name](model, init=init, dtype=dtype, device=device, **options)
 
 

@@ -45,8 +45,8 @@ from scipy.special import logsumexp
 from ppl_models.svi import local_params
 from ppl_models.vi.initialization import lbfgs_minimum
 from ppl_models.vi.logweights import LogWeights
+from ppl_models.vi.settings import DiagnosisSettings
 
-MODE_STARTS = 8
 INIT_RADIUS = 2.0  # Stan's uniform(-2, 2) initial values in the unconstrained space
 ELLIPSOID_LEVEL = 0.99
 MIN_VISITED = 0.01
@@ -168,7 +168,7 @@ def search_modes(
     data: dict,
     lw: LogWeights,
     *,
-    starts: int = MODE_STARTS,
+    starts: int = DiagnosisSettings.mode_starts,
     seed: int = 0,
     iterations: int = MODE_ITERATIONS,
 ) -> ModeSearch:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .settings import NutsSettings
+
 _ELEMENT = re.compile(r"^(?P<base>[^\[\]]+?)(?:\[(?P<index>[0-9]+(?:\s*,\s*[0-9]+)*)\])?$")
 
 
@@ -303,9 +305,9 @@ def nuts_reference(
     model: Callable,
     data: dict,
     *,
-    warmup: int = 500,
-    draws: int = 1000,
-    chains: int = 2,
+    warmup: int = NutsSettings.warmup,
+    draws: int = NutsSettings.draws,
+    chains: int = NutsSettings.chains,
     seed: int = 0,
     jit: bool = True,
     full_mass: bool = True,

@@ -208,6 +208,15 @@ def convert_data(data: Mapping[str, Any], *, dtype=None, device=None) -> dict[st
     return out
 
 
+def model_data(model: Callable, data: Mapping[str, Any], *, dtype=None, device=None) -> dict:
+    """``data`` converted for ``model`` (:func:`convert_data`) and checked against its keyword
+    parameters (:func:`check_data_keys`): what a fit takes. Converting converted data changes
+    nothing, so a caller may check its data early and pass the result on."""
+    converted = convert_data(data, dtype=dtype, device=device)
+    check_data_keys(model, converted)
+    return converted
+
+
 def _flatten(value):
     for item in value:
         if isinstance(item, list | tuple):
