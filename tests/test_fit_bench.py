@@ -7,7 +7,7 @@ import torch
 
 from ppl_models import cli
 from ppl_models.bench import fit as bench
-from ppl_models.jobs.fit import FitConfig
+from ppl_models.jobs.fit.config import FitConfig
 from ppl_models.runs import read_json
 
 STAGES = (

@@ -4,7 +4,7 @@ For each model script in ``runs/`` whose data is available (``normal_mean.py`` a
 posteriordb ones when their data is found: ``$PPL_MODELS_POSTERIORDB``, else the repository's
 ``runs/posteriordb``), three timings on the same settings:
 
-(a) ``fit``: the command's whole run, :func:`ppl_models.jobs.fit.execute` (inputs, the fit
+(a) ``fit``: the command's whole run, :func:`ppl_models.jobs.fit.run.execute` (inputs, the fit
     with its Laplace start, the diagnosis with ``--draws`` guide draws, the report and its
     figures, the run's files), split into its stages;
 (b) ``plain Pyro``: the same steps and particles of ``pyro.infer.SVI`` with Pyro's own
@@ -93,8 +93,8 @@ def available(models=MODELS, scripts: Path | None = None) -> tuple[list, list[st
 
 
 def time_fit_command(config, out: Path) -> dict:
-    """Run :func:`ppl_models.jobs.fit.execute` once; its wall time and stages (seconds)."""
-    from ..jobs.fit import execute
+    """Run :func:`ppl_models.jobs.fit.run.execute` once; its wall time and stages (seconds)."""
+    from ..jobs.fit.run import execute
     from ..vi import fitting
 
     fit_svi, fit_cpu = fitting.fit_svi, []
@@ -242,7 +242,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models", help=f"comma-separated model scripts of runs/ (default: all of {names})"
     )
-    from ..jobs.fit import FitConfig
+    from ..jobs.fit.config import FitConfig
 
     d = FitConfig()  # the fit command's defaults
     parser.add_argument("--steps", type=int, default=d.steps, help=f"SVI steps ({d.steps})")
@@ -296,7 +296,7 @@ def main(args: argparse.Namespace) -> int:
     """Time every available model, print the table, write ``bench.json``; returns 0."""
     import torch
 
-    from ..jobs.fit import FitConfig
+    from ..jobs.fit.config import FitConfig
     from ..runs import atomic_write_json, environment
 
     for flag in ("steps", "particles", "nuts_draws", "nuts_chains"):
