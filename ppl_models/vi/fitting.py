@@ -7,26 +7,14 @@ the iterates: the fitted parameters are the mean of the iterates
 :math:`\theta_s,\ s \ge \lfloor (1 - w) T \rfloor` over the last fraction :math:`w` of the
 :math:`T` steps, which cancels the gradient noise left in the last iterate.
 
-**Convergence** is monitored as Stan's ADVI does: every ``eval_every`` steps the mean loss
-:math:`\bar L_k` (the negative ELBO) over the last window is compared with the previous
-window's. The rule holds at window :math:`k` when the relative change
-:math:`|\bar L_k - \bar L_{k-1}| / |\bar L_k|` is below ``tolerance`` (Stan's
-``tol_rel_obj``, 0.01) **and** the absolute change is within three standard errors of the
-difference of the two window means (or 0.05 nats): a relative rule alone is met trivially when
-:math:`|\mathrm{ELBO}|` is large. The fit is called converged when the rule holds at the last
-window; it never stops early unless asked (``stop_early=True``).
-
-**Vectorized particles.** :func:`vectorization_ok` checks that the model gives the same
-:math:`\log p(x, z) - \log q(z)` for draws taken together under a particle plate as one by
-one; a model that indexes ``beta[0]`` fails it, and the fit then loops over particles
-(``Trace_ELBO(vectorize_particles=False)``) and says so in :attr:`SviFit.notes`.
+The fit is checked as it runs by the convergence rule (:mod:`ppl_models.vi.convergence`), and
+particles are vectorized where the model allows it (:mod:`ppl_models.vi.vectorization`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
@@ -43,6 +30,7 @@ from pyro.poutine.util import site_is_subsample
 from ..distributed import Context, rank_seed
 from ..options import DEVICES
 from ..svi import local_params, make_objective, resolve_device, seed_everything, train
+from .convergence import convergence_report
 from .data_plate import (
     DataPlate,
     check_indexing,
@@ -54,6 +42,7 @@ from .data_plate import (
 from .guides import make_guide, max_plate_nesting
 from .script import model_data
 from .settings import CUSTOM, GUIDES, FitSettings
+from .vectorization import vectorization_ok
 
 
 @dataclass
@@ -103,160 +92,6 @@ class SviFit:
     dtype: torch.dtype
     init_seconds: float = 0.0
     extras: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- vectorization
-
-
-def _per_particle(log_prob: torch.Tensor, dim: int, n: int) -> torch.Tensor:
-    """Sum a site's log-density over every dim except the particle dim ``dim`` (negative)."""
-    if log_prob.dim() < -dim or log_prob.shape[dim] == 1:
-        return log_prob.sum().expand(n)
-    return log_prob.movedim(dim, 0).reshape(log_prob.shape[dim], -1).sum(-1)
-
-
-def _base(fn):
-    while isinstance(fn, dist.Independent | dist.MaskedDistribution):
-        fn = fn.base_dist
-    return fn
-
-
-def _log_weight_vectorized(model, guide, data, n, dim) -> torch.Tensor:
-    with pyro.plate("_vectorization_check", n, dim=dim):
-        guide_trace = poutine.trace(guide).get_trace(**data)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
-    total = torch.zeros(n, dtype=torch.float64)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                total = (
-                    total + sign * _per_particle(site["log_prob"], dim, n).to(torch.float64).cpu()
-                )
-    return total, guide_trace
-
-
-def vectorization_ok(
-    model: Callable, guide: Callable, data: Mapping[str, Any], max_plate_nesting: int
-) -> bool:
-    r"""Whether ``model``/``guide`` give the same :math:`\log p(x, z) - \log q(z)` for 3 draws
-    taken together under a plate at dim ``-(max_plate_nesting + 1)`` as one by one.
-
-    The draws of the vectorized run are replayed one at a time (the guide conditioned on its
-    non-deterministic sites' values for that draw), so the two computations see the same
-    :math:`z`. False when the vectorized run raises or the two disagree (``allclose``, relative
-    tolerance 1e-6 in float64, 1e-3 in float32): a model that indexes ``beta[0]`` silently
-    broadcasts wrongly under a particle plate. Errors of the one-by-one run propagate (the model
-    itself is broken then).
-    """
-    n, dim = 3, -(max_plate_nesting + 1)
-    with torch.no_grad(), local_params():
-        single = poutine.trace(guide).get_trace(**data)
-        try:
-            vectorized, guide_trace = _log_weight_vectorized(model, guide, data, n, dim)
-        except Exception:  # noqa: BLE001 - any failure under the plate means: do not vectorize
-            return False
-        looped = []
-        for i in range(n):
-            values = {}
-            for name, site in guide_trace.nodes.items():
-                if (
-                    site["type"] != "sample"
-                    or site_is_subsample(site)
-                    or isinstance(_base(site["fn"]), dist.Delta)
-                ):
-                    continue
-                shape = single.nodes[name]["value"].shape
-                value = site["value"]
-                axis = value.dim() - site["fn"].event_dim + dim
-                if axis >= 0 and value.shape[axis] == n:
-                    value = value.select(axis, i)
-                try:
-                    values[name] = value.reshape(shape)
-                except RuntimeError:
-                    return False
-            g = poutine.trace(poutine.condition(guide, values)).get_trace(**data)
-            for name in values:  # conditioned, yet still the guide's draws for replay
-                g.nodes[name]["is_observed"] = False
-            m = poutine.trace(poutine.replay(model, trace=g)).get_trace(**data)
-            looped.append(float(m.log_prob_sum()) - float(g.log_prob_sum()))
-    looped = torch.tensor(looped, dtype=torch.float64)
-    if not bool(torch.isfinite(vectorized).all()):
-        return False
-    rtol = 1e-3 if _floating_dtype(data) == torch.float32 else 1e-6
-    return bool(torch.allclose(vectorized, looped, rtol=rtol, atol=rtol))
-
-
-def _floating_dtype(data: Mapping[str, Any]) -> torch.dtype:
-    for value in data.values():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.dtype
-    return torch.float64
-
-
-# ----------------------------------------------------------------------------- convergence
-
-
-def convergence_report(
-    losses: np.ndarray,
-    eval_every: int = FitSettings.eval_every,
-    tolerance: float = FitSettings.tolerance,
-) -> dict:
-    """Apply the convergence rule (module docstring) to a loss trace.
-
-    Returns a dict with ``rule`` (words), ``held`` (at the last window), ``step`` (from which
-    it held to the end, or None), and per window ``window_steps``, ``window_means``,
-    ``relative_changes``, ``absolute_changes``, ``noise``.
-    """
-    losses = np.asarray(losses, dtype=np.float64)
-    k = len(losses) // eval_every
-    means, ses = [], []
-    for i in range(k):
-        window = losses[i * eval_every : (i + 1) * eval_every]
-        means.append(float(window.mean()))
-        ses.append(float(window.std(ddof=1) / math.sqrt(len(window))))
-    rel, absolute, noise, held = [], [], [], []
-    for i in range(1, k):
-        change = abs(means[i] - means[i - 1])
-        r = change / max(abs(means[i]), 1e-300)
-        allowed = max(3.0 * math.hypot(ses[i], ses[i - 1]), 0.05)
-        rel.append(r)
-        absolute.append(change)
-        noise.append(allowed)
-        held.append(r < tolerance and change <= allowed)
-    since = None
-    for i in range(len(held) - 1, -1, -1):
-        if not held[i]:
-            break
-        since = (i + 2) * eval_every
-    rule = (
-        f"every {eval_every} steps, the mean loss (-ELBO) over the last {eval_every} steps is "
-        f"compared with the previous window's; converged when the relative change is below "
-        f"{tolerance:g} (Stan ADVI's tol_rel_obj) and the absolute change is within three "
-        "standard errors of the window means' difference (at least 0.05 nats)"
-    )
-    if not held:
-        status = f"not assessed: fewer than two windows of {eval_every} steps"
-    elif held[-1]:
-        status = f"held from step {since} to the end ({len(losses)} steps)"
-    else:
-        status = (
-            f"did not hold at the end: the last windows' means differ by {absolute[-1]:.3g} "
-            f"nats (relative {rel[-1]:.2g}; allowed {noise[-1]:.3g} nats)"
-        )
-    return {
-        "rule": rule,
-        "status": status,
-        "held": bool(held[-1]) if held else False,
-        "step": since,
-        "eval_every": eval_every,
-        "tolerance": tolerance,
-        "window_steps": [(i + 1) * eval_every for i in range(k)],
-        "window_means": means,
-        "relative_changes": rel,
-        "absolute_changes": absolute,
-        "noise": noise,
-    }
 
 
 # ----------------------------------------------------------------------------- fitting
