@@ -27,7 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .script import posteriordb_file
 from .settings import NutsSettings
+
+POSTERIORDB_PREFIX = "posteriordb:"
 
 _ELEMENT = re.compile(r"^(?P<base>[^\[\]]+?)(?:\[(?P<index>[0-9]+(?:\s*,\s*[0-9]+)*)\])?$")
 
@@ -184,8 +187,10 @@ def load_reference(path: str | Path) -> Reference:
     ----------
     path
         posteriordb reference draws (``.json`` or ``.json.zip``: a list of chains, each mapping
-        ``name``, ``name[i]``, ``name[i,j]`` (1-based) to draws) or an ArviZ InferenceData
-        ``.nc`` file (its ``posterior`` group, variables shaped ``(chain, draw, *shape)``).
+        ``name``, ``name[i]``, ``name[i,j]`` (1-based) to draws), an ArviZ InferenceData
+        ``.nc`` file (its ``posterior`` group, variables shaped ``(chain, draw, *shape)``), or
+        ``posteriordb:NAME``: the reference draws of posteriordb's posterior ``NAME`` (four ship
+        with the package; :func:`ppl_models.vi.script.posteriordb_dir`).
 
     Returns
     -------
@@ -199,6 +204,8 @@ def load_reference(path: str | Path) -> Reference:
         For an unknown suffix, or a corrupt or unreadable file; the message names the file and
         what was expected.
     """
+    if str(path).startswith(POSTERIORDB_PREFIX):
+        path = posteriordb_file(str(path)[len(POSTERIORDB_PREFIX) :], "reference_draws.json.zip")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference file not found: {path}")

@@ -16,11 +16,13 @@ format).
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import inspect
 import itertools
 import json
 import math
+import os
 import sys
 import zipfile
 from collections.abc import Callable, Mapping
@@ -266,16 +268,11 @@ POSTERIORDB_ENV = "PPL_MODELS_POSTERIORDB"
 
 def posteriordb_dir() -> Path:
     """The folder of posteriordb posteriors: ``$PPL_MODELS_POSTERIORDB`` when set, else the
-    four that ship with the repository in ``runs/posteriordb``, else
-    ``../shared/data/posteriordb`` beside the repository."""
-    import os
-
+    four that ship inside the package (``ppl_models/data/posteriordb``)."""
     env = os.environ.get(POSTERIORDB_ENV)
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    shipped = repo / "runs" / "posteriordb"
-    return shipped if shipped.is_dir() else repo.parent / "shared" / "data" / "posteriordb"
+    return Path(str(importlib.resources.files("ppl_models") / "data" / "posteriordb"))
 
 
 def posteriordb_file(posterior: str, name: str = "data.json.zip") -> Path:
