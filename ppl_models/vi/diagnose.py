@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from ppl_models import diagnostics
-from ppl_models.vi import bounds as vb
-from ppl_models.vi.compare import compare, flatten_sites
-from ppl_models.vi.logweights import LogWeights, draw_log_weights, element_names
-from ppl_models.vi.modes import search_modes
-from ppl_models.vi.references import Reference, load_reference, match_sites, nuts_reference
-from ppl_models.vi.settings import DiagnosisSettings
-from ppl_models.vi.verdict import VerdictRules, decide
+from .. import diagnostics
+from . import bounds as vb
+from .compare import compare, flatten_sites
+from .logweights import LogWeights, draw_log_weights, element_names
+from .modes import search_modes
+from .references import Reference, load_reference, match_sites, nuts_reference
+from .settings import DiagnosisSettings
+from .verdict import VerdictRules, decide
 
 POSTERIOR_DRAWS = 10_000
 POSTERIOR_CHAINS = 4

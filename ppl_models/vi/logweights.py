@@ -33,9 +33,9 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from ppl_models.distributed import Context, rank_seed
-from ppl_models.svi import local_params
-from ppl_models.vi.settings import DiagnosisSettings
+from ..distributed import Context, rank_seed
+from ..svi import local_params
+from .settings import DiagnosisSettings
 
 DRAW_PLATE = "_ppl_models_draws"
 _CHUNK_ELEMENTS = 2**23  # about 64 MiB of float64 per chunk for the largest per-draw tensors

@@ -42,10 +42,10 @@ from pyro import poutine
 from scipy import stats
 from scipy.special import logsumexp
 
-from ppl_models.svi import local_params
-from ppl_models.vi.initialization import lbfgs_minimum
-from ppl_models.vi.logweights import LogWeights
-from ppl_models.vi.settings import DiagnosisSettings
+from ..svi import local_params
+from .initialization import lbfgs_minimum
+from .logweights import LogWeights
+from .settings import DiagnosisSettings
 
 INIT_RADIUS = 2.0  # Stan's uniform(-2, 2) initial values in the unconstrained space
 ELLIPSOID_LEVEL = 0.99

@@ -164,7 +164,7 @@ def from_posteriordb(chains, source: str = "posteriordb reference draws") -> Ref
 
 
 def _load_netcdf(path: Path) -> Reference:
-    from ppl_models import diagnostics
+    from .. import diagnostics
 
     idata = diagnostics.load(path)
     if "posterior" not in idata.groups():
