@@ -16,9 +16,9 @@ import torch
 
 from .. import diagnostics
 from ..vi.references import Reference
-from . import closed_forms, pyro_model, settings
+from . import closed_forms, options, pyro_model
 from .fitting import Fit
-from .settings import MODEL
+from .options import MODEL
 
 if TYPE_CHECKING:
     from ..jobs.exp_normal import ExpNormalConfig
@@ -99,7 +99,7 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
     log_evidence = closed_forms.log_evidence(x, rate)
     theta_svi = fitted.params.get("theta")
     families = {}
-    for family in settings.GUIDE_FAMILIES:
+    for family in options.GUIDE_FAMILIES:
         params = closed_forms.optimal_guide_params(family, x, rate)
         dist_f = pyro_model.guide_distribution(family, params)
         families[family] = {"params": params, "kl": closed_forms.kl_of(dist_f, x, rate)}

@@ -24,8 +24,9 @@ from ..config import (
     require,
     require_svi_schedule,
 )
-from ..exp_normal.settings import ELBO_KINDS, GUIDE_FAMILIES, validate_rate
-from ..exp_normal.settings import MODEL as MODEL  # summary.json's "model"
+from ..exp_normal.options import GUIDE_FAMILIES, validate_rate
+from ..exp_normal.options import MODEL as MODEL  # summary.json's "model"
+from ..options import DEVICES, ELBO_KINDS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -154,7 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--elbo", choices=ELBO_KINDS, help="ELBO estimator")
     parser.add_argument("--particles", type=int, help="ELBO particles per step (vectorized)")
     parser.add_argument("--steps", type=int, help="SVI steps")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to fit")
+    parser.add_argument("--device", choices=DEVICES, help="where to fit")
     parser.add_argument("--out", type=Path, help="run directory (default runs/<config>/<time>/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
