@@ -10,8 +10,8 @@ import pytest
 from ppl_models import cli, svi
 from ppl_models import exp_normal as exp_normal_model
 from ppl_models.bench import exp_normal as bench_exp_normal
-from ppl_models.jobs import exp_normal as exp_normal_job
 from ppl_models.jobs import vae as vae_job
+from ppl_models.jobs.exp_normal import config as exp_normal_job
 from ppl_models.vae import evaluate
 from ppl_models.vae.model import LIKELIHOODS
 from ppl_models.vae.networks import ARCHS

@@ -2,10 +2,11 @@
 
 Both start from theta = 1 on the default data (rate 1, N 5, seed 0). The baseline is the
 notebook's ``VariationalModel`` written faithfully: 128 particles in a Python loop, SGD with step
-size 1e-4, 1000 steps, float32. The package's fit is :func:`ppl_models.exp_normal.fitting.fit` with
-the default configuration (through :func:`ppl_models.vi.fitting.fit_svi`). Reported: time per step
-(the package's includes the fit's set-up), and the wall time from the call until theta enters the
-band theta* +- 0.5% and stays there for the rest of the run.
+size 1e-4, 1000 steps, float32. The package's fit is
+:func:`ppl_models.jobs.exp_normal.fitting.fit` with the default configuration (through
+:func:`ppl_models.vi.fitting.fit_svi`). Reported: time per step (the package's includes the fit's
+set-up), and the wall time from the call until theta enters the band theta* +- 0.5% and stays
+there for the rest of the run.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from .. import exp_normal
-    from ..exp_normal.fitting import fit
     from ..jobs.exp_normal import DEFAULT_CONFIG, ExpNormalConfig
+    from ..jobs.exp_normal.fitting import fit
     from ..svi import seed_everything
     from .notebook import run_notebook_loop
 

@@ -1,5 +1,5 @@
-r"""The exponential-normal model: data, the truncated normal, model and guides, closed forms,
-figures, and the fit and report of ``ppl-models exp-normal``.
+r"""The exponential-normal model: data, the truncated normal, model and guides, closed forms and
+figures.
 
 The model is
 
@@ -16,9 +16,9 @@ forms work in float64 NumPy; the model and guides are Pyro code that runs on any
 Modules: ``options`` (guide families, the rate check; no torch), ``data`` (validation, files,
 simulation), ``distributions`` (the truncated normal), ``pyro_model`` (the Pyro model and its
 guide families), ``closed_forms`` (optimal theta, ELBO, evidence, KL, exact and grid posteriors,
-quadrature for any guide), ``fitting`` (the SVI fit), ``analysis`` (the report's numbers),
-``report`` (verdict, tables, the report page) and ``figures``. The command itself lives in
-:mod:`ppl_models.jobs.exp_normal`.
+quadrature for any guide) and ``figures``. The job ``ppl-models exp-normal`` (its
+configuration, fit, numbers and report page) is :mod:`ppl_models.jobs.exp_normal`; this package
+knows nothing of it.
 
 Every public name of ``data``, ``distributions``, ``pyro_model`` and ``closed_forms`` (and
 ``GUIDE_FAMILIES``, ``SUPPORTED_SUFFIXES``, ``validate_rate``) is available from the package,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-MODEL = "exp-normal"  # the command, and summary.json's "model" (how `ppl-models report` finds it)
 GUIDE_FAMILIES = ("exponential", "gamma", "lognormal", "truncated-normal")
 SUPPORTED_SUFFIXES = (".csv", ".npy", ".txt")
 

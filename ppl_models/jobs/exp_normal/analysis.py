@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .. import diagnostics
-from ..vi.references import Reference
-from . import closed_forms, options, pyro_model
+from ... import diagnostics
+from ...exp_normal import closed_forms, options, pyro_model
+from ...vi.references import Reference
+from .config import MODEL
 from .fitting import Fit
-from .options import MODEL
 
 if TYPE_CHECKING:
-    from ..jobs.exp_normal import ExpNormalConfig
+    from .config import ExpNormalConfig
 
 IW_DRAWS = 200_000  # guide draws of the diagnosis: every weight-based number comes from them
 REFERENCE_CHAINS = 4
@@ -55,7 +55,7 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
     ``reference_posterior``) with the groups ``posterior_variational``, ``posterior_grid`` and
     ``posterior_exact`` added.
     """
-    from ..vi.diagnose import diagnose
+    from ...vi.diagnose import diagnose
 
     rate = config.rate
     rng = np.random.default_rng(config.seed)
