@@ -74,8 +74,8 @@ def test_the_spelled_out_choices_are_the_codes():
     assert vae_job.LIKELIHOODS == LIKELIHOODS
     assert vae_job.ELBO_KINDS == svi.ELBO_KINDS == exp_normal_job.ELBO_KINDS
     assert vae_job.OBJECTIVE_KINDS == svi.OBJECTIVE_KINDS
-    assert exp_normal_job.GUIDE_FAMILIES == exp_normal_model.GUIDE_FAMILIES
-    assert bench_exp_normal.TOLERANCE == exp_normal_job.TOLERANCE
+    assert exp_normal_job.GUIDE_FAMILIES is exp_normal_model.GUIDE_FAMILIES
+    assert bench_exp_normal.TOLERANCE is exp_normal_job.TOLERANCE
     assert vae_job.ACTIVE_THRESHOLD == evaluate.ACTIVE_THRESHOLD
 
 

@@ -17,15 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import load_config
+from ..jobs.exp_normal.config import DEFAULT_CONFIG, TOLERANCE, ExpNormalConfig
 from ..runs import atomic_write_json, environment
 from . import make_out_dir
 
 if TYPE_CHECKING:
     import numpy as np
-
-# theta* +- 0.5%: ppl_models.jobs.exp_normal.TOLERANCE (a test keeps them equal), spelled out
-# here so that building the command line imports neither torch nor pyro
-TOLERANCE = 0.005
 
 
 def time_to_stay(
@@ -71,7 +68,6 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from .. import exp_normal
-    from ..jobs.exp_normal import DEFAULT_CONFIG, ExpNormalConfig
     from ..jobs.exp_normal.fitting import fit
     from ..svi import seed_everything
     from .notebook import run_notebook_loop
