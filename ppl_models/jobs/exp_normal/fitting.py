@@ -97,7 +97,9 @@ def fit(
 
     start = time.perf_counter()
     steps = config.steps
-    names = list(pyro_model._PARAM_CONSTRAINTS[config.guide])
+    with local_params():  # the guide's parameters live in the module, as fit_svi expects
+        guide = pyro_model.make_guide(config.guide, x, config.rate).to(x.device)
+        names = list(guide.params())  # its family's parameters, in the family's order
     raw = {name: np.empty(steps) for name in names}
     prefix = {name: np.zeros(steps + 1) for name in names}  # prefix sums of raw
     traces = {name: np.empty(steps) for name in names}
@@ -124,8 +126,7 @@ def fit(
             )
         return False
 
-    with local_params():  # the guide's parameters live in the module, as fit_svi expects
-        guide = pyro_model.make_guide(config.guide, x, config.rate).to(x.device)
+    with local_params():
         svi = fit_svi(
             pyro_model.model,
             guide,
