@@ -48,8 +48,8 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
     posteriors.
 
     The summary holds the closed-form numbers of this model and, after them, every key of the
-    generic diagnosis (issue 7's ``summary.json``: ``elbo``, ``cubo2``, ``d2``,
-    ``error_bounds``, ``parameters``, ``verdict`` ...). ``psis_khat``, ``importance_ess``,
+    generic diagnosis (those of ``ppl-models fit``'s ``summary.json``: ``elbo``, ``cubo2``,
+    ``d2``, ``error_bounds``, ``parameters``, ``verdict`` ...). ``psis_khat``, ``importance_ess``,
     ``iw_bounds`` and ``draws`` are the diagnosis's, from its :data:`IW_DRAWS` guide draws.
     The InferenceData is the diagnosis's (``posterior``, ``sample_stats``,
     ``reference_posterior``) with the groups ``posterior_variational``, ``posterior_grid`` and
