@@ -10,8 +10,8 @@ import pytest
 from ppl_models import cli, svi
 from ppl_models import exp_normal as exp_normal_model
 from ppl_models.bench import exp_normal as bench_exp_normal
-from ppl_models.jobs import exp_normal as exp_normal_job
 from ppl_models.jobs import vae as vae_job
+from ppl_models.jobs.exp_normal import config as exp_normal_job
 from ppl_models.vae import evaluate
 from ppl_models.vae.model import LIKELIHOODS
 from ppl_models.vae.networks import ARCHS
@@ -74,8 +74,8 @@ def test_the_spelled_out_choices_are_the_codes():
     assert vae_job.LIKELIHOODS == LIKELIHOODS
     assert vae_job.ELBO_KINDS == svi.ELBO_KINDS == exp_normal_job.ELBO_KINDS
     assert vae_job.OBJECTIVE_KINDS == svi.OBJECTIVE_KINDS
-    assert exp_normal_job.GUIDE_FAMILIES == exp_normal_model.GUIDE_FAMILIES
-    assert bench_exp_normal.TOLERANCE == exp_normal_job.TOLERANCE
+    assert exp_normal_job.GUIDE_FAMILIES is exp_normal_model.GUIDE_FAMILIES
+    assert bench_exp_normal.TOLERANCE is exp_normal_job.TOLERANCE
     assert vae_job.ACTIVE_THRESHOLD == evaluate.ACTIVE_THRESHOLD
 
 
