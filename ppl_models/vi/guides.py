@@ -43,6 +43,7 @@ from torch.distributions import biject_to
 from .initialization import (
     LBFGS_ITERATIONS,
     LaplaceStart,
+    bound_kind,
     feasible_init,
     feasible_start,
     laplace_start,
@@ -127,12 +128,11 @@ class WhitenedGuide(AutoContinuous):
         else:
             args64 = tuple(_to_float64(a) for a in args)
             kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
-            generator = torch.Generator(device=start.device).manual_seed(0)
             self.start = laplace_start(
                 lambda z: self.potential(z, *args64, **kwargs64),
                 start,
                 iterations=self._iterations,
-                generator=generator,
+                coordinates=self._coordinates(),
             )
         cast = {"dtype": self._dtype, "device": self._device}
         self.register_buffer("white_loc", self.start.loc.to(**cast))
@@ -144,6 +144,22 @@ class WhitenedGuide(AutoContinuous):
 
     def _setup_params(self) -> None:
         raise NotImplementedError
+
+    def _coordinates(self) -> list[tuple[str, str]]:
+        """Per coordinate of the flat unconstrained vector: a name (``site`` or ``site[i]``)
+        and the kind of its support's bound (:func:`~ppl_models.vi.initialization.bound_kind`)."""
+        out = []
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            if name not in self._unconstrained_shapes:
+                continue
+            n = math.prod(self._unconstrained_shapes[name])
+            kind = bound_kind(site["fn"].support)
+            out += [(name if n == 1 else f"{name}[{i + 1}]", kind) for i in range(n)]
+        return out
+
+    def _initial_scale(self) -> torch.Tensor:
+        """The guide's scale parameters at the start (whitened units)."""
+        return self._zeros() + self.start.init_scale
 
     def _zeros(self) -> torch.Tensor:
         return torch.zeros(self.latent_dim, dtype=self._dtype, device=self._device)
@@ -165,7 +181,7 @@ class AutoWhitenedNormal(WhitenedGuide):
 
     def _setup_params(self):
         self.loc = nn.Parameter(self._zeros())
-        self.scale = PyroParam(self._zeros() + 1.0, self.scale_constraint)
+        self.scale = PyroParam(self._initial_scale(), self.scale_constraint)
 
     def _loc_scale(self, *args, **kwargs):
         return self.white_loc + self.white_scale * self.loc, self.white_scale * self.scale
@@ -188,7 +204,7 @@ class AutoWhitenedMultivariateNormal(WhitenedGuide):
 
     def _setup_params(self):
         self.loc = nn.Parameter(self._zeros())
-        self.scale = PyroParam(self._zeros() + 1.0, self.scale_constraint)
+        self.scale = PyroParam(self._initial_scale(), self.scale_constraint)
         eye = torch.eye(self.latent_dim, dtype=self._dtype, device=self._device)
         self.scale_tril = PyroParam(eye, self.scale_tril_constraint)
 
@@ -235,7 +251,7 @@ class AutoWhitenedLowRankNormal(WhitenedGuide):
         noise = torch.randn(d, rank, dtype=torch.float64, generator=generator)
         factor = factor + 1e-2 * noise.to(factor.device)  # off the saddle at F = 0
         self.loc = nn.Parameter(self._zeros())
-        self.scale = PyroParam(self._zeros() + 1.0, self.scale_constraint)
+        self.scale = PyroParam(self._initial_scale(), self.scale_constraint)
         self.cov_factor = nn.Parameter(factor.to(dtype=self._dtype, device=self._device))
 
     def get_posterior(self, *args, **kwargs):

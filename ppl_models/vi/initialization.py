@@ -10,12 +10,18 @@ search, float64) minimises the potential
 
 from a feasible point (each site's prior mean or median where it can be computed, else the
 point :math:`z = 0`; flat priors such as :class:`pyro.distributions.ImproperUniform` cannot be
-sampled, which is why Pyro's own initialisers fail on them). At the minimum :math:`\hat z` the
-Hessian :math:`H = \nabla^2 U(\hat z)` gives the Laplace approximation
-:math:`\mathcal N(\hat z, H^{-1})`. When L-BFGS finds no minimum within its budget (a funnel:
-the density grows without bound as a scale goes to zero) or :math:`H` is not positive
-definite, the start is the point of the L-BFGS path whose Gaussian (its Hessian with
-non-positive curvatures replaced by one) has the highest ELBO estimate, and a note says so.
+sampled, which is why Pyro's own initialisers fail on them). At a proper minimum :math:`\hat z`
+(a positive-definite Hessian :math:`H = \nabla^2 U(\hat z)` and a small Newton decrement) the
+Laplace approximation :math:`\mathcal N(\hat z, H^{-1})` is the start, and the guide is fitted
+in coordinates whitened by it.
+
+**Without a proper MAP** the Laplace approximation means nothing: in a hierarchical model the
+joint density grows without bound as a group scale goes to zero with the group effects at their
+mean, L-BFGS runs down that funnel, and a Gaussian built there has scales near zero that would
+freeze SVI in the funnel's neck. The start is then Pyro's own (:func:`prior_start`): the
+feasible point, no whitening, and a guide scale of 0.1 (Pyro's ``init_scale``), from which SVI
+can move as freely as in a plain Pyro fit. The note says why: the Hessian was not positive
+definite, L-BFGS stopped short of a minimum, or a bounded site ran towards its boundary.
 
 :func:`lbfgs_minimum` is also the minimiser of the search for modes q never visits
 (:mod:`ppl_models.vi.modes`).
@@ -32,8 +38,8 @@ import torch
 from torch.distributions import biject_to
 
 LBFGS_ITERATIONS = 200  # enough for a 20-parameter MAP in float64; a funnel stops here
-SELECTION_DRAWS = 16  # common random numbers for the ELBO of each candidate start
-SELECTION_CANDIDATES = 8
+PYRO_INIT_SCALE = 0.1  # the guide scale Pyro's autoguides start from (their init_scale)
+BOUNDARY_RUN = 5.0  # a bounded coordinate that L-BFGS moved this far outwards ran to its boundary
 
 
 # ----------------------------------------------------------------------------- initial values
@@ -102,8 +108,11 @@ class LaplaceStart:
     diag_scale
         :math:`H_{ii}^{-1/2}`, the mean-field Gaussian's sds.
     method
-        ``"laplace"`` (a MAP with positive-definite curvature), ``"path"`` (the best point
-        of the L-BFGS path), or ``"feasible"`` (no optimisation, unit scale).
+        ``"laplace"`` (a MAP with positive-definite curvature), ``"prior"`` (Pyro's start:
+        the feasible point, no whitening, scale :data:`PYRO_INIT_SCALE`), or ``"feasible"``
+        (no optimisation, unit scale).
+    init_scale
+        The guide's scale at the start in whitened coordinates (1: the Laplace sds).
     notes
         Sentences for the report.
     """
@@ -116,6 +125,7 @@ class LaplaceStart:
     iterations: int = 0
     converged: bool = False
     notes: list[str] = field(default_factory=list)
+    init_scale: float = 1.0
 
 
 def feasible_start(loc: torch.Tensor) -> LaplaceStart:
@@ -263,16 +273,28 @@ def lbfgs_minimum(
     return Minimum(path, k, None, pd and decrement < 1e-2, decrement, precision, tril, diag)
 
 
+def prior_start(loc: torch.Tensor, reason: str) -> LaplaceStart:
+    """Pyro's start at the feasible point ``loc``: no whitening and guide scale 0.1, with a note
+    saying why there was no MAP initialisation (``reason``)."""
+    start = feasible_start(loc)
+    start.method, start.init_scale = "prior", PYRO_INIT_SCALE
+    start.notes = [
+        f"No MAP initialisation: {reason}. The guide started where Pyro's autoguides start: at "
+        "the prior's mean or median (zero in the unconstrained space for flat priors), with "
+        f"scale {PYRO_INIT_SCALE:g} and no whitening, so that SVI can move freely."
+    ]
+    return start
+
+
 def laplace_start(
     potential: Callable[[torch.Tensor], torch.Tensor],
     start: torch.Tensor,
     *,
     iterations: int = LBFGS_ITERATIONS,
-    draws: int = SELECTION_DRAWS,
-    generator: torch.Generator | None = None,
+    coordinates: list[tuple[str, str]] | None = None,
 ) -> LaplaceStart:
     r"""Find the MAP by L-BFGS from ``start`` (:func:`lbfgs_minimum`) and build the Laplace
-    approximation there.
+    approximation there; without a proper MAP, Pyro's start (:func:`prior_start`).
 
     Parameters
     ----------
@@ -282,83 +304,82 @@ def laplace_start(
         A feasible starting point.
     iterations
         L-BFGS iterations allowed.
-    draws
-        Draws for the ELBO estimate that picks a start along the path when there is no
-        minimum.
+    coordinates
+        Per coordinate of ``z``: its name and the kind of its support's bound (``"lower"``,
+        ``"upper"``, ``"both"`` or ``""`` for none), so that the note can name a site that ran
+        towards its boundary.
 
     Returns
     -------
     LaplaceStart
     """
     found = lbfgs_minimum(potential, start, iterations)
-    path, k, failure, converged = found.path, found.iterations, found.failure, found.converged
-    precision, tril, diag, decrement = (
-        found.precision,
-        found.scale_tril,
-        found.diag_scale,
-        found.decrement,
-    )
-    notes = []
-    if converged:
-        notes.append(
+    k = found.iterations
+    if found.converged:
+        notes = [
             f"Initialised at the MAP (L-BFGS in the unconstrained space, float64, {k} "
             "iterations) with the Laplace approximation there; the guide was fitted in "
             "coordinates whitened by it."
-        )
-        return LaplaceStart(path[-1], precision, tril, diag, "laplace", k, True, notes)
-    if failure:
-        reason = f"L-BFGS stopped after {k} iterations because {failure}"
-    elif decrement == math.inf:
-        reason = f"the Hessian where L-BFGS stopped ({k} iterations) is not positive definite"
-    else:
-        reason = (
-            f"L-BFGS found no minimum in {k} iterations (it stopped {decrement:.2g} posterior "
-            "sds from one; the log density may keep rising, as in a funnel where a scale goes "
-            "to zero)"
-        )
-    # No usable MAP: pick the point of the path whose Gaussian has the highest ELBO estimate.
-    n = len(path)
-    picks = sorted(
-        {round(i * (n - 1) / (SELECTION_CANDIDATES - 1)) for i in range(SELECTION_CANDIDATES)}
-    )
-    d = start.numel()
-    eps = torch.randn(draws, d, dtype=torch.float64, device=start.device, generator=generator)
-    best = None
-    for i in picks:
-        try:
-            h = _hessian(potential, path[i])
-            precision, tril, diag, _ = _gaussian(h)
-            with torch.no_grad():
-                zs = path[i] + eps @ tril.T
-                energies = torch.stack([potential(zz) for zz in zs])
-            entropy = torch.log(torch.diagonal(tril)).sum() + 0.5 * d * (1 + math.log(2 * math.pi))
-            elbo = float(-energies.mean() + entropy)
-        except Exception:  # noqa: BLE001 - a candidate where the model fails is no candidate
-            continue
-        if math.isfinite(elbo) and (best is None or elbo > best[0]):
-            best = (elbo, i, precision, tril, diag)
-    if best is None:
-        eye = torch.eye(d, dtype=torch.float64, device=start.device)
-        notes.append(
-            f"No MAP initialisation: {reason}, and no point of its path gave a finite ELBO; the "
-            "guide started at a feasible point with unit scale in the unconstrained space."
-        )
+        ]
         return LaplaceStart(
-            path[0],
-            eye,
-            eye.clone(),
-            torch.ones(d, dtype=torch.float64),
-            "feasible",
+            found.point,
+            found.precision,
+            found.scale_tril,
+            found.diag_scale,
+            "laplace",
             k,
-            False,
+            True,
             notes,
         )
-    elbo, i, precision, tril, diag = best
-    notes.append(
-        f"No MAP initialisation: {reason}. Of {len(picks)} points along the L-BFGS path, the "
-        + ("starting point (prior means or medians)" if i == 0 else f"point {i} of {n - 1}")
-        + " was used, the one whose Gaussian (the Hessian there, non-positive curvatures set "
-        f"to one) had the highest ELBO estimate ({elbo:.4g}, {draws} draws); the guide was "
-        "fitted in coordinates whitened by that Gaussian."
-    )
-    return LaplaceStart(path[i], precision, tril, diag, "path", k, False, notes)
+    reasons = []
+    ran = _ran_to_boundary(start, found.point, coordinates or [])
+    if ran:
+        reasons.append(
+            "the log density keeps rising as "
+            + ", ".join(f"{name} runs towards {bound}" for name, bound in ran[:4])
+            + (f" and {len(ran) - 4} more" if len(ran) > 4 else "")
+            + " (L-BFGS moved it more than e^5 times towards that bound: a funnel, as when a "
+            "group scale goes to zero)"
+        )
+    if found.failure:
+        reasons.append(f"L-BFGS stopped after {k} iterations because {found.failure}")
+    elif found.decrement == math.inf:
+        reasons.append(
+            f"the Hessian where L-BFGS stopped ({k} iterations) is not positive definite"
+        )
+    else:
+        reasons.append(
+            f"L-BFGS found no minimum in {k} iterations (it stopped {found.decrement:.2g} "
+            "posterior sds from one)"
+        )
+    return prior_start(start.detach().clone(), "; ".join(reasons))
+
+
+def bound_kind(support) -> str:
+    """``"lower"``, ``"upper"``, ``"both"`` or ``""``: which finite bounds a support has (a
+    positive scale has a lower one, an interval both; reals and simplexes none)."""
+    while hasattr(support, "base_constraint"):  # independent(...): the same bound per element
+        support = support.base_constraint
+    lower, upper = hasattr(support, "lower_bound"), hasattr(support, "upper_bound")
+    return "both" if lower and upper else "lower" if lower else "upper" if upper else ""
+
+
+def _ran_to_boundary(
+    start: torch.Tensor, stop: torch.Tensor, coordinates: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The coordinates of bounded sites that moved more than :data:`BOUNDARY_RUN` (in the
+    unconstrained space, where a bound lies at infinity) outwards, with the bound they ran to."""
+    ran = []
+    for j, (name, bound) in enumerate(coordinates):
+        if j >= len(stop) or not bound:
+            continue
+        a, b = float(start[j]), float(stop[j])
+        if not math.isfinite(b) or abs(b) <= abs(a) + BOUNDARY_RUN:
+            continue
+        if bound == "lower" and b < a:
+            ran.append((name, "its lower bound"))
+        elif bound == "upper" and b < a:
+            ran.append((name, "its upper bound"))
+        elif bound == "both":
+            ran.append((name, "its lower bound" if b < a else "its upper bound"))
+    return ran
