@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from .data_plate import (
     subsampled,
 )
 from .guides import make_guide, max_plate_nesting
+from .initialization import PYRO_INIT_SCALE, ran_to_boundary
+from .logweights import draw_log_weights
 from .script import model_data
 from .settings import CUSTOM, GUIDES, FitSettings
 from .vectorization import vectorization_ok
@@ -120,6 +123,7 @@ class FitHooks:
 
 
 _HOOKS = frozenset(f.name for f in dataclasses.fields(FitHooks))
+FINAL_ELBO_DRAWS = 2048  # guide draws of each ELBO that decides between two fits
 
 
 def fit_svi(
@@ -202,49 +206,69 @@ def fit_svi(
             "(data_plate): the plate over the observations, which the model indexes by its indices"
         )
     threads = _threads(settings, data) if device.type == "cpu" else None
-    record = _settings_record(settings, guide_name, device, dtype, threads, context)
     start = time.perf_counter()
     with local_params(), _torch_threads(threads):
-        seed_everything(settings.seed)
-        fitted, notes = _built_guide(model, guide, guide_name, data, settings, device, dtype)
-        prototype, nesting, plate = _inspected_model(model, fitted, data, settings)
-        init_seconds = time.perf_counter() - start
-        vectorized = _vectorization(model, fitted, data, nesting, settings, notes)
-        loss_fn = _objective(model, fitted, data, settings, vectorized, nesting)
-        step_loss, batches = _step_losses(
-            context.wrap(loss_fn),
-            data,
-            plate,
-            settings.batch_size,
-            settings.steps,
-            seed=settings.seed,
-            context=context,
-        )
-        if plate is not None and (settings.batch_size or context.parallel):
-            notes.append(_plate_note(plate, settings.batch_size, context))
-        if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
-            seed_everything(rank_seed(settings.seed, context.rank))
-        params = list(loss_fn.parameters())
-        optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
-        decay = (settings.lr_final / settings.lr) ** (1.0 / settings.steps)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
-        recorder = _Recorder(params, settings, hooks, scheduler, fitted, context)
-        validation = (
-            contextlib.nullcontext() if settings.validate else pyro.validation_enabled(False)
-        )
-        with validation, context.lost_ranks_reported():
-            result = train(
-                step_loss,
-                optimizer,
-                batches,
-                total=settings.steps,
-                scheduler=scheduler,
-                on_step=recorder,
-                progress=hooks.progress and context.is_main,
-                desc=f"SVI {guide_name}",
+        fit = _fit_once(model, guide, guide_name, data, settings, hooks, context, device, dtype)
+        collapsed = _collapsed(fit)
+        if collapsed:  # a MAP start whose fit ran a bounded site to its bound: try Pyro's start
+            retry = _fit_once(
+                model,
+                guide,
+                guide_name,
+                data,
+                settings.replace(init="prior"),
+                hooks,
+                context,
+                device,
+                dtype,
             )
-        if not recorder.average_into_parameters():
-            notes.append("The fit stopped before the averaging window; the last iterate is used.")
+            fit = _better_of(fit, retry, collapsed)
+    fit.settings = _settings_record(fit, settings, threads, context)
+    fit.seconds = time.perf_counter() - start
+    return fit
+
+
+def _fit_once(model, guide, guide_name, data, settings, hooks, context, device, dtype) -> SviFit:
+    """One fit from the start ``settings.init``: build the guide, train, average."""
+    start = time.perf_counter()
+    seed_everything(settings.seed)
+    fitted, notes = _built_guide(model, guide, guide_name, data, settings, device, dtype)
+    prototype, nesting, plate = _inspected_model(model, fitted, data, settings)
+    init_seconds = time.perf_counter() - start
+    vectorized = _vectorization(model, fitted, data, nesting, settings, notes)
+    loss_fn = _objective(model, fitted, data, settings, vectorized, nesting)
+    step_loss, batches = _step_losses(
+        context.wrap(loss_fn),
+        data,
+        plate,
+        settings.batch_size,
+        settings.steps,
+        seed=settings.seed,
+        context=context,
+    )
+    if plate is not None and (settings.batch_size or context.parallel):
+        notes.append(_plate_note(plate, settings.batch_size, context))
+    if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
+        seed_everything(rank_seed(settings.seed, context.rank))
+    params = list(loss_fn.parameters())
+    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
+    decay = (settings.lr_final / settings.lr) ** (1.0 / settings.steps)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
+    recorder = _Recorder(params, settings, hooks, scheduler, fitted, context)
+    validation = contextlib.nullcontext() if settings.validate else pyro.validation_enabled(False)
+    with validation, context.lost_ranks_reported():
+        result = train(
+            step_loss,
+            optimizer,
+            batches,
+            total=settings.steps,
+            scheduler=scheduler,
+            on_step=recorder,
+            progress=hooks.progress and context.is_main,
+            desc=f"SVI {guide_name}",
+        )
+    if not recorder.average_into_parameters():
+        notes.append("The fit stopped before the averaging window; the last iterate is used.")
     losses = np.asarray(recorder.losses, dtype=np.float64)
     convergence = convergence_report(losses, settings.eval_every, settings.tolerance)
     window_losses = losses[recorder.first :] if len(losses) > recorder.first else losses
@@ -262,13 +286,72 @@ def fit_svi(
         vectorized=vectorized,
         max_plate_nesting=nesting,
         notes=notes,
-        settings=record,
+        settings={"init": settings.init if guide_name != CUSTOM else "the custom guide's own"},
         seconds=time.perf_counter() - start,
         device=device,
         dtype=dtype,
         init_seconds=init_seconds,
         extras={"stopped_early": result.stopped_early, "averaged_steps": recorder.count},
     )
+
+
+def _collapsed(fit: SviFit) -> list[tuple[str, str]]:
+    """The bounded coordinates whose fitted location lies more than e^5 times nearer their bound
+    than the feasible point the MAP search began from (more than 5 outwards in the unconstrained
+    space), as a group scale collapses to zero in a funnel's neck; empty unless the fit began
+    at a MAP (otherwise it began at Pyro's start already, and there is nothing else to try)."""
+    start = getattr(fit.guide, "start", None)
+    if start is None or start.method != "laplace":
+        return []
+    origin = start.origin if start.origin is not None else start.loc
+    loc = fit.guide.unconstrained_mean().to(origin)
+    return ran_to_boundary(origin, loc, fit.guide.coordinates())
+
+
+def _better_of(first: SviFit, retry: SviFit, collapsed: list[tuple[str, str]]) -> SviFit:
+    """The fit with the higher final ELBO (estimated from the same number of guide draws, with
+    its standard error), with a note on both."""
+    elbos = [final_elbo(f) for f in (first, retry)]
+    keep = 1 if elbos[1][0] > elbos[0][0] else 0
+    names = ", ".join(name for name, _ in collapsed[:4]) + (" ..." if len(collapsed) > 4 else "")
+    (m0, se0), (m1, se1) = elbos
+    words = "the refit" if keep else "the fit from the MAP start"
+    their = "its" if len(collapsed) == 1 else "their"
+    note = (
+        f"The fit from the MAP start ran {names} towards {their} bound (a collapsing scale, "
+        "as in a funnel's neck), so the guide was fitted again from Pyro's start (the prior's "
+        f"mean or median, scale {PYRO_INIT_SCALE:g}). Final ELBOs ({FINAL_ELBO_DRAWS} draws "
+        f"each): MAP start {m0:.6g} ± {se0:.2g}, Pyro's start {m1:.6g} ± {se1:.2g}; {words} "
+        "is kept."
+    )
+    kept = retry if keep else first
+    kept.notes = [note, *kept.notes]
+    kept.init_seconds = first.init_seconds + (retry.init_seconds if keep else 0.0)
+    kept.extras["restart"] = {
+        "collapsed": [name for name, _ in collapsed],
+        "elbo_map_start": [m0, se0],
+        "elbo_pyro_start": [m1, se1],
+        "kept": "pyro-start" if keep else "map-start",
+    }
+    return kept
+
+
+def final_elbo(fit: SviFit, draws: int = 0, seed: int = 0) -> tuple[float, float]:
+    r"""The ELBO of the fitted guide, :math:`E_q[\log p(x, z) - \log q(z)]`, estimated from
+    ``draws`` guide draws (default :data:`FINAL_ELBO_DRAWS`), and its standard error."""
+    draws = draws or FINAL_ELBO_DRAWS
+    lw = draw_log_weights(
+        fit.model,
+        fit.guide,
+        fit.data,
+        draws=draws,
+        vectorized=fit.vectorized,
+        max_plate_nesting=fit.max_plate_nesting,
+        seed=seed,
+        device=fit.device,
+    )
+    log_w = lw.log_weights
+    return float(log_w.mean()), float(log_w.std(ddof=1) / math.sqrt(len(log_w)))
 
 
 def _guide_name(guide: str | Callable) -> str:
@@ -297,10 +380,10 @@ def _threads(settings: FitSettings, data: dict) -> int:
     return 1 if size * settings.particles < 2**20 else torch.get_num_threads()
 
 
-def _settings_record(settings, guide_name, device, dtype, threads, context) -> dict:
-    """The settings as ``summary.json`` records them."""
+def _settings_record(fit: SviFit, settings: FitSettings, threads, context) -> dict:
+    """The settings as ``summary.json`` records them (``init``: the start the kept fit used)."""
     record = {
-        "guide": guide_name,
+        "guide": fit.guide_name,
         "steps": settings.steps,
         "particles": settings.particles,
         "lr": settings.lr,
@@ -308,9 +391,9 @@ def _settings_record(settings, guide_name, device, dtype, threads, context) -> d
         "average_window": settings.average_window,
         "betas": list(settings.betas),
         "seed": settings.seed,
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
-        "init": settings.init if guide_name != CUSTOM else "the custom guide's own",
+        "device": str(fit.device),
+        "dtype": str(fit.dtype).replace("torch.", ""),
+        "init": fit.settings["init"],
         "eval_every": settings.eval_every,
         "tolerance": settings.tolerance,
         "stop_early": settings.stop_early,

@@ -47,6 +47,7 @@ from .initialization import (
     feasible_init,
     feasible_start,
     laplace_start,
+    prior_start,
 )
 from .settings import CUSTOM, GUIDE_CHOICES, INITS
 
@@ -125,6 +126,8 @@ class WhitenedGuide(AutoContinuous):
         start = self._init_loc().to(torch.float64)
         if self._init == "feasible":
             self.start = feasible_start(start)
+        elif self._init == "prior":
+            self.start = prior_start(start, "init is 'prior'")
         else:
             args64 = tuple(_to_float64(a) for a in args)
             kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
@@ -132,7 +135,7 @@ class WhitenedGuide(AutoContinuous):
                 lambda z: self.potential(z, *args64, **kwargs64),
                 start,
                 iterations=self._iterations,
-                coordinates=self._coordinates(),
+                coordinates=self.coordinates(),
             )
         cast = {"dtype": self._dtype, "device": self._device}
         self.register_buffer("white_loc", self.start.loc.to(**cast))
@@ -145,7 +148,7 @@ class WhitenedGuide(AutoContinuous):
     def _setup_params(self) -> None:
         raise NotImplementedError
 
-    def _coordinates(self) -> list[tuple[str, str]]:
+    def coordinates(self) -> list[tuple[str, str]]:
         """Per coordinate of the flat unconstrained vector: a name (``site`` or ``site[i]``)
         and the kind of its support's bound (:func:`~ppl_models.vi.initialization.bound_kind`)."""
         out = []
@@ -156,6 +159,19 @@ class WhitenedGuide(AutoContinuous):
             kind = bound_kind(site["fn"].support)
             out += [(name if n == 1 else f"{name}[{i + 1}]", kind) for i in range(n)]
         return out
+
+    def unconstrained_mean(self) -> torch.Tensor:
+        """The guide's mean of the flat unconstrained vector (for a flow, the mean of 256 of its
+        draws, made without disturbing the caller's random state)."""
+        with torch.no_grad():
+            try:
+                return self._loc_scale()[0]
+            except NotImplementedError:
+                with torch.random.fork_rng(
+                    devices=[self._device] if self._device.type == "cuda" else []
+                ):
+                    torch.manual_seed(0)
+                    return self.get_posterior().sample((256,)).mean(0)
 
     def _initial_scale(self) -> torch.Tensor:
         """The guide's scale parameters at the start (whitened units)."""

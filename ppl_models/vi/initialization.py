@@ -113,6 +113,8 @@ class LaplaceStart:
         (no optimisation, unit scale).
     init_scale
         The guide's scale at the start in whitened coordinates (1: the Laplace sds).
+    origin
+        The feasible point the search for the start began from (None: ``loc`` itself).
     notes
         Sentences for the report.
     """
@@ -126,6 +128,7 @@ class LaplaceStart:
     converged: bool = False
     notes: list[str] = field(default_factory=list)
     init_scale: float = 1.0
+    origin: torch.Tensor | None = None
 
 
 def feasible_start(loc: torch.Tensor) -> LaplaceStart:
@@ -330,9 +333,10 @@ def laplace_start(
             k,
             True,
             notes,
+            origin=start.detach().clone(),
         )
     reasons = []
-    ran = _ran_to_boundary(start, found.point, coordinates or [])
+    ran = ran_to_boundary(start, found.point, coordinates or [])
     if ran:
         reasons.append(
             "the log density keeps rising as "
@@ -364,7 +368,7 @@ def bound_kind(support) -> str:
     return "both" if lower and upper else "lower" if lower else "upper" if upper else ""
 
 
-def _ran_to_boundary(
+def ran_to_boundary(
     start: torch.Tensor, stop: torch.Tensor, coordinates: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
     """The coordinates of bounded sites that moved more than :data:`BOUNDARY_RUN` (in the

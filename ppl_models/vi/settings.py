@@ -24,7 +24,9 @@ from ..options import DEVICES, ELBO_KINDS
 GUIDES = ("auto-normal", "auto-mvn", "auto-lowrank", "auto-iaf")  # the package's autoguides
 CUSTOM = "custom"  # the model script's own guide(**data)
 GUIDE_CHOICES = (*GUIDES, CUSTOM)
-INITS = ("laplace", "feasible")  # where an autoguide starts (ppl_models.vi.initialization)
+# where an autoguide starts (ppl_models.vi.initialization): the MAP's Laplace approximation where
+# there is a proper MAP (else Pyro's start), a feasible point with unit scale, or Pyro's start
+INITS = ("laplace", "feasible", "prior")
 DTYPES = ("auto", "float32", "float64")  # auto: float64 on the CPU, float32 on CUDA
 
 

@@ -1,0 +1,156 @@
+"""Where a fit starts: a Laplace start only at a proper MAP, Pyro's start in a funnel, and the
+guard that refits from Pyro's start when a MAP start lets a scale collapse.
+
+The truths are independent of the package: a hierarchical normal model whose group effects and
+common mean integrate out in closed form, leaving the posterior of the group scale on a 1-D
+quadrature grid, and Neal's funnel, whose log-scale marginal is Normal(0, 3).
+"""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from scipy import stats
+
+from ppl_models.svi import local_params
+from ppl_models.vi import guides
+from ppl_models.vi.fitting import fit_svi
+from ppl_models.vi.initialization import LaplaceStart, lbfgs_minimum
+
+GROUPS, PER_GROUP, MU_SD, SIGMA_SD = 30, 5, 5.0, 2.0
+
+
+def hierarchical(ybar, n):
+    """mu ~ N(0, 5), sigma ~ HalfNormal(2), alpha_j ~ N(mu, sigma), the n observations of group
+    j ~ N(alpha_j, 1), given through their means ybar_j ~ N(alpha_j, 1/n)."""
+    mu = pyro.sample("mu", dist.Normal(0.0, MU_SD))
+    sigma = pyro.sample("sigma", dist.HalfNormal(SIGMA_SD))
+    with pyro.plate("groups", ybar.shape[-1]):
+        alpha = pyro.sample("alpha", dist.Normal(mu, sigma))
+        pyro.sample("ybar", dist.Normal(alpha, n**-0.5), obs=ybar)
+
+
+def hierarchical_data(seed=0, sigma=1.0):
+    rng = np.random.default_rng(seed)
+    alpha = rng.normal(0.5, sigma, GROUPS)
+    ybar = alpha + rng.normal(0, 1, (PER_GROUP, GROUPS)).mean(0)
+    return {"ybar": torch.tensor(ybar), "n": PER_GROUP}
+
+
+def sigma_posterior(ybar):
+    """Mean and sd of sigma | ybar by quadrature: with alpha and mu integrated out,
+    ybar ~ N(0, (sigma^2 + 1/n) I + 5^2 11^T)."""
+    ybar = ybar.numpy()
+    grid = np.linspace(1e-4, 6.0, 6001)
+    log_post = np.empty_like(grid)
+    ones = np.ones((len(ybar), len(ybar)))
+    for i, s in enumerate(grid):
+        cov = (s**2 + 1 / PER_GROUP) * np.eye(len(ybar)) + MU_SD**2 * ones
+        log_post[i] = stats.multivariate_normal.logpdf(ybar, cov=cov) + stats.halfnorm.logpdf(
+            s, scale=SIGMA_SD
+        )
+    w = np.exp(log_post - log_post.max())
+    w /= np.trapezoid(w, grid)
+    mean = np.trapezoid(w * grid, grid)
+    return mean, math.sqrt(np.trapezoid(w * (grid - mean) ** 2, grid))
+
+
+def sigma_moments(fit, draws=4000):
+    with local_params(), torch.no_grad():
+        z = fit.guide.get_posterior().sample((draws,))
+    index = list(fit.guide._unconstrained_shapes).index("sigma")
+    offset = sum(
+        math.prod(shape) for name, shape in list(fit.guide._unconstrained_shapes.items())[:index]
+    )
+    s = z[:, offset].exp().numpy()
+    return s.mean(), s.std()
+
+
+@pytest.fixture(scope="module")
+def problem():
+    data = hierarchical_data()
+    return data, sigma_posterior(data["ybar"])
+
+
+def test_a_funnel_starts_where_pyro_starts_and_fits_the_group_scale(problem):
+    data, (mean, sd) = problem
+    fit = fit_svi(hierarchical, "auto-normal", data, steps=1500, device="cpu")
+    start = fit.guide.start
+    assert start.method == "prior" and start.init_scale == 0.1
+    assert "sigma runs towards its lower bound" in fit.notes[0]
+    m, _ = sigma_moments(fit)
+    assert abs(m - mean) <= 0.25 * sd, (m, mean, sd)
+
+
+def test_a_map_start_in_the_funnels_neck_is_refitted_from_pyros_start(problem, monkeypatch):
+    # the Laplace start the package once took in a funnel: a point deep in the neck (sigma near
+    # zero, every alpha at mu) with the tiny scales of the Gaussian there, called a MAP
+    data, (mean, sd) = problem
+    laplace_start = guides.laplace_start
+
+    def neck_start(potential, start, **kwargs):
+        found = lbfgs_minimum(potential, start, 60)
+        point = found.path[-1]
+        h = torch.autograd.functional.hessian(potential, point)
+        lam, vec = torch.linalg.eigh(0.5 * (h + h.T))
+        lam = lam.clamp(min=1e-6)
+        cov = (vec / lam) @ vec.T
+        precision = (vec * lam) @ vec.T
+        return LaplaceStart(
+            point,
+            precision,
+            torch.linalg.cholesky(0.5 * (cov + cov.T)),
+            torch.diagonal(precision).rsqrt(),
+            "laplace",
+            converged=True,
+            notes=["a start in the neck (test)"],
+            origin=start,
+        )
+
+    monkeypatch.setattr(guides, "laplace_start", neck_start)
+    fit = fit_svi(hierarchical, "auto-normal", data, steps=1500, device="cpu")
+    monkeypatch.setattr(guides, "laplace_start", laplace_start)
+    restart = fit.extras["restart"]
+    assert restart["collapsed"] == ["sigma"] and restart["kept"] == "pyro-start"
+    (m0, se0), (m1, se1) = restart["elbo_map_start"], restart["elbo_pyro_start"]
+    assert m1 - m0 > 2 * math.hypot(se0, se1)  # the collapsed fit is clearly worse
+    assert fit.guide.start.method == "prior" and fit.settings["init"] == "prior"
+    assert "fitted again from Pyro's start" in fit.notes[0]
+    m, _ = sigma_moments(fit)
+    assert abs(m - mean) <= 0.25 * sd, (m, mean, sd)
+
+
+def neals_funnel():
+    y = pyro.sample("y", dist.Normal(0.0, 3.0))
+    pyro.sample("x", dist.Normal(0.0, torch.exp(y / 2)))
+
+
+def test_neals_funnel_has_a_proper_mode_and_its_mean_field_fit_is_not_trusted():
+    # -log p(y, x) = y^2/18 + y/2 + x^2 e^{-y}/2 (+ const): the mode is y = -4.5, x = 0, where
+    # the Hessian is diag(1/9, e^{4.5})
+    from ppl_models.vi.diagnose import diagnose
+
+    fit = fit_svi(neals_funnel, "auto-normal", {}, steps=1000, device="cpu")
+    start = fit.guide.start
+    assert start.method == "laplace"
+    torch.testing.assert_close(start.loc, torch.tensor([-4.5, 0.0], dtype=torch.float64))
+    expected = torch.tensor([3.0, math.exp(-2.25)], dtype=torch.float64)
+    torch.testing.assert_close(start.diag_scale, expected, rtol=1e-4, atol=0)
+    summary = diagnose(fit, None, draws=4000, progress=False, mode_starts=0).summary
+    y = next(p for p in summary["parameters"] if p["name"] == "y")
+    assert y["sd"] < 0.9 * 3.0  # mean-field cannot reach into the neck ...
+    assert summary["verdict"] != "trustworthy"  # ... and the verdict says so
+
+
+def test_centred_eight_schools_starts_where_pyro_starts():
+    from pathlib import Path
+
+    from ppl_models.vi.script import load_script
+
+    script = load_script(Path(__file__).resolve().parents[1] / "runs/eight_schools_centered.py")
+    fit = fit_svi(script.model, "auto-normal", script.load_data(), steps=200, device="cpu")
+    assert fit.guide.start.method == "prior"
+    assert "tau runs towards its lower bound" in fit.notes[0]
