@@ -74,6 +74,22 @@ def make_elbo(kind: str = "trace", particles: int = 1, max_plate_nesting: int = 
 
 
 @contextlib.contextmanager
+def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Within the block, ``dtype`` is torch's default float dtype (unchanged for None); the
+    previous default is restored after. A fit runs its model under its own dtype, so constants a
+    model makes with the default dtype (``torch.eye(n)``, ``torch.as_tensor(v,
+    dtype=torch.get_default_dtype())``) agree with the latents it is handed."""
+    before = torch.get_default_dtype()
+    if dtype is not None and dtype != before:
+        torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        if torch.get_default_dtype() != before:
+            torch.set_default_dtype(before)
+
+
+@contextlib.contextmanager
 def local_params() -> Iterator[None]:
     """Within the block, parameters of ``PyroModule`` s live in their modules, not in Pyro's
     global parameter store (``module_local_params``); the previous setting is restored after.

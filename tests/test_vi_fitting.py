@@ -251,3 +251,31 @@ def test_meanfield_elbo_with_a_custom_guide_matches_the_closed_form():
     assert abs(float(pyro.param("m_scale").detach()) / s - 1) < 0.1
     with pytest.raises(ValueError, match="elbo must be one of"):
         fit_svi(normal_mean, "auto-normal", {"x": X_OBS}, elbo="renyi")
+
+
+def default_dtype_regression(X, y):
+    """Constants made with the default dtype (an identity, data cast to it) meet the latents."""
+    n, d = X.shape
+    X = torch.as_tensor(X, dtype=torch.get_default_dtype())
+    beta = pyro.sample("beta", dist.MultivariateNormal(torch.zeros(d), 10.0 * torch.eye(d)))
+    mean = (X @ beta.unsqueeze(-1)).squeeze(-1)
+    pyro.sample("y", dist.MultivariateNormal(mean, torch.eye(n)), obs=y)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_runs_dtype_is_the_default_dtype_inside_fit_and_diagnosis(dtype):
+    from ppl_models.vi.diagnose import diagnose
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(20, 2, generator=g, dtype=torch.float64)
+    y = X @ torch.tensor([1.0, -0.5], dtype=torch.float64) + torch.randn(20, generator=g)
+    precision = X.T @ X + torch.eye(2, dtype=torch.float64) / 10.0  # conjugate: exact posterior
+    mean = torch.linalg.solve(precision, X.T @ y)
+    before = torch.get_default_dtype()
+    fit = fit_svi(default_dtype_regression, "auto-mvn", {"X": X, "y": y}, dtype=dtype, steps=500)
+    summary = diagnose(fit, None, draws=2000, progress=False, mode_starts=0).summary
+    assert torch.get_default_dtype() == before  # scoped to the calls
+    assert fit.dtype == getattr(torch, dtype) and fit.vectorized
+    sds = torch.linalg.inv(precision).diagonal().sqrt()
+    for j, p in enumerate(summary["parameters"][:2]):
+        assert abs(p["mean"] - float(mean[j])) < 0.1 * float(sds[j]), p

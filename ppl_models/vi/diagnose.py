@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import diagnostics
+from ..svi import default_dtype
 from . import bounds as vb
 from .compare import compare, flatten_sites
 from .logweights import LogWeights, draw_log_weights, element_names
@@ -193,6 +194,36 @@ def diagnose(
         For reference names matching no site, a corrupt reference file, or a model whose log
         densities are not finite on the guide's draws.
     """
+    with default_dtype(getattr(fit, "dtype", None)):  # constants the model makes agree
+        return _diagnosis(
+            fit,
+            reference,
+            draws=draws,
+            chunk=chunk,
+            seed=seed,
+            progress=progress,
+            rules=rules,
+            nuts=nuts,
+            loop_draws=loop_draws,
+            mode_starts=mode_starts,
+            context=context,
+        )
+
+
+def _diagnosis(
+    fit,
+    reference=None,
+    *,
+    draws: int = DiagnosisSettings.draws,
+    chunk: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    rules: VerdictRules | None = None,
+    nuts: dict | None = None,
+    loop_draws: int = DiagnosisSettings.loop_draws,
+    mode_starts: int = DiagnosisSettings.mode_starts,
+    context=None,
+) -> Diagnosis | None:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     lw = draw_log_weights(

@@ -30,7 +30,14 @@ from pyro.poutine.util import site_is_subsample
 
 from ..distributed import Context, rank_seed
 from ..options import DEVICES
-from ..svi import local_params, make_objective, resolve_device, seed_everything, train
+from ..svi import (
+    default_dtype,
+    local_params,
+    make_objective,
+    resolve_device,
+    seed_everything,
+    train,
+)
 from .convergence import convergence_report
 from .data_plate import (
     DataPlate,
@@ -207,7 +214,7 @@ def fit_svi(
         )
     threads = _threads(settings, data) if device.type == "cpu" else None
     start = time.perf_counter()
-    with local_params(), _torch_threads(threads):
+    with local_params(), _torch_threads(threads), default_dtype(dtype):
         fit = _fit_once(model, guide, guide_name, data, settings, hooks, context, device, dtype)
         collapsed = _collapsed(fit)
         if collapsed:  # a MAP start whose fit ran a bounded site to its bound: try Pyro's start
