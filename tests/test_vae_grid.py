@@ -170,7 +170,8 @@ def trained(synthetic_mnist):
     import pyro
 
     from ppl_models import svi
-    from ppl_models.vae import DeviceBatches, build_networks, build_vae, load_mnist, observations
+    from ppl_models.batches import DeviceBatches
+    from ppl_models.vae import build_networks, build_vae, load_mnist, observations
 
     data = load_mnist(synthetic_mnist, torch.device("cpu"))
     pyro.set_rng_seed(0)

@@ -103,8 +103,8 @@ def _stepper(
     is the kind of the package's objective (see :func:`ppl_models.svi.make_objective`)."""
     import torch
 
+    from ..batches import DeviceBatches
     from ..svi import make_elbo, make_objective, train
-    from ..vae.data import DeviceBatches
 
     if method == "handwritten":
         loss_fn = _handwritten_module(model, guide)
@@ -199,7 +199,7 @@ def _forever(batches):
 
 def epoch_seconds(images: torch.Tensor, args, device: torch.device) -> float:
     """Wall time of one epoch's worth of steps over ``images``, package step, batch 256."""
-    from ..vae.data import DeviceBatches
+    from ..batches import DeviceBatches
 
     pair = _pair(args, device)
     steps = _stepper("package", *pair, images, images, EPOCH_BATCH, device, args.objective)

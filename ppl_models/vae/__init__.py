@@ -7,14 +7,13 @@ the device), ``evaluate`` (held-out ELBO, importance-weighted bounds, k-hat, act
 ``gaps_report``. The command ``ppl-models vae`` lives in :mod:`ppl_models.jobs.vae`.
 """
 
-from .data import DeviceBatches, MnistData, load_mnist, resolve_root
+from .data import MnistData, load_mnist, resolve_root
 from .model import LIKELIHOODS, VaeGuide, VaeModel, build_vae, observations
 from .networks import ARCHS, build_networks
 
 __all__ = [
     "ARCHS",
     "LIKELIHOODS",
-    "DeviceBatches",
     "MnistData",
     "VaeGuide",
     "VaeModel",
