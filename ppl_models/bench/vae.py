@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..jobs.vae import ARCHS, LIKELIHOODS
+from ..options import DEVICES
 from ..runs import atomic_write_json, environment
+from ..vae.options import ARCHS, LIKELIHOODS
 from . import make_out_dir
 
 # torch and pyro are imported inside the functions, so that building the command line is instant
@@ -211,7 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to its ``bench vae`` subparser."""
     parser.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICES,
         default="auto",
         help="where to run (default: CUDA when present)",
     )

@@ -16,16 +16,15 @@ import resource
 import time
 from pathlib import Path
 
-from ..jobs.vae import LIKELIHOODS
+from ..options import DEVICES
 from ..runs import atomic_write_json, environment
+from ..vae.options import LIKELIHOODS
 from . import make_out_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to its ``bench vae-grid`` subparser."""
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run"
-    )
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
     parser.add_argument("--images", type=int, default=200, help="held-out images (default 200)")
     parser.add_argument(
         "--grid-points", type=int, default=401, dest="grid_points", help="nodes per axis (odd)"

@@ -27,6 +27,7 @@ from ..config import (
     load_config,
     require,
 )
+from ..options import DEVICES, ELBO_KINDS, OBJECTIVE_KINDS
 from ..report import Figure, Report, Table, write_report
 from ..runs import (
     STATUS_COMPLETE,
@@ -36,6 +37,7 @@ from ..runs import (
     read_json,
     read_metrics,
 )
+from ..vae.options import ARCHS, LIKELIHOODS
 
 # torch, pyro and the networks are imported inside the functions that use them, so that building
 # the command line (``ppl-models --help``) stays instant.
@@ -46,14 +48,6 @@ if TYPE_CHECKING:
     from ..vae.data import MnistData
     from ..vae.evaluate import Evaluation
     from ..vae.model import VaeGuide, VaeModel
-
-# The choices of the config, spelled out here for the same reason; tests/test_cli.py checks that
-# they equal ppl_models.vae.networks.ARCHS, ppl_models.vae.model.LIKELIHOODS, svi.ELBO_KINDS and
-# svi.OBJECTIVE_KINDS.
-ARCHS = ("conv", "mlp")
-LIKELIHOODS = ("normal", "normal-learned-scale", "bernoulli")
-ELBO_KINDS = ("trace", "meanfield")
-OBJECTIVE_KINDS = ("plain", "traced")
 
 MODEL = "vae"
 DEFAULT_CONFIG = Path("runs/vae_mnist_conv.toml")
@@ -120,9 +114,7 @@ class VaeConfig:
             self.objective,
             f"one of {', '.join(OBJECTIVE_KINDS)}",
         )
-        require(
-            self.device in ("auto", "cpu", "cuda"), "device", self.device, "one of auto, cpu, cuda"
-        )
+        require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
         require(
             self.max_train_images >= 0,
             "max_train_images",
@@ -1008,7 +1000,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--elbo", choices=ELBO_KINDS, help="trace: Monte Carlo KL; meanfield: analytic KL"
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train")
+    parser.add_argument("--device", choices=DEVICES, help="where to train")
     parser.add_argument(
         "--bf16",
         action="store_true",
