@@ -4,8 +4,8 @@
 ``model`` (model, guide, likelihoods), ``data`` (MNIST on the device), ``evaluate`` (held-out
 ELBO, importance-weighted bounds, k-hat, active units), ``figures``, and for a two-dimensional
 latent ``posterior_grid`` (exact posteriors on grids), ``best_gaussian`` (each image's own
-Gaussian), ``gaps`` (the inference gap's parts) and ``gaps_report``. The command
-``ppl-models vae`` lives in :mod:`ppl_models.jobs.vae`.
+Gaussian) and ``gaps`` (the inference gap's parts). The command ``ppl-models vae``, its report
+included, lives in :mod:`ppl_models.jobs.vae`.
 
 The names below are available from the package (``vae.build_vae`` and so on). They are imported on
 first use, so importing the package (or its torch-free ``options``) imports neither torch nor
