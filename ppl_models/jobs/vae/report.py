@@ -34,6 +34,9 @@ BURDA_VAE_NATS = 86.76
 BURDA_VAE = "784-200-200-50 VAE with tanh units"
 
 
+# ----------------------------------------------------------------------------- summary.json
+
+
 def make_summary(
     config: VaeConfig,
     splits: Splits,
@@ -92,7 +95,7 @@ def make_summary(
     }
 
 
-# ----------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------- the page
 
 
 def rebuild_report(run_dir: Path) -> Path:
@@ -170,6 +173,9 @@ def make_figures(folder: Path, evaluation: Evaluation, metrics: list[dict]) -> l
             )
         )
     return result
+
+
+# ----------------------------------------------------------------------------- words and tables
 
 
 def verdict(s: dict) -> list[str]:
