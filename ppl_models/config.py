@@ -60,8 +60,9 @@ def require_svi_schedule(config: Any) -> None:
     """Validate the SVI schedule fields a fitting config shares: ``steps``, ``particles``,
     ``lr``, ``lr_final`` (geometric decay from ``lr``) and ``average_window`` (the fraction of
     iterates averaged)."""
-    require(config.steps >= 1, "steps", config.steps, "an integer >= 1")
-    require(config.particles >= 1, "particles", config.particles, "an integer >= 1")
+    for key in ("steps", "particles"):
+        value = getattr(config, key)
+        require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
     require(config.lr > 0 and math.isfinite(config.lr), "lr", config.lr, "a positive number")
     require(
         0 < config.lr_final <= config.lr,

@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -34,22 +34,31 @@ from .config import config_to_toml
 DEFAULT_ROOT = Path("runs")
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def atomic_save(path: Path, save: Callable[[Path], None]) -> None:
     """Call ``save(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
-        save(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files are ordinary files
+        save(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new empty file beside ``path``, with the permissions of an ordinary file: created with
+    mode 0666 less the process's umask, which the kernel applies (``mkstemp`` would make 0600,
+    and reading the umask means setting it)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

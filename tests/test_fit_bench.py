@@ -7,7 +7,7 @@ import torch
 
 from ppl_models import cli
 from ppl_models.bench import fit as bench
-from ppl_models.jobs.fit import FitConfig
+from ppl_models.jobs.fit.config import FitConfig
 from ppl_models.runs import read_json
 
 STAGES = (
@@ -76,4 +76,4 @@ def test_bench_fit_bad_options_are_one_line_errors(extra, message, tmp_path, cap
 
 
 def test_every_bench_model_has_a_shipped_script():
-    assert all((bench.runs_dir() / f"{m.name}.py").is_file() for m in bench.MODELS)
+    assert all((bench.DEFAULT_SCRIPTS / f"{m.name}.py").is_file() for m in bench.MODELS)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ppl_models import cli
-from ppl_models.jobs.fit import FitConfig
+from ppl_models.jobs.fit.config import FitConfig
 from ppl_models.runs import read_json
 from ppl_models.vi.script import posteriordb_dir
 

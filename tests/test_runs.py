@@ -59,3 +59,18 @@ def test_failure_is_recorded_and_metrics_stream(tmp_path):
 def test_open_requires_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         Run.open(tmp_path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_save_makes_ordinary_files_under_the_processs_umask(tmp_path, umask):
+    import os
+    import stat
+
+    before = os.umask(umask)
+    try:
+        target = tmp_path / "file.txt"
+        atomic_save(target, lambda tmp: tmp.write_text("x"))
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]

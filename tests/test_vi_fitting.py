@@ -10,8 +10,10 @@ from pyro.distributions import constraints
 
 import ppl_models
 from ppl_models.svi import local_params
-from ppl_models.vi.fitting import convergence_report, fit_svi, vectorization_ok
+from ppl_models.vi.convergence import convergence_report
+from ppl_models.vi.fitting import fit_svi
 from ppl_models.vi.guides import max_plate_nesting
+from ppl_models.vi.vectorization import vectorization_ok
 
 
 def normal_mean(x, sigma=0.8, mu0=0.0, tau0=10.0):

@@ -10,12 +10,9 @@ import torch
 from pyro.distributions import constraints
 
 from ppl_models.svi import local_params
-from ppl_models.vi.guides import (
-    GUIDES,
-    feasible_init,
-    laplace_start,
-    make_guide,
-)
+from ppl_models.vi.guides import make_guide
+from ppl_models.vi.initialization import feasible_init, laplace_start
+from ppl_models.vi.settings import GUIDES
 
 
 def regression(X, y, sigma):
@@ -56,15 +53,23 @@ def test_laplace_of_a_gaussian_potential_is_exact():
     torch.testing.assert_close(start.diag_scale, torch.diagonal(a).rsqrt())
 
 
-def test_no_minimum_falls_back_to_the_best_point_of_the_path():
-    # A funnel-like potential without a minimum: it decreases without bound as z0 -> -inf.
+def test_no_minimum_starts_where_pyro_starts_and_names_the_site_that_ran_to_its_bound():
+    # A funnel-like potential without a minimum: it decreases without bound as z0 -> -inf,
+    # z0 being the log of a positive scale.
     def potential(z):
         return 3.0 * z[0] + 0.5 * z[1] ** 2 * torch.exp(-2 * z[0])
 
-    start = laplace_start(potential, torch.zeros(2, dtype=torch.float64), iterations=50)
-    assert start.method in ("path", "feasible") and not start.converged
+    origin = torch.zeros(2, dtype=torch.float64)
+    start = laplace_start(
+        potential, origin, iterations=50, coordinates=[("tau", "lower"), ("theta", "")]
+    )
+    assert start.method == "prior" and not start.converged
+    torch.testing.assert_close(start.loc, origin)  # the feasible point, not the funnel's neck
+    assert start.init_scale == 0.1  # Pyro's init_scale
+    torch.testing.assert_close(start.diag_scale, torch.ones(2, dtype=torch.float64))
     assert "No MAP initialisation" in start.notes[0]
-    assert torch.isfinite(start.loc).all() and torch.isfinite(start.scale_tril).all()
+    assert "tau runs towards its lower bound" in start.notes[0]
+    assert "theta" not in start.notes[0]
 
 
 def test_feasible_init_never_samples_a_flat_prior():

@@ -161,3 +161,19 @@ def test_shared_posteriordb_reference_draws_load():
     assert ref.draws["beta"].shape == (10, 1000, 2)
     assert ref.draws["sigma"].shape == (10, 1000)
     assert 15 < ref.draws["sigma"].mean() < 21
+
+
+def test_posteriordb_names_read_the_draws_that_ship_inside_the_package(monkeypatch):
+    monkeypatch.delenv("PPL_MODELS_POSTERIORDB", raising=False)
+    import ppl_models
+    from ppl_models.vi.script import posteriordb_dir
+
+    package = Path(ppl_models.__file__).resolve().parent
+    assert posteriordb_dir().resolve() == package / "data" / "posteriordb"
+    by_name = load_reference("posteriordb:sblri-blr")
+    by_path = load_reference(package / "data/posteriordb/sblri-blr/reference_draws.json.zip")
+    assert set(by_name.draws) == set(by_path.draws) == {"beta", "sigma"}
+    for site in by_name.draws:
+        np.testing.assert_array_equal(by_name.draws[site], by_path.draws[site])
+    with pytest.raises(FileNotFoundError, match="no-such-posterior"):
+        load_reference("posteriordb:no-such-posterior")

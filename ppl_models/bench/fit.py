@@ -2,9 +2,9 @@
 
 For each model script in ``runs/`` whose data is available (``normal_mean.py`` always; the
 posteriordb ones when their data is found: ``$PPL_MODELS_POSTERIORDB``, else the repository's
-``runs/posteriordb``), three timings on the same settings:
+``ppl_models/data/posteriordb``), three timings on the same settings:
 
-(a) ``fit``: the command's whole run, :func:`ppl_models.jobs.fit.execute` (inputs, the fit
+(a) ``fit``: the command's whole run, :func:`ppl_models.jobs.fit.run.execute` (inputs, the fit
     with its Laplace start, the diagnosis with ``--draws`` guide draws, the report and its
     figures, the run's files), split into its stages;
 (b) ``plain Pyro``: the same steps and particles of ``pyro.infer.SVI`` with Pyro's own
@@ -58,17 +58,15 @@ MODELS = (
 )
 
 
-def runs_dir() -> Path:
-    """The repository's ``runs/`` folder (beside the ``ppl_models`` package)."""
-    return Path(__file__).resolve().parents[2] / "runs"
+DEFAULT_SCRIPTS = Path("runs")  # the repository's model scripts, from its root
 
 
-def available(models=MODELS, scripts: Path | None = None) -> tuple[list, list[str]]:
+def available(models=MODELS, scripts: Path = DEFAULT_SCRIPTS) -> tuple[list, list[str]]:
     """The models whose script and data are present, as ``(model, script path, reference file
     or None)``, and a sentence for each one skipped."""
     from ..vi.script import load_script
 
-    scripts = runs_dir() if scripts is None else Path(scripts)
+    scripts = Path(scripts)
     found, skipped = [], []
     for m in models:
         path = scripts / f"{m.name}.py"
@@ -93,8 +91,8 @@ def available(models=MODELS, scripts: Path | None = None) -> tuple[list, list[st
 
 
 def time_fit_command(config, out: Path) -> dict:
-    """Run :func:`ppl_models.jobs.fit.execute` once; its wall time and stages (seconds)."""
-    from ..jobs.fit import execute
+    """Run :func:`ppl_models.jobs.fit.run.execute` once; its wall time and stages (seconds)."""
+    from ..jobs.fit.run import execute
     from ..vi import fitting
 
     fit_svi, fit_cpu = fitting.fit_svi, []
@@ -240,9 +238,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to its ``bench fit`` subparser."""
     names = ", ".join(m.name for m in MODELS)
     parser.add_argument(
-        "--models", help=f"comma-separated model scripts of runs/ (default: all of {names})"
+        "--models", help=f"comma-separated model scripts of --scripts (default: all of {names})"
     )
-    from ..jobs.fit import FitConfig
+    parser.add_argument(
+        "--scripts",
+        type=Path,
+        default=DEFAULT_SCRIPTS,
+        help=f"folder of the model scripts (default {DEFAULT_SCRIPTS}, from the repository's root)",
+    )
+    from ..jobs.fit.config import FitConfig
 
     d = FitConfig()  # the fit command's defaults
     parser.add_argument("--steps", type=int, default=d.steps, help=f"SVI steps ({d.steps})")
@@ -296,7 +300,7 @@ def main(args: argparse.Namespace) -> int:
     """Time every available model, print the table, write ``bench.json``; returns 0."""
     import torch
 
-    from ..jobs.fit import FitConfig
+    from ..jobs.fit.config import FitConfig
     from ..runs import atomic_write_json, environment
 
     for flag in ("steps", "particles", "nuts_draws", "nuts_chains"):
@@ -308,7 +312,7 @@ def main(args: argparse.Namespace) -> int:
             f"{args.draws}, {args.nuts_warmup} and {args.lr}"
         )
     out = _out_dir(args.out)
-    found, skipped = available(_select(args.models))
+    found, skipped = available(_select(args.models), args.scripts)
     if not found:
         raise ValueError("no model script with its data available: " + "; ".join(skipped))
     env = environment(seed=0, device="cpu")

@@ -1,5 +1,5 @@
-r"""The exponential-normal model: data, the truncated normal, model and guides, closed forms,
-figures, and the fit and report of ``ppl-models exp-normal``.
+r"""The exponential-normal model: data, the truncated normal, model and guides, closed forms and
+figures.
 
 The model is
 
@@ -13,17 +13,17 @@ whose exact posterior is :math:`\mathcal{N}((S - \lambda)/N, 1/N)` truncated to 
 :math:`q_\theta(z) = \mathrm{Exponential}(\theta)` and its optimum are closed-form too. Closed
 forms work in float64 NumPy; the model and guides are Pyro code that runs on any device.
 
-Modules: ``settings`` (guide families, the rate check; no torch), ``data`` (validation, files,
+Modules: ``options`` (guide families, the rate check; no torch), ``data`` (validation, files,
 simulation), ``distributions`` (the truncated normal), ``pyro_model`` (the Pyro model and its
 guide families), ``closed_forms`` (optimal theta, ELBO, evidence, KL, exact and grid posteriors,
-quadrature for any guide), ``fitting`` (the SVI fit), ``analysis`` (the report's numbers),
-``report`` (verdict, tables, the report page) and ``figures``. The command itself lives in
-:mod:`ppl_models.jobs.exp_normal`.
+quadrature for any guide) and ``figures``. The job ``ppl-models exp-normal`` (its
+configuration, fit, numbers and report page) is :mod:`ppl_models.jobs.exp_normal`; this package
+knows nothing of it.
 
 Every public name of ``data``, ``distributions``, ``pyro_model`` and ``closed_forms`` (and
 ``GUIDE_FAMILIES``, ``SUPPORTED_SUFFIXES``, ``validate_rate``) is available from the package,
 ``exp_normal.simulate`` and so on. They are imported on first use, so importing the package (or
-its torch-free ``settings``) imports neither torch nor Pyro.
+its torch-free ``options``) imports neither torch nor Pyro.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "settings": ("GUIDE_FAMILIES", "SUPPORTED_SUFFIXES", "validate_rate"),
+    "options": ("GUIDE_FAMILIES", "SUPPORTED_SUFFIXES", "validate_rate"),
     "data": ("load_observations", "simulate", "validate_observations"),
     "distributions": ("TruncatedNormal",),
     "pyro_model": (

@@ -26,8 +26,8 @@ from scipy import integrate, optimize, special
 from ..grid import GridPosterior
 from .data import _Stats, _stats
 from .distributions import _HALF_LOG_2PI, TruncatedNormal
+from .options import _check_family, validate_rate
 from .pyro_model import _PARAM_CONSTRAINTS, _initial_params, guide_distribution
-from .settings import _check_family, validate_rate
 
 
 def _positive_array(name: str, value) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .settings import SUPPORTED_SUFFIXES, validate_rate
+from .options import SUPPORTED_SUFFIXES, validate_rate
 
 
 def validate_observations(x) -> np.ndarray:

@@ -18,7 +18,7 @@ from pyro.nn import PyroModule, PyroParam
 
 from .data import _Stats, _stats
 from .distributions import TruncatedNormal
-from .settings import _check_family, validate_rate
+from .options import _check_family, validate_rate
 
 
 def model(x: torch.Tensor, rate) -> torch.Tensor:

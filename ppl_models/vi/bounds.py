@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
-from ppl_models import diagnostics
+from .. import diagnostics
 
 IW_KS = (1, 10, 100, 1000)
 

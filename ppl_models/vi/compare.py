@@ -24,10 +24,10 @@ import math
 import numpy as np
 from scipy import stats
 
-from ppl_models import diagnostics
-from ppl_models.vi.bounds import WeightedMoments
-from ppl_models.vi.logweights import element_names
-from ppl_models.vi.references import Reference
+from .. import diagnostics
+from .bounds import WeightedMoments
+from .logweights import element_names
+from .references import Reference
 
 SUMMARY_DRAWS = 20_000
 SUMMARY_CHAINS = 4

@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from ppl_models import diagnostics
-from ppl_models.vi import bounds as vb
-from ppl_models.vi.compare import compare, flatten_sites
-from ppl_models.vi.logweights import DEFAULT_DRAWS, LogWeights, draw_log_weights, element_names
-from ppl_models.vi.modes import MODE_STARTS, search_modes
-from ppl_models.vi.references import Reference, load_reference, match_sites, nuts_reference
-from ppl_models.vi.verdict import VerdictRules, decide
+from .. import diagnostics
+from . import bounds as vb
+from .compare import compare, flatten_sites
+from .logweights import LogWeights, draw_log_weights, element_names
+from .modes import search_modes
+from .references import Reference, load_reference, match_sites, nuts_reference
+from .settings import DiagnosisSettings
+from .verdict import VerdictRules, decide
 
 POSTERIOR_DRAWS = 10_000
 POSTERIOR_CHAINS = 4
@@ -140,14 +141,14 @@ def diagnose(
     fit,
     reference=None,
     *,
-    draws: int = DEFAULT_DRAWS,
+    draws: int = DiagnosisSettings.draws,
     chunk: int | None = None,
     seed: int = 0,
     progress: bool = True,
     rules: VerdictRules | None = None,
     nuts: dict | None = None,
-    loop_draws: int = 4_000,
-    mode_starts: int = MODE_STARTS,
+    loop_draws: int = DiagnosisSettings.loop_draws,
+    mode_starts: int = DiagnosisSettings.mode_starts,
     context=None,
 ) -> Diagnosis | None:
     r"""Diagnose a variational fit.

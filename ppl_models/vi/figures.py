@@ -15,8 +15,8 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 from scipy.special import logsumexp
 
-from ppl_models.plots import new_figure, save_figure
-from ppl_models.vi.compare import flatten_sites
+from ..plots import new_figure, save_figure
+from .compare import flatten_sites
 
 Q_COLOR, REF_COLOR, PSIS_COLOR = "tab:blue", "black", "tab:orange"
 MAX_MARGINALS = 24

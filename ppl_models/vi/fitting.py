@@ -7,25 +7,14 @@ the iterates: the fitted parameters are the mean of the iterates
 :math:`\theta_s,\ s \ge \lfloor (1 - w) T \rfloor` over the last fraction :math:`w` of the
 :math:`T` steps, which cancels the gradient noise left in the last iterate.
 
-**Convergence** is monitored as Stan's ADVI does: every ``eval_every`` steps the mean loss
-:math:`\bar L_k` (the negative ELBO) over the last window is compared with the previous
-window's. The rule holds at window :math:`k` when the relative change
-:math:`|\bar L_k - \bar L_{k-1}| / |\bar L_k|` is below ``tolerance`` (Stan's
-``tol_rel_obj``, 0.01) **and** the absolute change is within three standard errors of the
-difference of the two window means (or 0.05 nats): a relative rule alone is met trivially when
-:math:`|\mathrm{ELBO}|` is large. The fit is called converged when the rule holds at the last
-window; it never stops early unless asked (``stop_early=True``).
-
-**Vectorized particles.** :func:`vectorization_ok` checks that the model gives the same
-:math:`\log p(x, z) - \log q(z)` for draws taken together under a particle plate as one by
-one; a model that indexes ``beta[0]`` fails it, and the fit then loops over particles
-(``Trace_ELBO(vectorize_particles=False)``) and says so in :attr:`SviFit.notes`.
+The fit is checked as it runs by the convergence rule (:mod:`ppl_models.vi.convergence`), and
+particles are vectorized where the model allows it (:mod:`ppl_models.vi.vectorization`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
@@ -41,7 +29,9 @@ from pyro.poutine.util import site_is_subsample
 
 from ..batches import index_batches
 from ..distributed import Context, rank_seed
-from ..svi import ELBO_KINDS, local_params, make_objective, resolve_device, seed_everything, train
+from ..options import DEVICES
+from ..svi import local_params, make_objective, resolve_device, seed_everything, train
+from .convergence import convergence_report
 from .data_plate import (
     DataPlate,
     check_indexing,
@@ -49,17 +39,10 @@ from .data_plate import (
     refuse_own_subsampling,
     subsampled,
 )
-from .guides import CUSTOM, GUIDES, WhitenedGuide, make_guide, max_plate_nesting
-from .script import check_data_keys, convert_data
-
-DEFAULT_STEPS = 1000
-DEFAULT_PARTICLES = 16
-DEFAULT_LR = 0.1
-DEFAULT_LR_FINAL = 0.002
-DEFAULT_AVERAGE_WINDOW = 0.7
-DEFAULT_BETAS = (0.9, 0.999)
-DEFAULT_EVAL_EVERY = 100
-DEFAULT_TOLERANCE = 0.01  # Stan ADVI's tol_rel_obj
+from .guides import make_guide, max_plate_nesting
+from .script import model_data
+from .settings import CUSTOM, GUIDES, FitSettings
+from .vectorization import vectorization_ok
 
 
 @dataclass
@@ -111,191 +94,43 @@ class SviFit:
     extras: dict = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------- vectorization
-
-
-def _per_particle(log_prob: torch.Tensor, dim: int, n: int) -> torch.Tensor:
-    """Sum a site's log-density over every dim except the particle dim ``dim`` (negative)."""
-    if log_prob.dim() < -dim or log_prob.shape[dim] == 1:
-        return log_prob.sum().expand(n)
-    return log_prob.movedim(dim, 0).reshape(log_prob.shape[dim], -1).sum(-1)
-
-
-def _base(fn):
-    while isinstance(fn, dist.Independent | dist.MaskedDistribution):
-        fn = fn.base_dist
-    return fn
-
-
-def _log_weight_vectorized(model, guide, data, n, dim) -> torch.Tensor:
-    with pyro.plate("_vectorization_check", n, dim=dim):
-        guide_trace = poutine.trace(guide).get_trace(**data)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
-    total = torch.zeros(n, dtype=torch.float64)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                total = (
-                    total + sign * _per_particle(site["log_prob"], dim, n).to(torch.float64).cpu()
-                )
-    return total, guide_trace
-
-
-def vectorization_ok(
-    model: Callable, guide: Callable, data: Mapping[str, Any], max_plate_nesting: int
-) -> bool:
-    r"""Whether ``model``/``guide`` give the same :math:`\log p(x, z) - \log q(z)` for 3 draws
-    taken together under a plate at dim ``-(max_plate_nesting + 1)`` as one by one.
-
-    The draws of the vectorized run are replayed one at a time (the guide conditioned on its
-    non-deterministic sites' values for that draw), so the two computations see the same
-    :math:`z`. False when the vectorized run raises or the two disagree (``allclose``, relative
-    tolerance 1e-6 in float64, 1e-3 in float32): a model that indexes ``beta[0]`` silently
-    broadcasts wrongly under a particle plate. Errors of the one-by-one run propagate (the model
-    itself is broken then).
-    """
-    n, dim = 3, -(max_plate_nesting + 1)
-    with torch.no_grad(), local_params():
-        single = poutine.trace(guide).get_trace(**data)
-        try:
-            vectorized, guide_trace = _log_weight_vectorized(model, guide, data, n, dim)
-        except Exception:  # noqa: BLE001 - any failure under the plate means: do not vectorize
-            return False
-        looped = []
-        for i in range(n):
-            values = {}
-            for name, site in guide_trace.nodes.items():
-                if (
-                    site["type"] != "sample"
-                    or site_is_subsample(site)
-                    or isinstance(_base(site["fn"]), dist.Delta)
-                ):
-                    continue
-                shape = single.nodes[name]["value"].shape
-                value = site["value"]
-                axis = value.dim() - site["fn"].event_dim + dim
-                if axis >= 0 and value.shape[axis] == n:
-                    value = value.select(axis, i)
-                try:
-                    values[name] = value.reshape(shape)
-                except RuntimeError:
-                    return False
-            g = poutine.trace(poutine.condition(guide, values)).get_trace(**data)
-            for name in values:  # conditioned, yet still the guide's draws for replay
-                g.nodes[name]["is_observed"] = False
-            m = poutine.trace(poutine.replay(model, trace=g)).get_trace(**data)
-            looped.append(float(m.log_prob_sum()) - float(g.log_prob_sum()))
-    looped = torch.tensor(looped, dtype=torch.float64)
-    if not bool(torch.isfinite(vectorized).all()):
-        return False
-    rtol = 1e-3 if _floating_dtype(data) == torch.float32 else 1e-6
-    return bool(torch.allclose(vectorized, looped, rtol=rtol, atol=rtol))
-
-
-def _floating_dtype(data: Mapping[str, Any]) -> torch.dtype:
-    for value in data.values():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.dtype
-    return torch.float64
-
-
-# ----------------------------------------------------------------------------- convergence
-
-
-def convergence_report(
-    losses: np.ndarray, eval_every: int = DEFAULT_EVAL_EVERY, tolerance: float = DEFAULT_TOLERANCE
-) -> dict:
-    """Apply the convergence rule (module docstring) to a loss trace.
-
-    Returns a dict with ``rule`` (words), ``held`` (at the last window), ``step`` (from which
-    it held to the end, or None), and per window ``window_steps``, ``window_means``,
-    ``relative_changes``, ``absolute_changes``, ``noise``.
-    """
-    losses = np.asarray(losses, dtype=np.float64)
-    k = len(losses) // eval_every
-    means, ses = [], []
-    for i in range(k):
-        window = losses[i * eval_every : (i + 1) * eval_every]
-        means.append(float(window.mean()))
-        ses.append(float(window.std(ddof=1) / math.sqrt(len(window))))
-    rel, absolute, noise, held = [], [], [], []
-    for i in range(1, k):
-        change = abs(means[i] - means[i - 1])
-        r = change / max(abs(means[i]), 1e-300)
-        allowed = max(3.0 * math.hypot(ses[i], ses[i - 1]), 0.05)
-        rel.append(r)
-        absolute.append(change)
-        noise.append(allowed)
-        held.append(r < tolerance and change <= allowed)
-    since = None
-    for i in range(len(held) - 1, -1, -1):
-        if not held[i]:
-            break
-        since = (i + 2) * eval_every
-    rule = (
-        f"every {eval_every} steps, the mean loss (-ELBO) over the last {eval_every} steps is "
-        f"compared with the previous window's; converged when the relative change is below "
-        f"{tolerance:g} (Stan ADVI's tol_rel_obj) and the absolute change is within three "
-        "standard errors of the window means' difference (at least 0.05 nats)"
-    )
-    if not held:
-        status = f"not assessed: fewer than two windows of {eval_every} steps"
-    elif held[-1]:
-        status = f"held from step {since} to the end ({len(losses)} steps)"
-    else:
-        status = (
-            f"did not hold at the end: the last windows' means differ by {absolute[-1]:.3g} "
-            f"nats (relative {rel[-1]:.2g}; allowed {noise[-1]:.3g} nats)"
-        )
-    return {
-        "rule": rule,
-        "status": status,
-        "held": bool(held[-1]) if held else False,
-        "step": since,
-        "eval_every": eval_every,
-        "tolerance": tolerance,
-        "window_steps": [(i + 1) * eval_every for i in range(k)],
-        "window_means": means,
-        "relative_changes": rel,
-        "absolute_changes": absolute,
-        "noise": noise,
-    }
-
-
 # ----------------------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True)
+class FitHooks:
+    """What a caller sees of a running fit.
+
+    Attributes
+    ----------
+    progress
+        Show a progress bar (on a terminal, and on rank 0 only).
+    on_step
+        ``on_step(step, loss, guide)`` after every step (for example to record the guide's
+        parameters); returning True stops the fit.
+    on_log
+        Receives one record per ``log_every`` steps: ``step``, ``loss``, ``lr``, and
+        ``elbo_window_mean`` at window ends (for ``metrics.jsonl``).
+    """
+
+    progress: bool = False
+    on_step: Callable[[int, float, Callable], bool | None] | None = None
+    on_log: Callable[[dict], None] | None = None
+    log_every: int = 1
+
+
+_HOOKS = frozenset(f.name for f in dataclasses.fields(FitHooks))
 
 
 def fit_svi(
     model: Callable,
     guide: str | Callable = "auto-normal",
     data: Mapping[str, Any] | None = None,
+    settings: FitSettings | None = None,
     *,
-    steps: int = DEFAULT_STEPS,
-    particles: int = DEFAULT_PARTICLES,
-    lr: float = DEFAULT_LR,
-    lr_final: float = DEFAULT_LR_FINAL,
-    average_window: float = DEFAULT_AVERAGE_WINDOW,
-    betas: tuple[float, float] = DEFAULT_BETAS,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    dtype: torch.dtype | str | None = None,
-    init: str = "laplace",
-    vectorize: bool | None = None,
-    eval_every: int = DEFAULT_EVAL_EVERY,
-    tolerance: float = DEFAULT_TOLERANCE,
-    stop_early: bool = False,
-    guide_options: Mapping[str, Any] | None = None,
-    progress: bool = False,
-    on_step: Callable[[int, float, Callable], bool | None] | None = None,
-    on_log: Callable[[dict], None] | None = None,
-    log_every: int = 1,
-    validate: bool = False,
-    threads: int | None = None,
-    elbo: str = "trace",
-    data_plate: str | None = None,
-    batch_size: int = 0,
+    hooks: FitHooks | None = None,
     context: Context | None = None,
+    **overrides: Any,
 ) -> SviFit:
     r"""Fit ``guide`` to ``model``'s posterior given ``data`` by SVI.
 
@@ -310,57 +145,27 @@ def fit_svi(
     model
         A Pyro model called as ``model(**data)``.
     guide
-        A name from :data:`ppl_models.vi.guides.GUIDES` (an autoguide initialised at the
+        A name from :data:`ppl_models.vi.settings.GUIDES` (an autoguide initialised at the
         Laplace approximation and fitted in whitened coordinates), or the user's guide callable
         (``guide_name`` "custom"; a ``pyro.param`` guide keeps its parameters in Pyro's
         parameter store).
     data
         Keyword arguments of the model; lists become tensors and floating tensors are cast to
-        ``dtype`` on ``device`` (:func:`ppl_models.vi.script.convert_data`).
-    steps, particles, lr, lr_final, average_window, betas
-        The optimisation. With whitened guides ``lr`` is in posterior standard deviations.
-    seed
-        Seeds torch, Pyro and NumPy before the guide is built.
-    device, dtype
-        ``auto`` picks CUDA when present; the default dtype is float64 on the CPU and float32
-        on CUDA.
-    init
-        ``laplace`` or ``feasible`` (:class:`ppl_models.vi.guides.WhitenedGuide`).
-    vectorize
-        None: decided by :func:`vectorization_ok`; False forces the loop over particles.
-    eval_every, tolerance, stop_early
-        The convergence rule (module docstring); ``stop_early`` stops once it holds.
-    guide_options
-        Passed to the guide class (``rank``, ``hidden_dims``, ``num_transforms``,
-        ``iterations``).
-    on_step
-        ``on_step(step, loss, guide)`` after every step (for example to record the guide's
-        parameters); returning True stops the fit.
-    on_log
-        Receives one record per ``log_every`` steps: ``step``, ``loss``, ``lr``, and
-        ``elbo_window_mean`` at window ends (for ``metrics.jsonl``).
-    elbo
-        ``trace`` (:class:`pyro.infer.Trace_ELBO`) or ``meanfield``
-        (:class:`pyro.infer.TraceMeanField_ELBO`: the analytic KL where one is registered).
-    data_plate, batch_size
-        The name of the model's plate over its observations, which the model indexes by the
-        plate's indices (:mod:`ppl_models.vi.data_plate`): each step then takes a batch of
-        ``batch_size`` observations under it, scaled to the full data (0: all of them, or each
-        process's share under ``torchrun``). None: every step uses all the data.
+        the fit's dtype on its device (:func:`ppl_models.vi.script.model_data`).
+    settings
+        :class:`~ppl_models.vi.settings.FitSettings` (its defaults when None).
+    hooks
+        :class:`FitHooks`: a progress bar, per-step and logging callbacks.
     context
         This process's place in a ``torchrun`` job (:func:`ppl_models.distributed.session`).
         With several processes the fit needs ``data_plate``: the loss module is wrapped in
         ``DistributedDataParallel``, each rank takes its stride of one shared permutation of
         the observations and draws its own Monte Carlo noise, and the recorded losses are the
         ranks' mean. Every rank returns the same fit.
-    threads
-        CPU threads for torch during the fit (restored after). By default one thread when the
-        data times the particles hold fewer than 2**20 numbers: a small model's steps are
-        Python-bound, and a second thread only contends (five times slower on two cores).
-    validate
-        Keep Pyro's argument and shape validation on inside the training loop. It is on (as the
-        caller has it) while the guide is built and the vectorization is checked, which is where
-        a malformed model shows itself; off in the loop, the steps are about 30% faster.
+    overrides
+        Fields of :class:`~ppl_models.vi.settings.FitSettings` (``steps=500``, ``lr=0.05``,
+        ``dtype=torch.float32`` ...) or of :class:`FitHooks` (``progress=True``,
+        ``on_step=...``) that replace those of ``settings`` and ``hooks``.
 
     Returns
     -------
@@ -374,167 +179,75 @@ def fit_svi(
         several processes without a data plate.
     ppl_models.svi.NonFiniteLossError
         When the loss becomes NaN or infinite.
+
+    Notes
+    -----
+    ``threads``: by default one CPU thread when the data times the particles hold fewer than
+    :math:`2^{20}` numbers (a small model's steps are Python-bound, and a second thread only
+    contends: five times slower on two cores). ``validate``: Pyro's validation stays as the
+    caller has it while the guide is built and the vectorization is checked, where a malformed
+    model shows itself; it is off in the loop, whose steps are then about 30% faster.
     """
-    _check_settings(steps, particles, lr, lr_final, average_window, eval_every)
-    if elbo not in ELBO_KINDS:
-        raise ValueError(f"elbo must be one of {', '.join(ELBO_KINDS)}, got {elbo!r}")
-    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype)
-        if dtype is None:
-            raise ValueError("dtype must be float32 or float64")
-    if dtype is None:
-        dtype = torch.float32 if device.type == "cuda" else torch.float64
-    data = convert_data(data or {}, dtype=dtype, device=device)
-    check_data_keys(model, data)
-    if isinstance(guide, str):
-        if guide not in GUIDES:
-            raise ValueError(
-                f"guide must be one of {', '.join(GUIDES)} or a guide function, got {guide!r}"
-            )
-        guide_name = guide
-    else:
-        guide_name = CUSTOM
-    settings = {
-        "guide": guide_name,
-        "steps": steps,
-        "particles": particles,
-        "lr": lr,
-        "lr_final": lr_final,
-        "average_window": average_window,
-        "betas": list(betas),
-        "seed": seed,
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
-        "init": init if guide_name != CUSTOM else "the custom guide's own",
-        "eval_every": eval_every,
-        "tolerance": tolerance,
-        "stop_early": stop_early,
-        "elbo": elbo,
-        "validate": validate,
-    }
-    if threads is None:
-        size = sum(v.numel() for v in data.values() if isinstance(v, torch.Tensor))
-        threads = 1 if size * particles < 2**20 else torch.get_num_threads()
-    settings["threads"] = threads if device.type == "cpu" else None
+    hooks = dataclasses.replace(
+        hooks or FitHooks(), **{k: overrides.pop(k) for k in list(overrides) if k in _HOOKS}
+    )
+    settings = (settings or FitSettings()).replace(**overrides)
+    guide_name = _guide_name(guide)
+    device, dtype = _placement(settings)
+    data = model_data(model, data or {}, dtype=dtype, device=device)
     context = context or Context(device=device)
-    if context.parallel and not data_plate:
+    if context.parallel and not settings.data_plate:
         raise ValueError(
             f"fitting on {context.world_size} processes needs the model's data plate "
             "(data_plate): the plate over the observations, which the model indexes by its indices"
         )
-    settings.update(data_plate=data_plate or None, batch_size=batch_size, **context.describe())
+    threads = _threads(settings, data) if device.type == "cpu" else None
+    record = _settings_record(settings, guide_name, device, dtype, threads, context)
     start = time.perf_counter()
-    notes: list[str] = []
-    with local_params(), _torch_threads(threads if device.type == "cpu" else None):
-        seed_everything(seed)
-        fitted = (
-            make_guide(
-                guide_name, model, init=init, dtype=dtype, device=device, **(guide_options or {})
-            )
-            if guide_name != CUSTOM
-            else guide
-        )
-        if isinstance(fitted, WhitenedGuide):
-            fitted.setup(**data)
-            notes += fitted.notes
-        else:
-            notes.append("The custom guide was fitted as given (no initialisation by the package).")
-        with poutine.block(), torch.no_grad():
-            guide_trace = poutine.trace(fitted).get_trace(**data)
-            prototype = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
+    with local_params(), _torch_threads(threads):
+        seed_everything(settings.seed)
+        fitted, notes = _built_guide(model, guide, guide_name, data, settings, device, dtype)
+        prototype, nesting, plate = _inspected_model(model, fitted, data, settings)
         init_seconds = time.perf_counter() - start
-        nesting = max_plate_nesting(prototype)
-        refuse_own_subsampling(guide_trace, prototype)
-        plate = None
-        if data_plate:
-            plate = find_data_plate(prototype, data_plate)
-            check_indexing(model, _latent_values(prototype), data, plate)
-        can_vectorize = (
-            vectorization_ok(model, fitted, data, nesting) if vectorize is not False else False
-        )
-        if vectorize is None and not can_vectorize:
-            notes.append(
-                "The model does not give the same log density for draws taken together under "
-                "a particle plate as one by one (for example it indexes a vector as beta[0] "
-                "instead of beta[..., 0]); particles and the diagnosis's draws are looped over "
-                "one at a time, which is slower."
-            )
-        elif vectorize is False:
-            notes.append("Vectorized particles were turned off; particles are looped over.")
-        elbo_class = Trace_ELBO if elbo == "trace" else TraceMeanField_ELBO
-        estimator = elbo_class(
-            num_particles=particles,
-            vectorize_particles=can_vectorize and particles > 1,
-            max_plate_nesting=nesting,
-        )
-        loss_fn = make_objective(model, fitted, estimator)
-        loss_fn(**data)  # builds every parameter (pyro.param sites too) before the optimizer
-        params = list(loss_fn.parameters())
-        if not params:
-            raise ValueError("the guide has no parameters to fit")
+        vectorized = _vectorization(model, fitted, data, nesting, settings, notes)
+        loss_fn = _objective(model, fitted, data, settings, vectorized, nesting)
         step_loss, batches = _step_losses(
-            context.wrap(loss_fn), data, plate, batch_size, steps, seed=seed, context=context
+            context.wrap(loss_fn),
+            data,
+            plate,
+            settings.batch_size,
+            settings.steps,
+            seed=settings.seed,
+            context=context,
         )
-        if plate is not None and (batch_size or context.parallel):
-            notes.append(_plate_note(plate, batch_size, context))
+        if plate is not None and (settings.batch_size or context.parallel):
+            notes.append(_plate_note(plate, settings.batch_size, context))
         if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
-            seed_everything(rank_seed(seed, context.rank))
-        optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(betas))
-        decay = (lr_final / lr) ** (1.0 / steps)
+            seed_everything(rank_seed(settings.seed, context.rank))
+        params = list(loss_fn.parameters())
+        optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
+        decay = (settings.lr_final / settings.lr) ** (1.0 / settings.steps)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
-        first = int(steps * (1 - average_window))
-        sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-        count = 0
-        losses_seen: list[float] = []
-
-        def record(step: int, loss: float) -> bool:
-            nonlocal count
-            if context.parallel:  # every rank records, and so decides, on the same mean loss
-                loss = float(context.all_reduce_mean(torch.tensor(loss)))
-            if step >= first:
-                with torch.no_grad():
-                    for s, p in zip(sums, params, strict=True):
-                        s.add_(p.detach())
-                count += 1
-            losses_seen.append(loss)
-            stop = False
-            window_end = (step + 1) % eval_every == 0
-            extra = {}
-            if window_end:
-                window = losses_seen[-eval_every:]
-                extra["elbo_window_mean"] = -float(np.mean(window))
-                if stop_early and step + 1 >= 2 * eval_every:
-                    stop = convergence_report(np.array(losses_seen), eval_every, tolerance)["held"]
-            if on_log is not None and (step % log_every == 0 or window_end or step + 1 == steps):
-                on_log({"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], **extra})
-            if on_step is not None and on_step(step, loss, fitted):
-                stop = True
-            return stop
-
-        validation = contextlib.nullcontext() if validate else pyro.validation_enabled(False)
+        recorder = _Recorder(params, settings, hooks, scheduler, fitted, context)
+        validation = (
+            contextlib.nullcontext() if settings.validate else pyro.validation_enabled(False)
+        )
         with validation, context.lost_ranks_reported():
             result = train(
                 step_loss,
                 optimizer,
                 batches,
-                total=steps,
+                total=settings.steps,
                 scheduler=scheduler,
-                on_step=record,
-                progress=progress and context.is_main,
+                on_step=recorder,
+                progress=hooks.progress and context.is_main,
                 desc=f"SVI {guide_name}",
             )
-        with torch.no_grad():
-            if count:
-                for s, p in zip(sums, params, strict=True):
-                    p.copy_((s / count).to(p.dtype))
-            else:
-                notes.append(
-                    "The fit stopped before the averaging window; the last iterate is used."
-                )
-    losses = np.asarray(losses_seen, dtype=np.float64)
-    convergence = convergence_report(losses, eval_every, tolerance)
-    window_losses = losses[first:] if len(losses) > first else losses
+        if not recorder.average_into_parameters():
+            notes.append("The fit stopped before the averaging window; the last iterate is used.")
+    losses = np.asarray(recorder.losses, dtype=np.float64)
+    convergence = convergence_report(losses, settings.eval_every, settings.tolerance)
+    window_losses = losses[recorder.first :] if len(losses) > recorder.first else losses
     if not convergence["held"]:
         notes.append(f"The convergence rule {convergence['status']}.")
     return SviFit(
@@ -546,16 +259,176 @@ def fit_svi(
         averaged_elbo=-float(window_losses.mean()) if len(window_losses) else None,
         converged=convergence["held"],
         convergence=convergence,
-        vectorized=can_vectorize,
+        vectorized=vectorized,
         max_plate_nesting=nesting,
         notes=notes,
-        settings=settings,
+        settings=record,
         seconds=time.perf_counter() - start,
         device=device,
         dtype=dtype,
         init_seconds=init_seconds,
-        extras={"stopped_early": result.stopped_early, "averaged_steps": count},
+        extras={"stopped_early": result.stopped_early, "averaged_steps": recorder.count},
     )
+
+
+def _guide_name(guide: str | Callable) -> str:
+    if not isinstance(guide, str):
+        return CUSTOM
+    if guide not in GUIDES:
+        raise ValueError(
+            f"guide must be one of {', '.join(GUIDES)} or a guide function, got {guide!r}"
+        )
+    return guide
+
+
+def _placement(settings: FitSettings) -> tuple[torch.device, torch.dtype]:
+    """The fit's device and float dtype (``auto``: float64 on the CPU, float32 on CUDA)."""
+    name = settings.device
+    device = resolve_device(name) if name in DEVICES else torch.device(name)
+    if settings.dtype == "auto":
+        return device, torch.float32 if device.type == "cuda" else torch.float64
+    return device, getattr(torch, settings.dtype)
+
+
+def _threads(settings: FitSettings, data: dict) -> int:
+    if settings.threads is not None:
+        return settings.threads
+    size = sum(v.numel() for v in data.values() if isinstance(v, torch.Tensor))
+    return 1 if size * settings.particles < 2**20 else torch.get_num_threads()
+
+
+def _settings_record(settings, guide_name, device, dtype, threads, context) -> dict:
+    """The settings as ``summary.json`` records them."""
+    record = {
+        "guide": guide_name,
+        "steps": settings.steps,
+        "particles": settings.particles,
+        "lr": settings.lr,
+        "lr_final": settings.lr_final,
+        "average_window": settings.average_window,
+        "betas": list(settings.betas),
+        "seed": settings.seed,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "init": settings.init if guide_name != CUSTOM else "the custom guide's own",
+        "eval_every": settings.eval_every,
+        "tolerance": settings.tolerance,
+        "stop_early": settings.stop_early,
+        "elbo": settings.elbo,
+        "validate": settings.validate,
+        "threads": threads,
+        "data_plate": settings.data_plate or None,
+        "batch_size": settings.batch_size,
+    }
+    record.update(context.describe())
+    return record
+
+
+def _built_guide(model, guide, guide_name, data, settings, device, dtype):
+    """The guide to fit, set up for ``data`` (an autoguide finds its start here), and the notes
+    on how it started."""
+    if guide_name == CUSTOM:
+        return guide, ["The custom guide was fitted as given (no initialisation by the package)."]
+    fitted = make_guide(
+        guide_name, model, init=settings.init, dtype=dtype, device=device, **settings.guide_options
+    )
+    fitted.setup(**data)
+    return fitted, list(fitted.notes)
+
+
+def _inspected_model(model, guide, data, settings: FitSettings):
+    """One trace of the model under the guide: its plate depth, a refusal of plates that draw
+    their own subsample, and the declared data plate (checked, with the model's indexing)."""
+    with poutine.block(), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(**data)
+        prototype = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
+    nesting = max_plate_nesting(prototype)
+    refuse_own_subsampling(guide_trace, prototype)
+    plate = None
+    if settings.data_plate:
+        plate = find_data_plate(prototype, settings.data_plate)
+        check_indexing(model, _latent_values(prototype), data, plate)
+    return prototype, nesting, plate
+
+
+def _vectorization(model, guide, data, nesting, settings: FitSettings, notes: list[str]) -> bool:
+    """Whether particles are vectorized (:func:`vectorization_ok`, unless turned off)."""
+    if settings.vectorize is False:
+        notes.append("Vectorized particles were turned off; particles are looped over.")
+        return False
+    ok = vectorization_ok(model, guide, data, nesting)
+    if settings.vectorize is None and not ok:
+        notes.append(
+            "The model does not give the same log density for draws taken together under "
+            "a particle plate as one by one (for example it indexes a vector as beta[0] "
+            "instead of beta[..., 0]); particles and the diagnosis's draws are looped over "
+            "one at a time, which is slower."
+        )
+    return ok
+
+
+def _objective(model, guide, data, settings: FitSettings, vectorized: bool, nesting: int):
+    """The negative ELBO as a module whose parameters all exist (one warm-up call)."""
+    elbo_class = Trace_ELBO if settings.elbo == "trace" else TraceMeanField_ELBO
+    estimator = elbo_class(
+        num_particles=settings.particles,
+        vectorize_particles=vectorized and settings.particles > 1,
+        max_plate_nesting=nesting,
+    )
+    loss_fn = make_objective(model, guide, estimator)
+    loss_fn(**data)  # builds every parameter (pyro.param sites too) before the optimizer
+    if not list(loss_fn.parameters()):
+        raise ValueError("the guide has no parameters to fit")
+    return loss_fn
+
+
+class _Recorder:
+    """The loop's ``on_step``: records every loss (the ranks' mean under ``torchrun``), sums
+    the iterates of the averaging window, logs, applies the convergence rule when asked to stop
+    early, and calls the caller's hooks."""
+
+    def __init__(self, params, settings: FitSettings, hooks: FitHooks, scheduler, guide, context):
+        self.params, self.settings, self.hooks = params, settings, hooks
+        self.scheduler, self.guide, self.context = scheduler, guide, context
+        self.first = int(settings.steps * (1 - settings.average_window))
+        self.sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+        self.count = 0
+        self.losses: list[float] = []
+
+    def __call__(self, step: int, loss: float) -> bool:
+        s, context = self.settings, self.context
+        if context.parallel:  # every rank records, and so decides, on the same mean loss
+            loss = float(context.all_reduce_mean(torch.tensor(loss)))
+        if step >= self.first:
+            with torch.no_grad():
+                for total, p in zip(self.sums, self.params, strict=True):
+                    total.add_(p.detach())
+            self.count += 1
+        self.losses.append(loss)
+        stop = False
+        window_end = (step + 1) % s.eval_every == 0
+        extra = {}
+        if window_end:
+            extra["elbo_window_mean"] = -float(np.mean(self.losses[-s.eval_every :]))
+            if s.stop_early and step + 1 >= 2 * s.eval_every:
+                stop = convergence_report(np.array(self.losses), s.eval_every, s.tolerance)["held"]
+        on_log = self.hooks.on_log
+        if on_log is not None and (
+            step % self.hooks.log_every == 0 or window_end or step + 1 == s.steps
+        ):
+            on_log({"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], **extra})
+        if self.hooks.on_step is not None and self.hooks.on_step(step, loss, self.guide):
+            stop = True
+        return stop
+
+    def average_into_parameters(self) -> bool:
+        """Set the parameters to the window's mean iterate; False when the window is empty."""
+        if not self.count:
+            return False
+        with torch.no_grad():
+            for total, p in zip(self.sums, self.params, strict=True):
+                p.copy_((total / self.count).to(p.dtype))
+        return True
 
 
 def _latent_values(trace) -> dict[str, torch.Tensor]:
@@ -625,18 +498,3 @@ def _torch_threads(n: int | None):
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
-
-
-def _check_settings(steps, particles, lr, lr_final, average_window, eval_every) -> None:
-    from ..config import require
-
-    require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
-    require(
-        isinstance(particles, int) and particles >= 1, "particles", particles, "an integer >= 1"
-    )
-    require(lr > 0 and math.isfinite(lr), "lr", lr, "a positive number")
-    require(0 < lr_final <= lr, "lr_final", lr_final, f"a positive number no larger than lr ({lr})")
-    require(0 < average_window <= 1, "average_window", average_window, "a fraction in (0, 1]")
-    require(
-        isinstance(eval_every, int) and eval_every >= 2, "eval_every", eval_every, "an integer >= 2"
-    )

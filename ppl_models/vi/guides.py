@@ -4,19 +4,10 @@ Every guide here is a distribution over the flat vector :math:`z` of all latent 
 the unconstrained space (Pyro's :class:`~pyro.infer.autoguide.AutoContinuous`), mapped to the
 constrained sites by the bijections of their supports.
 
-**Initialisation** (``init="laplace"``, as Pathfinder starts): L-BFGS (strong-Wolfe line
-search, float64) minimises the potential
-
-.. math:: U(z) = -\log p(x, T(z)) - \log\lvert\det J_T(z)\rvert
-
-from a feasible point (each site's prior mean or median where it can be computed, else the
-point :math:`z = 0`; flat priors such as :class:`pyro.distributions.ImproperUniform` cannot be
-sampled, which is why Pyro's own initialisers fail on them). At the minimum :math:`\hat z` the
-Hessian :math:`H = \nabla^2 U(\hat z)` gives the Laplace approximation
-:math:`\mathcal N(\hat z, H^{-1})`. When L-BFGS finds no minimum within its budget (a funnel:
-the density grows without bound as a scale goes to zero) or :math:`H` is not positive
-definite, the start is the point of the L-BFGS path whose Gaussian (its Hessian with
-non-positive curvatures replaced by one) has the highest ELBO estimate, and a note says so.
+**Initialisation** (:mod:`ppl_models.vi.initialization`): ``init="laplace"`` starts each guide
+at a Laplace approximation :math:`\mathcal N(\hat z, H^{-1})` of the posterior at the MAP (or, where
+there is none, at the best point of the L-BFGS path); ``init="feasible"`` at a feasible point with
+unit scale.
 
 **Whitening.** Adam's step is about ``lr`` in absolute units whatever the posterior's scale, so
 a posterior with sds of 1e-3 is fitted no better than to a few hundredths of its means. Each
@@ -37,7 +28,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pyro.distributions as dist
 import torch
@@ -50,324 +40,15 @@ from pyro.nn import PyroParam
 from torch import nn
 from torch.distributions import biject_to
 
-GUIDES = ("auto-normal", "auto-mvn", "auto-lowrank", "auto-iaf")
-CUSTOM = "custom"
-INITS = ("laplace", "feasible")
-LBFGS_ITERATIONS = 200  # enough for a 20-parameter MAP in float64; a funnel stops here
-SELECTION_DRAWS = 16  # common random numbers for the ELBO of each candidate start
-SELECTION_CANDIDATES = 8
-
-
-# ----------------------------------------------------------------------------- initial values
-
-
-def feasible_init(dtype: torch.dtype, device: torch.device | str | None = None) -> Callable:
-    """An ``init_loc_fn`` that never samples an improper prior.
-
-    Each latent site starts at its prior mean when that is finite and in the support, else at
-    the median of 15 prior draws, else (flat priors, which cannot be sampled) at the image of
-    :math:`0` in the unconstrained space. Values are cast to ``dtype`` on ``device``.
-    """
-
-    def init(site: dict) -> torch.Tensor:
-        fn = site["fn"]
-        support = fn.support
-        shape = fn.shape()
-        for guess in (_prior_mean, _prior_median):
-            try:
-                value = guess(fn)
-            except Exception:  # noqa: BLE001 - any failure means: try the next guess
-                continue
-            if value is None:
-                continue
-            value = value.detach().to(dtype=dtype, device=device)
-            if (
-                value.shape == shape
-                and bool(torch.isfinite(value).all())
-                and bool(support.check(value).all())
-            ):
-                return value
-        transform = biject_to(support)
-        unconstrained_shape = transform.inverse_shape(shape)
-        return transform(torch.zeros(unconstrained_shape, dtype=dtype, device=device))
-
-    return init
-
-
-def _prior_mean(fn) -> torch.Tensor | None:
-    if isinstance(fn, dist.ImproperUniform):
-        return None
-    return fn.mean
-
-
-def _prior_median(fn) -> torch.Tensor | None:
-    if isinstance(fn, dist.ImproperUniform) or fn.event_shape:
-        return None
-    return fn.sample((15,)).median(0)[0]
-
-
-# ----------------------------------------------------------------------------- Laplace
-
-
-@dataclass
-class LaplaceStart:
-    r"""Where a guide starts: the point :math:`\hat z` and the curvature there.
-
-    Attributes
-    ----------
-    loc
-        :math:`\hat z`, the flat unconstrained start (float64).
-    precision
-        The (regularised) Hessian :math:`H` of the potential at ``loc``.
-    scale_tril
-        Cholesky factor of :math:`H^{-1}`.
-    diag_scale
-        :math:`H_{ii}^{-1/2}`, the mean-field Gaussian's sds.
-    method
-        ``"laplace"`` (a MAP with positive-definite curvature), ``"path"`` (the best point
-        of the L-BFGS path), or ``"feasible"`` (no optimisation, unit scale).
-    notes
-        Sentences for the report.
-    """
-
-    loc: torch.Tensor
-    precision: torch.Tensor
-    scale_tril: torch.Tensor
-    diag_scale: torch.Tensor
-    method: str
-    iterations: int = 0
-    converged: bool = False
-    notes: list[str] = field(default_factory=list)
-
-
-def _hessian(potential: Callable, z: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        h = torch.autograd.functional.hessian(potential, z.detach().clone())
-    return 0.5 * (h + h.T)
-
-
-def _gaussian(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    r"""(precision, Cholesky of covariance, mean-field sds, whether ``h`` was already PD).
-
-    Eigenvalues at or below :math:`10^{-10}\,\lambda_{\max}` (or non-finite curvature) are
-    replaced by one, i.e. unit scale along those directions of the unconstrained space.
-    """
-    d = h.shape[0]
-    if not bool(torch.isfinite(h).all()):
-        eye = torch.eye(d, dtype=h.dtype, device=h.device)
-        return eye, eye.clone(), torch.ones(d, dtype=h.dtype, device=h.device), False
-    lam, vec = torch.linalg.eigh(h)
-    floor = 1e-10 * max(float(lam.abs().max()), 1e-300)
-    ok = lam > floor
-    pd = bool(ok.all())
-    lam = torch.where(ok, lam, torch.ones_like(lam).clamp(min=floor))
-    precision = (vec * lam) @ vec.T
-    covariance = (vec / lam) @ vec.T
-    covariance = 0.5 * (covariance + covariance.T)
-    try:
-        tril = torch.linalg.cholesky(covariance)
-    except RuntimeError:
-        tril = vec * lam.rsqrt()  # a square root; not triangular, so make it so by QR
-        tril = torch.linalg.qr(tril.T, mode="complete")[1].T
-        tril = tril * torch.sign(torch.diagonal(tril))
-    diag = torch.diagonal(precision).clamp(min=1e-300).rsqrt()
-    return precision, tril, diag, pd
-
-
-@dataclass
-class Minimum:
-    r"""Where L-BFGS stopped on a potential :math:`U`, and the curvature there.
-
-    Attributes
-    ----------
-    path
-        Every finite point L-BFGS evaluated, in order; the last is where it stopped.
-    iterations
-        L-BFGS iterations taken.
-    failure
-        Why it stopped abnormally (an exception's message), else None.
-    converged
-        A minimum: positive-definite Hessian and a Newton decrement
-        :math:`\lVert L^\top \nabla U \rVert < 10^{-2}` (the distance to the minimum in
-        posterior sds of the Laplace metric, :math:`L L^\top = H^{-1}`).
-    decrement
-        That Newton decrement (infinite without a positive-definite Hessian).
-    precision, scale_tril, diag_scale
-        :func:`_gaussian` of the Hessian at the last point (None after a failure).
-    """
-
-    path: list[torch.Tensor]
-    iterations: int
-    failure: str | None
-    converged: bool
-    decrement: float
-    precision: torch.Tensor | None = None
-    scale_tril: torch.Tensor | None = None
-    diag_scale: torch.Tensor | None = None
-
-    @property
-    def point(self) -> torch.Tensor:
-        return self.path[-1]
-
-
-def lbfgs_minimum(
-    potential: Callable[[torch.Tensor], torch.Tensor],
-    start: torch.Tensor,
-    iterations: int = LBFGS_ITERATIONS,
-) -> Minimum:
-    r"""Minimise :math:`U` by L-BFGS (strong-Wolfe line search, float64) from ``start``.
-
-    A minimum is accepted when the largest gradient component falls below
-    :math:`10^{-6}\max(1, |U|)` or :math:`U` stops changing (relative :math:`10^{-12}`), and
-    the Hessian there is positive definite with a Newton decrement below :math:`10^{-2}`.
-    """
-    z = start.detach().clone().to(torch.float64).requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [z],
-        lr=1.0,
-        max_iter=iterations,
-        max_eval=iterations * 5 // 4,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-14,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-    path = [z.detach().clone()]  # every finite point L-BFGS evaluated, in order
-
-    def closure():
-        optimizer.zero_grad()
-        value = potential(z)
-        if not bool(torch.isfinite(value)):
-            raise FloatingPointError("the potential became non-finite")
-        value.backward()
-        path.append(z.detach().clone())
-        return value
-
-    failure = None
-    try:
-        with torch.enable_grad():
-            optimizer.step(closure)
-    except Exception as err:  # noqa: BLE001 - the model failed at an extreme point
-        failure = f"{type(err).__name__}: {err}".splitlines()[0]
-    k = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
-    if failure is None and bool(torch.isfinite(z).all()):
-        path.append(z.detach().clone())  # the accepted point (trial points were recorded too)
-    if failure is not None:
-        return Minimum(path, k, failure, False, math.inf)
-    try:
-        with torch.enable_grad():
-            zz = path[-1].clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(potential(zz), zz)
-        h = _hessian(potential, path[-1])
-        precision, tril, diag, pd = _gaussian(h)
-    except Exception as err:  # noqa: BLE001
-        failure = f"{type(err).__name__}: {err}".splitlines()[0]
-        return Minimum(path, k, failure, False, math.inf)
-    # Newton decrement: the distance to the minimum in posterior sds (Laplace metric)
-    decrement = float((grad @ tril).norm()) if pd else math.inf
-    return Minimum(path, k, None, pd and decrement < 1e-2, decrement, precision, tril, diag)
-
-
-def laplace_start(
-    potential: Callable[[torch.Tensor], torch.Tensor],
-    start: torch.Tensor,
-    *,
-    iterations: int = LBFGS_ITERATIONS,
-    draws: int = SELECTION_DRAWS,
-    generator: torch.Generator | None = None,
-) -> LaplaceStart:
-    r"""Find the MAP by L-BFGS from ``start`` (:func:`lbfgs_minimum`) and build the Laplace
-    approximation there.
-
-    Parameters
-    ----------
-    potential
-        :math:`U(z)` for a flat float64 vector ``z`` (a scalar tensor, differentiable).
-    start
-        A feasible starting point.
-    iterations
-        L-BFGS iterations allowed.
-    draws
-        Draws for the ELBO estimate that picks a start along the path when there is no
-        minimum.
-
-    Returns
-    -------
-    LaplaceStart
-    """
-    found = lbfgs_minimum(potential, start, iterations)
-    path, k, failure, converged = found.path, found.iterations, found.failure, found.converged
-    precision, tril, diag, decrement = (
-        found.precision,
-        found.scale_tril,
-        found.diag_scale,
-        found.decrement,
-    )
-    notes = []
-    if converged:
-        notes.append(
-            f"Initialised at the MAP (L-BFGS in the unconstrained space, float64, {k} "
-            "iterations) with the Laplace approximation there; the guide was fitted in "
-            "coordinates whitened by it."
-        )
-        return LaplaceStart(path[-1], precision, tril, diag, "laplace", k, True, notes)
-    if failure:
-        reason = f"L-BFGS stopped after {k} iterations because {failure}"
-    elif decrement == math.inf:
-        reason = f"the Hessian where L-BFGS stopped ({k} iterations) is not positive definite"
-    else:
-        reason = (
-            f"L-BFGS found no minimum in {k} iterations (it stopped {decrement:.2g} posterior "
-            "sds from one; the log density may keep rising, as in a funnel where a scale goes "
-            "to zero)"
-        )
-    # No usable MAP: pick the point of the path whose Gaussian has the highest ELBO estimate.
-    n = len(path)
-    picks = sorted(
-        {round(i * (n - 1) / (SELECTION_CANDIDATES - 1)) for i in range(SELECTION_CANDIDATES)}
-    )
-    d = start.numel()
-    eps = torch.randn(draws, d, dtype=torch.float64, device=start.device, generator=generator)
-    best = None
-    for i in picks:
-        try:
-            h = _hessian(potential, path[i])
-            precision, tril, diag, _ = _gaussian(h)
-            with torch.no_grad():
-                zs = path[i] + eps @ tril.T
-                energies = torch.stack([potential(zz) for zz in zs])
-            entropy = torch.log(torch.diagonal(tril)).sum() + 0.5 * d * (1 + math.log(2 * math.pi))
-            elbo = float(-energies.mean() + entropy)
-        except Exception:  # noqa: BLE001 - a candidate where the model fails is no candidate
-            continue
-        if math.isfinite(elbo) and (best is None or elbo > best[0]):
-            best = (elbo, i, precision, tril, diag)
-    if best is None:
-        eye = torch.eye(d, dtype=torch.float64, device=start.device)
-        notes.append(
-            f"No MAP initialisation: {reason}, and no point of its path gave a finite ELBO; the "
-            "guide started at a feasible point with unit scale in the unconstrained space."
-        )
-        return LaplaceStart(
-            path[0],
-            eye,
-            eye.clone(),
-            torch.ones(d, dtype=torch.float64),
-            "feasible",
-            k,
-            False,
-            notes,
-        )
-    elbo, i, precision, tril, diag = best
-    notes.append(
-        f"No MAP initialisation: {reason}. Of {len(picks)} points along the L-BFGS path, the "
-        + ("starting point (prior means or medians)" if i == 0 else f"point {i} of {n - 1}")
-        + " was used, the one whose Gaussian (the Hessian there, non-positive curvatures set "
-        f"to one) had the highest ELBO estimate ({elbo:.4g}, {draws} draws); the guide was "
-        "fitted in coordinates whitened by that Gaussian."
-    )
-    return LaplaceStart(path[i], precision, tril, diag, "path", k, False, notes)
-
+from .initialization import (
+    LBFGS_ITERATIONS,
+    LaplaceStart,
+    bound_kind,
+    feasible_init,
+    feasible_start,
+    laplace_start,
+)
+from .settings import CUSTOM, GUIDE_CHOICES, INITS
 
 # ----------------------------------------------------------------------------- guides
 
@@ -443,28 +124,15 @@ class WhitenedGuide(AutoContinuous):
         super()._setup_prototype(*args, **kwargs)
         start = self._init_loc().to(torch.float64)
         if self._init == "feasible":
-            d = start.numel()
-            eye = torch.eye(d, dtype=torch.float64, device=start.device)
-            self.start = LaplaceStart(
-                start,
-                eye,
-                eye.clone(),
-                torch.ones(d, dtype=torch.float64, device=start.device),
-                "feasible",
-                notes=[
-                    "Initialised at a feasible point (prior means or medians, zero in the "
-                    "unconstrained space for flat priors) with unit scale; no MAP search."
-                ],
-            )
+            self.start = feasible_start(start)
         else:
             args64 = tuple(_to_float64(a) for a in args)
             kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
-            generator = torch.Generator(device=start.device).manual_seed(0)
             self.start = laplace_start(
                 lambda z: self.potential(z, *args64, **kwargs64),
                 start,
                 iterations=self._iterations,
-                generator=generator,
+                coordinates=self._coordinates(),
             )
         cast = {"dtype": self._dtype, "device": self._device}
         self.register_buffer("white_loc", self.start.loc.to(**cast))
@@ -476,6 +144,22 @@ class WhitenedGuide(AutoContinuous):
 
     def _setup_params(self) -> None:
         raise NotImplementedError
+
+    def _coordinates(self) -> list[tuple[str, str]]:
+        """Per coordinate of the flat unconstrained vector: a name (``site`` or ``site[i]``)
+        and the kind of its support's bound (:func:`~ppl_models.vi.initialization.bound_kind`)."""
+        out = []
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            if name not in self._unconstrained_shapes:
+                continue
+            n = math.prod(self._unconstrained_shapes[name])
+            kind = bound_kind(site["fn"].support)
+            out += [(name if n == 1 else f"{name}[{i + 1}]", kind) for i in range(n)]
+        return out
+
+    def _initial_scale(self) -> torch.Tensor:
+        """The guide's scale parameters at the start (whitened units)."""
+        return self._zeros() + self.start.init_scale
 
     def _zeros(self) -> torch.Tensor:
         return torch.zeros(self.latent_dim, dtype=self._dtype, device=self._device)
@@ -497,7 +181,7 @@ class AutoWhitenedNormal(WhitenedGuide):
 
     def _setup_params(self):
         self.loc = nn.Parameter(self._zeros())
-        self.scale = PyroParam(self._zeros() + 1.0, self.scale_constraint)
+        self.scale = PyroParam(self._initial_scale(), self.scale_constraint)
 
     def _loc_scale(self, *args, **kwargs):
         return self.white_loc + self.white_scale * self.loc, self.white_scale * self.scale
@@ -520,7 +204,7 @@ class AutoWhitenedMultivariateNormal(WhitenedGuide):
 
     def _setup_params(self):
         self.loc = nn.Parameter(self._zeros())
-        self.scale = PyroParam(self._zeros() + 1.0, self.scale_constraint)
+        self.scale = PyroParam(self._initial_scale(), self.scale_constraint)
         eye = torch.eye(self.latent_dim, dtype=self._dtype, device=self._device)
         self.scale_tril = PyroParam(eye, self.scale_tril_constraint)
 
@@ -567,7 +251,7 @@ class AutoWhitenedLowRankNormal(WhitenedGuide):
         noise = torch.randn(d, rank, dtype=torch.float64, generator=generator)
         factor = factor + 1e-2 * noise.to(factor.device)  # off the saddle at F = 0
         self.loc = nn.Parameter(self._zeros())
-        self.scale = PyroParam(self._zeros() + 1.0, self.scale_constraint)
+        self.scale = PyroParam(self._initial_scale(), self.scale_constraint)
         self.cov_factor = nn.Parameter(factor.to(dtype=self._dtype, device=self._device))
 
     def get_posterior(self, *args, **kwargs):
@@ -713,7 +397,7 @@ def make_guide(
             raise ValueError("guide 'custom' needs a guide(**data) function in the model script")
         return custom
     if name not in GUIDE_CLASSES:
-        raise ValueError(f"guide must be one of {', '.join((*GUIDES, CUSTOM))}, got {name!r}")
+        raise ValueError(f"guide must be one of {', '.join(GUIDE_CHOICES)}, got {name!r}")
     return GUIDE_CLASSES[name](model, init=init, dtype=dtype, device=device, **options)
 
 

@@ -33,12 +33,11 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from ppl_models.distributed import Context, rank_seed
-from ppl_models.svi import local_params
+from ..distributed import Context, rank_seed
+from ..svi import local_params
+from .settings import DiagnosisSettings
 
 DRAW_PLATE = "_ppl_models_draws"
-DEFAULT_DRAWS = 100_000
-DEFAULT_LOOP_DRAWS = 4_000
 _CHUNK_ELEMENTS = 2**23  # about 64 MiB of float64 per chunk for the largest per-draw tensors
 
 
@@ -308,10 +307,10 @@ def draw_log_weights(
     guide: Callable,
     data: dict,
     *,
-    draws: int = DEFAULT_DRAWS,
+    draws: int = DiagnosisSettings.draws,
     vectorized: bool = True,
     max_plate_nesting: int = 1,
-    loop_draws: int = DEFAULT_LOOP_DRAWS,
+    loop_draws: int = DiagnosisSettings.loop_draws,
     chunk: int | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,

@@ -7,7 +7,7 @@ of a multimodal posterior, :math:`\log w` is nearly constant on q's draws, so k-
 search that looks elsewhere can see it; this module runs one (as Pathfinder's multiple paths
 and Stan's dispersed initial values do):
 
-1. L-BFGS (:func:`ppl_models.vi.guides.lbfgs_minimum`) minimises the potential
+1. L-BFGS (:func:`ppl_models.vi.initialization.lbfgs_minimum`) minimises the potential
    :math:`U(u) = -\log p(x, T(u)) - \log\lvert\det J_T(u)\rvert` in the guide's unconstrained
    space from ``starts`` points: half uniform in :math:`(-2, 2)^D` (Stan's initial values),
    half drawn from the prior (where it can be sampled);
@@ -42,11 +42,11 @@ from pyro import poutine
 from scipy import stats
 from scipy.special import logsumexp
 
-from ppl_models.svi import local_params
-from ppl_models.vi.guides import lbfgs_minimum
-from ppl_models.vi.logweights import LogWeights
+from ..svi import local_params
+from .initialization import lbfgs_minimum
+from .logweights import LogWeights
+from .settings import DiagnosisSettings
 
-MODE_STARTS = 8
 INIT_RADIUS = 2.0  # Stan's uniform(-2, 2) initial values in the unconstrained space
 ELLIPSOID_LEVEL = 0.99
 MIN_VISITED = 0.01
@@ -168,7 +168,7 @@ def search_modes(
     data: dict,
     lw: LogWeights,
     *,
-    starts: int = MODE_STARTS,
+    starts: int = DiagnosisSettings.mode_starts,
     seed: int = 0,
     iterations: int = MODE_ITERATIONS,
 ) -> ModeSearch:

@@ -27,6 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .script import posteriordb_file
+from .settings import NutsSettings
+
+POSTERIORDB_PREFIX = "posteriordb:"
+
 _ELEMENT = re.compile(r"^(?P<base>[^\[\]]+?)(?:\[(?P<index>[0-9]+(?:\s*,\s*[0-9]+)*)\])?$")
 
 
@@ -159,7 +164,7 @@ def from_posteriordb(chains, source: str = "posteriordb reference draws") -> Ref
 
 
 def _load_netcdf(path: Path) -> Reference:
-    from ppl_models import diagnostics
+    from .. import diagnostics
 
     idata = diagnostics.load(path)
     if "posterior" not in idata.groups():
@@ -182,8 +187,10 @@ def load_reference(path: str | Path) -> Reference:
     ----------
     path
         posteriordb reference draws (``.json`` or ``.json.zip``: a list of chains, each mapping
-        ``name``, ``name[i]``, ``name[i,j]`` (1-based) to draws) or an ArviZ InferenceData
-        ``.nc`` file (its ``posterior`` group, variables shaped ``(chain, draw, *shape)``).
+        ``name``, ``name[i]``, ``name[i,j]`` (1-based) to draws), an ArviZ InferenceData
+        ``.nc`` file (its ``posterior`` group, variables shaped ``(chain, draw, *shape)``), or
+        ``posteriordb:NAME``: the reference draws of posteriordb's posterior ``NAME`` (four ship
+        with the package; :func:`ppl_models.vi.script.posteriordb_dir`).
 
     Returns
     -------
@@ -197,6 +204,8 @@ def load_reference(path: str | Path) -> Reference:
         For an unknown suffix, or a corrupt or unreadable file; the message names the file and
         what was expected.
     """
+    if str(path).startswith(POSTERIORDB_PREFIX):
+        path = posteriordb_file(str(path)[len(POSTERIORDB_PREFIX) :], "reference_draws.json.zip")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference file not found: {path}")
@@ -303,9 +312,9 @@ def nuts_reference(
     model: Callable,
     data: dict,
     *,
-    warmup: int = 500,
-    draws: int = 1000,
-    chains: int = 2,
+    warmup: int = NutsSettings.warmup,
+    draws: int = NutsSettings.draws,
+    chains: int = NutsSettings.chains,
     seed: int = 0,
     jit: bool = True,
     full_mass: bool = True,

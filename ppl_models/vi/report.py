@@ -11,10 +11,10 @@ import json
 import math
 from pathlib import Path
 
-from ppl_models import diagnostics
-from ppl_models.report import Figure, Report, Table
-from ppl_models.report import write_report as write_html
-from ppl_models.runs import (
+from .. import diagnostics
+from ..report import Figure, Report, Table
+from ..report import write_report as write_html
+from ..runs import (
     atomic_save,
     atomic_write_json,
     atomic_write_text,
@@ -22,8 +22,8 @@ from ppl_models.runs import (
     read_json,
     read_metrics,
 )
-from ppl_models.vi import figures as vf
-from ppl_models.vi.verdict import VerdictRules, reference_checks
+from . import figures as vf
+from .verdict import VerdictRules, reference_checks
 
 LABEL_WORDS = {
     "trustworthy": "TRUSTWORTHY: the variational means, sds and marginal shapes can be used as "

@@ -16,11 +16,13 @@ format).
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import inspect
 import itertools
 import json
 import math
+import os
 import sys
 import zipfile
 from collections.abc import Callable, Mapping
@@ -208,6 +210,15 @@ def convert_data(data: Mapping[str, Any], *, dtype=None, device=None) -> dict[st
     return out
 
 
+def model_data(model: Callable, data: Mapping[str, Any], *, dtype=None, device=None) -> dict:
+    """``data`` converted for ``model`` (:func:`convert_data`) and checked against its keyword
+    parameters (:func:`check_data_keys`): what a fit takes. Converting converted data changes
+    nothing, so a caller may check its data early and pass the result on."""
+    converted = convert_data(data, dtype=dtype, device=device)
+    check_data_keys(model, converted)
+    return converted
+
+
 def _flatten(value):
     for item in value:
         if isinstance(item, list | tuple):
@@ -257,16 +268,11 @@ POSTERIORDB_ENV = "PPL_MODELS_POSTERIORDB"
 
 def posteriordb_dir() -> Path:
     """The folder of posteriordb posteriors: ``$PPL_MODELS_POSTERIORDB`` when set, else the
-    four that ship with the repository in ``runs/posteriordb``, else
-    ``../shared/data/posteriordb`` beside the repository."""
-    import os
-
+    four that ship inside the package (``ppl_models/data/posteriordb``)."""
     env = os.environ.get(POSTERIORDB_ENV)
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    shipped = repo / "runs" / "posteriordb"
-    return shipped if shipped.is_dir() else repo.parent / "shared" / "data" / "posteriordb"
+    return Path(str(importlib.resources.files("ppl_models") / "data" / "posteriordb"))
 
 
 def posteriordb_file(posterior: str, name: str = "data.json.zip") -> Path:

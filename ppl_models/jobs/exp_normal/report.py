@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import diagnostics
-from ..report import Figure, Report, Table, write_report
-from ..runs import read_json, read_metrics
-from .figures import report_figures
-
-TOLERANCE = 0.005  # the 0.5% on theta
+from ... import diagnostics
+from ...exp_normal.figures import report_figures
+from ...report import Figure, Report, Table, write_report
+from ...runs import read_json, read_metrics
+from .config import TOLERANCE
 
 
 def build_report(run_dir: Path, summary: dict) -> Path:

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .. import diagnostics
-from ..vi.references import Reference
-from . import closed_forms, pyro_model, settings
+from ... import diagnostics
+from ...exp_normal import closed_forms, options, pyro_model
+from ...vi.references import Reference
+from .config import MODEL
 from .fitting import Fit
-from .settings import MODEL
 
 if TYPE_CHECKING:
-    from ..jobs.exp_normal import ExpNormalConfig
+    from .config import ExpNormalConfig
 
 IW_DRAWS = 200_000  # guide draws of the diagnosis: every weight-based number comes from them
 REFERENCE_CHAINS = 4
@@ -48,14 +48,14 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
     posteriors.
 
     The summary holds the closed-form numbers of this model and, after them, every key of the
-    generic diagnosis (issue 7's ``summary.json``: ``elbo``, ``cubo2``, ``d2``,
-    ``error_bounds``, ``parameters``, ``verdict`` ...). ``psis_khat``, ``importance_ess``,
+    generic diagnosis (those of ``ppl-models fit``'s ``summary.json``: ``elbo``, ``cubo2``,
+    ``d2``, ``error_bounds``, ``parameters``, ``verdict`` ...). ``psis_khat``, ``importance_ess``,
     ``iw_bounds`` and ``draws`` are the diagnosis's, from its :data:`IW_DRAWS` guide draws.
     The InferenceData is the diagnosis's (``posterior``, ``sample_stats``,
     ``reference_posterior``) with the groups ``posterior_variational``, ``posterior_grid`` and
     ``posterior_exact`` added.
     """
-    from ..vi.diagnose import diagnose
+    from ...vi.diagnose import diagnose
 
     rate = config.rate
     rng = np.random.default_rng(config.seed)
@@ -99,7 +99,7 @@ def analyse(x: np.ndarray, config: ExpNormalConfig, fitted: Fit) -> tuple[dict, 
     log_evidence = closed_forms.log_evidence(x, rate)
     theta_svi = fitted.params.get("theta")
     families = {}
-    for family in settings.GUIDE_FAMILIES:
+    for family in options.GUIDE_FAMILIES:
         params = closed_forms.optimal_guide_params(family, x, rate)
         dist_f = pyro_model.guide_distribution(family, params)
         families[family] = {"params": params, "kl": closed_forms.kl_of(dist_f, x, rate)}

@@ -7,8 +7,8 @@ fitted by the generic machinery: Adam with a step size decaying geometrically fr
 report shows beyond the generic fit: the guide's parameters per step, as iterates and as running
 suffix averages, and the wall time of every step (for the benchmark's time to the theta* band).
 
-:func:`fit` takes the run's :class:`~ppl_models.jobs.exp_normal.ExpNormalConfig` (any object with
-its fields will do) and returns a :class:`Fit`.
+:func:`fit` takes the run's :class:`~ppl_models.jobs.exp_normal.config.ExpNormalConfig` (any object
+with its fields will do) and returns a :class:`Fit`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import pyro_model
+from ...exp_normal import pyro_model
 
 if TYPE_CHECKING:
-    from ..jobs.exp_normal import ExpNormalConfig
-    from ..runs import Run
+    from ...runs import Run
+    from .config import ExpNormalConfig
 
 # Adam's second-moment memory is kept short (0.9, not 0.999): far from theta* the gradient is
 # orders of magnitude larger than near it, and a long memory of those early gradients shrinks the
@@ -92,12 +92,14 @@ def fit(
     seed
         Seed of the fit (default ``config.seed``).
     """
-    from ..svi import local_params
-    from ..vi.fitting import fit_svi
+    from ...svi import local_params
+    from ...vi.fitting import fit_svi
 
     start = time.perf_counter()
     steps = config.steps
-    names = list(pyro_model._PARAM_CONSTRAINTS[config.guide])
+    with local_params():  # the guide's parameters live in the module, as fit_svi expects
+        guide = pyro_model.make_guide(config.guide, x, config.rate).to(x.device)
+        names = list(guide.params())  # its family's parameters, in the family's order
     raw = {name: np.empty(steps) for name in names}
     prefix = {name: np.zeros(steps + 1) for name in names}  # prefix sums of raw
     traces = {name: np.empty(steps) for name in names}
@@ -124,8 +126,7 @@ def fit(
             )
         return False
 
-    with local_params():  # the guide's parameters live in the module, as fit_svi expects
-        guide = pyro_model.make_guide(config.guide, x, config.rate).to(x.device)
+    with local_params():
         svi = fit_svi(
             pyro_model.model,
             guide,

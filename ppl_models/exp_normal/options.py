@@ -1,20 +1,17 @@
-"""What the command line checks before anything heavy is imported: guide families, ELBO
-estimators, data-file suffixes and the prior rate.
+"""The model's own choices and the check of its one parameter: guide families, data-file
+suffixes and the prior rate.
 
-This module imports neither torch, Pyro nor NumPy, so ``ppl-models exp-normal --help`` and the
-run configuration's validation stay instant (:mod:`ppl_models.jobs.exp_normal` uses it).
+This module imports neither torch, Pyro nor NumPy, so a run configuration can validate its values
+and the command line can list its choices without loading PyTorch. The choices every model shares
+(devices, ELBO estimators) are in :mod:`ppl_models.options`.
 """
 
 from __future__ import annotations
 
 import math
 
-MODEL = "exp-normal"  # the command, and summary.json's "model" (how `ppl-models report` finds it)
 GUIDE_FAMILIES = ("exponential", "gamma", "lognormal", "truncated-normal")
 SUPPORTED_SUFFIXES = (".csv", ".npy", ".txt")
-# The estimators of :func:`ppl_models.svi.make_elbo` (``svi.ELBO_KINDS``, which imports torch);
-# tests/test_exp_normal_job.py checks that the two agree.
-ELBO_KINDS = ("trace", "meanfield")
 
 
 def validate_rate(rate) -> float:

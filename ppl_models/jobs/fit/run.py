@@ -1,0 +1,140 @@
+"""A ``ppl-models fit`` run: check the inputs, fit, diagnose, write the run directory.
+
+Under ``torchrun`` every rank fits and makes its share of the diagnosis's guide draws; rank 0
+alone does the rest and writes the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ... import distributed
+from ...runs import Run
+from ...svi import NonFiniteLossError, resolve_device
+from ...vi import fitting
+from ...vi.diagnose import diagnose
+from ...vi.references import load_reference
+from ...vi.report import rebuild_report as rebuild_fit_report
+from ...vi.report import write_report
+from ...vi.script import load_script, model_data, read_data_file
+from .config import FitConfig
+
+
+def prepare(config: FitConfig):
+    """Check every input before anything is written: load the script, its data (converted, keys
+    checked against the model) and the reference file. Returns ``(script, data, source,
+    reference)``; raises ``FileNotFoundError``/``ValueError`` naming the problem."""
+    script = load_script(config.script)
+    if config.guide == "custom" and script.guide is None:
+        raise ValueError(f"--guide custom needs a guide(**data) function in {config.script}")
+    dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
+    if config.data:
+        raw = read_data_file(config.data)
+        source = {"source": "file", "path": str(config.data)}
+    elif script.data is not None:
+        raw = script.load_data()
+        source = {"source": "script", "path": str(script.path)}
+    else:
+        raw = {}
+        source = {"source": "none"}
+    data = model_data(script.model, raw, dtype=dtype)
+    reference = load_reference(config.reference) if config.reference_kind == "file" else None
+    return script, data, source, reference
+
+
+def data_plate(config: FitConfig, script) -> str | None:
+    """The data plate the fit uses: ``config.data_plate``, else the script's ``DATA_PLATE``.
+
+    Raises ``ValueError`` when ``batch_size`` is set without one."""
+    plate = config.data_plate.strip() or script.data_plate
+    if config.batch_size and not plate:
+        raise ValueError(needs_plate(f"batch_size {config.batch_size}"))
+    return plate
+
+
+def needs_plate(what: str) -> str:
+    """The message for a setting (``what``) that needs a data plate the script did not name."""
+    return (
+        f"{what} needs the model's data plate: name the plate over the observations with "
+        "DATA_PLATE in the script or --set data_plate=NAME"
+    )
+
+
+def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
+    """Do the whole run: inputs, fit, diagnosis, report. Returns ``(run, diagnosis)``.
+
+    Under ``torchrun`` every rank fits (:func:`ppl_models.vi.fitting.fit_svi` with the
+    process's :class:`~ppl_models.distributed.Context`) and makes its share of the guide draws;
+    rank 0 alone does the rest of the diagnosis and writes the run directory, and the other
+    ranks return ``(run, None)`` with a run that wrote nothing.
+    A model that raises while fitting or being diagnosed ends the run with ``summary.json``
+    saying ``"status": "failed"`` and a ``ValueError`` carrying the model's message.
+    """
+    script, data, source, reference = prepare(config)
+    plate = data_plate(config, script)
+    name = Path(config.script).stem
+    with distributed.session(resolve_device(config.device)) as ctx:
+        if ctx.parallel and not plate:
+            raise ValueError(needs_plate(f"{ctx.world_size} processes"))
+        run = distributed.rank_run(ctx.on_main(lambda: Run.create(name, out)), ctx)
+        with run:
+            run.write_config(config)
+            run.write_env(seed=config.seed, device=str(ctx.device), extra=ctx.describe())
+            guide = script.guide if config.guide == "custom" else config.guide
+            settings = config.fit_settings(plate).replace(device=ctx.device)
+            hooks = fitting.FitHooks(
+                progress=progress, on_log=lambda record: run.log_metrics(**record)
+            )
+            try:  # fit_svi looked up when called, so that a benchmark can time it
+                fit = fitting.fit_svi(script.model, guide, data, settings, hooks=hooks, context=ctx)
+            except (ValueError, FileNotFoundError, NonFiniteLossError, distributed.RankFailure):
+                raise
+            except Exception as err:  # noqa: BLE001 - the user's model failed: one line
+                raise ValueError(_model_failed("fitting", err)) from err
+            digests = ctx.gather(_parameter_digest(fit.guide)) if ctx.parallel else None
+            nuts = vars(config.nuts_settings()) | {"seed": config.seed, "progress": progress}
+            ref = "nuts" if config.reference_kind == "nuts" else reference
+            try:
+                diagnosis = diagnose(
+                    fit,
+                    ref,
+                    draws=config.draws,
+                    seed=config.seed,
+                    progress=progress,
+                    nuts=nuts,
+                    context=ctx,
+                )
+            except (ValueError, FileNotFoundError, distributed.RankFailure):
+                raise
+            except Exception as err:  # noqa: BLE001
+                raise ValueError(_model_failed("diagnosis", err)) from err
+            if diagnosis is None:  # not rank 0: its draws went to rank 0, which writes
+                return run, None
+            diagnosis.summary.update(
+                script=str(script.path),
+                data=source,
+                device=str(ctx.device),
+                init_seconds=fit.init_seconds,
+                **ctx.describe(),
+            )
+            if digests is not None:
+                diagnosis.summary["parameter_digests"] = digests
+            write_report(diagnosis, run.path)
+    return run, diagnosis
+
+
+def _parameter_digest(guide) -> str | None:
+    """The digest of a module guide's parameters (None for a function guide)."""
+    return distributed.parameter_digest(guide) if isinstance(guide, torch.nn.Module) else None
+
+
+def _model_failed(stage: str, err: BaseException) -> str:
+    message = (str(err).strip().splitlines() or [""])[0]
+    return f"the model raised during {stage}: {type(err).__name__}: {message}".rstrip(": ")
+
+
+def rebuild_report(run_dir: Path) -> Path:
+    """Regenerate the figures and ``report.html`` of a finished fit run from its files."""
+    return rebuild_fit_report(Path(run_dir))

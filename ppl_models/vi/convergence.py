@@ -1,0 +1,81 @@
+r"""The convergence rule of a fit, applied to its trace of losses.
+
+**Convergence** is monitored as Stan's ADVI does: every ``eval_every`` steps the mean loss
+:math:`\bar L_k` (the negative ELBO) over the last window is compared with the previous
+window's. The rule holds at window :math:`k` when the relative change
+:math:`|\bar L_k - \bar L_{k-1}| / |\bar L_k|` is below ``tolerance`` (Stan's
+``tol_rel_obj``, 0.01) **and** the absolute change is within three standard errors of the
+difference of the two window means (or 0.05 nats): a relative rule alone is met trivially when
+:math:`|\mathrm{ELBO}|` is large. The fit is called converged when the rule holds at the last
+window; it never stops early unless asked (``stop_early=True``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .settings import FitSettings
+
+
+def convergence_report(
+    losses: np.ndarray,
+    eval_every: int = FitSettings.eval_every,
+    tolerance: float = FitSettings.tolerance,
+) -> dict:
+    """Apply the convergence rule (module docstring) to a loss trace.
+
+    Returns a dict with ``rule`` (words), ``held`` (at the last window), ``step`` (from which
+    it held to the end, or None), and per window ``window_steps``, ``window_means``,
+    ``relative_changes``, ``absolute_changes``, ``noise``.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    k = len(losses) // eval_every
+    means, ses = [], []
+    for i in range(k):
+        window = losses[i * eval_every : (i + 1) * eval_every]
+        means.append(float(window.mean()))
+        ses.append(float(window.std(ddof=1) / math.sqrt(len(window))))
+    rel, absolute, noise, held = [], [], [], []
+    for i in range(1, k):
+        change = abs(means[i] - means[i - 1])
+        r = change / max(abs(means[i]), 1e-300)
+        allowed = max(3.0 * math.hypot(ses[i], ses[i - 1]), 0.05)
+        rel.append(r)
+        absolute.append(change)
+        noise.append(allowed)
+        held.append(r < tolerance and change <= allowed)
+    since = None
+    for i in range(len(held) - 1, -1, -1):
+        if not held[i]:
+            break
+        since = (i + 2) * eval_every
+    rule = (
+        f"every {eval_every} steps, the mean loss (-ELBO) over the last {eval_every} steps is "
+        f"compared with the previous window's; converged when the relative change is below "
+        f"{tolerance:g} (Stan ADVI's tol_rel_obj) and the absolute change is within three "
+        "standard errors of the window means' difference (at least 0.05 nats)"
+    )
+    if not held:
+        status = f"not assessed: fewer than two windows of {eval_every} steps"
+    elif held[-1]:
+        status = f"held from step {since} to the end ({len(losses)} steps)"
+    else:
+        status = (
+            f"did not hold at the end: the last windows' means differ by {absolute[-1]:.3g} "
+            f"nats (relative {rel[-1]:.2g}; allowed {noise[-1]:.3g} nats)"
+        )
+    return {
+        "rule": rule,
+        "status": status,
+        "held": bool(held[-1]) if held else False,
+        "step": since,
+        "eval_every": eval_every,
+        "tolerance": tolerance,
+        "window_steps": [(i + 1) * eval_every for i in range(k)],
+        "window_means": means,
+        "relative_changes": rel,
+        "absolute_changes": absolute,
+        "noise": noise,
+    }

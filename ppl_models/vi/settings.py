@@ -1,0 +1,175 @@
+"""The settings of a fit and of its diagnosis: every default, choice list and check, written once.
+
+:class:`FitSettings` is what :func:`ppl_models.vi.fitting.fit_svi` does (the optimisation, the
+start, where it runs), :class:`DiagnosisSettings` what :func:`ppl_models.vi.diagnose.diagnose`
+draws and searches, :class:`NutsSettings` the reference chains of
+:func:`ppl_models.vi.references.nuts_reference`. The ``ppl-models fit`` configuration
+(:mod:`ppl_models.jobs.fit.config`) takes its defaults and its validation from them.
+
+This module imports neither torch, Pyro nor NumPy, so a configuration is checked, and the command
+line lists its choices, before anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import require, require_svi_schedule
+from ..options import DEVICES, ELBO_KINDS
+
+GUIDES = ("auto-normal", "auto-mvn", "auto-lowrank", "auto-iaf")  # the package's autoguides
+CUSTOM = "custom"  # the model script's own guide(**data)
+GUIDE_CHOICES = (*GUIDES, CUSTOM)
+INITS = ("laplace", "feasible")  # where an autoguide starts (ppl_models.vi.initialization)
+DTYPES = ("auto", "float32", "float64")  # auto: float64 on the CPU, float32 on CUDA
+
+
+def _one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    require(value in choices, key, value, f"one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    r"""How :func:`~ppl_models.vi.fitting.fit_svi` fits a guide.
+
+    Attributes
+    ----------
+    steps, particles
+        SVI steps, and draws of :math:`z \sim q` per step for the ELBO estimate.
+    lr, lr_final, betas
+        Adam's step size, decaying geometrically from ``lr`` to ``lr_final`` over the steps
+        (with whitened guides, in posterior standard deviations), and Adam's betas.
+    average_window
+        The fraction of the last iterates whose mean is the fitted guide (suffix averaging).
+    seed
+        Seeds torch, Pyro and NumPy before the guide is built.
+    device, dtype
+        ``auto`` picks CUDA when present (or ``cpu``, ``cuda``, ``cuda:N``); ``auto`` dtype is
+        float64 on the CPU and float32 on CUDA.
+    init
+        Where an autoguide starts: ``laplace`` or ``feasible``.
+    vectorize
+        None: decided by a check of the model; False: particles are looped over.
+    eval_every, tolerance, stop_early
+        The convergence rule: windows of ``eval_every`` steps, Stan ADVI's relative tolerance;
+        ``stop_early`` stops once it holds.
+    elbo
+        ``trace`` (Monte Carlo) or ``meanfield`` (the analytic KL where one is registered).
+    guide_options
+        For the guide class: ``rank``, ``hidden_dims``, ``num_transforms``, ``iterations``.
+    validate
+        Keep Pyro's validation on inside the training loop (slower).
+    threads
+        CPU threads during the fit (None: one for small models, else torch's setting).
+    data_plate, batch_size
+        The model's plate over its observations, and the observations per step (0: all).
+    """
+
+    steps: int = 1000
+    particles: int = 16
+    lr: float = 0.1
+    lr_final: float = 0.002
+    average_window: float = 0.7
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    init: str = "laplace"
+    vectorize: bool | None = None
+    eval_every: int = 100
+    tolerance: float = 0.01  # Stan ADVI's tol_rel_obj
+    stop_early: bool = False
+    elbo: str = "trace"
+    guide_options: Mapping[str, Any] = field(default_factory=dict)
+    validate: bool = False
+    threads: int | None = None
+    data_plate: str | None = None
+    batch_size: int = 0
+
+    def __post_init__(self):
+        require_svi_schedule(self)
+        require(
+            isinstance(self.eval_every, int) and self.eval_every >= 2,
+            "eval_every",
+            self.eval_every,
+            "an integer >= 2",
+        )
+        require(
+            self.tolerance > 0 and math.isfinite(self.tolerance),
+            "tolerance",
+            self.tolerance,
+            "a positive number",
+        )
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "betas",
+            self.betas,
+            "two numbers in [0, 1)",
+        )
+        _one_of("elbo", self.elbo, ELBO_KINDS)
+        _one_of("init", self.init, INITS)
+        _one_of("dtype", self.dtype, DTYPES)
+        require(
+            self.device in DEVICES or str(self.device).startswith("cuda:"),
+            "device",
+            self.device,
+            f"one of {', '.join(DEVICES)} (or cuda:N)",
+        )
+        require(
+            isinstance(self.batch_size, int) and self.batch_size >= 0,
+            "batch_size",
+            self.batch_size,
+            "an integer >= 0",
+        )
+        require(
+            self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
+            "threads",
+            self.threads,
+            "an integer >= 1",
+        )
+
+    def replace(self, **changes: Any) -> FitSettings:
+        """A copy with ``changes`` (validated); a torch dtype or device is given by name."""
+        for key in ("dtype", "device"):
+            if key in changes and changes[key] is not None and not isinstance(changes[key], str):
+                changes[key] = str(changes[key]).replace("torch.", "")
+        if changes.get("dtype", "") is None:
+            changes["dtype"] = "auto"
+        if "betas" in changes:
+            changes["betas"] = tuple(changes["betas"])
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unknown fit settings {unknown}")
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DiagnosisSettings:
+    """How :func:`~ppl_models.vi.diagnose.diagnose` examines a fit.
+
+    Attributes
+    ----------
+    draws
+        :math:`S`, guide draws for every statistic.
+    loop_draws
+        The draws made one by one when the model cannot be vectorized.
+    mode_starts
+        L-BFGS starts of the search for modes q never visits (0 skips it).
+    """
+
+    draws: int = 100_000
+    loop_draws: int = 4_000
+    mode_starts: int = 8
+
+
+@dataclass(frozen=True)
+class NutsSettings:
+    """The chains of a NUTS reference: warm-up steps and kept draws per chain, chains."""
+
+    warmup: int = 500
+    draws: int = 1000
+    chains: int = 2
