@@ -20,7 +20,7 @@ full-data negative ELBO, and the average that ``DistributedDataParallel`` takes 
 
 is the single-process estimate with the global batch :math:`Wb`: no further scaling is needed.
 
-Rules the jobs follow (see :mod:`ppl_models.jobs.vae`):
+Rules the jobs follow (see :mod:`ppl_models.jobs.vae.train`):
 
 - parameters exist before wrapping (networks at construction; Pyro parameters after one
   warm-up call, see :meth:`Context.wrap`), and ``DistributedDataParallel`` broadcasts rank 0's;

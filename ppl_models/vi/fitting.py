@@ -28,6 +28,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
+from ..batches import index_batches
 from ..distributed import Context, rank_seed
 from ..options import DEVICES
 from ..svi import (
@@ -43,7 +44,6 @@ from .data_plate import (
     DataPlate,
     check_indexing,
     find_data_plate,
-    index_batches,
     refuse_own_subsampling,
     subsampled,
 )
@@ -542,7 +542,7 @@ def _step_losses(
     """The loss of one step and the steps' arguments: all the data at every step, unless a
     data plate is to be subsampled (a ``batch_size``, or several processes); then a batch of
     observation indices per step, given to the plate
-    (:func:`ppl_models.vi.data_plate.index_batches`)."""
+    (:func:`ppl_models.batches.index_batches`)."""
     if plate is None or (batch_size == 0 and not context.parallel):  # all the data every step
         return (lambda: loss_fn(**data)), [()] * steps
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report import Figure, Table
-from . import figures
-from .evaluate import mean_and_se
-from .gaps import METHODS, QUANTILES, GridComparison
+from ...report import Figure, Table
+from ...vae import figures
+from ...vae.evaluate import mean_and_se
+from ...vae.gaps import METHODS, QUANTILES, GridComparison
 
 QUADRATURE_WARNING = 1e-3  # nats: a grid whose log Z moves more than this under halving is coarse
 SUMMARY_KEYS = ("mean", "sd", "hdi_3%", "hdi_97%", "ess_bulk")  # ArviZ's names of SUMMARY_STATS
