@@ -58,7 +58,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
-    "api_pages",  # _ext/api_pages.py: a module's re-exports listed on its page
+    "api_pages",  # _ext/api_pages.py: re-exports listed and resolved
 ]
 # MathJax 3 bundled into _static/mathjax, so formulas render without a CDN (offline viewing).
 # Without the package the pages still build, and load MathJax from its CDN when viewed.
@@ -105,6 +105,8 @@ nb_output_stderr = "warn"
 API_PAGES = DOCS / "api" / "generated"
 autosummary_generate = True
 autosummary_ignore_module_all = True  # a package's __all__ re-exports are not its own members
+# a reference to a re-export ({func}`ppl_models.fit_svi`) links to where the object is documented
+reexports_packages = ["ppl_models"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"

@@ -1,11 +1,16 @@
-"""A helper of the generated API reference (``docs/api/index.md``).
+"""Two helpers of the generated API reference (``docs/api/index.md``).
 
 Autosummary writes one page per module from ``_templates/autosummary/module.rst``, and autodoc
 documents each function and class once, on the page of the module that defines it. A package
 that re-exports names (``ppl_models.fit_svi``, ``ppl_models.vae.load_mnist``) would otherwise
-not say so; this extension adds the ``reexports`` directive: ``.. reexports:: MODULE`` lists the
-names in the module's ``__all__`` that another module defines, each linked to where it is
-documented (nothing when there are none).
+not say so; this extension adds:
+
+- the ``reexports`` directive: ``.. reexports:: MODULE`` lists the names in the module's
+  ``__all__`` that another module defines, each linked to where it is documented (nothing when
+  there are none);
+- a ``missing-reference`` handler: a reference to a re-exported function or class of one of the
+  packages in the ``reexports_packages`` setting (``{func}`ppl_models.fit_svi```) resolves to
+  the object's own page, so pages may name the public spelling and survive a module move.
 """
 
 from __future__ import annotations
@@ -90,6 +95,33 @@ class ReExports(SphinxDirective):
         return self.parse_text_to_nodes("\n".join(lines))
 
 
+def resolve_reexport(app, env, node, contnode):
+    """Resolve a Python reference to a re-exported function or class at its definition."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "")
+    if target.split(".")[0] not in app.config.reexports_packages:
+        return None
+    module_name, _, name = target.rpartition(".")
+    if not module_name:
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    value = getattr(module, name, None)
+    if not (inspect.isclass(value) or inspect.isfunction(value)):
+        return None  # only functions and classes: any other value is not documented
+    where = home(module_name, name, value)
+    if where[2] == target:
+        return None
+    return env.get_domain("py").resolve_xref(
+        env, node["refdoc"], app.builder, node["reftype"], where[2], node, contnode
+    )
+
+
 def setup(app):
+    app.add_config_value("reexports_packages", (), "env", types=(list, tuple))
     app.add_directive("reexports", ReExports)
+    app.connect("missing-reference", resolve_reexport)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
