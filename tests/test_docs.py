@@ -20,6 +20,9 @@
   ``__all__``, which would otherwise document its re-exports again) and must not exclude any of
   them; that is the set autodoc renders. A separate test asks that each of those names has a
   docstring of its own, since ``:undoc-members:`` would otherwise list it without a word.
+- Every ``{func}``/``{mod}``/``{class}``... reference of a page to ``ppl_models`` names an object
+  that exists, so moving a module cannot leave a dead link behind (Sphinx renders an
+  unresolved Python reference as plain text, without a warning).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ REQUIRED_TUTORIALS = (
 TOCTREE = re.compile(r"```\{toctree\}\n(.*?)```", re.S)
 AUTOMODULE = re.compile(r"^\.\. automodule:: *(\S+)\s*\n((?:[ \t]+:.*\n?)*)", re.M)
 AUTOSUMMARY = re.compile(r"^( *)\.\. autosummary::[ \t]*\n((?:\1[ \t]+\S.*\n|[ \t]*\n)*)", re.M)
+API_ROLE = re.compile(r"\{(?:py:)?(?:func|mod|class|meth|data|attr|obj|exc)\}`([^`]+)`")
 
 
 # ----------------------------------------------------------------------------- table of contents
@@ -329,6 +333,32 @@ def test_package_pages_list_their_reexports():
             else:
                 assert api_pages.defines(module, name), f"{module_name}.{name} is not listed"
     assert checked >= 6, "ppl_models re-exports the six functions of the public API"
+
+
+def api_object(target: str):
+    """The module or object a dotted name points at, or None when there is none."""
+    parts = target.split(".")
+    for stop in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:stop]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[stop:]:
+            obj = getattr(obj, attribute, None)
+        return obj
+    return None
+
+
+def test_references_to_the_api_name_existing_objects():
+    dead = []
+    for page in sorted(DOCS.rglob("*.md")):
+        if {"_build", "jupyter_execute", "_generated"} & set(page.parts):
+            continue
+        for text in API_ROLE.findall(page.read_text()):
+            target = re.sub(r".*<(.*)>$", r"\1", text).lstrip("~!")
+            if target.startswith("ppl_models") and api_object(target) is None:
+                dead.append(f"{page.relative_to(DOCS)}: {target}")
+    assert not dead, f"references to names the package does not have: {dead}"
 
 
 def own_docstring(obj) -> str:
