@@ -42,6 +42,8 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from ..errors import one_line
+
 SCRIPT_ATTRIBUTE = "DATA_PLATE"
 
 
@@ -177,7 +179,7 @@ def check_indexing(
                 trace = poutine.trace(conditioned).get_trace(**data)
                 trace.compute_log_prob()
         except Exception as err:  # noqa: BLE001 - any failure here means the indexing is wrong
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            first = one_line(str(err)) or type(err).__name__
             raise ValueError(f"{advice} (on half of the data it raised: {first})") from err
         totals.append(
             sum(

@@ -27,6 +27,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
+from pyro.util import check_site_shape
 
 from ..batches import index_batches
 from ..distributed import Context, rank_seed
@@ -434,11 +435,69 @@ def _inspected_model(model, guide, data, settings: FitSettings):
         prototype = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
     nesting = max_plate_nesting(prototype)
     refuse_own_subsampling(guide_trace, prototype)
+    check_guide_covers_model(guide_trace, prototype)
+    check_site_shapes(prototype, nesting)
     plate = None
     if settings.data_plate:
         plate = find_data_plate(prototype, settings.data_plate)
         check_indexing(model, _latent_values(prototype), data, plate)
     return prototype, nesting, plate
+
+
+def check_guide_covers_model(guide_trace, model_trace) -> None:
+    """A guide must draw every latent site of the model that is not summed out, and no site
+    the model lacks: otherwise the ELBO is of another model (Pyro only warns, and the fit
+    would run to the end on the wrong objective).
+
+    Raises
+    ------
+    ValueError
+        Naming the sites missing from the guide, or the guide's sites the model lacks.
+    """
+    latent = {
+        name
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and not site["infer"].get("_deterministic")
+        and site["infer"].get("enumerate") != "parallel"
+    }
+    drawn = {
+        name
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample"
+        and not site_is_subsample(site)
+        and not site["infer"].get("is_auxiliary")
+    }
+    missing, extra = sorted(latent - drawn), sorted(drawn - latent - set(model_trace.nodes))
+    if missing:
+        raise ValueError(
+            f"the guide draws no value for the model's latent sites {missing}: a guide needs a "
+            "pyro.sample statement for every latent site of the model (discrete sites may "
+            "instead be summed out: mark them with infer={'enumerate': 'parallel'})"
+        )
+    if extra:
+        raise ValueError(
+            f"the guide draws sites the model does not have: {extra}; rename them to the "
+            "model's site names"
+        )
+
+
+def check_site_shapes(model_trace, nesting: int) -> None:
+    """Every sample site's batch shape must be that of its plates (Pyro's own check, made here
+    whatever the caller's validation setting): a batch dimension outside any plate would clash
+    with the particle and draw dimensions.
+
+    Raises
+    ------
+    ValueError
+        Pyro's message: the site, the expected and actual shapes, and the fixes it suggests.
+    """
+    model_trace.compute_log_prob()
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            check_site_shape(site, nesting)
 
 
 def _vectorization(model, guide, data, nesting, settings: FitSettings, notes: list[str]) -> bool:
