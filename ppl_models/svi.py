@@ -108,19 +108,25 @@ class Objective(torch.nn.Module):
     (``PyroModule`` s, autoguides, networks) and, after the first call, the unconstrained values
     of any ``pyro.param`` sites the two used (a plain-function guide keeps its parameters in
     Pyro's parameter store), so a ``torch.optim`` optimizer built after one warm-up call sees
-    every parameter either way.
+    every parameter either way. A subclass that estimates the loss another way overrides
+    :meth:`loss` (and may pass ``elbo=None``).
     """
 
-    def __init__(self, model: Callable, guide: Callable, elbo: ELBO):
+    def __init__(self, model: Callable, guide: Callable, elbo: ELBO | None):
         super().__init__()
-        self.elbo = elbo(model, guide)
+        if elbo is not None:
+            self.elbo = elbo(model, guide)
         self._store_names: list[str] | None = None
+
+    def loss(self, *args, **kwargs) -> torch.Tensor:
+        """The negative ELBO estimate for the model's arguments."""
+        return self.elbo(*args, **kwargs)
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         if self._store_names is not None:
-            return self.elbo(*args, **kwargs)
+            return self.loss(*args, **kwargs)
         with poutine.trace(param_only=True) as tape:
-            loss = self.elbo(*args, **kwargs)
+            loss = self.loss(*args, **kwargs)
         store = pyro.get_param_store()
         self._store_names = [name for name in tape.trace.nodes if name in store]
         return loss

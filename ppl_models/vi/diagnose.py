@@ -232,6 +232,7 @@ def _diagnosis(
         fit.data,
         draws=draws,
         vectorized=bool(getattr(fit, "vectorized", True)),
+        vmapped=getattr(fit, "vectorization", None) == "vmap",
         max_plate_nesting=int(getattr(fit, "max_plate_nesting", 1) or 0),
         loop_draws=loop_draws,
         chunk=chunk,

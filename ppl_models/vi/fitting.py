@@ -14,6 +14,7 @@ particles are vectorized where the model allows it (:mod:`ppl_models.vi.vectoriz
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import time
@@ -48,12 +49,14 @@ from .data_plate import (
     refuse_own_subsampling,
     subsampled,
 )
-from .guides import make_guide, max_plate_nesting
+from .guides import WhitenedGuide, make_guide, max_plate_nesting
 from .initialization import PYRO_INIT_SCALE, ran_to_boundary
 from .logweights import draw_log_weights
+from .modules import adopt_local_params, model_modules, module_parameters, point_estimates
 from .script import model_data
 from .settings import CUSTOM, GUIDES, FitSettings
 from .vectorization import vectorization_ok
+from .vmapped import VmappedElbo, vmap_ok
 
 
 @dataclass
@@ -76,8 +79,10 @@ class SviFit:
     converged, convergence
         Whether the convergence rule held at the end; ``convergence["rule"]`` states it in
         words, ``convergence["step"]`` is the step from which it held to the end (or None).
-    vectorized
-        True when particles (and the diagnosis's draws) can be vectorized under a plate.
+    vectorized, vectorization
+        How particles (and the diagnosis's draws) are vectorized: ``"plate"`` (under a
+        particle plate), ``"vmap"`` (``torch.func.vmap`` of the model) or ``"loop"``;
+        ``vectorized`` is true for the first two.
     max_plate_nesting
         The model's plate depth; a particle plate goes at dim ``-(max_plate_nesting + 1)``.
     notes
@@ -103,6 +108,7 @@ class SviFit:
     dtype: torch.dtype
     init_seconds: float = 0.0
     extras: dict = field(default_factory=dict)
+    vectorization: str = "plate"
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -216,35 +222,72 @@ def fit_svi(
     threads = _threads(settings, data) if device.type == "cpu" else None
     start = time.perf_counter()
     with local_params(), _torch_threads(threads), default_dtype(dtype):
-        fit = _fit_once(model, guide, guide_name, data, settings, hooks, context, device, dtype)
+        modules = model_modules(model)
+        adopt_local_params(modules)
+        problem = _Problem(model, guide, guide_name, data, hooks, context, device, dtype, modules)
+        initial = [copy.deepcopy(m.state_dict()) for m in modules]
+        fit = _fit_once(problem, settings)
         collapsed = _collapsed(fit)
         if collapsed:  # a MAP start whose fit ran a bounded site to its bound: try Pyro's start
-            retry = _fit_once(
-                model,
-                guide,
-                guide_name,
-                data,
-                settings.replace(init="prior"),
-                hooks,
-                context,
-                device,
-                dtype,
-            )
+            trained = [copy.deepcopy(m.state_dict()) for m in modules]
+            _load(modules, initial)
+            retry = _fit_once(problem, settings.replace(init="prior"))
             fit = _better_of(fit, retry, collapsed)
+            if fit is not retry:
+                _load(modules, trained)
+        _note_point_estimates(fit)
     fit.settings = _settings_record(fit, settings, threads, context)
     fit.seconds = time.perf_counter() - start
     return fit
 
 
-def _fit_once(model, guide, guide_name, data, settings, hooks, context, device, dtype) -> SviFit:
+@dataclass(frozen=True)
+class _Problem:
+    """What every attempt at one fit shares: the model, the guide asked for, the converted data,
+    the caller's hooks, the process's place, the device and dtype, and the model's modules."""
+
+    model: Callable
+    guide: str | Callable
+    guide_name: str
+    data: dict
+    hooks: FitHooks
+    context: Context
+    device: torch.device
+    dtype: torch.dtype
+    modules: list
+
+
+def _load(modules: list, states: list) -> None:
+    for module, state in zip(modules, states, strict=True):
+        module.load_state_dict(state)
+
+
+def _note_point_estimates(fit: SviFit) -> None:
+    """Record the model's own parameters, and say that the posterior is conditional on them."""
+    estimates = point_estimates(fit.model, fit.guide, fit.data)
+    if not estimates:
+        return
+    fit.extras["point_estimates"] = {k: v.tolist() for k, v in estimates.items()}
+    names = list(estimates)
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    fit.notes.append(
+        f"The model's own parameters ({shown}) were fitted as point estimates alongside the "
+        "guide (type-II maximum likelihood): the posterior, and every check of it, is "
+        "conditional on their values."
+    )
+
+
+def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
     """One fit from the start ``settings.init``: build the guide, train, average."""
+    model, guide, guide_name, data = problem.model, problem.guide, problem.guide_name, problem.data
+    hooks, context, device, dtype = problem.hooks, problem.context, problem.device, problem.dtype
     start = time.perf_counter()
     seed_everything(settings.seed)
     fitted, notes = _built_guide(model, guide, guide_name, data, settings, device, dtype)
     prototype, nesting, plate = _inspected_model(model, fitted, data, settings)
     init_seconds = time.perf_counter() - start
-    vectorized = _vectorization(model, fitted, data, nesting, settings, notes)
-    loss_fn = _objective(model, fitted, data, settings, vectorized, nesting)
+    vectorization = _vectorization(model, fitted, data, nesting, settings, notes)
+    loss_fn = _objective(model, fitted, data, settings, vectorization, nesting, problem.modules)
     step_loss, batches = _step_losses(
         context.wrap(loss_fn),
         data,
@@ -258,7 +301,7 @@ def _fit_once(model, guide, guide_name, data, settings, hooks, context, device, 
         notes.append(_plate_note(plate, settings.batch_size, context))
     if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
         seed_everything(rank_seed(settings.seed, context.rank))
-    params = list(loss_fn.parameters())
+    params = _unique([*loss_fn.parameters(), *module_parameters(problem.modules)])
     optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
     decay = (settings.lr_final / settings.lr) ** (1.0 / settings.steps)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
@@ -291,7 +334,7 @@ def _fit_once(model, guide, guide_name, data, settings, hooks, context, device, 
         averaged_elbo=-float(window_losses.mean()) if len(window_losses) else None,
         converged=convergence["held"],
         convergence=convergence,
-        vectorized=vectorized,
+        vectorized=vectorization != LOOP,
         max_plate_nesting=nesting,
         notes=notes,
         settings={"init": settings.init if guide_name != CUSTOM else "the custom guide's own"},
@@ -300,7 +343,13 @@ def _fit_once(model, guide, guide_name, data, settings, hooks, context, device, 
         dtype=dtype,
         init_seconds=init_seconds,
         extras={"stopped_early": result.stopped_early, "averaged_steps": recorder.count},
+        vectorization=vectorization,
     )
+
+
+def _unique(params: list) -> list:
+    seen = set()
+    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
 
 def _collapsed(fit: SviFit) -> list[tuple[str, str]]:
@@ -354,6 +403,7 @@ def final_elbo(fit: SviFit, draws: int = 0, seed: int = 0) -> tuple[float, float
         fit.data,
         draws=draws,
         vectorized=fit.vectorized,
+        vmapped=fit.vectorization == VMAP,
         max_plate_nesting=fit.max_plate_nesting,
         seed=seed,
         device=fit.device,
@@ -500,31 +550,50 @@ def check_site_shapes(model_trace, nesting: int) -> None:
             check_site_shape(site, nesting)
 
 
-def _vectorization(model, guide, data, nesting, settings: FitSettings, notes: list[str]) -> bool:
-    """Whether particles are vectorized (:func:`vectorization_ok`, unless turned off)."""
+PLATE, VMAP, LOOP = "plate", "vmap", "loop"  # how particles and draws are vectorized
+
+
+def _vectorization(model, guide, data, nesting, settings: FitSettings, notes: list[str]) -> str:
+    """How particles (and the diagnosis's draws) are vectorized: under a plate when the model
+    broadcasts (:func:`~ppl_models.vi.vectorization.vectorization_ok`), else by ``vmap`` of
+    the model for the package's autoguides (:func:`~ppl_models.vi.vmapped.vmap_ok`), else in
+    a loop (or as ``settings.vectorize`` says)."""
     if settings.vectorize is False:
         notes.append("Vectorized particles were turned off; particles are looped over.")
-        return False
-    ok = vectorization_ok(model, guide, data, nesting)
-    if settings.vectorize is None and not ok:
+        return LOOP
+    if vectorization_ok(model, guide, data, nesting):
+        return PLATE
+    if settings.vectorize is None and isinstance(guide, WhitenedGuide):
+        if settings.elbo == "trace" and vmap_ok(model, guide, data):
+            notes.append(
+                "The model does not broadcast over a particle dimension (for example it indexes "
+                "beta[0], or a module takes one draw of its weights), so particles and the "
+                "diagnosis's draws are vectorized with torch.func.vmap of the model instead."
+            )
+            return VMAP
+    if settings.vectorize is None:
         notes.append(
             "The model does not give the same log density for draws taken together under "
             "a particle plate as one by one (for example it indexes a vector as beta[0] "
-            "instead of beta[..., 0]); particles and the diagnosis's draws are looped over "
-            "one at a time, which is slower."
+            "instead of beta[..., 0]), nor under torch.func.vmap (its Python code branches on "
+            "a value, say); particles and the diagnosis's draws are looped over one at a time, "
+            "which is slower."
         )
-    return ok
+    return LOOP
 
 
-def _objective(model, guide, data, settings: FitSettings, vectorized: bool, nesting: int):
+def _objective(model, guide, data, settings: FitSettings, vectorization: str, nesting, modules):
     """The negative ELBO as a module whose parameters all exist (one warm-up call)."""
-    elbo_class = Trace_ELBO if settings.elbo == "trace" else TraceMeanField_ELBO
-    estimator = elbo_class(
-        num_particles=settings.particles,
-        vectorize_particles=vectorized and settings.particles > 1,
-        max_plate_nesting=nesting,
-    )
-    loss_fn = make_objective(model, guide, estimator)
+    if vectorization == VMAP:
+        loss_fn = VmappedElbo(model, guide, settings.particles, modules)
+    else:
+        elbo_class = Trace_ELBO if settings.elbo == "trace" else TraceMeanField_ELBO
+        estimator = elbo_class(
+            num_particles=settings.particles,
+            vectorize_particles=vectorization == PLATE and settings.particles > 1,
+            max_plate_nesting=nesting,
+        )
+        loss_fn = make_objective(model, guide, estimator)
     loss_fn(**data)  # builds every parameter (pyro.param sites too) before the optimizer
     if not list(loss_fn.parameters()):
         raise ValueError("the guide has no parameters to fit")

@@ -36,6 +36,7 @@ from torch.distributions import biject_to
 from ..distributed import Context, rank_seed
 from ..svi import local_params
 from .settings import DiagnosisSettings
+from .vmapped import log_joint_fn, split
 
 DRAW_PLATE = "_ppl_models_draws"
 _CHUNK_ELEMENTS = 2**23  # about 64 MiB of float64 per chunk for the largest per-draw tensors
@@ -298,6 +299,26 @@ def _loop_chunk(model, guide, data, n, sites):
     )
 
 
+def _vmapped_chunk(model, guide, data, n, sites):
+    """``n`` draws of an autoguide over the flat unconstrained vector, the model vmapped over
+    them (:mod:`ppl_models.vi.vmapped`)."""
+    posterior = guide.get_posterior()
+    u = posterior.sample((n,))
+    log_joint, log_jacobian, deterministic = log_joint_fn(model, guide, data, True)(u)
+    # the guide's density of the constrained draw: log q(u) - log|det J_T(u)|
+    log_q = posterior.log_prob(u) - log_jacobian
+    latent = {site["name"]: (site, part) for site, part in split(guide, u)}
+    values, unconstrained = {}, {}
+    for s in sites:
+        if s.kind == "deterministic":
+            values[s.name] = deterministic[s.name].reshape(n, *s.shape)
+            continue
+        site, part = latent[s.name]
+        unconstrained[s.name] = part.reshape(n, *s.unconstrained_shape)
+        values[s.name] = biject_to(site["fn"].support)(part).reshape(n, *s.shape)
+    return log_joint, log_q, values, unconstrained
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
@@ -309,6 +330,7 @@ def draw_log_weights(
     *,
     draws: int = DiagnosisSettings.draws,
     vectorized: bool = True,
+    vmapped: bool = False,
     max_plate_nesting: int = 1,
     loop_draws: int = DiagnosisSettings.loop_draws,
     chunk: int | None = None,
@@ -328,6 +350,9 @@ def draw_log_weights(
     vectorized
         Make the draws of a chunk under one ``pyro.plate`` at dim ``-(max_plate_nesting + 1)``;
         ``False`` runs model and guide once per draw, for ``min(draws, loop_draws)`` draws.
+    vmapped
+        Make the draws of a chunk with the model vmapped over them (an autoguide over the flat
+        unconstrained vector; :mod:`ppl_models.vi.vmapped`): for models that do not broadcast.
     chunk
         Draws per chunk (default: as many as keep a chunk's tensors near 64 MiB, at most 20,000).
     seed
@@ -361,6 +386,7 @@ def draw_log_weights(
             data,
             draws=share(draws),
             vectorized=vectorized,
+            vmapped=vmapped,
             max_plate_nesting=max_plate_nesting,
             loop_draws=share(loop_draws),
             chunk=chunk,
@@ -383,7 +409,7 @@ def draw_log_weights(
         model_trace.compute_log_prob()
         guide_trace.compute_log_prob()
         sites = _model_sites(model_trace)
-        if vectorized:
+        if vectorized or vmapped:
             total = draws
             size = _chunk_size(model_trace, guide_trace, chunk)
         else:
@@ -399,7 +425,9 @@ def draw_log_weights(
         done = 0
         while done < total:
             n = min(size, total - done)
-            if vectorized:
+            if vmapped:
+                parts.append(_vmapped_chunk(model, guide, data, n, sites))
+            elif vectorized:
                 parts.append(_vectorized_chunk(model, guide, data, n, max_plate_nesting, sites))
             else:
                 parts.append(_loop_chunk(model, guide, data, n, sites))
@@ -432,7 +460,7 @@ def draw_log_weights(
         unconstrained=unconstrained,
         latent_sites=[s.name for s in sites if s.kind == "latent"],
         deterministic_sites=[s.name for s in sites if s.kind == "deterministic"],
-        vectorized=vectorized,
+        vectorized=vectorized or vmapped,
         seconds=time.perf_counter() - start,
         transforms={s.name: s.transform for s in sites if s.kind == "latent"},
         bijections={s.name: s.bijection for s in sites if s.kind == "latent"},
