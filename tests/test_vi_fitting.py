@@ -12,7 +12,7 @@ import ppl_models
 from ppl_models.svi import local_params
 from ppl_models.vi.convergence import convergence_report
 from ppl_models.vi.fitting import fit_svi
-from ppl_models.vi.guides import max_plate_nesting
+from ppl_models.vi.traces import max_plate_nesting
 from ppl_models.vi.vectorization import vectorization_ok
 
 

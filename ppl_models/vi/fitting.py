@@ -26,7 +26,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_site_shape
 
@@ -49,12 +49,14 @@ from .data_plate import (
     refuse_own_subsampling,
     subsampled,
 )
-from .guides import WhitenedGuide, make_guide, max_plate_nesting
+from .enumeration import Discrete, enumerated, enumeration_vectorizes, find_discrete
+from .guides import WhitenedGuide, make_guide
 from .initialization import PYRO_INIT_SCALE, ran_to_boundary
 from .logweights import draw_log_weights
 from .modules import adopt_local_params, model_modules, module_parameters, point_estimates
 from .script import model_data
 from .settings import CUSTOM, GUIDES, FitSettings
+from .traces import max_plate_nesting
 from .vectorization import vectorization_ok
 from .vmapped import VmappedElbo, vmap_ok
 
@@ -87,6 +89,9 @@ class SviFit:
         The model's plate depth; a particle plate goes at dim ``-(max_plate_nesting + 1)``.
     notes
         Sentences the report must show (initialisation, fallbacks).
+    discrete
+        The model's discrete latent sites, summed out by enumeration
+        (:class:`~ppl_models.vi.enumeration.Discrete`; empty when it has none).
     settings
         The fit's settings (steps, particles, lr, ..., seed, device, dtype, init).
     """
@@ -109,6 +114,7 @@ class SviFit:
     init_seconds: float = 0.0
     extras: dict = field(default_factory=dict)
     vectorization: str = "plate"
+    discrete: Discrete | None = None
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -224,7 +230,10 @@ def fit_svi(
     with local_params(), _torch_threads(threads), default_dtype(dtype):
         modules = model_modules(model)
         adopt_local_params(modules)
-        problem = _Problem(model, guide, guide_name, data, hooks, context, device, dtype, modules)
+        discrete = find_discrete(model, data)
+        problem = _Problem(
+            model, guide, guide_name, data, hooks, context, device, dtype, modules, discrete
+        )
         initial = [copy.deepcopy(m.state_dict()) for m in modules]
         fit = _fit_once(problem, settings)
         collapsed = _collapsed(fit)
@@ -255,6 +264,12 @@ class _Problem:
     device: torch.device
     dtype: torch.dtype
     modules: list
+    discrete: Discrete
+
+    @property
+    def fit_model(self) -> Callable:
+        """The model the ELBO sees: its discrete sites marked for enumeration."""
+        return enumerated(self.model, self.discrete) if self.discrete else self.model
 
 
 def _load(modules: list, states: list) -> None:
@@ -279,15 +294,15 @@ def _note_point_estimates(fit: SviFit) -> None:
 
 def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
     """One fit from the start ``settings.init``: build the guide, train, average."""
-    model, guide, guide_name, data = problem.model, problem.guide, problem.guide_name, problem.data
+    model, guide_name, data = problem.fit_model, problem.guide_name, problem.data
     hooks, context, device, dtype = problem.hooks, problem.context, problem.device, problem.dtype
     start = time.perf_counter()
     seed_everything(settings.seed)
-    fitted, notes = _built_guide(model, guide, guide_name, data, settings, device, dtype)
+    fitted, notes = _built_guide(problem, settings)
     prototype, nesting, plate = _inspected_model(model, fitted, data, settings)
     init_seconds = time.perf_counter() - start
-    vectorization = _vectorization(model, fitted, data, nesting, settings, notes)
-    loss_fn = _objective(model, fitted, data, settings, vectorization, nesting, problem.modules)
+    vectorization = _vectorization(problem, fitted, nesting, settings, notes)
+    loss_fn = _objective(problem, fitted, settings, vectorization, nesting)
     step_loss, batches = _step_losses(
         context.wrap(loss_fn),
         data,
@@ -326,7 +341,7 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
     if not convergence["held"]:
         notes.append(f"The convergence rule {convergence['status']}.")
     return SviFit(
-        model=model,
+        model=problem.model,
         guide=fitted,
         data=data,
         guide_name=guide_name,
@@ -344,6 +359,7 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
         init_seconds=init_seconds,
         extras={"stopped_early": result.stopped_early, "averaged_steps": recorder.count},
         vectorization=vectorization,
+        discrete=problem.discrete,
     )
 
 
@@ -465,16 +481,37 @@ def _settings_record(fit: SviFit, settings: FitSettings, threads, context) -> di
     return record
 
 
-def _built_guide(model, guide, guide_name, data, settings, device, dtype):
-    """The guide to fit, set up for ``data`` (an autoguide finds its start here), and the notes
+def _built_guide(problem: _Problem, settings: FitSettings):
+    """The guide to fit, set up for the data (an autoguide finds its start here), and the notes
     on how it started."""
-    if guide_name == CUSTOM:
-        return guide, ["The custom guide was fitted as given (no initialisation by the package)."]
+    if problem.guide_name == CUSTOM:
+        return problem.guide, [
+            "The custom guide was fitted as given (no initialisation by the package)."
+        ]
     fitted = make_guide(
-        guide_name, model, init=settings.init, dtype=dtype, device=device, **settings.guide_options
+        problem.guide_name,
+        problem.model,
+        init=settings.init,
+        dtype=problem.dtype,
+        device=problem.device,
+        discrete=problem.discrete or None,
+        **settings.guide_options,
     )
-    fitted.setup(**data)
-    return fitted, list(fitted.notes)
+    fitted.setup(**problem.data)
+    notes = list(fitted.notes)
+    if problem.discrete:
+        notes.append(_discrete_note(problem.discrete))
+    return fitted, notes
+
+
+def _discrete_note(discrete: Discrete) -> str:
+    sizes = ", ".join(f"{name} ({discrete.supports[name]} values)" for name in discrete.sites[:6])
+    more = f" and {len(discrete.sites) - 6} more" if len(discrete.sites) > 6 else ""
+    return (
+        f"The discrete latent sites {sizes}{more} are summed out by parallel enumeration "
+        "(TraceEnum_ELBO): the guide covers the continuous sites, and every log density of the "
+        "diagnosis is the marginal over the discrete ones."
+    )
 
 
 def _inspected_model(model, guide, data, settings: FitSettings):
@@ -553,17 +590,22 @@ def check_site_shapes(model_trace, nesting: int) -> None:
 PLATE, VMAP, LOOP = "plate", "vmap", "loop"  # how particles and draws are vectorized
 
 
-def _vectorization(model, guide, data, nesting, settings: FitSettings, notes: list[str]) -> str:
+def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, notes) -> str:
     """How particles (and the diagnosis's draws) are vectorized: under a plate when the model
-    broadcasts (:func:`~ppl_models.vi.vectorization.vectorization_ok`), else by ``vmap`` of
-    the model for the package's autoguides (:func:`~ppl_models.vi.vmapped.vmap_ok`), else in
-    a loop (or as ``settings.vectorize`` says)."""
+    broadcasts (:func:`~ppl_models.vi.vectorization.vectorization_ok`, or for summed-out
+    discrete sites :func:`~ppl_models.vi.enumeration.enumeration_vectorizes`), else by
+    ``vmap`` of the model for the package's autoguides (:func:`~ppl_models.vi.vmapped.vmap_ok`),
+    else in a loop (or as ``settings.vectorize`` says)."""
+    model, data = problem.fit_model, problem.data
     if settings.vectorize is False:
         notes.append("Vectorized particles were turned off; particles are looped over.")
         return LOOP
-    if vectorization_ok(model, guide, data, nesting):
+    if problem.discrete:
+        if enumeration_vectorizes(model, guide, data, problem.discrete):
+            return PLATE
+    elif vectorization_ok(model, guide, data, nesting):
         return PLATE
-    if settings.vectorize is None and isinstance(guide, WhitenedGuide):
+    if settings.vectorize is None and isinstance(guide, WhitenedGuide) and not problem.discrete:
         if settings.elbo == "trace" and vmap_ok(model, guide, data):
             notes.append(
                 "The model does not broadcast over a particle dimension (for example it indexes "
@@ -582,12 +624,16 @@ def _vectorization(model, guide, data, nesting, settings: FitSettings, notes: li
     return LOOP
 
 
-def _objective(model, guide, data, settings: FitSettings, vectorization: str, nesting, modules):
+def _objective(problem: _Problem, guide, settings: FitSettings, vectorization: str, nesting):
     """The negative ELBO as a module whose parameters all exist (one warm-up call)."""
+    model, data = problem.fit_model, problem.data
     if vectorization == VMAP:
-        loss_fn = VmappedElbo(model, guide, settings.particles, modules)
+        loss_fn = VmappedElbo(model, guide, settings.particles, problem.modules)
     else:
-        elbo_class = Trace_ELBO if settings.elbo == "trace" else TraceMeanField_ELBO
+        if problem.discrete:
+            elbo_class = TraceEnum_ELBO  # the discrete sites summed out, exactly
+        else:
+            elbo_class = Trace_ELBO if settings.elbo == "trace" else TraceMeanField_ELBO
         estimator = elbo_class(
             num_particles=settings.particles,
             vectorize_particles=vectorization == PLATE and settings.particles > 1,

@@ -38,8 +38,8 @@ from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroParam
 from torch import nn
-from torch.distributions import biject_to
 
+from .enumeration import Discrete, continuous_part, log_joint_at
 from .initialization import (
     LBFGS_ITERATIONS,
     LaplaceStart,
@@ -50,6 +50,7 @@ from .initialization import (
     prior_start,
 )
 from .settings import CUSTOM, GUIDE_CHOICES, INITS
+from .vmapped import unpacked
 
 # ----------------------------------------------------------------------------- guides
 
@@ -69,6 +70,10 @@ class WhitenedGuide(AutoContinuous):
         Of the guide's parameters (the Laplace step itself runs in float64).
     iterations
         L-BFGS iterations.
+    discrete
+        The model's discrete sites that the fit sums out
+        (:class:`~ppl_models.vi.enumeration.Discrete`): the guide covers the other sites, and
+        its potential is the marginal over them.
     """
 
     name = "whitened"
@@ -82,6 +87,7 @@ class WhitenedGuide(AutoContinuous):
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         iterations: int = LBFGS_ITERATIONS,
+        discrete: Discrete | None = None,
     ):
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
@@ -91,7 +97,9 @@ class WhitenedGuide(AutoContinuous):
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self._iterations = iterations
         self.start: LaplaceStart | None = None
-        super().__init__(model, init_loc_fn=feasible_init(dtype, self._device))
+        self._discrete = discrete
+        guided = continuous_part(model, discrete) if discrete else model
+        super().__init__(guided, init_loc_fn=feasible_init(dtype, self._device))
 
     @property
     def notes(self) -> list[str]:
@@ -105,21 +113,11 @@ class WhitenedGuide(AutoContinuous):
             with poutine.block():
                 self._setup_prototype(*args, **kwargs)
 
-    def potential(self, z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def potential(self, z: torch.Tensor, **data) -> torch.Tensor:
         r"""The potential :math:`U(z) = -\log p(x, T(z)) - \log|\det J_T(z)|` of a flat
-        unconstrained vector ``z`` (no batch dimension)."""
-        values = {}
-        log_jacobian = z.new_zeros(())
-        for site, unconstrained in self._unpack_latent(z):
-            transform = biject_to(site["fn"].support)
-            value = transform(unconstrained)
-            values[site["name"]] = value
-            log_jacobian = log_jacobian + transform.log_abs_det_jacobian(unconstrained, value).sum()
-        with poutine.block():
-            trace = poutine.trace(poutine.condition(self._raw_model[0], values)).get_trace(
-                *args, **kwargs
-            )
-        return -(trace.log_prob_sum() + log_jacobian)
+        unconstrained vector ``z`` (no batch dimension), the discrete sites summed out."""
+        values, log_jacobian = unpacked(self, z)
+        return -(log_joint_at(self._raw_model[0], values, data, self._discrete) + log_jacobian)
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
@@ -129,10 +127,9 @@ class WhitenedGuide(AutoContinuous):
         elif self._init == "prior":
             self.start = prior_start(start, "init is 'prior'")
         else:
-            args64 = tuple(_to_float64(a) for a in args)
             kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
             self.start = laplace_start(
-                lambda z: self.potential(z, *args64, **kwargs64),
+                lambda z: self.potential(z, **kwargs64),
                 start,
                 iterations=self._iterations,
                 coordinates=self.coordinates(),
@@ -415,15 +412,3 @@ def make_guide(
     if name not in GUIDE_CLASSES:
         raise ValueError(f"guide must be one of {', '.join(GUIDE_CHOICES)}, got {name!r}")
     return GUIDE_CLASSES[name](model, init=init, dtype=dtype, device=device, **options)
-
-
-def max_plate_nesting(trace) -> int:
-    """The deepest vectorized plate of a trace (0 without plates), as Pyro's ELBO guesses it."""
-    dims = [
-        -frame.dim
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized and frame.dim is not None
-    ]
-    return max([0, *dims])

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -35,7 +34,15 @@ from torch.distributions import biject_to
 
 from ..distributed import Context, rank_seed
 from ..svi import local_params
+from .enumeration import (
+    Discrete,
+    conditional_marginals,
+    enumerated,
+    log_joint_at,
+    marginal_log_joint,
+)
 from .settings import DiagnosisSettings
+from .traces import under_plate
 from .vmapped import log_joint_fn, split
 
 DRAW_PLATE = "_ppl_models_draws"
@@ -171,11 +178,12 @@ def _is_deterministic(site: dict) -> bool:
     return bool(site.get("infer", {}).get("_deterministic"))
 
 
-def _model_sites(model_trace) -> list[_Site]:
-    """Latent and deterministic sites of one non-vectorized model trace, in model order."""
+def _model_sites(model_trace, skip=()) -> list[_Site]:
+    """Latent and deterministic sites of one non-vectorized model trace, in model order (the
+    sites named in ``skip``, summed-out discrete ones, left out)."""
     latent, deterministic = [], []
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
+        if site["type"] != "sample" or site_is_subsample(site) or name in skip:
             continue
         value = site["value"]
         if _is_deterministic(site):
@@ -251,20 +259,24 @@ def _chunk_size(model_trace, guide_trace, requested: int | None) -> int:
     return int(max(1, min(20_000, _CHUNK_ELEMENTS // max(4 * per_draw, 1))))
 
 
-def _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites):
+def _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites, discrete=None):
     dim = -(max_plate_nesting + 1)
-
-    def plated(fn):
-        def run(**kwargs):
-            with pyro.plate(DRAW_PLATE, n, dim=dim):
-                return fn(**kwargs)
-
-        return run
-
-    model_trace, guide_trace = _traces(plated(model), plated(guide), data)
+    model_trace, guide_trace = _traces(
+        under_plate(model, DRAW_PLATE, n, dim), under_plate(guide, DRAW_PLATE, n, dim), data
+    )
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
-    log_joint = _log_prob_per_draw(model_trace, n, dim)
+    if discrete:  # the discrete sites summed out, not the prior draws of them in this trace
+        log_joint = marginal_log_joint(
+            under_plate(enumerated(model, discrete), DRAW_PLATE, n, dim),
+            guide_trace,
+            data,
+            max_plate_nesting=max_plate_nesting,
+            draw_plate=DRAW_PLATE,
+            draws=n,
+        )
+    else:
+        log_joint = _log_prob_per_draw(model_trace, n, dim)
     log_q = _log_prob_per_draw(guide_trace, n, dim)
     values, unconstrained = {}, {}
     for s in sites:
@@ -276,13 +288,17 @@ def _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites):
     return log_joint, log_q, values, unconstrained
 
 
-def _loop_chunk(model, guide, data, n, sites):
+def _loop_chunk(model, guide, data, n, sites, discrete=None):
     log_joint, log_q = [], []
     values = {s.name: [] for s in sites}
     unconstrained = {s.name: [] for s in sites if s.kind == "latent"}
     for _ in range(n):
         model_trace, guide_trace = _traces(model, guide, data)
-        log_joint.append(model_trace.log_prob_sum())
+        if discrete:  # the discrete sites summed out at this draw
+            values_at = {s.name: model_trace.nodes[s.name]["value"] for s in sites}
+            log_joint.append(log_joint_at(model, values_at, data, discrete))
+        else:
+            log_joint.append(model_trace.log_prob_sum())
         log_q.append(guide_trace.log_prob_sum())
         for s in sites:
             node = model_trace.nodes[s.name]
@@ -319,6 +335,52 @@ def _vmapped_chunk(model, guide, data, n, sites):
     return log_joint, log_q, values, unconstrained
 
 
+def discrete_conditionals(
+    model: Callable,
+    guide: Callable,
+    data: dict,
+    discrete: Discrete,
+    *,
+    draws: int,
+    vectorized: bool = True,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    r"""For ``draws`` guide draws :math:`z_s`: the log weights :math:`\log p(x, z_s) - \log
+    q(z_s)` (the discrete sites summed out) and, per discrete site, the exact conditional
+    marginals :math:`p(k \mid x, z_s)`, ``(draws, *plate_shape, support)``; the importance-
+    weighted average of the latter is the posterior marginal :math:`p(k \mid x)`. A model that
+    does not broadcast is run one draw at a time."""
+    nesting = discrete.max_plate_nesting
+    dim = -(nesting + 1)
+    log_w, probs = [], []
+    with local_params(), torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        chunks = [draws] if vectorized else [1] * draws
+        for n in chunks:
+            guide_trace = poutine.trace(under_plate(guide, DRAW_PLATE, n, dim)).get_trace(**data)
+            guide_trace.compute_log_prob()
+            plated = under_plate(enumerated(model, discrete), DRAW_PLATE, n, dim)
+            log_joint = marginal_log_joint(
+                plated, guide_trace, data, max_plate_nesting=nesting, draw_plate=DRAW_PLATE, draws=n
+            )
+            log_w.append(log_joint - _log_prob_per_draw(guide_trace, n, dim))
+            probs.append(
+                conditional_marginals(
+                    plated,
+                    guide_trace,
+                    data,
+                    discrete,
+                    max_plate_nesting=nesting,
+                    draw_plate=DRAW_PLATE,
+                    draws=n,
+                )
+            )
+    return (
+        _numpy(torch.cat(log_w)),
+        {site: _numpy(torch.cat([p[site] for p in probs])) for site in discrete.sites},
+    )
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
@@ -332,6 +394,7 @@ def draw_log_weights(
     vectorized: bool = True,
     vmapped: bool = False,
     max_plate_nesting: int = 1,
+    discrete: Discrete | None = None,
     loop_draws: int = DiagnosisSettings.loop_draws,
     chunk: int | None = None,
     seed: int = 0,
@@ -353,6 +416,9 @@ def draw_log_weights(
     vmapped
         Make the draws of a chunk with the model vmapped over them (an autoguide over the flat
         unconstrained vector; :mod:`ppl_models.vi.vmapped`): for models that do not broadcast.
+    discrete
+        The model's discrete sites, summed out: :math:`\log p(x, z_s)` is the marginal over
+        them (:mod:`ppl_models.vi.enumeration`), and they are not among the draws' sites.
     chunk
         Draws per chunk (default: as many as keep a chunk's tensors near 64 MiB, at most 20,000).
     seed
@@ -388,6 +454,7 @@ def draw_log_weights(
             vectorized=vectorized,
             vmapped=vmapped,
             max_plate_nesting=max_plate_nesting,
+            discrete=discrete,
             loop_draws=share(loop_draws),
             chunk=chunk,
             seed=rank_seed(seed, context.rank),
@@ -408,7 +475,7 @@ def draw_log_weights(
         model_trace, guide_trace = _traces(model, guide, data)
         model_trace.compute_log_prob()
         guide_trace.compute_log_prob()
-        sites = _model_sites(model_trace)
+        sites = _model_sites(model_trace, skip=discrete.sites if discrete else ())
         if vectorized or vmapped:
             total = draws
             size = _chunk_size(model_trace, guide_trace, chunk)
@@ -428,9 +495,11 @@ def draw_log_weights(
             if vmapped:
                 parts.append(_vmapped_chunk(model, guide, data, n, sites))
             elif vectorized:
-                parts.append(_vectorized_chunk(model, guide, data, n, max_plate_nesting, sites))
+                parts.append(
+                    _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites, discrete)
+                )
             else:
-                parts.append(_loop_chunk(model, guide, data, n, sites))
+                parts.append(_loop_chunk(model, guide, data, n, sites, discrete))
             done += n
     log_joint = np.concatenate([_numpy(p[0]) for p in parts])
     log_q = np.concatenate([_numpy(p[1]) for p in parts])

@@ -43,6 +43,7 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from ..svi import local_params
+from .enumeration import Discrete, log_joint_at
 from .initialization import lbfgs_minimum
 from .logweights import LogWeights
 from .settings import DiagnosisSettings
@@ -117,11 +118,11 @@ def _float64(value):
 
 
 def potential(
-    model: Callable, data: dict, lw: LogWeights
+    model: Callable, data: dict, lw: LogWeights, discrete: Discrete | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     r""":math:`U(u) = -\log p(x, T(u)) - \log\lvert\det J_T(u)\rvert` of a flat float64 vector
     laid out as :meth:`LogWeights.unconstrained_matrix`'s columns (each site's bijection as of
-    the engine's first draw)."""
+    the engine's first draw), the ``discrete`` sites summed out."""
     data64 = {k: _float64(v) for k, v in data.items()}
     layout = [
         (site, lw.bijections[site], tuple(lw.unconstrained[site].shape[1:]))
@@ -137,9 +138,7 @@ def potential(
             value = bijection(part)
             values[site] = value
             log_jacobian = log_jacobian + bijection.log_abs_det_jacobian(part, value).sum()
-        with poutine.block():
-            trace = poutine.trace(poutine.condition(model, values)).get_trace(**data64)
-        return -(trace.log_prob_sum() + log_jacobian)
+        return -(log_joint_at(model, values, data64, discrete) + log_jacobian)
 
     return energy
 
@@ -171,6 +170,7 @@ def search_modes(
     starts: int = DiagnosisSettings.mode_starts,
     seed: int = 0,
     iterations: int = MODE_ITERATIONS,
+    discrete: Discrete | None = None,
 ) -> ModeSearch:
     """Search the posterior for modes from ``starts`` points and measure what q misses.
 
@@ -184,6 +184,8 @@ def search_modes(
         Number of L-BFGS runs (half uniform in :math:`(-2, 2)^D`, half from the prior).
     seed
         Seeds the starting points (the caller's random state is left as it was).
+    discrete
+        The model's discrete sites, summed out of the potential.
 
     Returns
     -------
@@ -196,7 +198,7 @@ def search_modes(
     )
     if d == 0 or starts < 1:
         return result
-    energy = potential(model, data, lw)
+    energy = potential(model, data, lw, discrete)
     with local_params(), torch.random.fork_rng():
         torch.manual_seed(seed)
         points = _prior_starts(model, data, lw, starts // 2)
