@@ -275,7 +275,8 @@ def _diagnosis(
         fit.data,
         draws=draws,
         vectorized=bool(getattr(fit, "vectorized", True)),
-        vmapped=getattr(fit, "vectorization", None) == "vmap",
+        unconstrained=getattr(fit, "vectorization", None) == "vmap"
+        or bool(getattr(fit, "dynamic", None)),
         discrete=getattr(fit, "discrete", None),
         max_plate_nesting=int(getattr(fit, "max_plate_nesting", 1) or 0),
         loop_draws=loop_draws,

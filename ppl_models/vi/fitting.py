@@ -57,6 +57,7 @@ from .modules import adopt_local_params, model_modules, module_parameters, point
 from .script import model_data
 from .settings import CUSTOM, GUIDES, FitSettings
 from .traces import max_plate_nesting
+from .unconstrained import check_bounds, dynamic_sites, evaluate, guide_layout
 from .vectorization import vectorization_ok
 from .vmapped import VmappedElbo, vmap_ok
 
@@ -92,6 +93,8 @@ class SviFit:
     discrete
         The model's discrete latent sites, summed out by enumeration
         (:class:`~ppl_models.vi.enumeration.Discrete`; empty when it has none).
+    dynamic
+        The latent sites whose support depends on other latents.
     settings
         The fit's settings (steps, particles, lr, ..., seed, device, dtype, init).
     """
@@ -115,6 +118,7 @@ class SviFit:
     extras: dict = field(default_factory=dict)
     vectorization: str = "plate"
     discrete: Discrete | None = None
+    dynamic: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -231,8 +235,19 @@ def fit_svi(
         modules = model_modules(model)
         adopt_local_params(modules)
         discrete = find_discrete(model, data)
+        dynamic = [] if discrete or guide_name == CUSTOM else dynamic_sites(model, data)
         problem = _Problem(
-            model, guide, guide_name, data, hooks, context, device, dtype, modules, discrete
+            model,
+            guide,
+            guide_name,
+            data,
+            hooks,
+            context,
+            device,
+            dtype,
+            modules,
+            discrete,
+            dynamic,
         )
         initial = [copy.deepcopy(m.state_dict()) for m in modules]
         fit = _fit_once(problem, settings)
@@ -265,6 +280,7 @@ class _Problem:
     dtype: torch.dtype
     modules: list
     discrete: Discrete
+    dynamic: list[str]
 
     @property
     def fit_model(self) -> Callable:
@@ -360,6 +376,7 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
         extras={"stopped_early": result.stopped_early, "averaged_steps": recorder.count},
         vectorization=vectorization,
         discrete=problem.discrete,
+        dynamic=problem.dynamic,
     )
 
 
@@ -419,7 +436,7 @@ def final_elbo(fit: SviFit, draws: int = 0, seed: int = 0) -> tuple[float, float
         fit.data,
         draws=draws,
         vectorized=fit.vectorized,
-        vmapped=fit.vectorization == VMAP,
+        unconstrained=fit.vectorization == VMAP or bool(fit.dynamic),
         max_plate_nesting=fit.max_plate_nesting,
         seed=seed,
         device=fit.device,
@@ -495,13 +512,29 @@ def _built_guide(problem: _Problem, settings: FitSettings):
         dtype=problem.dtype,
         device=problem.device,
         discrete=problem.discrete or None,
+        dynamic=problem.dynamic,
         **settings.guide_options,
     )
     fitted.setup(**problem.data)
     notes = list(fitted.notes)
     if problem.discrete:
         notes.append(_discrete_note(problem.discrete))
+    if problem.dynamic:
+        _check_dynamic_bounds(problem, fitted)
+        notes.append(
+            f"The supports of {', '.join(problem.dynamic)} depend on other latents: each draw is "
+            "mapped from the unconstrained space with the bounds the model states at that draw, "
+            "and its log-Jacobian (as Stan maps lower=/upper= expressions)."
+        )
     return fitted, notes
+
+
+def _check_dynamic_bounds(problem: _Problem, guide, draws: int = 8) -> None:
+    """The dynamic sites' bounds are finite and ordered at a few draws of the guide."""
+    layout = guide_layout(guide)
+    with torch.no_grad():
+        for u in guide.get_posterior().sample((draws,)):
+            check_bounds(evaluate(problem.model, layout, u, problem.data), problem.dynamic)
 
 
 def _discrete_note(discrete: Discrete) -> str:
@@ -600,6 +633,8 @@ def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, not
     if settings.vectorize is False:
         notes.append("Vectorized particles were turned off; particles are looped over.")
         return LOOP
+    if problem.dynamic:  # the guide's own transforms are fixed: every draw goes through the model
+        return VMAP if settings.vectorize is None and vmap_ok(model, guide, data) else LOOP
     if problem.discrete:
         if enumeration_vectorizes(model, guide, data, problem.discrete):
             return PLATE
@@ -627,8 +662,10 @@ def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, not
 def _objective(problem: _Problem, guide, settings: FitSettings, vectorization: str, nesting):
     """The negative ELBO as a module whose parameters all exist (one warm-up call)."""
     model, data = problem.fit_model, problem.data
-    if vectorization == VMAP:
-        loss_fn = VmappedElbo(model, guide, settings.particles, problem.modules)
+    if vectorization == VMAP or problem.dynamic:
+        loss_fn = VmappedElbo(
+            model, guide, settings.particles, problem.modules, vectorized=vectorization == VMAP
+        )
     else:
         if problem.discrete:
             elbo_class = TraceEnum_ELBO  # the discrete sites summed out, exactly

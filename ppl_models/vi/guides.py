@@ -26,9 +26,11 @@ guide by ``lr`` posterior standard deviations.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
@@ -38,6 +40,7 @@ from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroParam
 from torch import nn
+from torch.distributions import biject_to
 
 from .enumeration import Discrete, continuous_part, log_joint_at
 from .initialization import (
@@ -50,7 +53,7 @@ from .initialization import (
     prior_start,
 )
 from .settings import CUSTOM, GUIDE_CHOICES, INITS
-from .vmapped import unpacked
+from .unconstrained import evaluate, guide_layout
 
 # ----------------------------------------------------------------------------- guides
 
@@ -74,6 +77,9 @@ class WhitenedGuide(AutoContinuous):
         The model's discrete sites that the fit sums out
         (:class:`~ppl_models.vi.enumeration.Discrete`): the guide covers the other sites, and
         its potential is the marginal over them.
+    dynamic
+        The sites whose support depends on other latents
+        (:func:`~ppl_models.vi.unconstrained.dynamic_sites`).
     """
 
     name = "whitened"
@@ -88,6 +94,7 @@ class WhitenedGuide(AutoContinuous):
         device: torch.device | str | None = None,
         iterations: int = LBFGS_ITERATIONS,
         discrete: Discrete | None = None,
+        dynamic: list[str] | None = None,
     ):
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
@@ -98,6 +105,7 @@ class WhitenedGuide(AutoContinuous):
         self._iterations = iterations
         self.start: LaplaceStart | None = None
         self._discrete = discrete
+        self._dynamic = list(dynamic or [])
         guided = continuous_part(model, discrete) if discrete else model
         super().__init__(guided, init_loc_fn=feasible_init(dtype, self._device))
 
@@ -115,9 +123,48 @@ class WhitenedGuide(AutoContinuous):
 
     def potential(self, z: torch.Tensor, **data) -> torch.Tensor:
         r"""The potential :math:`U(z) = -\log p(x, T(z)) - \log|\det J_T(z)|` of a flat
-        unconstrained vector ``z`` (no batch dimension), the discrete sites summed out."""
-        values, log_jacobian = unpacked(self, z)
-        return -(log_joint_at(self._raw_model[0], values, data, self._discrete) + log_jacobian)
+        unconstrained vector ``z`` (no batch dimension), with each site's bijection as the
+        model states its support at ``z`` (:func:`~ppl_models.vi.unconstrained.evaluate`),
+        and the discrete sites summed out."""
+        model = self._raw_model[0]
+        if not self._discrete:
+            point = evaluate(model, guide_layout(self), z, data)
+            return -(point.log_joint + point.log_jacobian)
+        values, log_jacobian = {}, z.new_zeros(())
+        for site, part in self._unpack_latent(z):
+            transform = biject_to(site["fn"].support)
+            values[site["name"]] = value = transform(part)
+            log_jacobian = log_jacobian + transform.log_abs_det_jacobian(part, value).sum()
+        return -(log_joint_at(model, values, data, self._discrete) + log_jacobian)
+
+    def forward(self, *args, **kwargs):
+        """One draw of the guide. Where a site's support depends on other latents
+        (``dynamic``), its value is mapped with the bounds the model states at this draw: the
+        model is run once to find them (one draw at a time)."""
+        if not self._dynamic:
+            return super().forward(*args, **kwargs)
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        latent = self.sample_latent(*args, **kwargs)
+        if latent.dim() > 1:
+            raise ValueError("a guide of a model with dynamic supports draws one point at a time")
+        with poutine.block():
+            point = evaluate(self._raw_model[0], guide_layout(self), latent, kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            with contextlib.ExitStack() as stack:
+                for frame in site["cond_indep_stack"]:
+                    if frame.vectorized:
+                        stack.enter_context(plates[frame.name])
+                pyro.sample(
+                    name,
+                    dist.Delta(
+                        point.values[name],
+                        log_density=-point.log_jacobians[name],
+                        event_dim=site["fn"].event_dim,
+                    ),
+                )
+        return point.values
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)

@@ -315,24 +315,28 @@ def _loop_chunk(model, guide, data, n, sites, discrete=None):
     )
 
 
-def _vmapped_chunk(model, guide, data, n, sites):
+def _vmapped_chunk(model, guide, data, n, sites, vectorized=True):
     """``n`` draws of an autoguide over the flat unconstrained vector, the model vmapped over
-    them (:mod:`ppl_models.vi.vmapped`)."""
+    them (:mod:`ppl_models.vi.vmapped`), or run once per draw (``vectorized=False``)."""
     posterior = guide.get_posterior()
     u = posterior.sample((n,))
-    log_joint, log_jacobian, deterministic = log_joint_fn(model, guide, data, True)(u)
+    log_joint, log_jacobian, latent, deterministic = log_joint_fn(model, guide, data, vectorized)(u)
     # the guide's density of the constrained draw: log q(u) - log|det J_T(u)|
     log_q = posterior.log_prob(u) - log_jacobian
-    latent = {site["name"]: (site, part) for site, part in split(guide, u)}
-    values, unconstrained = {}, {}
+    unconstrained = {site["name"]: part for site, part in split(guide, u)}
+    values = {}
     for s in sites:
         if s.kind == "deterministic":
             values[s.name] = deterministic[s.name].reshape(n, *s.shape)
-            continue
-        site, part = latent[s.name]
-        unconstrained[s.name] = part.reshape(n, *s.unconstrained_shape)
-        values[s.name] = biject_to(site["fn"].support)(part).reshape(n, *s.shape)
-    return log_joint, log_q, values, unconstrained
+        else:
+            values[s.name] = latent[s.name].reshape(n, *s.shape)
+            unconstrained[s.name] = unconstrained[s.name].reshape(n, *s.unconstrained_shape)
+    return (
+        log_joint,
+        log_q,
+        values,
+        {s.name: unconstrained[s.name] for s in sites if s.kind == "latent"},
+    )
 
 
 def discrete_conditionals(
@@ -392,7 +396,7 @@ def draw_log_weights(
     *,
     draws: int = DiagnosisSettings.draws,
     vectorized: bool = True,
-    vmapped: bool = False,
+    unconstrained: bool = False,
     max_plate_nesting: int = 1,
     discrete: Discrete | None = None,
     loop_draws: int = DiagnosisSettings.loop_draws,
@@ -413,9 +417,11 @@ def draw_log_weights(
     vectorized
         Make the draws of a chunk under one ``pyro.plate`` at dim ``-(max_plate_nesting + 1)``;
         ``False`` runs model and guide once per draw, for ``min(draws, loop_draws)`` draws.
-    vmapped
-        Make the draws of a chunk with the model vmapped over them (an autoguide over the flat
-        unconstrained vector; :mod:`ppl_models.vi.vmapped`): for models that do not broadcast.
+    unconstrained
+        Evaluate the model at draws of an autoguide's flat unconstrained vector
+        (:func:`~ppl_models.vi.unconstrained.evaluate`), vmapped over a chunk's draws when
+        ``vectorized`` (:mod:`ppl_models.vi.vmapped`): for a model that does not broadcast, or
+        whose supports depend on other latents.
     discrete
         The model's discrete sites, summed out: :math:`\log p(x, z_s)` is the marginal over
         them (:mod:`ppl_models.vi.enumeration`), and they are not among the draws' sites.
@@ -452,7 +458,7 @@ def draw_log_weights(
             data,
             draws=share(draws),
             vectorized=vectorized,
-            vmapped=vmapped,
+            unconstrained=unconstrained,
             max_plate_nesting=max_plate_nesting,
             discrete=discrete,
             loop_draws=share(loop_draws),
@@ -476,7 +482,7 @@ def draw_log_weights(
         model_trace.compute_log_prob()
         guide_trace.compute_log_prob()
         sites = _model_sites(model_trace, skip=discrete.sites if discrete else ())
-        if vectorized or vmapped:
+        if vectorized:
             total = draws
             size = _chunk_size(model_trace, guide_trace, chunk)
         else:
@@ -492,8 +498,8 @@ def draw_log_weights(
         done = 0
         while done < total:
             n = min(size, total - done)
-            if vmapped:
-                parts.append(_vmapped_chunk(model, guide, data, n, sites))
+            if unconstrained:
+                parts.append(_vmapped_chunk(model, guide, data, n, sites, vectorized))
             elif vectorized:
                 parts.append(
                     _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites, discrete)
@@ -529,7 +535,7 @@ def draw_log_weights(
         unconstrained=unconstrained,
         latent_sites=[s.name for s in sites if s.kind == "latent"],
         deterministic_sites=[s.name for s in sites if s.kind == "deterministic"],
-        vectorized=vectorized or vmapped,
+        vectorized=vectorized,
         seconds=time.perf_counter() - start,
         transforms={s.name: s.transform for s in sites if s.kind == "latent"},
         bijections={s.name: s.bijection for s in sites if s.kind == "latent"},

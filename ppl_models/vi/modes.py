@@ -47,6 +47,7 @@ from .enumeration import Discrete, log_joint_at
 from .initialization import lbfgs_minimum
 from .logweights import LogWeights
 from .settings import DiagnosisSettings
+from .unconstrained import evaluate, parts
 
 INIT_RADIUS = 2.0  # Stan's uniform(-2, 2) initial values in the unconstrained space
 ELLIPSOID_LEVEL = 0.99
@@ -121,22 +122,20 @@ def potential(
     model: Callable, data: dict, lw: LogWeights, discrete: Discrete | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     r""":math:`U(u) = -\log p(x, T(u)) - \log\lvert\det J_T(u)\rvert` of a flat float64 vector
-    laid out as :meth:`LogWeights.unconstrained_matrix`'s columns (each site's bijection as of
-    the engine's first draw), the ``discrete`` sites summed out."""
+    laid out as :meth:`LogWeights.unconstrained_matrix`'s columns, each site's bijection as
+    the model states its support at ``u`` (:func:`~ppl_models.vi.unconstrained.evaluate`),
+    the ``discrete`` sites summed out."""
     data64 = {k: _float64(v) for k, v in data.items()}
-    layout = [
-        (site, lw.bijections[site], tuple(lw.unconstrained[site].shape[1:]))
-        for site in lw.latent_sites
-    ]
+    layout = [(site, tuple(lw.unconstrained[site].shape[1:])) for site in lw.latent_sites]
 
     def energy(u: torch.Tensor) -> torch.Tensor:
-        values, log_jacobian, offset = {}, u.new_zeros(()), 0
-        for site, bijection, shape in layout:
-            n = math.prod(shape)
-            part = u[offset : offset + n].reshape(shape)
-            offset += n
-            value = bijection(part)
-            values[site] = value
+        if not discrete:
+            point = evaluate(model, layout, u, data64)
+            return -(point.log_joint + point.log_jacobian)
+        values, log_jacobian = {}, u.new_zeros(())
+        for site, part in parts(layout, u).items():
+            bijection = lw.bijections[site]
+            values[site] = value = bijection(part)
             log_jacobian = log_jacobian + bijection.log_abs_det_jacobian(part, value).sum()
         return -(log_joint_at(model, values, data64, discrete) + log_jacobian)
 

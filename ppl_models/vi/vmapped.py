@@ -25,23 +25,10 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
-from torch.distributions import biject_to
 from torch.func import vmap
 
 from ..svi import Objective
-
-
-def unpacked(guide, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The constrained value of every latent site for one flat unconstrained vector ``u``, and
-    :math:`\\log\\lvert\\det J_T(u)\rvert`."""
-    values, log_jacobian = {}, u.new_zeros(())
-    for site, part in guide._unpack_latent(u):
-        transform = biject_to(site["fn"].support)
-        value = transform(part)
-        values[site["name"]] = value
-        log_jacobian = log_jacobian + transform.log_abs_det_jacobian(part, value).sum()
-    return values, log_jacobian
+from .unconstrained import evaluate, guide_layout
 
 
 def split(guide, u: torch.Tensor) -> list[tuple[dict, torch.Tensor]]:
@@ -57,25 +44,31 @@ def split(guide, u: torch.Tensor) -> list[tuple[dict, torch.Tensor]]:
 
 
 def log_joint_fn(
-    model: Callable, guide, data: Mapping[str, Any], deterministic: bool = False
+    model: Callable, guide, data: Mapping[str, Any], vectorized: bool = True
 ) -> Callable[[torch.Tensor], tuple]:
     r"""``f(u)`` for a batch ``u`` of flat unconstrained vectors ``(n, D)``: the model's
-    :math:`\log p(x, T(u))` ``(n,)``, :math:`\log\lvert\det J_T(u)\rvert` ``(n,)`` and (with
-    ``deterministic``) the values of its ``pyro.deterministic`` sites, each ``(n, *shape)``."""
+    :math:`\log p(x, T(u))` ``(n,)``, :math:`\log\lvert\det J_T(u)\rvert` ``(n,)``, and dicts
+    of the latent sites' values and of the ``pyro.deterministic`` sites' values, each
+    ``(n, *shape)``: :func:`~ppl_models.vi.unconstrained.evaluate` at each vector, vmapped (or,
+    with ``vectorized=False``, one vector at a time)."""
+    layout = guide_layout(guide)
 
     def single(u):
-        values, log_jacobian = unpacked(guide, u)
-        # the model's sample sites stay inside; its pyro.param sites reach the caller's tape
-        with poutine.block(hide_types=["sample"]):
-            trace = poutine.trace(poutine.condition(model, values)).get_trace(**data)
-        extra = {}
-        if deterministic:
-            extra = {
-                name: site["value"]
-                for name, site in trace.nodes.items()
-                if site["type"] == "sample" and site["infer"].get("_deterministic")
-            }
-        return trace.log_prob_sum(), log_jacobian, extra
+        point = evaluate(model, layout, u, data)
+        return point.log_joint, point.log_jacobian, point.values, point.deterministic
+
+    if not vectorized:
+
+        def looped(u: torch.Tensor):
+            rows = [single(row) for row in u]
+            return (
+                torch.stack([r[0] for r in rows]),
+                torch.stack([r[1] for r in rows]),
+                {k: torch.stack([r[2][k] for r in rows]) for k in rows[0][2]},
+                {k: torch.stack([r[3][k] for r in rows]) for k in rows[0][3]},
+            )
+
+        return looped
 
     batched = vmap(single, randomness="different")
 
@@ -93,15 +86,14 @@ def vmap_ok(model: Callable, guide, data: Mapping[str, Any], draws: int = 3) -> 
     with torch.no_grad():
         u = guide.get_posterior().sample((draws,))
         try:
-            batched, jac, _ = log_joint_fn(model, guide, data, deterministic=True)(u)
+            batched, jac, _, _ = log_joint_fn(model, guide, data)(u)
         except Exception:  # noqa: BLE001 - any failure under vmap means: loop
             return False
+        layout = guide_layout(guide)
         looped = []
         for row in u:
-            values, log_jacobian = unpacked(guide, row)
-            with poutine.block():
-                trace = poutine.trace(poutine.condition(model, values)).get_trace(**data)
-            looped.append(trace.log_prob_sum() + log_jacobian)
+            point = evaluate(model, layout, row, data)
+            looped.append(point.log_joint + point.log_jacobian)
     looped = torch.stack(looped)
     if not bool(torch.isfinite(looped).all()):
         return False
@@ -112,18 +104,22 @@ def vmap_ok(model: Callable, guide, data: Mapping[str, Any], draws: int = 3) -> 
 class VmappedElbo(Objective):
     r"""The negative ELBO :math:`-\frac1P\sum_p [\ell(u_p) - \log q(u_p)]` of an autoguide
     over the flat unconstrained vector, with the model vmapped over the ``particles`` draws
-    (module docstring). Its parameters are the guide's, those of ``modules`` and the
-    ``pyro.param`` sites the model reads (the model's own, fitted as point estimates)."""
+    (module docstring), or evaluated one draw at a time (``vectorized=False``: a model that
+    cannot be vmapped, but whose supports depend on other latents, so that its guide's own
+    fixed transforms would not do). Its parameters are the guide's, those of ``modules`` and
+    the ``pyro.param`` sites the model reads (the model's own, fitted as point estimates)."""
 
-    def __init__(self, model: Callable, guide, particles: int, modules=()):
+    def __init__(self, model: Callable, guide, particles: int, modules=(), vectorized=True):
         super().__init__(model, guide, None)
         self.guide = guide
         self.model_modules = torch.nn.ModuleList([m for m in modules if m is not guide])
         self._model = (model,)  # a tuple: a PyroModule model must not be registered twice
         self.particles = particles
+        self.vectorized = vectorized
 
     def loss(self, **data) -> torch.Tensor:
         posterior = self.guide.get_posterior()
         u = posterior.rsample((self.particles,))
-        log_joint, log_jacobian, _ = log_joint_fn(self._model[0], self.guide, data)(u)
+        f = log_joint_fn(self._model[0], self.guide, data, self.vectorized)
+        log_joint, log_jacobian, _, _ = f(u)
         return -(log_joint + log_jacobian - posterior.log_prob(u)).mean()
