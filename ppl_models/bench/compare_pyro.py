@@ -15,9 +15,10 @@ particles):
 
 Both run on the same data tensors in the same float dtype (float64, torch's default within
 each fit and restored after), on the same number of CPU threads, with Pyro's validation off in
-the loop (it changes no number, only the time). Pyro's parameter store is left untouched: the
-plain fit keeps its parameters in its guide module (``module_local_params``), which changes no
-arithmetic.
+the loop (it changes no number, only the time). The plain fit keeps its parameters in Pyro's
+parameter store, as a script does, in a scope of its own: the caller's store is restored after.
+Times are of one warm process: an untimed warm-up of both fits (a few steps of the first
+posterior) pays the one-off imports and first-call costs first, unless ``--no-warmup``.
 
 Both fitted guides are then measured by the same estimators:
 
@@ -41,6 +42,7 @@ import inspect
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -115,26 +117,52 @@ def fit_plain_pyro(
     threads: int | None = None,
     dtype=None,
     seed: int = 0,
+    then: Callable | None = None,
 ) -> dict:
     """Plain Pyro's fit: its autoguide (default init), ``SVI``, ``Trace_ELBO`` with vectorized
-    particles, ``ClippedAdam``; the last iterate. Returns the guide, the losses and the seconds
-    (guide construction and every step)."""
+    particles, ``ClippedAdam``; the last iterate.
+
+    The fit keeps its parameters in Pyro's global parameter store, as a plain script does, in
+    a scope of its own (:meth:`pyro.params.param_store.ParamStoreDict.scope`): the caller's
+    store is restored after. ``then(guide)`` is called with the fitted guide while its
+    parameters are in the store (``guide`` runs the autoguide outside ``module_local_params``,
+    so it can be handed to code that turns that setting on).
+
+    Returns
+    -------
+    dict
+        ``losses``, ``seconds`` (the guide built and every step), and ``then``: what
+        ``then(guide)`` returned (or ``then_error``: the exception it raised).
+    """
     import pyro
     from pyro.infer import SVI, Trace_ELBO, autoguide
 
-    from ..svi import default_dtype, local_params
+    from ..svi import default_dtype
 
     cls = getattr(autoguide, PYRO_GUIDES[guide])
-    with local_params(), default_dtype(dtype), _torch_threads(threads):
-        pyro.set_rng_seed(seed)
-        start = time.perf_counter()
-        auto = cls(model)
-        elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True)
-        svi = SVI(model, auto, pyro.optim.ClippedAdam({"lr": lr}), elbo)
-        with pyro.validation_enabled(False):  # as the package's loop runs; no number changes
-            losses = [svi.step(**data) for _ in range(steps)]
-        seconds = time.perf_counter() - start
-    return {"guide": auto, "losses": np.asarray(losses), "seconds": seconds}
+    plain_store = pyro.settings.context(module_local_params=False)
+    with plain_store, pyro.get_param_store().scope(), default_dtype(dtype):
+        with _torch_threads(threads):
+            pyro.set_rng_seed(seed)
+            start = time.perf_counter()
+            auto = cls(model)
+            elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True)
+            svi = SVI(model, auto, pyro.optim.ClippedAdam({"lr": lr}), elbo)
+            with pyro.validation_enabled(False):  # as the package's loop runs; no number changes
+                losses = [svi.step(**data) for _ in range(steps)]
+            seconds = time.perf_counter() - start
+        result = {"losses": np.asarray(losses), "seconds": seconds}
+        if then is not None:
+
+            def fitted(*args, **kwargs):
+                with pyro.settings.context(module_local_params=False):
+                    return auto(*args, **kwargs)
+
+            try:
+                result["then"] = then(fitted)
+            except Exception as err:  # noqa: BLE001 - the caller decides what a failure means
+                result["then_error"] = err
+    return result
 
 
 @contextlib.contextmanager
@@ -283,6 +311,18 @@ def compare_posterior(
     print(f"{posterior.name}: plain Pyro fit ...", file=sys.stderr, flush=True)
     init = pyro_init(posterior.guide)
     plain = {"guide": PYRO_GUIDES[posterior.guide], "init": init, "lr": pyro_lr}
+
+    def measured_plain(guide):
+        return measure(
+            fit.model,
+            guide,
+            fit.data,
+            vectorized=fit.vectorized,
+            max_plate_nesting=fit.max_plate_nesting,
+            moment_draws=moment_draws,
+            dtype=fit.dtype,
+        )
+
     try:
         result = fit_plain_pyro(
             fit.model,
@@ -293,6 +333,7 @@ def compare_posterior(
             lr=pyro_lr,
             threads=fit.settings.get("threads"),
             dtype=fit.dtype,
+            then=measured_plain,
         )
     except Exception as err:  # noqa: BLE001 - Pyro's initialisers fail on flat priors
         why = (
@@ -304,20 +345,13 @@ def compare_posterior(
         plain["error"] = f"{why} ({_error(err)})"
         row["plain_pyro"] = plain
         return _judged(row)
-    try:
-        measured = measure(
-            fit.model,
-            result["guide"],
-            fit.data,
-            vectorized=fit.vectorized,
-            max_plate_nesting=fit.max_plate_nesting,
-            moment_draws=moment_draws,
-            dtype=fit.dtype,
+    if "then_error" in result:  # a guide whose draws cannot be scored
+        plain["error"] = (
+            f"plain Pyro's guide could not be measured ({_error(result['then_error'])})"
         )
-    except Exception as err:  # noqa: BLE001 - a guide whose draws cannot be scored
-        plain["error"] = f"plain Pyro's guide could not be measured ({_error(err)})"
         row["plain_pyro"] = plain
         return _judged(row)
+    measured = result["then"]
     plain.update(
         seconds=result["seconds"],
         final_loss=float(result["losses"][-1]),
@@ -381,6 +415,14 @@ def main(args: argparse.Namespace) -> int:
     out = make_out_dir(args.out)
     scripts = Path(args.scripts)
     rows, skipped = [], []
+    if not args.no_warmup:  # imports and first calls, not timed
+        print("warm-up (not timed) ...", file=sys.stderr, flush=True)
+        try:
+            compare_posterior(
+                chosen[0], scripts, steps=5, particles=2, lr=args.lr, moment_draws=100
+            )
+        except (FileNotFoundError, ValueError):
+            pass  # reported when the posterior's turn comes
     for posterior in chosen:
         try:
             row = compare_posterior(
