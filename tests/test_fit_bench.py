@@ -80,6 +80,8 @@ def test_every_bench_model_has_a_shipped_script():
 
 
 def test_bench_fit_compare_pyro_writes_both_fits_per_row(tmp_path, capsys):
+    pyro.clear_param_store()
+    pyro.param("users_own", torch.ones(1))
     out = tmp_path / "compare"
     args = ["bench", "fit", "--compare-pyro", "--models", "normal_mean,flat_regression"]
     args += ["--steps", "30", "--particles", "2", "--moment-draws", "200", "--no-warmup"]
@@ -101,6 +103,8 @@ def test_bench_fit_compare_pyro_writes_both_fits_per_row(tmp_path, capsys):
     assert normal["plain_pyro"]["guide"] == "AutoNormal"
     assert isinstance(normal["never_worse"], bool)
     assert flat["package"]["elbo"] is not None and "flat prior" in flat["plain_pyro"]["error"]
+    # plain Pyro's fit used a parameter store of its own: the user's is as it was
+    assert list(pyro.get_param_store().keys()) == ["users_own"]
 
 
 @pytest.mark.parametrize(
