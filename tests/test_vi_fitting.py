@@ -127,13 +127,23 @@ def test_beta0_indexing_is_detected_and_the_loop_gives_the_same_answer():
         assert not vectorization_ok(
             regression_indexed, good.guide, good.data, good.max_plate_nesting
         )
-    fit = fit_svi(regression_indexed, "auto-mvn", data, steps=200, particles=4, device="cpu")
-    assert not fit.vectorized
-    assert any("beta[0]" in note for note in fit.notes)
-    q_mean, q_cov = q_moments(fit)
     sd = cov.diagonal().sqrt()
-    assert ((q_mean - mean).abs() / sd).max() < 0.1
-    assert ((q_cov.diagonal().sqrt() / sd) - 1).abs().max() < 0.15
+    for vectorize, mode in ((None, "vmap"), (False, "loop")):  # vmapped, or looped if asked
+        fit = fit_svi(
+            regression_indexed,
+            "auto-mvn",
+            data,
+            steps=200,
+            particles=4,
+            device="cpu",
+            vectorize=vectorize,
+        )
+        assert fit.vectorization == mode
+        if vectorize is None:
+            assert any("beta[0]" in note for note in fit.notes)
+        q_mean, q_cov = q_moments(fit)
+        assert ((q_mean - mean).abs() / sd).max() < 0.1
+        assert ((q_cov.diagonal().sqrt() / sd) - 1).abs().max() < 0.15
 
 
 def test_eight_schools_plates_and_deterministic_sites_vectorize():

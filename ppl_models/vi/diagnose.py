@@ -174,6 +174,16 @@ def _largest_plate(fit) -> int:
     return max(sizes, default=1)
 
 
+def unconstrained_mode(fit) -> str | None:
+    """How the diagnosis evaluates the model at the guide's flat unconstrained draws
+    (:func:`~ppl_models.vi.vmapped.log_joint_fn`): as the fit did for a vmapped model or one
+    with dynamic supports; None (from traces) otherwise."""
+    mode = getattr(fit, "vectorization", None)
+    if mode == "vmap" or getattr(fit, "dynamic", None):
+        return mode
+    return None
+
+
 def _json_number(x):
     if x is None:
         return None
@@ -275,8 +285,7 @@ def _diagnosis(
         fit.data,
         draws=draws,
         vectorized=bool(getattr(fit, "vectorized", True)),
-        unconstrained=getattr(fit, "vectorization", None) == "vmap"
-        or bool(getattr(fit, "dynamic", None)),
+        unconstrained=unconstrained_mode(fit),
         discrete=getattr(fit, "discrete", None),
         max_plate_nesting=int(getattr(fit, "max_plate_nesting", 1) or 0),
         loop_draws=loop_draws,

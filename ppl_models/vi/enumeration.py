@@ -37,7 +37,8 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
-from .traces import max_plate_nesting, under_plate
+from .initialization import prior_trace
+from .traces import max_plate_nesting, sum_per_draw, under_plate
 
 MAX_SUPPORT = 256  # a discrete site with at most this many values is summed out unasked
 CHECK_PLATE = "_ppl_models_enumeration_check"
@@ -68,8 +69,11 @@ class Discrete:
         return bool(self.sites)
 
 
-def find_discrete(model: Callable, data: Mapping[str, Any]) -> Discrete:
-    """The discrete latent sites of ``model`` (one run on a prior draw tells them).
+def find_discrete(
+    model: Callable, data: Mapping[str, Any], dtype: torch.dtype | None = None
+) -> Discrete:
+    """The discrete latent sites of ``model`` (one run on a draw of its prior tells them; a
+    flat prior's site at a feasible point, its floats in ``dtype``).
 
     Raises
     ------
@@ -78,8 +82,7 @@ def find_discrete(model: Callable, data: Mapping[str, Any]) -> Discrete:
         :data:`MAX_SUPPORT` values that the model did not mark: naming it, and saying what to
         change in the model.
     """
-    with poutine.block(), torch.no_grad():
-        trace = poutine.trace(model).get_trace(**data)
+    trace = prior_trace(model, data, dtype or torch.get_default_dtype())
     sites, marked, supports = [], [], {}
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
@@ -253,14 +256,19 @@ def marginal_log_joint(
     if draw_plate is not None:
         target = frozenset({trace.plate_to_symbol[draw_plate]})
     total = torch.zeros(draws if draw_plate else (), dtype=_dtype(trace))
-    for site in costs:  # terms free of the discrete sites, reduced to one value per draw
-        total = total + _per_draw(site["log_prob"], draws, -(max_plate_nesting + 1), draw_plate)
+    dim = -(max_plate_nesting + 1)
+
+    def reduced(tensor):  # one value per draw (or one value)
+        return sum_per_draw(tensor, draws, dim) if draw_plate else tensor.sum()
+
+    for site in costs:  # terms free of the discrete sites
+        total = total + reduced(site["log_prob"])
     if factors:
         with shared_intermediates() as cache:
             ring = LogRing(cache=cache, dim_to_size=_sizes(trace))
             log_z = contract_to_tensor(factors, enum_dims, target_ordinal=target, ring=ring)
         log_z = packed.unpack(log_z, trace.symbol_to_dim)
-        total = total + scale * _per_draw(log_z, draws, -(max_plate_nesting + 1), draw_plate)
+        total = total + scale * reduced(log_z)
     return total
 
 
@@ -279,15 +287,6 @@ def _dtype(trace) -> torch.dtype:
         if site["type"] == "sample" and site["log_prob"].is_floating_point():
             return site["log_prob"].dtype
     return torch.get_default_dtype()
-
-
-def _per_draw(log_prob: torch.Tensor, draws: int, dim: int, draw_plate) -> torch.Tensor:
-    """Sum ``log_prob`` over every dim but the draws dim ``dim`` (all dims without a plate)."""
-    if draw_plate is None:
-        return log_prob.sum()
-    if log_prob.dim() >= -dim and log_prob.shape[dim] == draws:
-        return log_prob.movedim(dim, 0).reshape(draws, -1).sum(1)
-    return log_prob.sum().expand(draws)
 
 
 def conditional_marginals(

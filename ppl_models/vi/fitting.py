@@ -59,7 +59,7 @@ from .settings import CUSTOM, GUIDES, FitSettings
 from .traces import max_plate_nesting
 from .unconstrained import check_bounds, dynamic_sites, evaluate, guide_layout
 from .vectorization import vectorization_ok
-from .vmapped import VmappedElbo, vmap_ok
+from .vmapped import LOOP, PLATE, VMAP, VmappedElbo, evaluation_ok, vmap_ok
 
 
 @dataclass
@@ -234,8 +234,8 @@ def fit_svi(
     with local_params(), _torch_threads(threads), default_dtype(dtype):
         modules = model_modules(model)
         adopt_local_params(modules)
-        discrete = find_discrete(model, data)
-        dynamic = [] if discrete or guide_name == CUSTOM else dynamic_sites(model, data)
+        discrete = find_discrete(model, data, dtype)
+        dynamic = [] if discrete or guide_name == CUSTOM else dynamic_sites(model, data, dtype)
         problem = _Problem(
             model,
             guide,
@@ -436,7 +436,7 @@ def final_elbo(fit: SviFit, draws: int = 0, seed: int = 0) -> tuple[float, float
         fit.data,
         draws=draws,
         vectorized=fit.vectorized,
-        unconstrained=fit.vectorization == VMAP or bool(fit.dynamic),
+        unconstrained=fit.vectorization if fit.vectorization == VMAP or fit.dynamic else None,
         max_plate_nesting=fit.max_plate_nesting,
         seed=seed,
         device=fit.device,
@@ -620,9 +620,6 @@ def check_site_shapes(model_trace, nesting: int) -> None:
             check_site_shape(site, nesting)
 
 
-PLATE, VMAP, LOOP = "plate", "vmap", "loop"  # how particles and draws are vectorized
-
-
 def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, notes) -> str:
     """How particles (and the diagnosis's draws) are vectorized: under a plate when the model
     broadcasts (:func:`~ppl_models.vi.vectorization.vectorization_ok`, or for summed-out
@@ -634,7 +631,11 @@ def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, not
         notes.append("Vectorized particles were turned off; particles are looped over.")
         return LOOP
     if problem.dynamic:  # the guide's own transforms are fixed: every draw goes through the model
-        return VMAP if settings.vectorize is None and vmap_ok(model, guide, data) else LOOP
+        if settings.vectorize is None:
+            for mode in (PLATE, VMAP):
+                if evaluation_ok(model, guide, data, mode):
+                    return mode
+        return LOOP
     if problem.discrete:
         if enumeration_vectorizes(model, guide, data, problem.discrete):
             return PLATE
@@ -663,9 +664,7 @@ def _objective(problem: _Problem, guide, settings: FitSettings, vectorization: s
     """The negative ELBO as a module whose parameters all exist (one warm-up call)."""
     model, data = problem.fit_model, problem.data
     if vectorization == VMAP or problem.dynamic:
-        loss_fn = VmappedElbo(
-            model, guide, settings.particles, problem.modules, vectorized=vectorization == VMAP
-        )
+        loss_fn = VmappedElbo(model, guide, settings.particles, problem.modules, vectorization)
     else:
         if problem.discrete:
             elbo_class = TraceEnum_ELBO  # the discrete sites summed out, exactly

@@ -21,7 +21,6 @@ fewer draws.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from .enumeration import (
     marginal_log_joint,
 )
 from .settings import DiagnosisSettings
-from .traces import under_plate
+from .traces import log_prob_per_draw, per_draw_value, under_plate
 from .vmapped import log_joint_fn, split
 
 DRAW_PLATE = "_ppl_models_draws"
@@ -203,43 +202,6 @@ def _traces(model: Callable, guide: Callable, data: dict):
     return model_trace, guide_trace
 
 
-def _per_draw(tensor: torch.Tensor, n: int, shape: tuple[int, ...], name: str) -> torch.Tensor:
-    """Reshape a vectorized site value to ``(n, *shape)``.
-
-    Under the draws plate a value has the site's own shape on the right and the draws
-    dimension somewhere in the dims to its left, the others being 1 (or absent: then the value
-    is the same for every draw and is broadcast).
-    """
-    k = len(shape)
-    if tensor.dim() < k:
-        tensor = tensor.reshape((1,) * (k - tensor.dim()) + tuple(tensor.shape))
-    lead = tuple(tensor.shape[: tensor.dim() - k])
-    size = math.prod(lead)
-    if size not in (1, n) or sum(d != 1 for d in lead) > 1:
-        raise ValueError(
-            f"site {name!r} has shape {tuple(tensor.shape)} under the draws plate, which does not "
-            f"reduce to {n} draws of shape {shape}"
-        )
-    return tensor.expand(*lead, *shape).reshape(size, *shape).expand(n, *shape)
-
-
-def _log_prob_per_draw(trace, n: int, dim: int) -> torch.Tensor:
-    """Sum of every sample site's log-probability, kept per draw (the plate at ``dim``)."""
-    total = None
-    for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        lp = site["log_prob"]
-        if lp.dim() >= -dim and lp.shape[dim] == n:
-            per = lp.movedim(dim, 0).reshape(n, -1).sum(1)
-        else:  # not batched over draws: the same term for every draw
-            per = lp.sum().expand(n)
-        total = per if total is None else total + per
-    if total is None:
-        raise ValueError("the model has no sample sites")
-    return total
-
-
 # --------------------------------------------------------------------------- drawing
 
 
@@ -276,15 +238,15 @@ def _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites, discrete=
             draws=n,
         )
     else:
-        log_joint = _log_prob_per_draw(model_trace, n, dim)
-    log_q = _log_prob_per_draw(guide_trace, n, dim)
+        log_joint = log_prob_per_draw(model_trace, n, dim)
+    log_q = log_prob_per_draw(guide_trace, n, dim)
     values, unconstrained = {}, {}
     for s in sites:
         node = model_trace.nodes[s.name]
-        values[s.name] = _per_draw(node["value"], n, s.shape, s.name)
+        values[s.name] = per_draw_value(node["value"], n, s.shape, s.name)
         if s.kind == "latent":
             u = biject_to(node["fn"].support).inv(node["value"])
-            unconstrained[s.name] = _per_draw(u, n, s.unconstrained_shape, s.name)
+            unconstrained[s.name] = per_draw_value(u, n, s.unconstrained_shape, s.name)
     return log_joint, log_q, values, unconstrained
 
 
@@ -315,28 +277,22 @@ def _loop_chunk(model, guide, data, n, sites, discrete=None):
     )
 
 
-def _vmapped_chunk(model, guide, data, n, sites, vectorized=True):
-    """``n`` draws of an autoguide over the flat unconstrained vector, the model vmapped over
-    them (:mod:`ppl_models.vi.vmapped`), or run once per draw (``vectorized=False``)."""
+def _unconstrained_chunk(model, guide, data, n, sites, mode):
+    """``n`` draws of an autoguide over the flat unconstrained vector, the model evaluated at
+    them as ``mode`` says (:func:`~ppl_models.vi.vmapped.log_joint_fn`)."""
     posterior = guide.get_posterior()
     u = posterior.sample((n,))
-    log_joint, log_jacobian, latent, deterministic = log_joint_fn(model, guide, data, vectorized)(u)
+    log_joint, log_jacobian, latent, deterministic = log_joint_fn(model, guide, data, mode)(u)
     # the guide's density of the constrained draw: log q(u) - log|det J_T(u)|
     log_q = posterior.log_prob(u) - log_jacobian
-    unconstrained = {site["name"]: part for site, part in split(guide, u)}
-    values = {}
+    slices = {site["name"]: part for site, part in split(guide, u)}
+    values, unconstrained = {}, {}
     for s in sites:
-        if s.kind == "deterministic":
-            values[s.name] = deterministic[s.name].reshape(n, *s.shape)
-        else:
-            values[s.name] = latent[s.name].reshape(n, *s.shape)
-            unconstrained[s.name] = unconstrained[s.name].reshape(n, *s.unconstrained_shape)
-    return (
-        log_joint,
-        log_q,
-        values,
-        {s.name: unconstrained[s.name] for s in sites if s.kind == "latent"},
-    )
+        batched = deterministic if s.kind == "deterministic" else latent
+        values[s.name] = per_draw_value(batched[s.name], n, s.shape, s.name)
+        if s.kind == "latent":
+            unconstrained[s.name] = slices[s.name].reshape(n, *s.unconstrained_shape)
+    return log_joint, log_q, values, unconstrained
 
 
 def discrete_conditionals(
@@ -367,7 +323,7 @@ def discrete_conditionals(
             log_joint = marginal_log_joint(
                 plated, guide_trace, data, max_plate_nesting=nesting, draw_plate=DRAW_PLATE, draws=n
             )
-            log_w.append(log_joint - _log_prob_per_draw(guide_trace, n, dim))
+            log_w.append(log_joint - log_prob_per_draw(guide_trace, n, dim))
             probs.append(
                 conditional_marginals(
                     plated,
@@ -396,7 +352,7 @@ def draw_log_weights(
     *,
     draws: int = DiagnosisSettings.draws,
     vectorized: bool = True,
-    unconstrained: bool = False,
+    unconstrained: str | None = None,
     max_plate_nesting: int = 1,
     discrete: Discrete | None = None,
     loop_draws: int = DiagnosisSettings.loop_draws,
@@ -419,9 +375,10 @@ def draw_log_weights(
         ``False`` runs model and guide once per draw, for ``min(draws, loop_draws)`` draws.
     unconstrained
         Evaluate the model at draws of an autoguide's flat unconstrained vector
-        (:func:`~ppl_models.vi.unconstrained.evaluate`), vmapped over a chunk's draws when
-        ``vectorized`` (:mod:`ppl_models.vi.vmapped`): for a model that does not broadcast, or
-        whose supports depend on other latents.
+        (:func:`~ppl_models.vi.unconstrained.evaluate`) as this mode says: ``"vmap"``,
+        ``"plate"`` or ``"loop"`` (:func:`~ppl_models.vi.vmapped.log_joint_fn`), for a model
+        that does not broadcast, or whose supports depend on other latents; None: from the
+        traces of guide and model.
     discrete
         The model's discrete sites, summed out: :math:`\log p(x, z_s)` is the marginal over
         them (:mod:`ppl_models.vi.enumeration`), and they are not among the draws' sites.
@@ -499,7 +456,7 @@ def draw_log_weights(
         while done < total:
             n = min(size, total - done)
             if unconstrained:
-                parts.append(_vmapped_chunk(model, guide, data, n, sites, vectorized))
+                parts.append(_unconstrained_chunk(model, guide, data, n, sites, unconstrained))
             elif vectorized:
                 parts.append(
                     _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites, discrete)

@@ -24,26 +24,38 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import sum_rightmost
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-Layout = list[tuple[str, tuple[int, ...]]]  # each latent site and its unconstrained shape
+from .initialization import prior_trace
+from .traces import log_prob_per_draw, sum_per_draw, under_plate
+
+# each latent site, its unconstrained shape, and how many of its leftmost dims its plates index
+Layout = list[tuple[str, tuple[int, ...], int]]
+DRAWS_PLATE = "_ppl_models_unconstrained_draws"
 
 
 def guide_layout(guide) -> Layout:
     """The layout of an ``AutoContinuous`` guide's flat vector: its sites in the model's order,
-    each with its unconstrained shape."""
+    each with its unconstrained shape and its number of batch (plate) dims."""
     return [
-        (name, tuple(guide._unconstrained_shapes[name]))
-        for name, _ in guide.prototype_trace.iter_stochastic_nodes()
+        (name, tuple(guide._unconstrained_shapes[name]), len(site["fn"].batch_shape))
+        for name, site in guide.prototype_trace.iter_stochastic_nodes()
     ]
 
 
-def parts(layout: Layout, u: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The slice of the flat vector ``u`` (no batch dimension) of each site, shaped."""
+def parts(layout: Layout, u: torch.Tensor, nesting: int | None = None) -> dict[str, torch.Tensor]:
+    """The slice of the flat vector ``u`` of each site, shaped: ``u`` is one vector, or (with
+    ``nesting``, the model's plate depth) a batch ``(n, D)`` whose draws go to dim
+    ``-(nesting + 1)`` of each site's batch shape, as under a plate there."""
     out, pos = {}, 0
-    for name, shape in layout:
+    for name, shape, batch_dims in layout:
         size = math.prod(shape)
-        out[name] = u[pos : pos + size].reshape(shape)
+        if nesting is None:
+            out[name] = u[pos : pos + size].reshape(shape)
+        else:
+            pad = [1] * (nesting - batch_dims)
+            out[name] = u[:, pos : pos + size].reshape(len(u), *pad, *shape)
         pos += size
     return out
 
@@ -116,6 +128,31 @@ def evaluate(model: Callable, layout: Layout, u: torch.Tensor, data: Mapping[str
     )
 
 
+def evaluate_draws(
+    model: Callable, layout: Layout, u: torch.Tensor, data: Mapping[str, Any], nesting: int
+) -> tuple:
+    r""":func:`evaluate` at a batch ``u`` of ``n`` flat vectors at once, the model run under a
+    plate of the draws at dim ``-(nesting + 1)`` (for a model that broadcasts): per draw
+    :math:`\log p(x, T(u))` and :math:`\log\lvert\det J_T(u)\rvert`, ``(n,)``, and the latent
+    and deterministic sites' values as the plated run has them (the draws at dim
+    ``-(nesting + 1)`` of their batch shapes; :func:`~ppl_models.vi.traces.per_draw_value`
+    reshapes them)."""
+    n, dim = len(u), -(nesting + 1)
+    handler = _AtUnconstrained(parts(layout, u, nesting))
+    with poutine.block(hide_types=["sample"]), handler:
+        trace = poutine.trace(under_plate(model, DRAWS_PLATE, n, dim)).get_trace(**data)
+    trace.compute_log_prob()
+    log_jacobian = u.new_zeros(n)
+    for value in handler.log_jacobians.values():
+        log_jacobian = log_jacobian + sum_per_draw(value, n, dim)
+    deterministic = {
+        name: site["value"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["infer"].get("_deterministic")
+    }
+    return log_prob_per_draw(trace, n, dim), log_jacobian, handler.values, deterministic
+
+
 def _bounds(support) -> list[torch.Tensor]:
     while hasattr(support, "base_constraint"):
         support = support.base_constraint
@@ -126,20 +163,23 @@ def _bounds(support) -> list[torch.Tensor]:
     ]
 
 
-def dynamic_sites(model: Callable, data: Mapping[str, Any], draws: int = 2) -> list[str]:
-    """The latent sites whose support's bounds change with the values of other latents (two
-    runs on prior draws disagree about them)."""
+def dynamic_sites(
+    model: Callable, data: Mapping[str, Any], dtype: torch.dtype | None = None, draws: int = 2
+) -> list[str]:
+    """The latent sites whose support's bounds change with the values of other latents (runs
+    on two draws of the prior disagree about them)."""
     bounds = []
-    with poutine.block(), torch.no_grad():
-        for _ in range(draws):
-            trace = poutine.trace(model).get_trace(**data)
-            bounds.append(
-                {
-                    name: _bounds(site["fn"].support)
-                    for name, site in trace.nodes.items()
-                    if site["type"] == "sample" and not site["is_observed"]
-                }
-            )
+    for _ in range(draws):
+        trace = prior_trace(model, data, dtype or torch.get_default_dtype())
+        bounds.append(
+            {
+                name: _bounds(site["fn"].support)
+                for name, site in trace.nodes.items()
+                if site["type"] == "sample"
+                and not site["is_observed"]
+                and not site_is_subsample(site)
+            }
+        )
     out = []
     for name, first in bounds[0].items():
         for other in bounds[1:]:

@@ -28,7 +28,8 @@ import torch
 from torch.func import vmap
 
 from ..svi import Objective
-from .unconstrained import evaluate, guide_layout
+from .traces import max_plate_nesting
+from .unconstrained import evaluate, evaluate_draws, guide_layout
 
 
 def split(guide, u: torch.Tensor) -> list[tuple[dict, torch.Tensor]]:
@@ -43,21 +44,28 @@ def split(guide, u: torch.Tensor) -> list[tuple[dict, torch.Tensor]]:
     return out
 
 
+PLATE, VMAP, LOOP = "plate", "vmap", "loop"  # how a batch of draws is evaluated
+
+
 def log_joint_fn(
-    model: Callable, guide, data: Mapping[str, Any], vectorized: bool = True
+    model: Callable, guide, data: Mapping[str, Any], mode: str = VMAP
 ) -> Callable[[torch.Tensor], tuple]:
     r"""``f(u)`` for a batch ``u`` of flat unconstrained vectors ``(n, D)``: the model's
     :math:`\log p(x, T(u))` ``(n,)``, :math:`\log\lvert\det J_T(u)\rvert` ``(n,)``, and dicts
-    of the latent sites' values and of the ``pyro.deterministic`` sites' values, each
-    ``(n, *shape)``: :func:`~ppl_models.vi.unconstrained.evaluate` at each vector, vmapped (or,
-    with ``vectorized=False``, one vector at a time)."""
+    of the latent sites' and of the ``pyro.deterministic`` sites' values, batched over the
+    draws: :func:`~ppl_models.vi.unconstrained.evaluate` at each vector, vmapped (``"vmap"``),
+    one vector at a time (``"loop"``), or under a plate of the draws (``"plate"``,
+    :func:`~ppl_models.vi.unconstrained.evaluate_draws`, for a model that broadcasts)."""
     layout = guide_layout(guide)
+    if mode == PLATE:
+        nesting = max_plate_nesting(guide.prototype_trace)
+        return lambda u: evaluate_draws(model, layout, u, data, nesting)
 
     def single(u):
         point = evaluate(model, layout, u, data)
         return point.log_joint, point.log_jacobian, point.values, point.deterministic
 
-    if not vectorized:
+    if mode == LOOP:
 
         def looped(u: torch.Tensor):
             rows = [single(row) for row in u]
@@ -79,47 +87,46 @@ def log_joint_fn(
     return f
 
 
-def vmap_ok(model: Callable, guide, data: Mapping[str, Any], draws: int = 3) -> bool:
-    """Whether :func:`log_joint_fn` gives, for ``draws`` draws of ``guide``, the log joint that
-    the model gives one draw at a time (relative tolerance 1e-6 in float64, 1e-4 in float32);
-    False when vmapping raises."""
+def evaluation_ok(model: Callable, guide, data: Mapping[str, Any], mode: str, draws=3) -> bool:
+    """Whether :func:`log_joint_fn` in ``mode`` gives, for ``draws`` draws of ``guide``, the
+    log joint that the model gives one draw at a time (relative tolerance 1e-6 in float64, 1e-4
+    in float32); False when the batched evaluation raises."""
     with torch.no_grad():
         u = guide.get_posterior().sample((draws,))
         try:
-            batched, jac, _, _ = log_joint_fn(model, guide, data)(u)
-        except Exception:  # noqa: BLE001 - any failure under vmap means: loop
+            batched, jac, _, _ = log_joint_fn(model, guide, data, mode)(u)
+        except Exception:  # noqa: BLE001 - any failure when batched means: do not batch
             return False
-        layout = guide_layout(guide)
-        looped = []
-        for row in u:
-            point = evaluate(model, layout, row, data)
-            looped.append(point.log_joint + point.log_jacobian)
-    looped = torch.stack(looped)
-    if not bool(torch.isfinite(looped).all()):
+        looped, looped_jac, _, _ = log_joint_fn(model, guide, data, LOOP)(u)
+    if not bool(torch.isfinite(looped).all()) or batched.shape != looped.shape:
         return False
     rtol = 1e-4 if u.dtype == torch.float32 else 1e-6
-    return bool(torch.allclose(batched + jac, looped, rtol=rtol, atol=rtol))
+    return bool(torch.allclose(batched + jac, looped + looped_jac, rtol=rtol, atol=rtol))
+
+
+def vmap_ok(model: Callable, guide, data: Mapping[str, Any], draws: int = 3) -> bool:
+    """:func:`evaluation_ok` with the model vmapped."""
+    return evaluation_ok(model, guide, data, VMAP, draws)
 
 
 class VmappedElbo(Objective):
     r"""The negative ELBO :math:`-\frac1P\sum_p [\ell(u_p) - \log q(u_p)]` of an autoguide
-    over the flat unconstrained vector, with the model vmapped over the ``particles`` draws
-    (module docstring), or evaluated one draw at a time (``vectorized=False``: a model that
-    cannot be vmapped, but whose supports depend on other latents, so that its guide's own
-    fixed transforms would not do). Its parameters are the guide's, those of ``modules`` and
+    over the flat unconstrained vector, the model evaluated at the ``particles`` draws as
+    ``mode`` says (:func:`log_joint_fn`: vmapped for a model that does not broadcast; under a
+    plate or one at a time for a model whose supports depend on other latents, where the guide's
+    own fixed transforms would not do). Its parameters are the guide's, those of ``modules`` and
     the ``pyro.param`` sites the model reads (the model's own, fitted as point estimates)."""
 
-    def __init__(self, model: Callable, guide, particles: int, modules=(), vectorized=True):
+    def __init__(self, model: Callable, guide, particles: int, modules=(), mode: str = VMAP):
         super().__init__(model, guide, None)
         self.guide = guide
         self.model_modules = torch.nn.ModuleList([m for m in modules if m is not guide])
         self._model = (model,)  # a tuple: a PyroModule model must not be registered twice
         self.particles = particles
-        self.vectorized = vectorized
+        self.mode = mode
 
     def loss(self, **data) -> torch.Tensor:
         posterior = self.guide.get_posterior()
         u = posterior.rsample((self.particles,))
-        f = log_joint_fn(self._model[0], self.guide, data, self.vectorized)
-        log_joint, log_jacobian, _, _ = f(u)
+        log_joint, log_jacobian, _, _ = log_joint_fn(self._model[0], self.guide, data, self.mode)(u)
         return -(log_joint + log_jacobian - posterior.log_prob(u)).mean()
