@@ -251,12 +251,12 @@ def fit_svi(
         )
         initial = [copy.deepcopy(m.state_dict()) for m in modules]
         fit = _fit_once(problem, settings)
-        collapsed = _collapsed(fit)
-        if collapsed:  # a MAP start whose fit ran a bounded site to its bound: try Pyro's start
+        doubt = _doubt(fit)
+        if doubt:  # a MAP start whose fit collapsed or did not converge: try Pyro's start
             trained = [copy.deepcopy(m.state_dict()) for m in modules]
             _load(modules, initial)
             retry = _fit_once(problem, settings.replace(init="prior"))
-            fit = _better_of(fit, retry, collapsed)
+            fit = _better_of(fit, retry, doubt)
             if fit is not retry:
                 _load(modules, trained)
         _note_point_estimates(fit)
@@ -385,40 +385,65 @@ def _unique(params: list) -> list:
     return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
 
-def _collapsed(fit: SviFit) -> list[tuple[str, str]]:
-    """The bounded coordinates whose fitted location lies more than e^5 times nearer their bound
-    than the feasible point the MAP search began from (more than 5 outwards in the unconstrained
-    space), as a group scale collapses to zero in a funnel's neck; empty unless the fit began
-    at a MAP (otherwise it began at Pyro's start already, and there is nothing else to try)."""
+@dataclass(frozen=True)
+class _Doubt:
+    """Why a fit from a MAP start is fitted again from Pyro's start: the bounded coordinates
+    it ran towards their bounds, or its failure to converge."""
+
+    collapsed: list[tuple[str, str]]
+    converged: bool
+
+    def words(self) -> str:
+        if self.collapsed:
+            names = ", ".join(n for n, _ in self.collapsed[:4])
+            more = " ..." if len(self.collapsed) > 4 else ""
+            their = "its" if len(self.collapsed) == 1 else "their"
+            return (
+                f"ran {names}{more} towards {their} bound (a collapsing scale, as in a "
+                "funnel's neck)"
+            )
+        return (
+            "did not meet its convergence rule (the Laplace approximation at the mode was a "
+            "poor start, as at the mode of a funnel's neck)"
+        )
+
+
+def _doubt(fit: SviFit) -> _Doubt | None:
+    """A reason to doubt a fit that began at a MAP, or None: the bounded coordinates whose
+    fitted location lies more than e^5 times nearer their bound than the feasible point the MAP
+    search began from (more than 5 outwards in the unconstrained space), as a group scale
+    collapses to zero in a funnel's neck, or a convergence rule that failed. Fits from other
+    starts began at Pyro's start already: there is nothing else to try."""
     start = getattr(fit.guide, "start", None)
     if start is None or start.method != "laplace":
-        return []
+        return None
     origin = start.origin if start.origin is not None else start.loc
     loc = fit.guide.unconstrained_mean().to(origin)
-    return ran_to_boundary(origin, loc, fit.guide.coordinates())
+    collapsed = ran_to_boundary(origin, loc, fit.guide.coordinates())
+    if collapsed or not fit.converged:
+        return _Doubt(collapsed, fit.converged)
+    return None
 
 
-def _better_of(first: SviFit, retry: SviFit, collapsed: list[tuple[str, str]]) -> SviFit:
+def _better_of(first: SviFit, retry: SviFit, doubt: _Doubt) -> SviFit:
     """The fit with the higher final ELBO (estimated from the same number of guide draws, with
     its standard error), with a note on both."""
     elbos = [final_elbo(f) for f in (first, retry)]
     keep = 1 if elbos[1][0] > elbos[0][0] else 0
-    names = ", ".join(name for name, _ in collapsed[:4]) + (" ..." if len(collapsed) > 4 else "")
     (m0, se0), (m1, se1) = elbos
     words = "the refit" if keep else "the fit from the MAP start"
-    their = "its" if len(collapsed) == 1 else "their"
     note = (
-        f"The fit from the MAP start ran {names} towards {their} bound (a collapsing scale, "
-        "as in a funnel's neck), so the guide was fitted again from Pyro's start (the prior's "
-        f"mean or median, scale {PYRO_INIT_SCALE:g}). Final ELBOs ({FINAL_ELBO_DRAWS} draws "
-        f"each): MAP start {m0:.6g} ± {se0:.2g}, Pyro's start {m1:.6g} ± {se1:.2g}; {words} "
-        "is kept."
+        f"The fit from the MAP start {doubt.words()}, so the guide was fitted again from "
+        f"Pyro's start (the prior's mean or median, scale {PYRO_INIT_SCALE:g}). Final ELBOs "
+        f"({FINAL_ELBO_DRAWS} draws each): MAP start {m0:.6g} ± {se0:.2g}, Pyro's start "
+        f"{m1:.6g} ± {se1:.2g}; {words} is kept."
     )
     kept = retry if keep else first
     kept.notes = [note, *kept.notes]
     kept.init_seconds = first.init_seconds + (retry.init_seconds if keep else 0.0)
     kept.extras["restart"] = {
-        "collapsed": [name for name, _ in collapsed],
+        "collapsed": [name for name, _ in doubt.collapsed],
+        "converged_from_map": doubt.converged,
         "elbo_map_start": [m0, se0],
         "elbo_pyro_start": [m1, se1],
         "kept": "pyro-start" if keep else "map-start",
