@@ -11,8 +11,8 @@ whose model is kept: ``config_enumerate``, Categorical assignments in the data p
 ``locs[assignment]`` indexing. Changes: 60 simulated points (``SIMULATED_FROM``, seed 0) instead
 of the tutorial's five, and each component's location prior has its own centre
 (``LOC_PRIOR``). With the tutorial's exchangeable prior the posterior has two mirror-image modes
-(label switching), which no reference chain and no Gaussian guide can represent; the distinct
-centres leave the mirror mode about e^-14 of the mass.
+(label switching), between which NUTS chains do not cross and which a Gaussian guide cannot
+represent; with the distinct centres, the density at the mirror mode is e^-15 of the peak.
 
 Truth: NUTS reference draws (``REFERENCE``; ``runs/references/make_references.py --only
 gmm_enum``), run on a NumPyro twin of this model that sums the assignments out by hand
