@@ -16,7 +16,7 @@ import pytest
 from ppl_models import cli
 from ppl_models.bench import adversarial, posteriors
 from ppl_models.bench.adversarial import ACCURATE, BETWEEN, OFF, Errors, classify, measure
-from ppl_models.bench.verdict import TRUSTWORTHY, rates, rule_of, run_case
+from ppl_models.bench.verdict import TRUSTWORTHY, deciding_rule, rates, rule_of, run_case
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "runs"
 DRAWS = 20_000  # the benchmark's default: the promise is kept at the draws users get
@@ -121,6 +121,7 @@ def test_rates_count_trustworthy_among_off_and_among_accurate():
     }
     assert (r["acceptance"]["rate"], r["acceptance"]["cases"]) == (0.5, ["d"])
     assert r["between"] == 1
+    assert r["accurate_rejected_by"] == {"other": 1}  # the records name no rule
     assert r["targets_met"] == {"false_reassurance": False, "acceptance": False}
 
 
@@ -130,6 +131,11 @@ def test_the_rule_labels_read_the_verdicts_first_reason():
     assert rule_of("Where q puts mass, its own draws certify it: k-hat = 0.1") == "self-certified"
     assert rule_of("something new") == "other"
     assert rule_of(None) == "other"
+    agrees = "All 3 compared elements are within their bands: the largest ..."
+    noisy = "The measured errors of mu[8] exceed 0.1 sd (means) ... within the Monte Carlo error"
+    assert deciding_rule(TRUSTWORTHY, [agrees]) == ("reference agrees", agrees)
+    # a reference agrees, but a later check withholds the certificate: that check decided
+    assert deciding_rule("means-only", [agrees, noisy]) == ("reference too noisy", noisy)
 
 
 def test_the_benchmark_runs_end_to_end_and_writes_bench_json(tmp_path, capsys):

@@ -596,7 +596,7 @@ def _registry_fit(name: str, guide: str | None = None, seed: int = 0, **settings
         (p,) = select(name)
         model, data = p.build(scripts)
         truth = p.truth(scripts)
-        reference = _posteriordb_reference(name)
+        reference = _registry_reference(name, scripts)
         return Built(_fit(model, guide or p.guide, data, seed, **settings), truth, None, reference)
 
     return build
@@ -610,11 +610,16 @@ POSTERIORDB = {
 }
 
 
-def _posteriordb_reference(name: str):
-    if name in POSTERIORDB:
-        from ..vi.references import load_reference
+def _registry_reference(name: str, scripts: Path):
+    """The reference draws a registry posterior's truth comes from, or exact draws of it
+    (None where its truth is a quadrature)."""
+    from ..vi.references import load_reference
 
+    if name in POSTERIORDB:
         return lambda: load_reference(f"posteriordb:{POSTERIORDB[name]}")
+    if name == "hierarchical_logistic":
+        path = Path(scripts) / "references" / "hierarchical_logistic_J100.json.zip"
+        return lambda: load_reference(path)
     if name == "neals_funnel":
 
         def funnel():
@@ -1034,6 +1039,9 @@ CASES = (
     Case("sblri_mvn", "posteriordb", "fit auto-mvn", "sblri-blr; posteriordb reference draws",
          _registry_fit("sblri_blr")),
     # high dimension, discrete latents, minibatches
+    Case("hierarchical_logistic", "high-dim", "fit auto-normal",
+         "runs/hierarchical_logistic.py, 100 groups (103 elements); NumPyro NUTS reference",
+         _registry_fit("hierarchical_logistic")),
     Case("normal_means_d50_fit", "high-dim", "fit auto-normal",
          "50 normal means; closed form", _normal_means_fit(D_HIGH)),
     Case("mixture_enumerated", "discrete", "fit auto-normal",

@@ -11,8 +11,9 @@ draws of its truth where it has them. Its actual errors against the truth class 
 - **acceptance**: the share of ``accurate`` cases called ``trustworthy`` (target at least 80%).
 
 Per case it prints the class, the largest mean error (in truth sds), the range of the sd
-ratios, k-hat, the verdict and the rule that spoke first (a label read from the verdict's first
-reason); ``bench.json`` keeps every reason.
+ratios, k-hat, the verdict and the rule that decided it (a label read from the verdict's
+sentences: the first, or for a verdict short of ``trustworthy`` the first that does not
+certify); ``bench.json`` keeps every reason.
 """
 
 from __future__ import annotations
@@ -51,12 +52,26 @@ RULES = (
 )
 
 
+POSITIVE = ("self-certified", "reference agrees")  # labels of sentences that certify
+
+
 def rule_of(reason: str | None) -> str:
-    """A short label for the rule behind a verdict's first reason (``other`` if unknown)."""
+    """A short label for the rule behind a verdict's reason (``other`` if unknown)."""
     for pattern, label in RULES:
         if reason and re.search(pattern, reason):
             return label
     return "other"
+
+
+def deciding_rule(verdict: str, reasons: list[str]) -> tuple[str, str | None]:
+    """The rule that decided a verdict and its sentence: the first reason, or, for a verdict
+    short of ``trustworthy``, the first reason that does not certify (a reference may agree
+    while a later check withholds the certificate)."""
+    labels = [rule_of(r) for r in reasons]
+    for label, reason in zip(labels, reasons, strict=True):
+        if verdict == TRUSTWORTHY or label not in POSITIVE:
+            return label, reason
+    return (labels[0], reasons[0]) if reasons else ("other", None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +145,7 @@ def run_case(case, *, scripts: Path, draws: int, seed: int, with_reference: bool
     q = built.q_moments if built.q_moments is not None else q_moments_of(summary)
     errors = measure(q, built.truth)
     reasons = list(summary["verdict_reasons"])
+    rule, deciding = deciding_rule(summary["verdict"], reasons)
     record = {
         "case": case.name,
         "kind": case.kind,
@@ -152,7 +168,8 @@ def run_case(case, *, scripts: Path, draws: int, seed: int, with_reference: bool
         "d2": summary["d2"],
         "converged": summary["converged"],
         "verdict": summary["verdict"],
-        "rule": rule_of(reasons[0] if reasons else None),
+        "rule": rule,
+        "deciding_reason": deciding,
         "first_reason": reasons[0] if reasons else None,
         "reasons": reasons,
         "build_seconds": built_seconds,
@@ -164,10 +181,12 @@ def run_case(case, *, scripts: Path, draws: int, seed: int, with_reference: bool
         start = time.perf_counter()
         s = diagnose(built.fit, reference, draws=draws, seed=seed, progress=False).summary
         reasons = list(s["verdict_reasons"])
+        rule, deciding = deciding_rule(s["verdict"], reasons)
         record["with_reference"] = {
             "reference": s["reference"],
             "verdict": s["verdict"],
-            "rule": rule_of(reasons[0] if reasons else None),
+            "rule": rule,
+            "deciding_reason": deciding,
             "first_reason": reasons[0] if reasons else None,
             "reasons": reasons,
             "seconds": time.perf_counter() - start,
@@ -175,10 +194,15 @@ def run_case(case, *, scripts: Path, draws: int, seed: int, with_reference: bool
     return record
 
 
-def rates(records: list[dict], verdict_of=lambda r: r["verdict"]) -> dict:
+def rates(
+    records: list[dict],
+    verdict_of=lambda r: r["verdict"],
+    rule_of_record=lambda r: r.get("rule", "other"),
+) -> dict:
     """False reassurance (``trustworthy`` among ``off``) and acceptance (``trustworthy`` among
-    ``accurate``), with counts and the cases behind them; ``verdict_of`` reads a record's
-    verdict (None: the record is left out)."""
+    ``accurate``), with counts, the cases behind them, and how many accurate cases each rule
+    rejects; ``verdict_of`` and ``rule_of_record`` read a record's verdict (None: the record
+    is left out) and deciding rule."""
     judged = [r for r in records if verdict_of(r) is not None]
 
     def share(cls: str) -> dict:
@@ -192,10 +216,16 @@ def rates(records: list[dict], verdict_of=lambda r: r["verdict"]) -> dict:
         }
 
     false, accept = share("off"), share("accurate")
+    rejected = [r for r in judged if r["class"] == "accurate" and verdict_of(r) != TRUSTWORTHY]
+    by_rule: dict[str, int] = {}
+    for r in rejected:
+        rule = rule_of_record(r)
+        by_rule[rule] = by_rule.get(rule, 0) + 1
     return {
         "false_reassurance": {**false, "target": TARGET_FALSE_REASSURANCE},
         "acceptance": {**accept, "target": TARGET_ACCEPTANCE},
         "between": sum(r["class"] == "between" for r in judged),
+        "accurate_rejected_by": dict(sorted(by_rule.items(), key=lambda kv: -kv[1])),
         # "cases": the off cases called trustworthy; the accurate cases not called trustworthy
         "targets_met": {
             "false_reassurance": false["trustworthy"] == 0,
@@ -267,6 +297,7 @@ def main(args: argparse.Namespace) -> int:
         "rates_with_reference": rates(
             records,
             lambda r: None if r["with_reference"] is None else r["with_reference"]["verdict"],
+            lambda r: r["with_reference"]["rule"],
         )
         if args.with_reference
         else None,
@@ -292,7 +323,7 @@ COLUMNS = (
     ("sd ratios", 14),
     ("k-hat", 7),
     ("verdict", 17),
-    ("first rule", 0),
+    ("deciding rule", 0),
 )
 
 
@@ -346,9 +377,9 @@ def print_table(result: dict) -> None:
         r for r in result["cases"] if r["class"] == "accurate" and r["verdict"] != TRUSTWORTHY
     ]
     if rejected:
-        print("accurate cases not called trustworthy (first reason):")
+        print("accurate cases not called trustworthy (the deciding reason):")
         for r in rejected:
-            print(f"  {r['case']} [{r['verdict']}, k-hat {r['khat_text']}]: {r['first_reason']}")
+            print(f"  {r['case']} [{r['verdict']}, k-hat {r['khat_text']}]: {r['deciding_reason']}")
     false = [r for r in result["cases"] if r["class"] == "off" and r["verdict"] == TRUSTWORTHY]
     for r in false:
         print(
@@ -367,6 +398,7 @@ def _print_rates(title: str, rates_: dict) -> None:
         return "—" if x is None else f"{100 * x:.0f}%"
 
     met = rates_["targets_met"]
+    by_rule = ", ".join(f"{rule} {n}" for rule, n in rates_["accurate_rejected_by"].items())
     print(
         f"{title}: false reassurance {false['trustworthy']}/{false['of']} off cases "
         f"({pct(false['rate'])}; target 0: {'met' if met['false_reassurance'] else 'MISSED'}); "
@@ -374,3 +406,5 @@ def _print_rates(title: str, rates_: dict) -> None:
         f"({pct(accept['rate'])}; target >= {100 * TARGET_ACCEPTANCE:.0f}%: "
         f"{'met' if met['acceptance'] else 'missed'}); {rates_['between']} between"
     )
+    if by_rule:
+        print(f"  accurate cases rejected, by deciding rule: {by_rule}")
