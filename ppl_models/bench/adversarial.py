@@ -868,6 +868,8 @@ def mixture_model(x):
 
 
 def mixture_data(n: int = 30, seed: int = 0) -> np.ndarray:
+    """``n`` draws of the mixture at mu = 1.5: +-1.5 (with probability 0.7 and 0.3) plus N(0, 1)
+    noise."""
     rng = np.random.default_rng(seed)
     return np.where(rng.random(n) < 0.7, 1.5, -1.5) + rng.normal(size=n)
 
