@@ -54,6 +54,8 @@ def compare(
     kinds: dict[str, str],
     psis: WeightedMoments | None,
     reference: Reference | None,
+    q_moments: tuple[np.ndarray, np.ndarray] | None = None,
+    draws: int | None = None,
 ) -> list[dict]:
     """One entry per scalar element, in site order.
 
@@ -67,6 +69,11 @@ def compare(
         PSIS-corrected moments of the flattened elements, in the same order (or None).
     reference
         Matched reference (:func:`ppl_models.vi.references.match_sites`) or None.
+    q_moments, draws
+        q's mean and sd of every element from all :math:`S` = ``draws`` draws, where
+        ``values`` keeps only some of them (:mod:`ppl_models.vi.precision`); the HDI, ESS and
+        the distances to the reference then come from the kept draws (``ks_draws`` says how
+        many).
 
     Returns
     -------
@@ -82,8 +89,9 @@ def compare(
     for site, arr in values.items():
         for name in element_names(site, arr.shape[1:]):
             site_of[name] = site
-    n = len(next(iter(elements.values()))) if elements else 0
-    m = min(n, SUMMARY_DRAWS) // SUMMARY_CHAINS * SUMMARY_CHAINS
+    kept = len(next(iter(elements.values()))) if elements else 0
+    n = draws or kept
+    m = min(kept, SUMMARY_DRAWS) // SUMMARY_CHAINS * SUMMARY_CHAINS
     summaries = diagnostics.summarize_draws(
         {k: v[:m].reshape(SUMMARY_CHAINS, -1) for k, v in elements.items()}
     )
@@ -92,8 +100,11 @@ def compare(
         ref_elements = flatten_sites(reference.draws, lead=2)
         ref_summaries = diagnostics.summarize_draws(ref_elements)
     rows = []
-    for j, (name, draws) in enumerate(elements.items()):
-        mean, sd = float(np.mean(draws)), float(np.std(draws))
+    for j, (name, draws_j) in enumerate(elements.items()):
+        if q_moments is None:
+            mean, sd = float(np.mean(draws_j)), float(np.std(draws_j))
+        else:
+            mean, sd = float(q_moments[0][j]), float(q_moments[1][j])
         s = summaries[name]
         row = {
             "name": name,
@@ -120,6 +131,7 @@ def compare(
             "sd_ratio": None,
             "w1_over_sd": None,
             "ks": None,
+            "ks_draws": None,
         }
         if name in ref_elements:
             ref = ref_elements[name]
@@ -134,13 +146,14 @@ def compare(
                 ref_mcse_sd=_finite(rs["mcse_sd"]),
                 ref_ess=min(ess) if ess else None,
                 ref_r_hat=_finite(rs["r_hat"]),
-                ks=float(stats.ks_2samp(draws, flat_ref).statistic),
+                ks=float(stats.ks_2samp(draws_j, flat_ref).statistic),
+                ks_draws=kept,
             )
             if ref_sd > 0:
                 row.update(
                     std_mean_error=(mean - ref_mean) / ref_sd,
                     sd_ratio=sd / ref_sd,
-                    w1_over_sd=float(stats.wasserstein_distance(draws, flat_ref)) / ref_sd,
+                    w1_over_sd=float(stats.wasserstein_distance(draws_j, flat_ref)) / ref_sd,
                 )
         rows.append(row)
     return rows

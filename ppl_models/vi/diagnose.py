@@ -21,10 +21,11 @@ import numpy as np
 from .. import diagnostics
 from ..svi import default_dtype
 from . import bounds as vb
-from .compare import compare, flatten_sites
+from .compare import SUMMARY_DRAWS, compare
 from .enumeration import enumerated
-from .logweights import LogWeights, discrete_conditionals, draw_log_weights, element_names
+from .logweights import LogWeights, discrete_conditionals, element_names
 from .modes import search_modes
+from .precision import draw_by_precision
 from .references import Reference, load_reference, match_sites, nuts_reference
 from .settings import DiagnosisSettings
 from .verdict import VerdictRules, decide
@@ -201,6 +202,8 @@ def diagnose(
     progress: bool = True,
     rules: VerdictRules | None = None,
     nuts: dict | None = None,
+    min_draws: int = DiagnosisSettings.min_draws,
+    precision: float = DiagnosisSettings.precision,
     loop_draws: int = DiagnosisSettings.loop_draws,
     mode_starts: int = DiagnosisSettings.mode_starts,
     context=None,
@@ -218,9 +221,11 @@ def diagnose(
         path for :func:`~ppl_models.vi.references.load_reference`, or ``"nuts"`` (Pyro's NUTS on
         the model, with keyword arguments ``nuts`` for
         :func:`~ppl_models.vi.references.nuts_reference`).
-    draws
-        :math:`S`, guide draws for every statistic (a model that cannot be vectorized gets
-        ``min(draws, loop_draws)`` draws made one by one, which the notes say).
+    draws, min_draws, precision
+        The most guide draws :math:`S` for every statistic, the draws of the first round, and
+        the Monte Carlo allowance at which the draws are enough: the draws double in rounds
+        until the verdict's quantities are resolved (:mod:`ppl_models.vi.precision`; a model
+        that cannot be vectorized gets at most ``loop_draws``, made one by one).
     chunk
         Draws per vectorized chunk (default: memory-bounded).
     seed
@@ -258,6 +263,8 @@ def diagnose(
             rules=rules,
             nuts=nuts,
             loop_draws=loop_draws,
+            min_draws=min_draws,
+            precision=precision,
             mode_starts=mode_starts,
             context=context,
         )
@@ -273,26 +280,30 @@ def _diagnosis(
     progress: bool = True,
     rules: VerdictRules | None = None,
     nuts: dict | None = None,
+    min_draws: int = DiagnosisSettings.min_draws,
+    precision: float = DiagnosisSettings.precision,
     loop_draws: int = DiagnosisSettings.loop_draws,
     mode_starts: int = DiagnosisSettings.mode_starts,
     context=None,
 ) -> Diagnosis | None:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    lw = draw_log_weights(
+    lw = draw_by_precision(
         fit.model,
         fit.guide,
         fit.data,
         draws=draws,
+        min_draws=min(min_draws, draws),
+        precision=precision,
+        loop_draws=loop_draws,
+        context=context,
+        seed=seed,
         vectorized=bool(getattr(fit, "vectorized", True)),
         unconstrained=unconstrained_mode(fit),
         discrete=getattr(fit, "discrete", None),
         max_plate_nesting=int(getattr(fit, "max_plate_nesting", 1) or 0),
-        loop_draws=loop_draws,
         chunk=chunk,
-        seed=seed,
         device=getattr(fit, "device", None),
-        context=context,
     )
     if lw is None:  # a rank other than 0: its draws went to rank 0
         return None
@@ -318,16 +329,14 @@ def _diagnosis(
     coords, joint = _coordinates(lw, d2)
     if ref is not None:
         _measured_unconstrained_errors(coords, lw, ref)
-    elements = flatten_sites(lw.values)
-    matrix = np.stack(list(elements.values()), axis=1) if elements else np.zeros((s, 0))
-    psis = vb.weighted_moments(matrix, smoothed)
+    psis = lw.moments.psis_moments(smoothed)
     timings["weights_and_bounds"] = time.perf_counter() - t
 
     t = time.perf_counter()
     kinds = {k: "latent" for k in lw.latent_sites} | {
         k: "deterministic" for k in lw.deterministic_sites
     }
-    rows = compare(lw.values, kinds, psis, ref)
+    rows = compare(lw.values, kinds, psis, ref, lw.moments.q_moments(), s)
     timings["compare"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -387,10 +396,12 @@ def _diagnosis(
                 else ""
             )
         )
+    kept = lw.values_draws
     notes.append(
-        "Summaries use all draws; the HDI and ESS columns come from at most 20,000 of them, "
-        f"and posterior.nc keeps {min(s, POSTERIOR_DRAWS):,} draws (sample_stats keeps the log "
-        f"densities of all {s:,})."
+        f"{lw.draws_reason} Means, sds and every importance-sampling quantity use all {s:,} "
+        f"draws; the HDI, ESS and distances to a reference use the first "
+        f"{min(kept, SUMMARY_DRAWS):,}, and posterior.nc keeps {min(kept, POSTERIOR_DRAWS):,} "
+        f"draws with their log densities (the group importance holds those of all {s:,})."
     )
     if khat == -math.inf:
         notes.append(
@@ -450,6 +461,8 @@ def _diagnosis(
         "convergence_rule": convergence.get("rule"),
         "draws": s,
         "draws_requested": draws,
+        "draws_kept": kept,
+        "draws_reason": lw.draws_reason,
         "vectorized": lw.vectorized,
         "seed": seed,
         "latent_sites": lw.latent_sites,
@@ -467,22 +480,25 @@ def _diagnosis(
 
 
 def _inference_data(lw: LogWeights, ref: Reference | None, marginals: dict | None = None):
-    s = lw.draws
-    keep = min(s, POSTERIOR_DRAWS) // POSTERIOR_CHAINS * POSTERIOR_CHAINS
-    per = keep // POSTERIOR_CHAINS
-    n_stats = s // POSTERIOR_CHAINS * POSTERIOR_CHAINS
-    # posterior[c, d] is draw c * (S / 4) + d, the same draw as sample_stats[c, d]
+    kept = lw.values_draws
+    keep = min(kept, POSTERIOR_DRAWS) // POSTERIOR_CHAINS * POSTERIOR_CHAINS
+    # posterior[c, d] is kept draw c * (keep / 4) + d, the same draw as sample_stats[c, d]
     posterior = {
-        name: v[:n_stats].reshape(POSTERIOR_CHAINS, -1, *v.shape[1:])[:, :per]
-        for name, v in lw.values.items()
+        name: v[:keep].reshape(POSTERIOR_CHAINS, -1, *v.shape[1:]) for name, v in lw.values.items()
     }
     stats = {
-        "log_joint": lw.log_joint[:n_stats].reshape(POSTERIOR_CHAINS, -1),
-        "log_q": lw.log_q[:n_stats].reshape(POSTERIOR_CHAINS, -1),
+        "log_joint": lw.log_joint[:keep].reshape(POSTERIOR_CHAINS, -1),
+        "log_q": lw.log_q[:keep].reshape(POSTERIOR_CHAINS, -1),
+    }
+    n_all = lw.draws // POSTERIOR_CHAINS * POSTERIOR_CHAINS  # every draw's log densities
+    importance = {
+        "log_joint": lw.log_joint[:n_all].reshape(POSTERIOR_CHAINS, -1),
+        "log_q": lw.log_q[:n_all].reshape(POSTERIOR_CHAINS, -1),
     }
     return diagnostics.from_dict(
         posterior=posterior,
         sample_stats=stats,
+        importance=importance,
         reference_posterior=None if ref is None else dict(ref.draws),
         # each discrete site's posterior marginal p(k | x): (1, 1, *plate_shape, support)
         discrete_marginals=None

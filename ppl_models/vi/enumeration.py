@@ -300,15 +300,16 @@ def conditional_marginals(
     discrete: Discrete,
     *,
     max_plate_nesting: int,
-    draw_plate: str,
-    draws: int,
+    draw_plate: str | None = None,
+    draws: int = 1,
 ) -> dict[str, torch.Tensor]:
     r"""For each discrete site, :math:`p(k \mid x, z_s)` for each of ``draws`` draws of the
-    continuous sites under ``draw_plate``: ``(draws, *site_batch_shape, support)``."""
-    depth = max_plate_nesting + 1
+    continuous sites under ``draw_plate`` (or, without one, at the one point of
+    ``values_trace``): ``(draws, *site_batch_shape, support)``."""
+    depth = max_plate_nesting + (1 if draw_plate else 0)
     trace = _enumerated_trace(model, values_trace, data, -(depth + 1))
     _, factors, enum_dims, _ = _factors(trace)
-    draw_symbol = trace.plate_to_symbol[draw_plate]
+    draw_target = {trace.plate_to_symbol[draw_plate]} if draw_plate else set()
     out = {}
     with shared_intermediates() as cache:
         ring = LogRing(cache=cache, dim_to_size=_sizes(trace))
@@ -318,25 +319,29 @@ def conditional_marginals(
             logits = contract_to_tensor(
                 factors,
                 enum_dims,
-                target_ordinal=_ordinal(trace, site) | {draw_symbol},
+                target_ordinal=_ordinal(trace, site) | draw_target,
                 target_dims={symbol},
                 ring=ring,
             )
             logits = packed.unpack(logits, trace.symbol_to_dim)
             out[name] = _per_draw_probabilities(
-                logits, site, max_plate_nesting, draws, site["infer"]["_enumerate_dim"]
+                logits, site, max_plate_nesting, draws, site["infer"]["_enumerate_dim"], draw_plate
             )
     return out
 
 
-def _per_draw_probabilities(logits, site, max_plate_nesting: int, draws: int, enum_dim: int):
+def _per_draw_probabilities(
+    logits, site, max_plate_nesting: int, draws: int, enum_dim: int, plated=True
+):
     """Unpacked logits of one discrete site (its support at ``enum_dim``, the draws at
-    ``-(max_plate_nesting + 1)``, its plates to the right) as probabilities
+    ``-(max_plate_nesting + 1)`` when ``plated``, its plates to the right) as probabilities
     ``(draws, *plate_shape, support)``."""
     depth = max_plate_nesting + 2  # the support, the draws, the plates
     while logits.dim() < -enum_dim:
         logits = logits.unsqueeze(0)
     logits = logits.movedim(enum_dim, -1)  # support last; draws now at -depth
+    if not plated:  # one point: a draws dim of size one
+        logits = logits.unsqueeze(-depth)
     while logits.dim() < depth:
         logits = logits.unsqueeze(0)
     logits = (

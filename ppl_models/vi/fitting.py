@@ -255,7 +255,7 @@ def fit_svi(
         if doubt:  # a MAP start whose fit collapsed or did not converge: try Pyro's start
             trained = [copy.deepcopy(m.state_dict()) for m in modules]
             _load(modules, initial)
-            retry = _fit_once(problem, settings.replace(init="prior"))
+            retry = _fit_once(_refitting(problem), settings.replace(init="prior"))
             fit = _better_of(fit, retry, doubt)
             if fit is not retry:
                 _load(modules, trained)
@@ -286,6 +286,17 @@ class _Problem:
     def fit_model(self) -> Callable:
         """The model the ELBO sees: its discrete sites marked for enumeration."""
         return enumerated(self.model, self.discrete) if self.discrete else self.model
+
+
+def _refitting(problem: _Problem) -> _Problem:
+    """The problem of the refit from Pyro's start: its logged records say ``restart``."""
+    on_log = problem.hooks.on_log
+    if on_log is None:
+        return problem
+    hooks = dataclasses.replace(
+        problem.hooks, on_log=lambda record: on_log(record | {"restart": True})
+    )
+    return dataclasses.replace(problem, hooks=hooks)
 
 
 def _load(modules: list, states: list) -> None:
@@ -420,7 +431,8 @@ def _doubt(fit: SviFit) -> _Doubt | None:
     origin = start.origin if start.origin is not None else start.loc
     loc = fit.guide.unconstrained_mean().to(origin)
     collapsed = ran_to_boundary(origin, loc, fit.guide.coordinates())
-    if collapsed or not fit.converged:
+    assessed = len(fit.convergence.get("window_means", ())) >= 2  # a rule that could not be
+    if collapsed or (assessed and not fit.converged):  # applied (too few steps) accuses nothing
         return _Doubt(collapsed, fit.converged)
     return None
 

@@ -20,10 +20,12 @@ fewer draws.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,6 +75,12 @@ class LogWeights:
         Latent site -> that bijection (``torch.distributions.Transform``) as of the first draw.
     notes
         Sentences for the report (a loop fallback, a reduced number of draws).
+    moments
+        Where only some draws are kept whole (:mod:`ppl_models.vi.precision`): the
+        :class:`~ppl_models.vi.stream.MomentStream` of all of them, whose log densities
+        ``log_joint`` and ``log_q`` hold; ``values`` and ``unconstrained`` hold the kept ones.
+    draws_reason
+        Why :math:`S` is what it is, in words (:mod:`ppl_models.vi.precision`).
     """
 
     log_joint: np.ndarray
@@ -86,11 +94,19 @@ class LogWeights:
     transforms: dict[str, str] = field(default_factory=dict)
     bijections: dict = field(default_factory=dict, repr=False)
     notes: list[str] = field(default_factory=list)
+    moments: Any = field(default=None, repr=False)
+    draws_reason: str = ""
 
     @property
     def log_weights(self) -> np.ndarray:
         r""":math:`\log w_s = \log p(x, z_s) - \log q(z_s)`."""
         return self.log_joint - self.log_q
+
+    @property
+    def values_draws(self) -> int:
+        """The draws kept whole in :attr:`values` (all of them unless some were streamed)."""
+        first = next(iter(self.values.values()), None)
+        return len(first) if first is not None else self.draws
 
     @property
     def draws(self) -> int:
@@ -312,26 +328,31 @@ def discrete_conditionals(
     does not broadcast is run one draw at a time."""
     nesting = discrete.max_plate_nesting
     dim = -(nesting + 1)
+    model = enumerated(model, discrete)  # the marginal functions below enumerate it
     log_w, probs = [], []
     with local_params(), torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(seed)
-        chunks = [draws] if vectorized else [1] * draws
-        for n in chunks:
-            guide_trace = poutine.trace(under_plate(guide, DRAW_PLATE, n, dim)).get_trace(**data)
+        for n in [draws] if vectorized else [1] * draws:
+            plate = DRAW_PLATE if vectorized else None  # a model that does not broadcast: none
+            guide_at = under_plate(guide, DRAW_PLATE, n, dim) if vectorized else guide
+            model_at = under_plate(model, DRAW_PLATE, n, dim) if vectorized else model
+            guide_trace = poutine.trace(guide_at).get_trace(**data)
             guide_trace.compute_log_prob()
-            plated = under_plate(enumerated(model, discrete), DRAW_PLATE, n, dim)
             log_joint = marginal_log_joint(
-                plated, guide_trace, data, max_plate_nesting=nesting, draw_plate=DRAW_PLATE, draws=n
+                model_at, guide_trace, data, max_plate_nesting=nesting, draw_plate=plate, draws=n
             )
-            log_w.append(log_joint - log_prob_per_draw(guide_trace, n, dim))
+            log_q = (
+                log_prob_per_draw(guide_trace, n, dim) if vectorized else guide_trace.log_prob_sum()
+            )
+            log_w.append((log_joint - log_q).reshape(n))
             probs.append(
                 conditional_marginals(
-                    plated,
+                    model_at,
                     guide_trace,
                     data,
                     discrete,
                     max_plate_nesting=nesting,
-                    draw_plate=DRAW_PLATE,
+                    draw_plate=plate,
                     draws=n,
                 )
             )
@@ -343,6 +364,119 @@ def discrete_conditionals(
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
+
+
+class Drawer:
+    """Makes guide draws with their log densities, a chunk at a time, without touching the
+    caller's random state: the context of :func:`draw_log_weights` (whose parameters it takes),
+    for callers that consume the draws as they come (:mod:`ppl_models.vi.precision`)."""
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        data: dict,
+        *,
+        vectorized: bool = True,
+        unconstrained: str | None = None,
+        max_plate_nesting: int = 1,
+        discrete: Discrete | None = None,
+        chunk: int | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ):
+        self.model, self.guide, self.data = model, guide, data
+        self.vectorized, self.unconstrained = vectorized, unconstrained
+        self.nesting, self.discrete = max_plate_nesting, discrete
+        self._chunk, self._seed = chunk, seed
+        self._devices = []
+        if device is not None and torch.device(device).type == "cuda":
+            self._devices = [torch.device(device)]
+        self._stack = contextlib.ExitStack()
+        self.sites: list[_Site] = []
+        self.size = 1
+        self.dropped = 0
+
+    def __enter__(self) -> Drawer:
+        stack = self._stack
+        stack.enter_context(local_params())
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(torch.random.fork_rng(devices=self._devices))
+        torch.manual_seed(self._seed)
+        model_trace, guide_trace = _traces(self.model, self.guide, self.data)
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        self.sites = _model_sites(model_trace, skip=self.discrete.sites if self.discrete else ())
+        self.size = _chunk_size(model_trace, guide_trace, self._chunk) if self.vectorized else 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @property
+    def latent_sites(self) -> list[str]:
+        return [s.name for s in self.sites if s.kind == "latent"]
+
+    @property
+    def deterministic_sites(self) -> list[str]:
+        return [s.name for s in self.sites if s.kind == "deterministic"]
+
+    def chunks(self, total: int):
+        """``total`` draws as chunks of at most :attr:`size`: ``(log_joint, log_q, values,
+        unconstrained)`` in float64 NumPy, draws with a non-finite log density dropped (and
+        counted in :attr:`dropped`)."""
+        done = 0
+        while done < total:
+            n = min(self.size, total - done)
+            done += n
+            if self.unconstrained:
+                part = _unconstrained_chunk(
+                    self.model, self.guide, self.data, n, self.sites, self.unconstrained
+                )
+            elif self.vectorized:
+                part = _vectorized_chunk(
+                    self.model, self.guide, self.data, n, self.nesting, self.sites, self.discrete
+                )
+            else:
+                part = _loop_chunk(self.model, self.guide, self.data, n, self.sites, self.discrete)
+            log_joint, log_q = _numpy(part[0]), _numpy(part[1])
+            values = {k: _numpy(v) for k, v in part[2].items()}
+            unconstrained = {k: _numpy(v) for k, v in part[3].items()}
+            keep = np.isfinite(log_joint) & np.isfinite(log_q)
+            if not keep.all():
+                self.dropped += int((~keep).sum())
+                log_joint, log_q = log_joint[keep], log_q[keep]
+                values = {k: v[keep] for k, v in values.items()}
+                unconstrained = {k: v[keep] for k, v in unconstrained.items()}
+            yield log_joint, log_q, values, unconstrained
+
+    def log_weights(self, parts: list, seconds: float, notes: list[str]) -> LogWeights:
+        """The draws of ``parts`` (chunks of :meth:`chunks`) as :class:`LogWeights`."""
+        if self.dropped:
+            total = self.dropped + sum(len(p[0]) for p in parts)
+            notes = [
+                *notes,
+                f"{self.dropped} of {total} draws had a non-finite log density and were dropped.",
+            ]
+            if total - self.dropped < 10:
+                raise ValueError(
+                    "the model or guide gives non-finite log densities on almost every guide draw"
+                )
+        return LogWeights(
+            log_joint=np.concatenate([p[0] for p in parts]),
+            log_q=np.concatenate([p[1] for p in parts]),
+            values={s.name: np.concatenate([p[2][s.name] for p in parts]) for s in self.sites},
+            unconstrained={
+                name: np.concatenate([p[3][name] for p in parts]) for name in self.latent_sites
+            },
+            latent_sites=self.latent_sites,
+            deterministic_sites=self.deterministic_sites,
+            vectorized=self.vectorized,
+            seconds=seconds,
+            transforms={s.name: s.transform for s in self.sites if s.kind == "latent"},
+            bijections={s.name: s.bijection for s in self.sites if s.kind == "latent"},
+            notes=notes,
+        )
 
 
 def draw_log_weights(
@@ -430,71 +564,25 @@ def draw_log_weights(
         return LogWeights.concatenate(parts) if context.is_main else None
     start = time.perf_counter()
     notes: list[str] = []
-    devices = []
-    if device is not None and torch.device(device).type == "cuda":
-        devices = [torch.device(device)]
-    with local_params(), torch.no_grad(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        model_trace, guide_trace = _traces(model, guide, data)
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-        sites = _model_sites(model_trace, skip=discrete.sites if discrete else ())
-        if vectorized:
-            total = draws
-            size = _chunk_size(model_trace, guide_trace, chunk)
-        else:
-            total = min(draws, loop_draws)
-            size = total
-            if total < draws:
-                notes.append(
-                    f"The model is not vectorizable over draws, so {total:,} guide draws were "
-                    f"made one at a time (instead of {draws:,}); k-hat, the bounds and the "
-                    "summaries carry more Monte Carlo error."
-                )
-        parts = []
-        done = 0
-        while done < total:
-            n = min(size, total - done)
-            if unconstrained:
-                parts.append(_unconstrained_chunk(model, guide, data, n, sites, unconstrained))
-            elif vectorized:
-                parts.append(
-                    _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites, discrete)
-                )
-            else:
-                parts.append(_loop_chunk(model, guide, data, n, sites, discrete))
-            done += n
-    log_joint = np.concatenate([_numpy(p[0]) for p in parts])
-    log_q = np.concatenate([_numpy(p[1]) for p in parts])
-    values = {s.name: np.concatenate([_numpy(p[2][s.name]) for p in parts]) for s in sites}
-    unconstrained = {
-        s.name: np.concatenate([_numpy(p[3][s.name]) for p in parts])
-        for s in sites
-        if s.kind == "latent"
-    }
-    bad = ~(np.isfinite(log_joint) & np.isfinite(log_q))
-    if bad.any():
+    total = draws if vectorized else min(draws, loop_draws)
+    if total < draws:
         notes.append(
-            f"{int(bad.sum())} of {len(bad)} draws had a non-finite log density and were dropped."
+            f"The model is not vectorizable over draws, so {total:,} guide draws were "
+            f"made one at a time (instead of {draws:,}); k-hat, the bounds and the "
+            "summaries carry more Monte Carlo error."
         )
-        keep = ~bad
-        if keep.sum() < 10:
-            raise ValueError(
-                "the model or guide gives non-finite log densities on almost every guide draw"
-            )
-        log_joint, log_q = log_joint[keep], log_q[keep]
-        values = {k: v[keep] for k, v in values.items()}
-        unconstrained = {k: v[keep] for k, v in unconstrained.items()}
-    return LogWeights(
-        log_joint=log_joint,
-        log_q=log_q,
-        values=values,
-        unconstrained=unconstrained,
-        latent_sites=[s.name for s in sites if s.kind == "latent"],
-        deterministic_sites=[s.name for s in sites if s.kind == "deterministic"],
+    drawer = Drawer(
+        model,
+        guide,
+        data,
         vectorized=vectorized,
-        seconds=time.perf_counter() - start,
-        transforms={s.name: s.transform for s in sites if s.kind == "latent"},
-        bijections={s.name: s.bijection for s in sites if s.kind == "latent"},
-        notes=notes,
+        unconstrained=unconstrained,
+        max_plate_nesting=max_plate_nesting,
+        discrete=discrete,
+        chunk=chunk,
+        seed=seed,
+        device=device,
     )
+    with drawer:
+        parts = list(drawer.chunks(total))
+    return drawer.log_weights(parts, time.perf_counter() - start, notes)

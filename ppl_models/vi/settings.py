@@ -156,14 +156,22 @@ class DiagnosisSettings:
     Attributes
     ----------
     draws
-        :math:`S`, guide draws for every statistic.
+        The most guide draws :math:`S` for every statistic (:mod:`ppl_models.vi.precision`
+        makes as many as the verdict's quantities need).
+    min_draws
+        The draws of the first round.
+    precision
+        The Monte Carlo allowance (2 MCSE, in sds) of the PSIS-corrected moments at which the
+        draws are enough.
     loop_draws
-        The draws made one by one when the model cannot be vectorized.
+        The most draws made one by one when the model cannot be vectorized.
     mode_starts
         L-BFGS starts of the search for modes q never visits (0 skips it).
     """
 
     draws: int = 100_000
+    min_draws: int = 4_000
+    precision: float = 0.025
     loop_draws: int = 4_000
     mode_starts: int = 8
 

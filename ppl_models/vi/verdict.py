@@ -150,7 +150,8 @@ def reference_checks(row: dict, draws: int, rules: VerdictRules) -> dict | None:
     rel_q = (row.get("mcse_sd") or 0.0) / sd if sd > 0 else 0.0
     sd_tol = rules.sd_tolerance + f * math.hypot(rel_ref, rel_q)
     ess = row.get("ref_ess") or 1.0
-    ks_tol = rules.ks_tolerance + rules.ks_critical * math.sqrt(1.0 / draws + 1.0 / ess)
+    ks_draws = row.get("ks_draws") or draws  # the KS distance may use the kept draws only
+    ks_tol = rules.ks_tolerance + rules.ks_critical * math.sqrt(1.0 / ks_draws + 1.0 / ess)
     # The Monte Carlo allowance may not outgrow the tolerance itself: a reference too short to
     # resolve 0.1 sd cannot certify an element, however well q agrees with it; nor can a
     # reference whose chains disagree (R-hat above 1.01, Vehtari et al. 2021): its Monte Carlo

@@ -1,0 +1,202 @@
+r"""How many guide draws the diagnosis makes: as many as its answers need, in rounds.
+
+The verdict holds PSIS-corrected means and sds to a tolerance of 0.1 sd, with an allowance of
+two Monte Carlo standard errors; the draws are enough when that allowance is a small part of
+the tolerance. :func:`draw_by_precision` makes ``min_draws`` draws, then doubles their number
+until, for every element,
+
+.. math:: 2\,\mathrm{mcse}(\hat\mu_{PSIS}) \le p\,\max(\hat\sigma_{PSIS}, \sigma_q), \qquad
+          2\,\mathrm{mcse}(\hat\sigma_{PSIS}) \le p\,\hat\sigma_{PSIS}
+
+(:math:`p` = ``precision``, 0.025: a quarter of the tolerance), PSIS's own sample-size
+requirement :math:`S \ge 10^{1/(1-\hat k)}` holds (Vehtari et al. 2024, for :math:`\hat k < 1`),
+and :math:`\hat k` moved by less than 0.05 between the last two rounds (its estimate is noisy at
+small :math:`S`) -- or until the cap ``draws``. Where :math:`\hat k` is above the sample-size
+threshold, the moments cannot be resolved by more draws, and the rounds stop once :math:`\hat
+k` is stable.
+
+The draws stream through :class:`~ppl_models.vi.stream.MomentStream`, which keeps every element's
+exact moments and the PSIS tail; only the first ``keep`` draws are kept whole (for the HDI, ESS,
+KS distances, figures and ``posterior.nc``). Memory stays :math:`O(d(\text{keep} + M +
+\text{chunk}))` whatever :math:`S`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from .. import diagnostics
+from ..distributed import rank_seed
+from .logweights import Drawer, LogWeights
+from .stream import MomentStream
+
+KHAT_STABLE = 0.05  # k-hat's change between rounds below which it is taken as settled
+KEEP_NUMBERS = 2**25  # the numbers of whole draws kept: keep = clamp(this / d, 1,000, 20,000)
+
+
+def keep_size(dimension: int, cap: int) -> int:
+    """How many draws to keep whole for a posterior of ``dimension`` numbers per draw."""
+    return int(min(cap, max(1000, min(20_000, KEEP_NUMBERS // max(dimension, 1)))))
+
+
+def elements(values: dict[str, np.ndarray], sites: list[str]) -> np.ndarray:
+    """The draws' scalar elements ``(n, E)``, site by site in ``sites``' order, each site
+    flattened row-major (the order of :func:`ppl_models.vi.compare.flatten_sites`)."""
+    n = len(next(iter(values.values()))) if values else 0
+    parts = [values[site].reshape(n, -1) for site in sites]
+    return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
+
+
+def resolution(stream: MomentStream, previous_khat: float | None, precision: float) -> dict:
+    """Whether the draws so far resolve the verdict's quantities (module docstring), and the
+    numbers that say so."""
+    log_w = stream.all_log_w
+    s = len(log_w)
+    smoothed, khat = diagnostics.psis_smooth(log_w)
+    threshold = diagnostics.khat_threshold(s)
+    stable = previous_khat is not None and (
+        abs(khat - previous_khat) <= KHAT_STABLE or not (math.isfinite(khat))
+    )
+    psis = stream.psis_moments(smoothed)
+    _, q_sd = stream.q_moments()
+    scale = np.maximum(psis.sd, q_sd)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_error = np.where(scale > 0, 2 * psis.mcse_mean / scale, 0.0)
+        sd_error = np.where(psis.sd > 0, 2 * psis.mcse_sd / psis.sd, 0.0)
+    worst = float(max(np.nanmax(mean_error, initial=0.0), np.nanmax(sd_error, initial=0.0)))
+    needed = 10 ** (1 / (1 - khat)) if khat < 1 else math.inf
+    if not khat <= threshold:  # PSIS is not reliable here: more draws only settle k-hat
+        done = stable
+    else:
+        done = stable and worst <= precision and s >= needed
+    return {
+        "draws": s,
+        "khat": float(khat),
+        "khat_threshold": threshold,
+        "reliable": bool(khat <= threshold),
+        "khat_stable": bool(stable),
+        "worst_mcse": worst,
+        "needed_for_khat": needed,
+        "resolved": bool(done),
+    }
+
+
+def draw_by_precision(
+    model,
+    guide,
+    data: dict,
+    *,
+    draws: int,
+    min_draws: int,
+    precision: float,
+    loop_draws: int,
+    context=None,
+    seed: int = 0,
+    **drawer_options,
+) -> LogWeights | None:
+    """Draw in rounds until the verdict's quantities are resolved or ``draws`` are made
+    (module docstring); ``loop_draws`` caps a model run one draw at a time.
+
+    Returns :class:`~ppl_models.vi.logweights.LogWeights` whose ``log_joint``/``log_q`` hold
+    every draw, ``values``/``unconstrained`` the kept ones, ``moments`` the stream of all of
+    them and ``draws_reason`` why :math:`S` is what it is; None on ranks other than 0 (each
+    rank draws its share of every round, rank 0 decides for all).
+    """
+    start = time.perf_counter()
+    parallel = context is not None and context.parallel
+    drawer = Drawer(
+        model,
+        guide,
+        data,
+        seed=rank_seed(seed, context.rank) if parallel else seed,
+        **drawer_options,
+    )
+    cap = draws if drawer.vectorized else min(draws, loop_draws)
+    notes: list[str] = []
+    if cap < draws:
+        notes.append(
+            f"The model is not vectorizable over draws, so at most {cap:,} guide draws were "
+            f"made one at a time (instead of up to {draws:,})."
+        )
+    stream = MomentStream(cap)
+    kept: list = []
+    kept_count, keep = 0, None
+    log_joint, log_q = [], []
+    target = min(max(min_draws, 10), cap)
+    previous, state = None, None
+    with drawer:
+        while True:
+            need = target - stream.count
+            share = len(range(need)[context.share(need)]) if parallel else need
+            mine = list(drawer.chunks(share))
+            parts = (context.gather(mine) if parallel else [mine]) or []
+            for part in (p for rank_parts in parts for p in rank_parts):
+                if keep is None:
+                    dimension = sum(v[0].size for v in part[2].values())
+                    keep = keep_size(dimension + sum(v[0].size for v in part[3].values()), cap)
+                log_joint.append(part[0])
+                log_q.append(part[1])
+                stream.add(part[0] - part[1], elements(part[2], list(part[2])))
+                if kept_count < keep:
+                    room = keep - kept_count
+                    kept.append(_head(part, room))
+                    kept_count += min(room, len(part[0]))
+            stop = None
+            if not parallel or context.is_main:
+                state = resolution(stream, previous, precision)
+                previous = state["khat"]
+                stop = state["resolved"] or stream.count >= cap or state["draws"] == 0
+            if parallel:
+                stop = context.broadcast(stop)
+            if stop:
+                break
+            target = min(cap, 2 * target)
+    if parallel and not context.is_main:
+        return None
+    seconds = time.perf_counter() - start
+    lw = drawer.log_weights(kept, seconds, notes)
+    return dataclasses.replace(
+        lw,
+        log_joint=np.concatenate(log_joint),
+        log_q=np.concatenate(log_q),
+        moments=stream,
+        draws_reason=_reason(state, cap, precision),
+    )
+
+
+def _head(part, n: int):
+    """The first ``n`` draws of a chunk."""
+    log_joint, log_q, values, unconstrained = part
+    return (
+        log_joint[:n],
+        log_q[:n],
+        {k: v[:n] for k, v in values.items()},
+        {k: v[:n] for k, v in unconstrained.items()},
+    )
+
+
+def _reason(state: dict, cap: int, precision: float) -> str:
+    """Why the diagnosis made the draws it made, in words."""
+    s = state["draws"]
+    khat = f"k-hat {state['khat']:.2f}" + (
+        " (settled between rounds)" if state["khat_stable"] else ""
+    )
+    if state["resolved"] and not state["reliable"]:
+        return (
+            f"S = {s:,}: {khat}, above its threshold {state['khat_threshold']:.2f}, so PSIS "
+            "cannot resolve the moments however many draws are made."
+        )
+    if state["resolved"]:
+        return (
+            f"S = {s:,}: the PSIS-corrected means and sds are resolved to {precision:g} sd "
+            f"(their largest Monte Carlo allowance, 2 MCSE, is {state['worst_mcse']:.3g} sd) and "
+            f"{khat}; more draws would not change the verdict's inputs."
+        )
+    return (
+        f"S = {s:,}, the cap: {khat}, and the largest Monte Carlo allowance of the "
+        f"PSIS-corrected moments is {state['worst_mcse']:.3g} sd (wanted {precision:g})."
+    )

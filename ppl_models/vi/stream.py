@@ -1,0 +1,140 @@
+r"""Moments of many guide draws, accumulated chunk by chunk in bounded memory.
+
+The diagnosis scores :math:`S` guide draws :math:`z_s` with log weights :math:`\log w_s`. It
+needs, for every scalar element :math:`f` of the posterior, q's mean and sd and the
+PSIS-corrected (self-normalised, Pareto-smoothed) mean and sd with their Monte Carlo errors.
+Keeping every draw costs :math:`S \times d` numbers; :class:`MomentStream` keeps instead
+
+- power sums of the centred elements, :math:`\sum_s (f_s - c)^k` for :math:`k \le 2` (q's own
+  moments), and, with the weights scaled by :math:`e^{-m}` (:math:`m` the running largest log
+  weight), :math:`A_k = \sum_s w_s (f_s - c)^k` for :math:`k \le 2` and
+  :math:`B_k = \sum_s w_s^2 (f_s - c)^k` for :math:`k \le 4`;
+- the draws with the :math:`M` largest weights, where :math:`M` bounds PSIS's tail
+  :math:`\min(0.2 S, 3\sqrt S)` (ArviZ's ``psislw`` with relative efficiency 1).
+
+PSIS replaces the tail's weights by smoothed ones and leaves the others as they were, up to one
+normalising constant :math:`\kappa`: so every PSIS sum is :math:`\kappa (A_k - A_k^{tail}) +
+\sum_{tail} \tilde w_s (f_s - c)^k` (and likewise for :math:`B_k`), exactly as if every draw had
+been kept. Memory is :math:`O(d (M + \text{chunk}))`, independent of :math:`S`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .bounds import WeightedMoments
+
+
+def tail_size(draws: int) -> int:
+    """The number of largest weights PSIS smooths for ``draws`` draws (ArviZ's ``psislw``)."""
+    return int(math.ceil(min(0.2 * draws, 3 * math.sqrt(draws))))
+
+
+class MomentStream:
+    """Accumulates the statistics of the module docstring for the columns of chunks ``(n, E)``.
+
+    Parameters
+    ----------
+    capacity
+        The most draws that will be added: the tail kept is :func:`tail_size` of it (plus one).
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.count = 0
+        self.log_w: list[np.ndarray] = []
+        self._tail_capacity = tail_size(capacity) + 1
+        self._center = None
+        self._shift = -math.inf
+        self._plain = None  # sum (f - c)^k, k = 1, 2
+        self._a = None  # sum w (f - c)^k, k = 0, 1, 2 (w scaled by e^-shift)
+        self._b = None  # sum w^2 (f - c)^k, k = 0..4 (w^2 scaled by e^-2 shift)
+        self._tail_logw = np.empty(0)
+        self._tail_f = None
+
+    def add(self, log_w: np.ndarray, f: np.ndarray) -> None:
+        """Add ``n`` draws: their log weights ``(n,)`` and elements ``(n, E)``."""
+        log_w = np.asarray(log_w, dtype=np.float64)
+        f = np.asarray(f, dtype=np.float64).reshape(len(log_w), -1)
+        if self._center is None:
+            self._center = f.mean(axis=0)
+            e = f.shape[1]
+            self._plain = np.zeros((2, e))
+            self._a = np.zeros((3, e))
+            self._b = np.zeros((5, e))
+            self._tail_f = np.empty((0, e))
+        self.log_w.append(log_w)
+        self.count += len(log_w)
+        top = float(log_w.max()) if len(log_w) else -math.inf
+        if top > self._shift:  # rescale what was summed under the smaller shift
+            if math.isfinite(self._shift):
+                self._a *= math.exp(self._shift - top)
+                self._b *= math.exp(2 * (self._shift - top))
+            self._shift = top
+        g = f - self._center
+        w = np.exp(log_w - self._shift)
+        powers = [np.ones_like(g), g, g * g, g**3, g**4]
+        self._plain += np.stack([powers[1].sum(0), powers[2].sum(0)])
+        self._a += np.stack([w @ powers[k] for k in range(3)])
+        self._b += np.stack([(w * w) @ powers[k] for k in range(5)])
+        both = np.concatenate([self._tail_logw, log_w])
+        rows = np.concatenate([self._tail_f, f])
+        if len(both) > self._tail_capacity:
+            keep = np.argpartition(both, len(both) - self._tail_capacity)[-self._tail_capacity :]
+            both, rows = both[keep], rows[keep]
+        self._tail_logw, self._tail_f = both, rows
+
+    @property
+    def all_log_w(self) -> np.ndarray:
+        """The log weights of every draw added, in order."""
+        return np.concatenate(self.log_w) if self.log_w else np.empty(0)
+
+    def q_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """q's mean and sd of every element, over all draws."""
+        n = max(self.count, 1)
+        mean_c = self._plain[0] / n
+        var = np.maximum(self._plain[1] / n - mean_c**2, 0.0)
+        return self._center + mean_c, np.sqrt(var)
+
+    def psis_moments(self, smoothed: np.ndarray) -> WeightedMoments:
+        """The PSIS-corrected moments (as :func:`ppl_models.vi.bounds.weighted_moments` gives
+        them from every draw), from the normalised smoothed log weights of all draws."""
+        raw = self.all_log_w
+        smoothed = np.asarray(smoothed, dtype=np.float64)
+        tail = tail_size(len(raw))
+        # the draws PSIS smoothed: the largest raw weights (those it left keep their ratio kappa)
+        order = np.argsort(raw)
+        tail_index = order[len(raw) - tail - 1 :] if tail < len(raw) else order
+        untouched = np.ones(len(raw), dtype=bool)
+        untouched[tail_index] = False
+        kappa = 0.0  # w~_s = kappa x (the scaled weight e^(log w_s - shift)) where untouched
+        if untouched.any():
+            j = int(np.flatnonzero(untouched)[0])
+            kappa = math.exp(smoothed[j] - raw[j] + self._shift)
+        # the tail's draws among those kept: the same largest log weights, paired in order
+        tail_lw = raw[tail_index]
+        kept = np.argsort(self._tail_logw, kind="stable")[len(self._tail_logw) - len(tail_lw) :]
+        if not np.array_equal(self._tail_logw[kept], tail_lw):
+            raise RuntimeError("the PSIS tail is not among the draws kept for it")
+        g = self._tail_f[kept] - self._center
+        w_raw = np.exp(tail_lw - self._shift)
+        w_new = np.exp(smoothed[tail_index])
+        powers = [np.ones_like(g), g, g * g, g**3, g**4]
+        a = kappa * (self._a - np.stack([w_raw @ powers[k] for k in range(3)]))
+        a += np.stack([w_new @ powers[k] for k in range(3)])
+        b = kappa**2 * (self._b - np.stack([(w_raw**2) @ powers[k] for k in range(5)]))
+        b += np.stack([(w_new**2) @ powers[k] for k in range(5)])
+        total = a[0]
+        mu = a[1] / total
+        var = np.maximum(a[2] / total - mu**2, 0.0)
+        b = b / total**2
+        mcse_mean = np.sqrt(np.maximum(b[2] - 2 * mu * b[1] + mu**2 * b[0], 0.0))
+        m4 = b[4] - 4 * mu * b[3] + 6 * mu**2 * b[2] - 4 * mu**3 * b[1] + mu**4 * b[0]
+        m2 = b[2] - 2 * mu * b[1] + mu**2 * b[0]
+        mcse_var = np.sqrt(np.maximum(m4 - 2 * var * m2 + var**2 * b[0], 0.0))
+        sd = np.sqrt(var)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mcse_sd = np.where(sd > 0, mcse_var / (2 * sd), 0.0)
+        return WeightedMoments(self._center + mu, sd, mcse_mean, mcse_sd)
