@@ -55,6 +55,8 @@ from .initialization import (
 from .settings import CUSTOM, GUIDE_CHOICES, INITS
 from .unconstrained import evaluate, guide_layout
 
+FULL_RANK_MAX = 2000  # the largest dimension of a full-rank guide (d x d matrices, d HVPs)
+
 # ----------------------------------------------------------------------------- guides
 
 
@@ -168,6 +170,14 @@ class WhitenedGuide(AutoContinuous):
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
+        if self.full_whitening and self.latent_dim > FULL_RANK_MAX:
+            gigabytes = 5 * self.latent_dim**2 * 8 / 2**30
+            raise ValueError(
+                f"{self.name} at dimension {self.latent_dim:,} needs about {gigabytes:.1f} GB for "
+                f"its {self.latent_dim:,} x {self.latent_dim:,} matrices and as many "
+                "Hessian-vector products for its start (the most it takes is "
+                f"{FULL_RANK_MAX:,}); use --guide auto-lowrank (--set rank=R) or auto-normal"
+            )
         start = self._init_loc().to(torch.float64)
         if self._init == "feasible":
             self.start = feasible_start(start)
@@ -180,11 +190,15 @@ class WhitenedGuide(AutoContinuous):
                 start,
                 iterations=self._iterations,
                 coordinates=self.coordinates(),
+                curvature="dense" if self.full_whitening else "auto",
             )
         cast = {"dtype": self._dtype, "device": self._device}
         self.register_buffer("white_loc", self.start.loc.to(**cast))
         if self.full_whitening:
-            self.register_buffer("white_tril", self.start.scale_tril.to(**cast))
+            tril = self.start.scale_tril
+            if tril is None:  # a start with only a scale per coordinate
+                tril = torch.diag(self.start.diag_scale)
+            self.register_buffer("white_tril", tril.to(**cast))
         else:
             self.register_buffer("white_scale", self.start.diag_scale.to(**cast))
         self._setup_params()
@@ -301,12 +315,14 @@ class AutoWhitenedLowRankNormal(WhitenedGuide):
         d = self.latent_dim
         rank = self.rank or max(1, round(math.sqrt(d)))
         self.rank = rank
-        cov = torch.cholesky_inverse(torch.linalg.cholesky(self.start.precision))
-        white = self.start.diag_scale
-        corr = cov / white[:, None] / white[None, :]
-        lam, vec = torch.linalg.eigh(0.5 * (corr + corr.T))
-        lam, vec = lam.flip(0)[:rank], vec.flip(1)[:, :rank]
-        factor = vec * (lam - 1.0).clamp(min=0.0).sqrt()
+        factor = torch.zeros(d, rank, dtype=torch.float64)
+        if self.start.precision is not None:  # the Laplace correlations' leading directions
+            cov = torch.cholesky_inverse(torch.linalg.cholesky(self.start.precision))
+            white = self.start.diag_scale
+            corr = cov / white[:, None] / white[None, :]
+            lam, vec = torch.linalg.eigh(0.5 * (corr + corr.T))
+            lam, vec = lam.flip(0)[:rank], vec.flip(1)[:, :rank]
+            factor = vec * (lam - 1.0).clamp(min=0.0).sqrt()
         generator = torch.Generator().manual_seed(0)
         noise = torch.randn(d, rank, dtype=torch.float64, generator=generator)
         factor = factor + 1e-2 * noise.to(factor.device)  # off the saddle at F = 0

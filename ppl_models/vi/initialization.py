@@ -29,6 +29,7 @@ definite, L-BFGS stopped short of a minimum, or a bounded site ran towards its b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ from pyro.infer.autoguide.initialization import InitMessenger
 from torch.distributions import biject_to
 
 LBFGS_ITERATIONS = 200  # enough for a 20-parameter MAP in float64; a funnel stops here
+DENSE_CURVATURE = 200  # up to this many coordinates the Hessian is formed (d backward passes)
+DIAGONAL_PROBES = 32  # Hessian-vector products estimating its diagonal above that
+STOP_EVERY = 10  # L-BFGS iterations between two questions to a search's stop rule
 PYRO_INIT_SCALE = 0.1  # the guide scale Pyro's autoguides start from (their init_scale)
 BOUNDARY_RUN = 5.0  # a bounded coordinate that L-BFGS moved this far outwards ran to its boundary
 
@@ -128,9 +132,10 @@ class LaplaceStart:
     loc
         :math:`\hat z`, the flat unconstrained start (float64).
     precision
-        The (regularised) Hessian :math:`H` of the potential at ``loc``.
+        The (regularised) Hessian :math:`H` of the potential at ``loc`` (None where only its
+        diagonal was found, or there is none: unit scale).
     scale_tril
-        Cholesky factor of :math:`H^{-1}`.
+        Cholesky factor of :math:`H^{-1}` (None likewise).
     diag_scale
         :math:`H_{ii}^{-1/2}`, the mean-field Gaussian's sds.
     method
@@ -146,8 +151,8 @@ class LaplaceStart:
     """
 
     loc: torch.Tensor
-    precision: torch.Tensor
-    scale_tril: torch.Tensor
+    precision: torch.Tensor | None
+    scale_tril: torch.Tensor | None
     diag_scale: torch.Tensor
     method: str
     iterations: int = 0
@@ -159,13 +164,11 @@ class LaplaceStart:
 
 def feasible_start(loc: torch.Tensor) -> LaplaceStart:
     """The start at the feasible point ``loc`` (flat, unconstrained) with unit scale."""
-    d = loc.numel()
-    eye = torch.eye(d, dtype=torch.float64, device=loc.device)
     return LaplaceStart(
         loc,
-        eye,
-        eye.clone(),
-        torch.ones(d, dtype=torch.float64, device=loc.device),
+        None,
+        None,
+        torch.ones(loc.numel(), dtype=torch.float64, device=loc.device),
         "feasible",
         notes=[
             "Initialised at a feasible point (prior means or medians, zero in the "
@@ -227,7 +230,10 @@ class Minimum:
     decrement
         That Newton decrement (infinite without a positive-definite Hessian).
     precision, scale_tril, diag_scale
-        :func:`_gaussian` of the Hessian at the last point (None after a failure).
+        :func:`_gaussian` of the Hessian at the last point (None after a failure; only
+        ``diag_scale`` with a diagonal curvature).
+    stopped
+        Whether the caller's ``stop`` ended the search.
     """
 
     path: list[torch.Tensor]
@@ -238,6 +244,7 @@ class Minimum:
     precision: torch.Tensor | None = None
     scale_tril: torch.Tensor | None = None
     diag_scale: torch.Tensor | None = None
+    stopped: bool = False
 
     @property
     def point(self) -> torch.Tensor:
@@ -248,19 +255,30 @@ def lbfgs_minimum(
     potential: Callable[[torch.Tensor], torch.Tensor],
     start: torch.Tensor,
     iterations: int = LBFGS_ITERATIONS,
+    *,
+    curvature: str = "auto",
+    stop: Callable[[torch.Tensor], bool] | None = None,
 ) -> Minimum:
     r"""Minimise :math:`U` by L-BFGS (strong-Wolfe line search, float64) from ``start``.
 
     A minimum is accepted when the largest gradient component falls below
     :math:`10^{-6}\max(1, |U|)` or :math:`U` stops changing (relative :math:`10^{-12}`), and
     the Hessian there is positive definite with a Newton decrement below :math:`10^{-2}`.
+
+    ``curvature`` says how the Hessian is found: ``"dense"`` (``d`` Hessian-vector products),
+    ``"diagonal"`` (its diagonal, estimated from :data:`DIAGONAL_PROBES` of them: enough for a
+    mean-field start, and cheap at any ``d``), ``"none"``, or ``"auto"`` (dense up to
+    :data:`DENSE_CURVATURE` coordinates). ``stop(z)``, asked every
+    :data:`STOP_EVERY` iterations, may end the search early (for example once it is inside a
+    basin already known); the result then says ``stopped``.
     """
     z = start.detach().clone().to(torch.float64).requires_grad_(True)
+    rounds = STOP_EVERY if stop is not None else iterations
     optimizer = torch.optim.LBFGS(
         [z],
         lr=1.0,
-        max_iter=iterations,
-        max_eval=iterations * 5 // 4,
+        max_iter=rounds,
+        max_eval=rounds * 5 // 4,
         tolerance_grad=1e-9,
         tolerance_change=1e-14,
         history_size=20,
@@ -277,29 +295,79 @@ def lbfgs_minimum(
         path.append(z.detach().clone())
         return value
 
-    failure = None
+    failure, stopped, k = None, False, 0
     try:
         with torch.enable_grad():
-            optimizer.step(closure)
+            while k < iterations:
+                optimizer.step(closure)
+                before, k = k, int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+                if k == before or k < before + rounds:  # converged within the round
+                    break
+                if stop is not None and stop(z.detach()):
+                    stopped = True
+                    break
     except Exception as err:  # noqa: BLE001 - the model failed at an extreme point
         failure = f"{type(err).__name__}: {err}".splitlines()[0]
     k = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
     if failure is None and bool(torch.isfinite(z).all()):
         path.append(z.detach().clone())  # the accepted point (trial points were recorded too)
-    if failure is not None:
-        return Minimum(path, k, failure, False, math.inf)
+    if failure is not None or stopped:
+        return Minimum(path, k, failure, False, math.inf, stopped=stopped)
+    return with_curvature(Minimum(path, k, None, False, math.inf), potential, curvature)
+
+
+def with_curvature(found: Minimum, potential: Callable, curvature: str = "auto") -> Minimum:
+    """``found`` with the curvature at its point (:func:`lbfgs_minimum`'s ``curvature``), and
+    whether it is a proper minimum."""
+    point = found.point
+    if curvature == "auto":
+        curvature = "dense" if point.numel() <= DENSE_CURVATURE else "diagonal"
+    if curvature == "none" or found.failure is not None:
+        return found
     try:
         with torch.enable_grad():
-            zz = path[-1].clone().requires_grad_(True)
+            zz = point.clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(potential(zz), zz)
-        h = _hessian(potential, path[-1])
-        precision, tril, diag, pd = _gaussian(h)
+        if curvature == "dense":
+            precision, tril, diag, pd = _gaussian(_hessian(potential, point))
+            # Newton decrement: the distance to the minimum in posterior sds (Laplace metric)
+            decrement = float((grad @ tril).norm()) if pd else math.inf
+        else:
+            h = _hessian_diagonal(potential, point)
+            pd = bool(torch.isfinite(h).all() and (h > 0).all())
+            diag = torch.where(h > 0, h, torch.ones_like(h)).rsqrt()
+            precision, tril = None, None
+            decrement = float((grad * diag).norm()) if pd else math.inf
     except Exception as err:  # noqa: BLE001
         failure = f"{type(err).__name__}: {err}".splitlines()[0]
-        return Minimum(path, k, failure, False, math.inf)
-    # Newton decrement: the distance to the minimum in posterior sds (Laplace metric)
-    decrement = float((grad @ tril).norm()) if pd else math.inf
-    return Minimum(path, k, None, pd and decrement < 1e-2, decrement, precision, tril, diag)
+        return dataclasses.replace(found, failure=failure)
+    return dataclasses.replace(
+        found,
+        converged=pd and decrement < 1e-2,
+        decrement=decrement,
+        precision=precision,
+        scale_tril=tril,
+        diag_scale=diag,
+    )
+
+
+def _hessian_diagonal(potential: Callable, z: torch.Tensor) -> torch.Tensor:
+    r"""The diagonal of the Hessian of :math:`U` at ``z``, estimated as
+    :math:`\frac1K\sum_k v_k \odot H v_k` over :data:`DIAGONAL_PROBES` Rademacher vectors
+    :math:`v_k` (Bekas et al. 2007; unbiased, each entry's error shrinking as its off-diagonal
+    row does), from Hessian-vector products: no :math:`d \times d` matrix is formed."""
+    generator = torch.Generator(device=z.device).manual_seed(0)
+    estimate = torch.zeros_like(z)
+    with torch.enable_grad():
+        zz = z.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(potential(zz), zz, create_graph=True)
+        for k in range(DIAGONAL_PROBES):
+            v = torch.randint(0, 2, z.shape, generator=generator, device=z.device).to(z) * 2 - 1
+            (hv,) = torch.autograd.grad(
+                grad, zz, grad_outputs=v, retain_graph=k + 1 < DIAGONAL_PROBES
+            )
+            estimate += v * hv
+    return estimate.detach() / DIAGONAL_PROBES
 
 
 def prior_start(loc: torch.Tensor, reason: str) -> LaplaceStart:
@@ -321,6 +389,7 @@ def laplace_start(
     *,
     iterations: int = LBFGS_ITERATIONS,
     coordinates: list[tuple[str, str]] | None = None,
+    curvature: str = "auto",
 ) -> LaplaceStart:
     r"""Find the MAP by L-BFGS from ``start`` (:func:`lbfgs_minimum`) and build the Laplace
     approximation there; without a proper MAP, Pyro's start (:func:`prior_start`).
@@ -337,18 +406,25 @@ def laplace_start(
         Per coordinate of ``z``: its name and the kind of its support's bound (``"lower"``,
         ``"upper"``, ``"both"`` or ``""`` for none), so that the note can name a site that ran
         towards its boundary.
+    curvature
+        ``"dense"``, ``"diagonal"`` or ``"auto"`` (:func:`lbfgs_minimum`): what of the Hessian
+        the guide needs.
 
     Returns
     -------
     LaplaceStart
     """
-    found = lbfgs_minimum(potential, start, iterations)
+    found = lbfgs_minimum(potential, start, iterations, curvature="none")
     k = found.iterations
+    ran = ran_to_boundary(start, found.point, coordinates or [])
+    if not ran:  # a funnel needs no Hessian to be told apart
+        found = with_curvature(found, potential, curvature)
     if found.converged:
         notes = [
             f"Initialised at the MAP (L-BFGS in the unconstrained space, float64, {k} "
-            "iterations) with the Laplace approximation there; the guide was fitted in "
-            "coordinates whitened by it."
+            "iterations) with the Laplace approximation there"
+            + ("" if found.scale_tril is not None else " (the Hessian's diagonal)")
+            + "; the guide was fitted in coordinates whitened by it."
         ]
         return LaplaceStart(
             found.point,
@@ -362,7 +438,6 @@ def laplace_start(
             origin=start.detach().clone(),
         )
     reasons = []
-    ran = ran_to_boundary(start, found.point, coordinates or [])
     if ran:
         reasons.append(
             "the log density keeps rising as "
@@ -373,11 +448,11 @@ def laplace_start(
         )
     if found.failure:
         reasons.append(f"L-BFGS stopped after {k} iterations because {found.failure}")
-    elif found.decrement == math.inf:
+    elif not ran and found.decrement == math.inf:
         reasons.append(
             f"the Hessian where L-BFGS stopped ({k} iterations) is not positive definite"
         )
-    else:
+    elif not ran:
         reasons.append(
             f"L-BFGS found no minimum in {k} iterations (it stopped {found.decrement:.2g} "
             "posterior sds from one)"
