@@ -122,3 +122,28 @@ def test_json_numbers_never_inf_or_nan(run):
     for p in diagnosis.summary["parameters"]:
         for v in p.values():
             assert not (isinstance(v, float) and not math.isfinite(v))
+
+
+def test_write_report_refuses_a_folder_that_holds_another_run(run, tmp_path):
+    """Writing into a folder that holds files (an earlier run's, say) would mix two runs: an
+    auto-normal config.toml beside an auto-mvn summary.json. It is refused, as the CLI refuses
+    --out; overwrite=True replaces the earlier run's files and keeps nothing of it."""
+    diagnosis, _ = run
+    out = tmp_path / "my-run"
+    write_report(diagnosis, out)
+    (out / "config.toml").write_text('[fit]\nguide = "auto-normal"\n')
+    (out / "metrics.jsonl").write_text('{"step": 0, "loss": 99.0}\n')
+    (out / "figures" / "stale.png").write_bytes(b"not a figure of this run")
+    (out / "notes.txt").write_text("the user's own file")
+    before = (out / "summary.json").read_bytes()
+    with pytest.raises(ValueError, match="not empty.*overwrite=True"):
+        write_report(diagnosis, out)
+    assert (out / "summary.json").read_bytes() == before  # nothing written
+    write_report(diagnosis, out, overwrite=True)
+    assert "auto-normal" not in (out / "config.toml").read_text()
+    assert '"loss": 99.0' not in (out / "metrics.jsonl").read_text()
+    assert not (out / "figures" / "stale.png").exists()
+    assert (out / "notes.txt").read_text() == "the user's own file"  # not a run file: kept
+    assert json.loads((out / "summary.json").read_text())["status"] == "complete"
+    with pytest.raises(ValueError, match="not a folder"):
+        write_report(diagnosis, out / "notes.txt")

@@ -58,17 +58,56 @@ def _minimal_config(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(diagnosis, out_dir: str | Path) -> Path:
-    """Write a diagnosis as a run directory and return the path of ``report.html``.
+# what a run directory holds; ``overwrite=True`` removes these (and only these) first
+RUN_FILES = ("config.toml", "env.json", "metrics.jsonl", "summary.json", "posterior.nc")
+RUN_FILES += ("report.html",)
 
-    Writes ``posterior.nc`` (ArviZ: variational draws in ``posterior``, reference draws in
-    ``reference_posterior``, ``log_joint``/``log_q`` in ``sample_stats``), ``metrics.jsonl``
-    (the fit's loss trace, unless the fit already logged one), ``figures/*.png``,
-    ``report.html`` and, last, ``summary.json`` with ``"status": "complete"``.
-    ``config.toml`` and ``env.json`` are written only when the directory lacks them (a run of
-    ``ppl-models fit`` has written them already).
+
+def write_report(diagnosis, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a diagnosis as a new run directory and return the path of ``report.html``.
+
+    Writes ``config.toml`` (the fit's settings), ``env.json``, ``metrics.jsonl`` (the fit's
+    loss trace), ``posterior.nc`` (ArviZ: variational draws in ``posterior``, reference draws
+    in ``reference_posterior``, ``log_joint``/``log_q`` in ``sample_stats``),
+    ``figures/*.png``, ``report.html`` and, last, ``summary.json`` with
+    ``"status": "complete"``.
+
+    Parameters
+    ----------
+    out_dir
+        A new or empty folder (created with its parents). A folder holding anything is refused,
+        as ``ppl-models fit --out`` refuses it: writing there would mix two runs' files.
+    overwrite
+        Write into a non-empty folder anyway, after removing the files a run writes there
+        (:data:`RUN_FILES` and ``figures/*.png``); other files are left alone.
+
+    Raises
+    ------
+    ValueError
+        When ``out_dir`` is not empty (and ``overwrite`` is False), or is not a folder.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"cannot write a report into {out}: it is not a folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise ValueError(
+            f"output directory {out} is not empty ({shown}): writing there would mix two "
+            "runs' files; choose a new folder, or pass overwrite=True to replace the run there"
+        )
+    for name in RUN_FILES if held else ():
+        (out / name).unlink(missing_ok=True)
+    for png in (out / "figures").glob("*.png") if held else ():
+        png.unlink()
+    return write_run(diagnosis, out)
+
+
+def write_run(diagnosis, run_dir: str | Path) -> Path:
+    """Complete a run directory that a job created (:class:`~ppl_models.runs.Run`): the files
+    of :func:`write_report`, except ``config.toml``, ``env.json`` and ``metrics.jsonl`` where
+    the job wrote them already. Returns the path of ``report.html``."""
+    out = Path(run_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     summary = dict(diagnosis.summary)
     if not (out / "config.toml").exists():
