@@ -32,9 +32,26 @@ BENCHMARKS = {
 EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
 
 
+class UsageError(ValueError):
+    """A command line that argparse refuses (an unknown choice, a missing argument); ``prog``
+    is the (sub)command that refused it."""
+
+    def __init__(self, message: str, prog: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose refusals are one line naming ``--help`` (its own would print the usage
+    text first: eight lines for ``fit``); subcommands' parsers are of the same class."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppl-models`` parser with every job, ``report`` and every benchmark."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ppl-models",
         description="Fit Pyro models by SVI and write posterior-diagnostics reports.",
     )
@@ -69,6 +86,10 @@ def _plain(docstring: str) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
+    if not args.run_dir.exists():
+        raise FileNotFoundError(f"run directory not found: {args.run_dir}")
+    if not args.run_dir.is_dir():
+        raise NotADirectoryError(f"not a folder: {args.run_dir} (expected a run directory)")
     summary_path = args.run_dir / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"not a finished run directory (no summary.json): {args.run_dir}")
@@ -89,7 +110,11 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command; expected errors become one stderr line and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        print(f"{err.prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     args.argv = argv  # a launcher (--nproc) starts its workers with the same command line
     try:
         return int(args.handler(args) or 0)
