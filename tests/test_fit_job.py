@@ -111,7 +111,7 @@ def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path, capsys):
     ]
     (tmp_path / "extra.json").write_text('{"x": [1.0], "z": 2}')
     cases.append(
-        (["fit", str(good), "--data", str(tmp_path / "extra.json")], r"\['z'\] are not parameters")
+        (["fit", str(good), "--data", str(tmp_path / "extra.json")], r"the key 'z' that model\(x\)")
     )
     (tmp_path / "nan.json").write_text('{"x": [1.0, NaN]}')
     cases.append((["fit", str(good), "--data", str(tmp_path / "nan.json")], r"'x' contains NaN"))

@@ -54,6 +54,12 @@ from .settings import CUSTOM, GUIDE_CHOICES, INITS
 # ----------------------------------------------------------------------------- guides
 
 
+NO_LATENTS = (
+    "the model has no latent variables (every pyro.sample site has obs=): there is nothing to "
+    "fit; give the unknown quantities pyro.sample sites without obs="
+)
+
+
 class WhitenedGuide(AutoContinuous):
     r"""Base class: an :class:`~pyro.infer.autoguide.AutoContinuous` guide whose parameters live
     in coordinates :math:`u` with :math:`z = \hat z + W u` (see the module docstring).
@@ -122,7 +128,12 @@ class WhitenedGuide(AutoContinuous):
         return -(trace.log_prob_sum() + log_jacobian)
 
     def _setup_prototype(self, *args, **kwargs):
-        super()._setup_prototype(*args, **kwargs)
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except RuntimeError:
+            if getattr(self, "latent_dim", None) == 0:  # Pyro's refusal names this class
+                raise ValueError(NO_LATENTS) from None
+            raise
         start = self._init_loc().to(torch.float64)
         if self._init == "feasible":
             self.start = feasible_start(start)
