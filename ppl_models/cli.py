@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import sys
@@ -30,6 +31,9 @@ BENCHMARKS = {
     "step": "ppl_models.bench.step",
 }
 EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
+# Set by ppl_models.distributed.launch for its workers: the folder where each rank leaves its
+# one-line error (rank-<RANK>.json) instead of printing it, so that the launcher prints one line
+RANK_ERRORS_ENV = "PPL_MODELS_RANK_ERRORS"
 
 
 class UsageError(ValueError):
@@ -130,9 +134,25 @@ def main(argv: list[str] | None = None) -> int:
         # one line: messages from deeper libraries can carry tables after their first line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         rank = os.environ.get("RANK", "0") if "LOCAL_RANK" in os.environ else "0"
-        where = "" if rank == "0" else f" (rank {rank})"  # under torchrun every rank may say it
-        print(f"ppl-models: error{where}: {first}", file=sys.stderr)
+        # a lost or stopped rank (ConnectionError: RankFailure) is a consequence, not the cause
+        if not _left_for_the_launcher(rank, first, isinstance(err, ConnectionError)):
+            where = "" if rank == "0" else f" (rank {rank})"  # under torchrun every rank may say it
+            print(f"ppl-models: error{where}: {first}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ppl-models: interrupted", file=sys.stderr)
         return 130
+
+
+def _left_for_the_launcher(rank: str, message: str, consequence: bool) -> bool:
+    """Under ``ppl-models ... --nproc N``: leave this rank's error where the launcher reads it
+    (it prints one line for the whole job); False when not launched so, or on failure."""
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder or "LOCAL_RANK" not in os.environ:
+        return False
+    record = json.dumps({"message": message, "consequence": consequence})
+    try:
+        (Path(folder) / f"rank-{int(rank)}.json").write_text(record)
+    except (OSError, ValueError):
+        return False
+    return True
