@@ -147,3 +147,79 @@ def test_write_report_refuses_a_folder_that_holds_another_run(run, tmp_path):
     assert json.loads((out / "summary.json").read_text())["status"] == "complete"
     with pytest.raises(ValueError, match="not a folder"):
         write_report(diagnosis, out / "notes.txt")
+
+
+# ----------------------------------------------------------------------------- the first screen
+
+
+def _first_screen(html: str) -> str:
+    return html[html.index('id="verdict"') : html.index("<details")]
+
+
+def test_the_first_screen_has_the_badge_why_steps_and_five_numbers(run):
+    _, out = run
+    html = (out / "report.html").read_text()
+    first = _first_screen(html)
+    assert 'class="badge bad"' in first and "NOT TRUSTWORTHY" in first
+    assert "mu[3]" in first  # the one sentence on why names the element that is off
+    assert "What to do next" in first and "--reference" not in first  # it has a reference
+    for name in ("PSIS k-hat", "Importance ESS", "ELBO", "Worst element vs reference", "Time"):
+        assert name in first, name
+    for href in ("#side-by-side", "#evidence", "#timings", "#figure-importance-weights"):
+        assert f'href="{href}"' in first and f'id="{href[1:]}"' in html, href
+    # the rules and the notes are collapsed, below the first screen
+    assert html.index("Rules of the verdict") > html.index("What to do next")
+    assert "<summary>Rules of the verdict</summary>" in html
+
+
+def test_numbers_are_not_printed_to_six_digits(run):
+    diagnosis, out = run
+    html = (out / "report.html").read_text()
+    mu1 = diagnosis.summary["parameters"][0]
+    assert f"{mu1['mean']:.6g}" not in html  # six significant digits: mostly noise
+    assert "diagnosis seconds" not in html  # one compact timings row instead of seven
+    timings = html[html.index('id="timings"') :]
+    assert timings.index("<tbody>") < timings.index(" s</td>") < timings.index("</table>")
+
+
+@pytest.fixture(scope="module")
+def run_without_reference(tmp_path_factory):
+    _, data, m, s = gaussian_problem(d=3, n=5)
+    guide = normal_guide(m, torch.full_like(m, s))
+    model = gaussian_problem(d=3, n=5)[0]
+    fit = FakeFit(model, guide, data, max_plate_nesting=2, guide_name="auto-normal")
+    diagnosis = diagnose(fit, None, draws=4000, progress=False, mode_starts=0)
+    out = tmp_path_factory.mktemp("no-reference")
+    write_report(diagnosis, out)
+    return diagnosis, out
+
+
+def test_without_a_reference_no_column_is_dashes_and_no_row_says_not_compared(
+    run_without_reference,
+):
+    _, out = run_without_reference
+    html = (out / "report.html").read_text()
+    side = html[
+        html.index('id="side-by-side"') : html.index("</table>", html.index('id="side-by-side"'))
+    ]
+    assert "ref mean" not in side and "KS" not in side and "not compared" not in side
+    assert "PSIS mean" in side and "PSIS agrees" in side
+
+
+def test_the_fit_notes_how_it_started_and_which_sites_scale_which(run):
+    diagnosis, out = run
+    summary = json.loads((out / "summary.json").read_text())
+    # _model: mu ~ Normal(0, 10), tau ~ LogNormal(0, 0.5): nothing scales anything
+    assert summary["model_structure"] == {"scale_parents": {}, "loc_parents": {}}
+    assert summary["fit_start"] == {"method": None, "collapsed": []}  # a custom guide
+
+
+def test_the_findings_are_recovered_from_summary_json_alone(run, run_without_reference):
+    from ppl_models.vi import advice
+
+    for _, out in (run, run_without_reference):
+        summary = json.loads((out / "summary.json").read_text())
+        findings = advice.findings_of(summary)
+        assert findings, "the verdict's findings could not be recovered"
+        assert [advice.headline(findings, summary)] != [""]
+    assert advice.findings_of({"verdict": "trustworthy"}) is None  # an old or partial summary
