@@ -1,6 +1,8 @@
 """The exponential-normal job: SVI accuracy against theta*, families, the run contract, the CLI."""
 
 import base64
+import contextlib
+import io
 import json
 import re
 import subprocess
@@ -91,10 +93,13 @@ def test_other_families_reach_their_optimal_kl(family):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    code = cli.main(
-        ["exp-normal", "--out", str(out), "--quiet", "--set", "draws=2000", "--steps", "300"]
-    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(
+            ["exp-normal", "--out", str(out), "--quiet", "--set", "draws=2000", "--steps", "300"]
+        )
     assert code == 0
+    (out.parent / "stdout.txt").write_text(printed.getvalue())
     return out
 
 
@@ -361,4 +366,6 @@ def test_the_report_and_the_command_say_what_the_fit_cost_and_why(finished_run, 
     words = fit_cost(s)
     assert "4,096 particles" in words and "5 observations" in words and "300 steps" in words
     assert "whatever the guide" in words and "--particles" in words
-    assert words in html
+    assert words.replace("`--particles 256`", "<code>--particles 256</code>") in html
+    printed = (finished_run.parent / "stdout.txt").read_text()
+    assert words.replace("`", "") in printed
