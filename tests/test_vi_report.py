@@ -223,3 +223,36 @@ def test_the_findings_are_recovered_from_summary_json_alone(run, run_without_ref
         assert findings, "the verdict's findings could not be recovered"
         assert [advice.headline(findings, summary)] != [""]
     assert advice.findings_of({"verdict": "trustworthy"}) is None  # an old or partial summary
+
+
+def _funnel(y):
+    tau = pyro.sample("tau", dist.HalfNormal(torch.ones((), dtype=y.dtype)))
+    with pyro.plate("groups", y.shape[-1]):
+        theta = pyro.sample("theta", dist.Normal(torch.zeros((), dtype=y.dtype), tau))
+        pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+
+
+def _mean_field_funnel_guide(y):
+    pyro.sample("tau", dist.LogNormal(torch.zeros((), dtype=y.dtype), 0.3))
+    with pyro.plate("groups", y.shape[-1]):
+        pyro.sample("theta", dist.Normal(torch.zeros((), dtype=y.dtype), 0.8))
+
+
+def test_the_pair_plot_shows_the_pairs_the_checks_blame(tmp_path):
+    """The pair plot showed q's draws of the elements furthest off, which are independent under
+    a mean-field q, so the funnel that the verdict blames could not be seen. It now plots each
+    site against the site that is its scale in the model, beside what importance sampling
+    makes of q's draws (no reference here), and says how the pairs were picked."""
+    y = torch.tensor([0.3, -1.2, 2.5, 0.1, -0.4], dtype=torch.float64)
+    fit = FakeFit(_funnel, _mean_field_funnel_guide, {"y": y}, guide_name="auto-normal")
+    diagnosis = diagnose(fit, None, draws=4000, progress=False, mode_starts=0)
+    write_report(diagnosis, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["model_structure"]["scale_parents"] == {"theta": ["tau"]}
+    html = (tmp_path / "run" / "report.html").read_text()
+    figure = html[html.index('id="figure-pairs-the-checks-blame"') :]
+    caption = figure[: figure.index("</figcaption>")]
+    assert (
+        "tau is the scale of theta" in caption and "3 of 5 theta elements furthest off" in caption
+    )
+    assert "PSIS weights" in caption
