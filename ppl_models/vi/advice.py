@@ -187,25 +187,31 @@ def _count(names_: list) -> str:
 
 def _h_reference_means(x: dict) -> str:
     name, error, _ = _worst(x["details"])
+    if len(x["names"]) == 1:
+        return f"The mean of `{name}` is off the reference by {error:+.2f} sd."
     return (
-        f"The means of {_count(x['names'])} are off the reference (worst: `{name}`, "
+        f"The means of {len(x['names'])} elements are off the reference (worst: `{name}`, "
         f"{error:+.2f} sd)."
     )
 
 
 def _h_reference_sds(x: dict) -> str:
     name, ratio, _ = _worst(x["details"], key=lambda d: abs(math.log(max(d[1], 1e-12))))
+    if len(x["names"]) == 1:
+        return f"q's sd of `{name}` is off the reference (sd ratio {ratio:.2f})."
     return (
-        f"q's sds are off the reference for {_count(x['names'])} (worst: `{name}`, sd ratio "
-        f"{ratio:.2f})."
+        f"q's sds are off the reference for {len(x['names'])} elements (worst: `{name}`, sd "
+        f"ratio {ratio:.2f})."
     )
 
 
 def _h_reference_shapes(x: dict) -> str:
     name, ks, _ = _worst(x["details"])
+    if len(x["names"]) == 1:
+        return f"q's marginal shape of `{name}` differs from the reference (KS {ks:.2f})."
     return (
-        f"q's marginal shapes differ from the reference for {_count(x['names'])} (worst: "
-        f"`{name}`, KS {ks:.2f})."
+        f"q's marginal shapes differ from the reference for {len(x['names'])} elements "
+        f"(worst: `{name}`, KS {ks:.2f})."
     )
 
 
