@@ -23,6 +23,11 @@ JOBS = {
     "exp-normal": "ppl_models.jobs.exp_normal",
     "vae": "ppl_models.jobs.vae",
 }
+# commands that read runs rather than make them
+TOOLS = {
+    "runs": "ppl_models.jobs.runs",
+    "compare": "ppl_models.jobs.compare",
+}
 BENCHMARKS = {
     "exp-normal": "ppl_models.bench.exp_normal",
     "vae": "ppl_models.bench.vae",
@@ -65,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="regenerate a run's report from its saved files")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     report.set_defaults(handler=_report)
+    _add_modules(commands, TOOLS)
 
     bench = commands.add_parser("bench", help="run a benchmark and write bench.json")
     _add_modules(
