@@ -1,7 +1,7 @@
 """The reports and the built documentation in a real browser: headless Chromium (Debian's
 ``chromium`` package), driven over the DevTools protocol on a pipe (:mod:`browser`).
 
-For the fit, exp-normal and VAE reports, at 1280 px and at a 390 px phone width: every image
+For the fit, exp-normal and VAE reports (and the page of ``ppl-models compare``), at 1280 px and at a 390 px phone width: every image
 loads, nothing overflows the page horizontally (a wide table scrolls in its own box), and the
 console shows no errors; at 1280 x 900 the verdict's badge and the next steps are on the first
 screen. The built documentation's tutorial pages get the same checks when ``docs/_build/html``
@@ -86,8 +86,16 @@ def _assert_clean(page, where: str) -> None:
     assert not page.console_errors, f"console errors: {page.console_errors} {where}"
 
 
+@pytest.fixture(scope="module")
+def compare_report(tmp_path_factory, fit_report, exp_normal_report) -> Path:
+    out = tmp_path_factory.mktemp("compare") / "page"
+    runs = [str(fit_report.parent), str(exp_normal_report.parent)]
+    assert cli.main(["compare", *runs, "--out", str(out)]) == 0
+    return out / "report.html"
+
+
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("report", ["fit", "exp-normal", "vae"])
+@pytest.mark.parametrize("report", ["fit", "exp-normal", "vae", "compare"])
 def test_reports_load_whole_and_fit_the_window(report, width, request, browser, screenshots):
     path = request.getfixturevalue(f"{report.replace('-', '_')}_report")
     shot = screenshots / f"{report}-{width}.png"
