@@ -92,3 +92,19 @@ def test_the_first_screen_has_the_badge_the_steps_and_the_numbers_in_that_order(
     assert at == sorted(at) and html.index("<details") < html.index('id="evidence"')
     assert "<code>--guide auto-mvn</code>" in html and 'href="#w"' in html and "0.87" in html
     assert "rule one &lt;b&gt;" in html  # escaped
+
+
+def test_the_first_screen_has_room_for_one_more_block(tmp_path):
+    # the escalation ladder's table will go here, between the numbers and the sections
+    ladder = Table("Escalation ladder", ["step", "guide", "verdict"], [[1, "auto-normal", "no"]])
+    report = Report(
+        title="T",
+        verdict=[],
+        badge=Badge("MEANS ONLY", "warn", "the means", "why."),
+        next_steps=["one"],
+        first_screen=[ladder],
+        tables=[Table("Evidence", ["q", "v"], [["x", 1.0]])],
+    )
+    html = write_report(tmp_path, report).read_text()
+    first = html[html.index('id="verdict"') : html.index("</section>")]
+    assert "Escalation ladder" in first and "auto-normal" in first
