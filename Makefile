@@ -30,4 +30,5 @@ bench: setup
 	$(BIN)/ppl-models bench exp-normal
 
 clean:
-	rm -rf $(VENV) docs/_build docs/jupyter_execute docs/tutorials/_generated docs/tutorials/_ipynb
+	rm -rf $(VENV) docs/_build docs/jupyter_execute docs/tutorials/_generated docs/tutorials/_ipynb \
+		docs/api/generated

@@ -1,9 +1,10 @@
 """Sphinx configuration of the ppl_models documentation.
 
 Tutorials are MyST markdown notebooks (``docs/tutorials/*.md``) executed at every build against
-the installed package; the API reference is generated from the NumPy-style docstrings. The build
-needs no network: no intersphinx, and MathJax is served from the built site itself when the
-``sphinx-mathjax-offline`` package is installed.
+the installed package; the API reference is generated from the NumPy-style docstrings, one page
+per module, written by autosummary into ``api/generated/`` at every build (nothing there is kept
+by hand or committed). The build needs no network: no intersphinx, and MathJax is served from
+the built site itself when the ``sphinx-mathjax-offline`` package is installed.
 
 ``PPL_MODELS_DOCS_MODE=full`` (the default, and what ``make docs`` builds) runs the tutorials at
 the sizes whose numbers and pictures the pages discuss, within about 10 minutes on a 2-core CPU;
@@ -23,12 +24,15 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import ppl_models
 from ppl_models import tutorial
 
 DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS / "_ext"))
 
 # -- the two build modes ----------------------------------------------------------------------
 
@@ -50,17 +54,21 @@ version = release
 extensions = [
     "myst_nb",
     "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "api_pages",  # _ext/api_pages.py: re-exports listed and resolved
 ]
 # MathJax 3 bundled into _static/mathjax, so formulas render without a CDN (offline viewing).
 # Without the package the pages still build, and load MathJax from its CDN when viewed.
 if importlib.util.find_spec("sphinx-mathjax-offline") is not None:
     extensions.append("sphinx-mathjax-offline")
 
+templates_path = ["_templates"]
 exclude_patterns = [
     "_build",
+    "_templates",
     "jupyter_execute",
     "**.ipynb_checkpoints",
     "tutorials/_generated",
@@ -89,7 +97,16 @@ nb_render_markdown_format = "myst"
 # (the import cells: tqdm warns at import in a kernel without ipywidgets).
 nb_output_stderr = "warn"
 
-# -- autodoc and napoleon ---------------------------------------------------------------------
+# -- the API reference: autosummary, autodoc and napoleon ------------------------------------
+
+# api/index.md holds one recursive autosummary of the package; at every build it writes one page
+# per module (package or not, found by walking the package, so a new or moved module needs no
+# docs edit) from _templates/autosummary/module.rst into API_PAGES, which git ignores.
+API_PAGES = DOCS / "api" / "generated"
+autosummary_generate = True
+autosummary_ignore_module_all = True  # a package's __all__ re-exports are not its own members
+# a reference to a re-export ({func}`ppl_models.fit_svi`) links to where the object is documented
+reexports_packages = ["ppl_models"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
@@ -171,7 +188,28 @@ def _write_notebooks(app):
             target.write_text(text)
 
 
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is gone
+        return False
+
+
+def _clear_stale_api_pages(app):
+    """Empty ``api/generated`` when a module that has a page there was moved or removed.
+
+    Autosummary reads its own earlier pages too: a package page that still lists the module
+    would fail to import it (a warning), and the module's page would linger as an orphan.
+    Otherwise the pages stay, so that autosummary rewrites (and Sphinx rereads) only those whose
+    text changed.
+    """
+    if not all(_module_exists(page.stem) for page in API_PAGES.glob("*.rst")):
+        shutil.rmtree(API_PAGES)
+
+
 def setup(app):
+    # before autosummary's own builder-inited handler (priority 500) writes the pages
+    app.connect("builder-inited", _clear_stale_api_pages, priority=400)
     app.connect("builder-inited", _write_notebooks)
     app.connect("source-read", _skip_mnist_cells)
     app.connect("doctree-read", _fail_on_error_outputs)

@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+from .errors import one_line
 from .runs import STATUS_COMPLETE, read_json
 
 # command name -> module implementing it; the summary's "model" key names the same modules.
@@ -137,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         FloatingPointError,
         ConnectionError,
     ) as err:
-        # one line: messages from deeper libraries can carry tables after their first line
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        # one line: messages from deeper libraries (Pyro's) run over several lines
+        first = one_line(str(err)) or type(err).__name__
         rank = os.environ.get("RANK", "0") if "LOCAL_RANK" in os.environ else "0"
         # a lost or stopped rank (ConnectionError: RankFailure) is a consequence, not the cause
         if not _left_for_the_launcher(rank, first, isinstance(err, ConnectionError)):

@@ -20,7 +20,7 @@ full-data negative ELBO, and the average that ``DistributedDataParallel`` takes 
 
 is the single-process estimate with the global batch :math:`Wb`: no further scaling is needed.
 
-Rules the jobs follow (see :mod:`ppl_models.jobs.vae`):
+Rules the jobs follow (see :mod:`ppl_models.jobs.vae.train`):
 
 - parameters exist before wrapping (networks at construction; Pyro parameters after one
   warm-up call, see :meth:`Context.wrap`), and ``DistributedDataParallel`` broadcasts rank 0's;
@@ -56,6 +56,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import one_line
 from .runs import Run
 
 TIMEOUT_ENV = "PPL_MODELS_DIST_TIMEOUT"
@@ -257,7 +258,7 @@ def _translated(ctx: Context) -> Iterator[None]:
     except (dist.DistError, RuntimeError) as err:
         if not isinstance(err, dist.DistError) and not _LOST.search(str(err)):
             raise
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = one_line(str(err)) or type(err).__name__
         # gloo's messages open with its source location and close with advice: keep the news
         first = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", first).split(". ")[0]
         raise RankFailure(

@@ -74,6 +74,22 @@ def make_elbo(kind: str = "trace", particles: int = 1, max_plate_nesting: int = 
 
 
 @contextlib.contextmanager
+def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Within the block, ``dtype`` is torch's default float dtype (unchanged for None); the
+    previous default is restored after. A fit runs its model under its own dtype, so constants a
+    model makes with the default dtype (``torch.eye(n)``, ``torch.as_tensor(v,
+    dtype=torch.get_default_dtype())``) agree with the latents it is handed."""
+    before = torch.get_default_dtype()
+    if dtype is not None and dtype != before:
+        torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        if torch.get_default_dtype() != before:
+            torch.set_default_dtype(before)
+
+
+@contextlib.contextmanager
 def local_params() -> Iterator[None]:
     """Within the block, parameters of ``PyroModule`` s live in their modules, not in Pyro's
     global parameter store (``module_local_params``); the previous setting is restored after.
@@ -92,19 +108,25 @@ class Objective(torch.nn.Module):
     (``PyroModule`` s, autoguides, networks) and, after the first call, the unconstrained values
     of any ``pyro.param`` sites the two used (a plain-function guide keeps its parameters in
     Pyro's parameter store), so a ``torch.optim`` optimizer built after one warm-up call sees
-    every parameter either way.
+    every parameter either way. A subclass that estimates the loss another way overrides
+    :meth:`loss` (and may pass ``elbo=None``).
     """
 
-    def __init__(self, model: Callable, guide: Callable, elbo: ELBO):
+    def __init__(self, model: Callable, guide: Callable, elbo: ELBO | None):
         super().__init__()
-        self.elbo = elbo(model, guide)
+        if elbo is not None:
+            self.elbo = elbo(model, guide)
         self._store_names: list[str] | None = None
+
+    def loss(self, *args, **kwargs) -> torch.Tensor:
+        """The negative ELBO estimate for the model's arguments."""
+        return self.elbo(*args, **kwargs)
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         if self._store_names is not None:
-            return self.elbo(*args, **kwargs)
+            return self.loss(*args, **kwargs)
         with poutine.trace(param_only=True) as tape:
-            loss = self.elbo(*args, **kwargs)
+            loss = self.loss(*args, **kwargs)
         store = pyro.get_param_store()
         self._store_names = [name for name in tape.trace.nodes if name in store]
         return loss

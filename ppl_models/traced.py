@@ -48,6 +48,7 @@ from pyro.poutine.runtime import _PYRO_STACK
 from torch.distributions import kl_divergence
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .errors import one_line
 from .svi import Objective
 
 TRACEABLE_ELBOS = (Trace_ELBO, TraceMeanField_ELBO)
@@ -182,7 +183,7 @@ class TracedObjective(Objective):
             except RuntimeError as err:
                 # make_fx refuses to read a traced tensor's value into Python (data-dependent
                 # control flow); the plain evaluation above has shown the model itself runs
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                first = one_line(str(err)) or type(err).__name__
                 raise _Untraceable(f"the loss cannot be traced: {first}") from None
         frozen = [
             node.target

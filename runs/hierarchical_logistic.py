@@ -8,7 +8,8 @@ mu = 0.3, sigma = 1.2, beta = 0.8.
 The joint density has no maximum (it grows without bound as sigma goes to 0 with every alpha_j
 at mu), so a MAP start runs down the funnel; the fit must start where a plain Pyro fit would.
 
-    ppl-models fit runs/hierarchical_logistic.py --reference runs/references/hierarchical_logistic_J100.json.zip
+    ppl-models fit runs/hierarchical_logistic.py \
+        --reference runs/references/hierarchical_logistic_J100.json.zip
 
 The reference draws come from NUTS (``runs/references/hierarchical_logistic_nuts.py``).
 """

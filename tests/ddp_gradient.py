@@ -20,7 +20,7 @@ import pyro.distributions as dist
 import torch
 
 from ppl_models import distributed, svi
-from ppl_models.vae.data import DeviceBatches
+from ppl_models.batches import DeviceBatches
 from ppl_models.vae.model import VaeGuide, build_vae, data_plate
 from ppl_models.vae.networks import build_networks
 

@@ -1,11 +1,12 @@
 """The reports and the built documentation in a real browser: headless Chromium (Debian's
 ``chromium`` package), driven over the DevTools protocol on a pipe (:mod:`browser`).
 
-For the fit, exp-normal and VAE reports (and the page of ``ppl-models compare``), at 1280 px and at a 390 px phone width: every image
-loads, nothing overflows the page horizontally (a wide table scrolls in its own box), and the
-console shows no errors; at 1280 x 900 the verdict's badge and the next steps are on the first
-screen. The built documentation's tutorial pages get the same checks when ``docs/_build/html``
-exists (``make docs``; the CI runs these tests again after building it).
+For the fit, exp-normal and VAE reports (and the page of ``ppl-models compare``), at 1280 px
+and at a 390 px phone width: every image loads, nothing overflows the page horizontally (a wide
+table scrolls in its own box), and the console shows no errors; at 1280 x 900 the verdict's
+badge and the next steps are on the first screen. The built documentation's tutorial pages get
+the same checks when ``docs/_build/html`` exists (``make docs``; the CI runs these tests again
+after building it).
 
 Every check saves a screenshot of the first screen under the test's temporary folder, for a
 person to look at; a failing check prints its path. Without Chromium the tests skip, saying so.

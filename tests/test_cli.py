@@ -10,8 +10,9 @@ import pytest
 from ppl_models import cli, svi
 from ppl_models import exp_normal as exp_normal_model
 from ppl_models.bench import exp_normal as bench_exp_normal
-from ppl_models.jobs import vae as vae_job
 from ppl_models.jobs.exp_normal import config as exp_normal_job
+from ppl_models.jobs.vae import config as vae_config
+from ppl_models.jobs.vae import report as vae_report
 from ppl_models.vae import evaluate
 from ppl_models.vae.model import LIKELIHOODS
 from ppl_models.vae.networks import ARCHS
@@ -70,13 +71,14 @@ def test_every_help_is_fast_and_light(command):
 
 
 def test_the_spelled_out_choices_are_the_codes():
-    assert vae_job.ARCHS == ARCHS
-    assert vae_job.LIKELIHOODS == LIKELIHOODS
-    assert vae_job.ELBO_KINDS == svi.ELBO_KINDS == exp_normal_job.ELBO_KINDS
-    assert vae_job.OBJECTIVE_KINDS == svi.OBJECTIVE_KINDS
+    # the VAE job's config uses the very lists the code checks against: one definition each
+    assert vae_config.ARCHS is ARCHS
+    assert vae_config.LIKELIHOODS is LIKELIHOODS
+    assert vae_config.ELBO_KINDS is svi.ELBO_KINDS is exp_normal_job.ELBO_KINDS
+    assert vae_config.OBJECTIVE_KINDS is svi.OBJECTIVE_KINDS
     assert exp_normal_job.GUIDE_FAMILIES is exp_normal_model.GUIDE_FAMILIES
     assert bench_exp_normal.TOLERANCE is exp_normal_job.TOLERANCE
-    assert vae_job.ACTIVE_THRESHOLD == evaluate.ACTIVE_THRESHOLD
+    assert vae_report.ACTIVE_THRESHOLD is evaluate.ACTIVE_THRESHOLD
 
 
 def test_a_nonfinite_loss_is_a_floating_point_error():

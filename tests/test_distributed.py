@@ -27,9 +27,9 @@ import torch
 from ranks import as_rank, cli_ok, free_port, spawned_ranks
 
 from ppl_models import cli, distributed, svi
+from ppl_models.batches import DeviceBatches
 from ppl_models.runs import read_json, read_metrics
 from ppl_models.vae import evaluate
-from ppl_models.vae.data import DeviceBatches
 from ppl_models.vae.model import build_vae, data_plate
 from ppl_models.vae.networks import build_networks
 

@@ -6,20 +6,29 @@
   MyST-NB executes it rather than rendering it as plain text, and it reads
   ``PPL_MODELS_DOCS_MODE`` if it computes anything expensive.
 - Tutorials use the public API: no ``ppl_models`` name starting with ``_``.
-- The API reference covers the package. The approach: the API pages are reStructuredText files
-  ``docs/api/*.rst`` made of ``.. automodule::`` directives. For every module of the package
-  (found by walking ``ppl_models``), its public functions and classes are the names in its
-  namespace that do not start with ``_`` and whose ``__module__`` is the module itself (so
-  re-exports count once, where they are defined). Each module that has any must be documented
-  by exactly one ``automodule`` with ``:members:`` and ``:undoc-members:`` and must not exclude
-  any of them; that is the set autodoc renders (a duplicate would be a Sphinx warning). A
-  separate test asks that each of those names has a docstring of its own, since
-  ``:undoc-members:`` would otherwise list it without a word.
+- The API reference covers the package. The approach: no API page is kept by hand; the one
+  ``autosummary`` directive of ``docs/api/index.md`` (``:recursive:``, ``:toctree:``) makes
+  Sphinx write a page per module into the git-ignored ``docs/api/generated`` at every build, from
+  ``docs/_templates/autosummary/module.rst``. The tests run that same generation (autosummary's
+  own code, with ``conf.py``'s templates) into a temporary folder and check the pages it writes,
+  made of ``.. automodule::`` directives: every module of the package (found by walking
+  ``ppl_models``) gets exactly one page and one ``automodule`` (a duplicate would be a Sphinx
+  warning), and every page is in a toctree. A module's public functions and classes are the
+  names in its namespace that do not start with ``_`` and whose ``__module__`` is the module
+  itself (so re-exports count once, where they are defined); its ``automodule`` must have
+  ``:members:`` and ``:undoc-members:`` (and ``:ignore-module-all:`` where the module has an
+  ``__all__``, which would otherwise document its re-exports again) and must not exclude any of
+  them; that is the set autodoc renders. A separate test asks that each of those names has a
+  docstring of its own, since ``:undoc-members:`` would otherwise list it without a word.
+- Every ``{func}``/``{mod}``/``{class}``... reference of a page to ``ppl_models`` names an object
+  that exists, so moving a module cannot leave a dead link behind (Sphinx renders an
+  unresolved Python reference as plain text, without a warning).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 import re
@@ -42,6 +51,8 @@ REQUIRED_TUTORIALS = (
 )
 TOCTREE = re.compile(r"```\{toctree\}\n(.*?)```", re.S)
 AUTOMODULE = re.compile(r"^\.\. automodule:: *(\S+)\s*\n((?:[ \t]+:.*\n?)*)", re.M)
+AUTOSUMMARY = re.compile(r"^( *)\.\. autosummary::[ \t]*\n((?:\1[ \t]+\S.*\n|[ \t]*\n)*)", re.M)
+API_ROLE = re.compile(r"\{(?:py:)?(?:func|mod|class|meth|data|attr|obj|exc)\}`([^`]+)`")
 
 
 # ----------------------------------------------------------------------------- table of contents
@@ -97,10 +108,16 @@ def test_required_pages_are_in_the_table_of_contents():
     assert not missing, f"pages missing from the table of contents: {missing}"
 
 
-def test_every_tutorial_and_api_page_is_listed():
+def test_every_tutorial_and_api_page_is_listed(api_pages):
     listed = listed_pages()
-    pages = [p for p in TUTORIALS.glob("*.md")] + [p for p in API.glob("*.rst")]
-    orphans = [str(p.relative_to(DOCS)) for p in pages if p not in listed]
+    orphans = [str(p.relative_to(DOCS)) for p in TUTORIALS.glob("*.md") if p not in listed]
+    # an API page is listed by the autosummary :toctree: of the index or of its package's page
+    listed_modules = set()
+    for page in [API / "index.md", *api_pages.glob("*.rst")]:
+        for module, entries, options in autosummary_directives(page.read_text()):
+            if "toctree" in options:
+                listed_modules.update(f"{module}.{e}" if module else e for e in entries)
+    orphans += [p.name for p in api_pages.glob("*.rst") if p.stem not in listed_modules]
     assert not orphans, f"pages no toctree lists: {orphans}"
 
 
@@ -191,10 +208,50 @@ def public_objects(module_name: str) -> dict[str, object]:
     }
 
 
-def automodule_directives() -> list[tuple[str, str, set[str], set[str]]]:
-    """(page, module, option names, excluded members) for every automodule in docs/api."""
+def load_conf():
+    spec = importlib.util.spec_from_file_location("docs_conf", DOCS / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
+def autosummary_directives(text: str) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(current module, entries, options) of each ``.. autosummary::`` in reST text; the current
+    module is the last ``automodule`` above it (entries are named relative to it)."""
     found = []
-    for page in sorted(API.glob("*.rst")):
+    for match in AUTOSUMMARY.finditer(text):
+        above = AUTOMODULE.findall(text[: match.start()])
+        options, entries = {}, []
+        for line in match.group(2).splitlines():
+            option = re.match(r"\s+:([\w-]+):\s*(.*)", line)
+            if option:
+                options[option.group(1)] = option.group(2).strip()
+            elif line.strip():
+                entries.append(line.strip())
+        found.append((above[-1][0] if above else "", entries, options))
+    return found
+
+
+@pytest.fixture(scope="module")
+def api_pages(tmp_path_factory) -> Path:
+    """The API pages as the build writes them: autosummary's generation run on docs/api/index.md
+    with conf.py's templates and settings, into a temporary folder."""
+    from sphinx.ext.autosummary.generate import DummyApplication, generate_autosummary_docs
+    from sphinx.locale import get_translator
+
+    conf = load_conf()
+    app = DummyApplication(get_translator())
+    app.config.templates_path.extend(str(DOCS / path) for path in conf.templates_path)
+    app.config.autosummary_ignore_module_all = conf.autosummary_ignore_module_all
+    out = tmp_path_factory.mktemp("api")
+    generate_autosummary_docs([str(API / "index.md")], output_dir=out, app=app)
+    return out
+
+
+def automodule_directives(folder: Path) -> list[tuple[str, str, set[str], set[str]]]:
+    """(page, module, option names, excluded members) for every automodule in the pages."""
+    found = []
+    for page in sorted(folder.glob("*.rst")):
         for module, block in AUTOMODULE.findall(page.read_text()):
             options, excluded = set(), set()
             for line in block.splitlines():
@@ -207,41 +264,109 @@ def automodule_directives() -> list[tuple[str, str, set[str], set[str]]]:
     return found
 
 
-def test_api_pages_are_automodule_rst_files():
-    assert API.is_dir() and automodule_directives(), "docs/api/*.rst hold no automodule"
-    for page in API.glob("*.md"):
-        assert page.name == "index.md", f"API pages are .rst automodule pages, found {page.name}"
+def test_api_pages_are_generated_not_kept_by_hand():
+    conf = load_conf()
+    assert "sphinx.ext.autosummary" in conf.extensions and conf.autosummary_generate is True
+    hand_made = [p.name for p in API.iterdir() if p.name not in ("index.md", "generated")]
+    assert not hand_made, f"docs/api holds only index.md; pages are generated, found {hand_made}"
+    directives = [
+        (entries, options.get("toctree"), "recursive" in options)
+        for _, entries, options in autosummary_directives((API / "index.md").read_text())
+    ]
+    assert directives == [(["ppl_models"], "generated", True)], (
+        "api/index.md must hold one recursive autosummary of the package, written to generated/"
+    )
+    assert conf.API_PAGES == API / "generated"
+    assert "api/generated/" in (DOCS / ".gitignore").read_text().splitlines(), (
+        "the generated API pages must be ignored by git"
+    )
 
 
-def test_every_module_is_documented_once():
-    documented = [module for _, module, _, _ in automodule_directives()]
+def test_every_module_has_one_generated_page(api_pages):
+    documented = [module for _, module, _, _ in automodule_directives(api_pages)]
     duplicates = sorted({m for m in documented if documented.count(m) > 1})
     assert not duplicates, f"modules documented twice (duplicate object warnings): {duplicates}"
     unknown = sorted(set(documented) - set(package_modules()))
     assert not unknown, f"automodule of modules that do not exist: {unknown}"
+    missing = sorted(set(package_modules()) - set(documented))
+    assert not missing, f"modules without an API page: {missing}"
+    pages = sorted(p.stem for p in api_pages.glob("*.rst"))
+    assert pages == sorted(package_modules()), "one page per module, named after it"
 
 
-def test_api_reference_covers_every_public_name():
+def test_api_reference_covers_every_public_name(api_pages):
     directives = {
         module: (page, options, excluded)
-        for page, module, options, excluded in automodule_directives()
+        for page, module, options, excluded in automodule_directives(api_pages)
     }
     problems = []
     for module_name in package_modules():
         names = public_objects(module_name)
-        if not names:
-            continue
         if module_name not in directives:
             problems.append(f"{module_name}: no automodule page documents {sorted(names)}")
             continue
         page, options, excluded = directives[module_name]
-        for option in ("members", "undoc-members"):
+        required = ["members", "undoc-members"]
+        if hasattr(importlib.import_module(module_name), "__all__"):
+            required.append("ignore-module-all")
+        for option in required:
             if option not in options:
                 problems.append(f"{page}: automodule {module_name} lacks :{option}:")
         hidden = sorted(set(names) & excluded)
         if hidden:
             problems.append(f"{page}: {module_name} excludes public names {hidden}")
     assert not problems, "\n".join(problems)
+
+
+def test_package_pages_list_their_reexports():
+    """Each name a module exports (``__all__``) but another module defines is listed on its page
+    (the template's ``reexports`` directive), with a module that holds that very object."""
+    spec = importlib.util.spec_from_file_location("api_pages", DOCS / "_ext" / "api_pages.py")
+    api_pages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(api_pages)
+    checked = 0
+    for module_name in package_modules():
+        module = importlib.import_module(module_name)
+        listed = {name: home for name, _, home, _ in api_pages.reexports(module)}
+        for name in getattr(module, "__all__", ()):
+            value = getattr(module, name)
+            if name in listed:
+                home = importlib.import_module(listed[name])
+                assert home is not module and getattr(home, name) is value, (
+                    f"{module_name}.{name} is listed as coming from {listed[name]}"
+                )
+                checked += 1
+            elif inspect.isclass(value) or inspect.isfunction(value):
+                assert value.__module__ == module_name, f"{module_name}.{name} is not listed"
+            else:
+                assert api_pages.defines(module, name), f"{module_name}.{name} is not listed"
+    assert checked >= 6, "ppl_models re-exports the six functions of the public API"
+
+
+def api_object(target: str):
+    """The module or object a dotted name points at, or None when there is none."""
+    parts = target.split(".")
+    for stop in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:stop]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[stop:]:
+            obj = getattr(obj, attribute, None)
+        return obj
+    return None
+
+
+def test_references_to_the_api_name_existing_objects():
+    dead = []
+    for page in sorted(DOCS.rglob("*.md")):
+        if {"_build", "jupyter_execute", "_generated"} & set(page.parts):
+            continue
+        for text in API_ROLE.findall(page.read_text()):
+            target = re.sub(r".*<(.*)>$", r"\1", text).lstrip("~!")
+            if target.startswith("ppl_models") and api_object(target) is None:
+                dead.append(f"{page.relative_to(DOCS)}: {target}")
+    assert not dead, f"references to names the package does not have: {dead}"
 
 
 def own_docstring(obj) -> str:
@@ -334,11 +459,7 @@ def test_mnist_cells_are_tagged_and_skipped_without_mnist():
     """Every code cell of an MNIST page that reads data from page.mnist is tagged mnist (a test
     ``page.mnist is None`` is no read); conf.py's hook adds skip-execution to those tags when
     MNIST is missing."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("docs_conf", DOCS / "conf.py")
-    conf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conf)
+    conf = load_conf()
     for page in sorted(TUTORIALS.glob("*.md")):
         text = page.read_text()
         if "setup(mnist=True)" not in text:

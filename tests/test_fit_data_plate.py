@@ -22,13 +22,9 @@ from ranks import cli_ok, spawned_ranks
 from scipy import stats
 
 from ppl_models import cli, distributed, svi
+from ppl_models.batches import index_batches
 from ppl_models.runs import read_json
-from ppl_models.vi.data_plate import (
-    check_indexing,
-    find_data_plate,
-    index_batches,
-    subsampled,
-)
+from ppl_models.vi.data_plate import check_indexing, find_data_plate, subsampled
 from ppl_models.vi.fitting import fit_svi
 from ppl_models.vi.logweights import draw_log_weights
 from ppl_models.vi.script import load_script

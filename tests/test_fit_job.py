@@ -210,3 +210,55 @@ def test_a_failing_nproc_job_says_why_in_one_line(tmp_path, capfd):
     assert "OMP_NUM_THREADS" not in err and "torchrun" not in err
     summary = read_json(out / "summary.json")
     assert summary["status"] == "failed" and "not written yet" in summary["error"]
+
+
+UNBATCHED = """
+import pyro, pyro.distributions as dist, torch
+def model(y):
+    theta = pyro.sample("theta", dist.Normal(torch.zeros(5), 1.0))  # batch (5,), no plate
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(theta.sum(-1, keepdim=True), 1.0), obs=y)
+def data():
+    return {"y": [1.0, 0.5, 2.0]}
+"""
+NUMPY_SIMULATOR = """
+import numpy as np, pyro, pyro.distributions as dist, torch
+def model(y):
+    g = pyro.sample("g", dist.Uniform(1.0, 20.0))
+    height = float(np.floor(g.numpy() * 3.0))  # a piecewise-constant simulator in NumPy
+    pyro.sample("y", dist.Normal(torch.tensor(height), 1.0), obs=torch.tensor(y))
+def data():
+    return {"y": 30.0}
+"""
+GUIDE_MISSING_SITE = """
+import pyro, pyro.distributions as dist, torch
+from pyro.distributions import constraints
+def model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    s = pyro.sample("s", dist.HalfNormal(1.0))
+    with pyro.plate("n", len(x)):
+        pyro.sample("x", dist.Normal(mu, s), obs=x)
+def guide(x):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    pyro.sample("mu", dist.Normal(loc, 1.0))  # s is left out
+def data():
+    return {"x": [0.5, 1.5, 1.0]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("script", "guide", "pattern"),
+    [
+        (UNBATCHED, "auto-normal", r'at site "theta", invalid log_prob shape; Expected \[\], '),
+        (NUMPY_SIMULATOR, "auto-normal", r"not differentiable .*compute the model with torch"),
+        (GUIDE_MISSING_SITE, "custom", r"no value for the model's latent sites \['s'\]"),
+    ],
+)
+def test_a_broken_model_ends_in_one_line_that_keeps_pyros_hint(
+    tmp_path, capsys, script, guide, pattern
+):
+    path = write(tmp_path, "broken_model.py", script)
+    out = tmp_path / "run"
+    code, _, err = run_cli(["fit", str(path), "--guide", guide, "--out", str(out), *SMALL], capsys)
+    assert_one_line_error(code, err, pattern)
+    assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))  # nothing half-written

@@ -12,8 +12,9 @@ from pyro.infer import JitTrace_ELBO
 from pyro.nn import PyroModule, PyroParam
 
 from ppl_models.svi import local_params, make_elbo, make_objective, train
-from ppl_models.vae.model import LIKELIHOODS, build_vae, observations
+from ppl_models.vae.model import build_vae, observations
 from ppl_models.vae.networks import build_networks
+from ppl_models.vae.options import LIKELIHOODS
 
 
 def vae_pair(arch="mlp", likelihood="normal", latent_dim=2, hidden_dim=16):

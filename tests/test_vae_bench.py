@@ -9,8 +9,9 @@ from ppl_models import cli
 from ppl_models.bench import vae as bench
 from ppl_models.runs import read_json
 from ppl_models.svi import make_elbo, make_objective
-from ppl_models.vae.model import LIKELIHOODS, build_vae, observations
+from ppl_models.vae.model import build_vae, observations
 from ppl_models.vae.networks import build_networks
+from ppl_models.vae.options import LIKELIHOODS
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)

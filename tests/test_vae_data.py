@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from ppl_models.batches import DeviceBatches
 from ppl_models.vae import data as vae_data
-from ppl_models.vae.data import DeviceBatches, load_mnist, read_idx, resolve_root
+from ppl_models.vae.data import load_mnist, read_idx, resolve_root
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> Path:

@@ -18,7 +18,7 @@ from scipy import stats
 from torch import nn
 
 from ppl_models import cli, diagnostics
-from ppl_models.jobs import vae as job
+from ppl_models.jobs.vae.config import GRID_COMPARISON
 from ppl_models.runs import read_json
 from ppl_models.vae import evaluate, gaps, posterior_grid
 from ppl_models.vae.best_gaussian import fit_best_gaussians, standardized_normal
@@ -170,7 +170,8 @@ def trained(synthetic_mnist):
     import pyro
 
     from ppl_models import svi
-    from ppl_models.vae import DeviceBatches, build_networks, build_vae, load_mnist, observations
+    from ppl_models.batches import DeviceBatches
+    from ppl_models.vae import build_networks, build_vae, load_mnist, observations
 
     data = load_mnist(synthetic_mnist, torch.device("cpu"))
     pyro.set_rng_seed(0)
@@ -270,7 +271,7 @@ def test_latent2_run_writes_the_grid_section(synthetic_mnist, tmp_path):
     assert list(s["grid_iw_shortfall"]) == ["1", "10", "100"]
     assert s["grid_iw_shortfall"]["1"] == pytest.approx(s["grid_kl_amortized"])
     # the amortized draws are those of the evaluation: K = 1 of the first 5 IW images
-    c = gaps.GridComparison.load(run / job.GRID_COMPARISON)
+    c = gaps.GridComparison.load(run / GRID_COMPARISON)
     evaluation = np.load(run / "evaluation.npz")
     np.testing.assert_allclose(c.khat, evaluation["khat"][:5])
     summaries = s["grid_figure_summaries"]

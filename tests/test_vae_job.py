@@ -10,7 +10,8 @@ import torch
 
 from ppl_models import cli, diagnostics, svi
 from ppl_models.config import config_to_toml, load_config
-from ppl_models.jobs import vae as job
+from ppl_models.jobs.vae import report, train
+from ppl_models.jobs.vae.config import VaeConfig
 from ppl_models.runs import read_json, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +132,7 @@ def test_k1_bound_is_the_elbo_of_the_same_images(synthetic_mnist, tmp_path):
     # the IW bounds are not below the ELBO of their images (beyond Monte Carlo error)
     assert s["log_likelihood"] >= s["iw_bounds"]["1"] - 4 * s["iw_gains_se"]["10"]
     assert f"on the first 32 of those images, the ELBO is {s['iw_bounds']['1']:.2f}" in " ".join(
-        job.verdict(s)
+        report.verdict(s)
     ).replace("On the", "on the")
 
 
@@ -140,14 +141,14 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(synthetic_mnist, tmp_pat
     assert cli.main(tiny(synthetic_mnist, straight)) == 0
 
     # interrupted right after the first epoch's checkpoint
-    real_save = job.save_checkpoint
+    real_save = train.save_checkpoint
 
     def save_then_stop(path, loss_fn, optimizer, epoch, config, **kwargs):
         real_save(path, loss_fn, optimizer, epoch, config, **kwargs)
         raise KeyboardInterrupt
 
     interrupted = tmp_path / "interrupted"
-    monkeypatch.setattr(job, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(train, "save_checkpoint", save_then_stop)
     assert cli.main(tiny(synthetic_mnist, interrupted)) == 130
     monkeypatch.undo()
     assert read_json(interrupted / "summary.json")["status"] == "failed"
@@ -190,7 +191,7 @@ def test_resume_refuses_changes_and_finished_runs(
 
 
 def test_resume_without_checkpoint(tmp_path, capsys):
-    (tmp_path / "config.toml").write_text(config_to_toml(job.VaeConfig()))
+    (tmp_path / "config.toml").write_text(config_to_toml(VaeConfig()))
     assert cli.main(["vae", "--resume", str(tmp_path)]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
@@ -268,21 +269,21 @@ def test_wrong_image_shape_is_exit_2(tmp_path, capsys):
 def test_config_files_load_and_describe_every_key():
     for name in ("vae_mnist_conv", "vae_mnist_mlp", "vae_mnist_latent2"):
         path = REPO / "runs" / f"{name}.toml"
-        config = load_config(job.VaeConfig, path)
+        config = load_config(VaeConfig, path)
         keys = [
             line.split("=")[0].strip()
             for line in path.read_text().splitlines()
             if line and not line.startswith("#")
         ]
-        assert keys == [f.name for f in dataclasses.fields(job.VaeConfig)]
+        assert keys == [f.name for f in dataclasses.fields(VaeConfig)]
         assert all(
             "#" in line
             for line in path.read_text().splitlines()
             if line and not line.startswith("#")
         )
         assert config.ks == [1, 10, 100, 1000, 5000]
-    assert load_config(job.VaeConfig, REPO / "runs" / "vae_mnist_conv.toml") == job.VaeConfig()
-    mlp = load_config(job.VaeConfig, REPO / "runs" / "vae_mnist_mlp.toml")
+    assert load_config(VaeConfig, REPO / "runs" / "vae_mnist_conv.toml") == VaeConfig()
+    mlp = load_config(VaeConfig, REPO / "runs" / "vae_mnist_mlp.toml")
     assert (mlp.arch, mlp.likelihood, mlp.latent_dim, mlp.hidden_dim) == (
         "mlp",
         "bernoulli",
@@ -294,9 +295,9 @@ def test_config_files_load_and_describe_every_key():
 def test_checkpoint_rng_state_round_trips():
     torch.manual_seed(3)
     np.random.seed(3)  # noqa: NPY002  (the legacy global state is what the checkpoint holds)
-    state = job.rng_state()
+    state = train.rng_state()
     first = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
-    job.set_rng_state(state)
+    train.set_rng_state(state)
     again = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
     assert torch.equal(first[0], again[0])
     np.testing.assert_array_equal(first[1], again[1])

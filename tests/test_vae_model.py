@@ -7,8 +7,9 @@ import torch
 from pyro import poutine
 
 from ppl_models.svi import make_elbo, make_objective
-from ppl_models.vae.model import LIKELIHOODS, build_vae, observations
+from ppl_models.vae.model import build_vae, observations
 from ppl_models.vae.networks import build_networks
+from ppl_models.vae.options import LIKELIHOODS
 
 LOG_2PI = math.log(2 * math.pi)
 

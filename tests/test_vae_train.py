@@ -13,9 +13,10 @@ import math
 import pytest
 import torch
 
+from ppl_models.batches import DeviceBatches
 from ppl_models.svi import make_elbo, make_objective, seed_everything, train
 from ppl_models.vae import evaluate
-from ppl_models.vae.data import DeviceBatches, load_mnist
+from ppl_models.vae.data import load_mnist
 from ppl_models.vae.model import build_vae, observations
 from ppl_models.vae.networks import build_networks
 

@@ -12,7 +12,7 @@ import ppl_models
 from ppl_models.svi import local_params
 from ppl_models.vi.convergence import convergence_report
 from ppl_models.vi.fitting import fit_svi
-from ppl_models.vi.guides import max_plate_nesting
+from ppl_models.vi.traces import max_plate_nesting
 from ppl_models.vi.vectorization import vectorization_ok
 
 
@@ -127,13 +127,23 @@ def test_beta0_indexing_is_detected_and_the_loop_gives_the_same_answer():
         assert not vectorization_ok(
             regression_indexed, good.guide, good.data, good.max_plate_nesting
         )
-    fit = fit_svi(regression_indexed, "auto-mvn", data, steps=200, particles=4, device="cpu")
-    assert not fit.vectorized
-    assert any("beta[0]" in note for note in fit.notes)
-    q_mean, q_cov = q_moments(fit)
     sd = cov.diagonal().sqrt()
-    assert ((q_mean - mean).abs() / sd).max() < 0.1
-    assert ((q_cov.diagonal().sqrt() / sd) - 1).abs().max() < 0.15
+    for vectorize, mode in ((None, "vmap"), (False, "loop")):  # vmapped, or looped if asked
+        fit = fit_svi(
+            regression_indexed,
+            "auto-mvn",
+            data,
+            steps=200,
+            particles=4,
+            device="cpu",
+            vectorize=vectorize,
+        )
+        assert fit.vectorization == mode
+        if vectorize is None:
+            assert any("beta[0]" in note for note in fit.notes)
+        q_mean, q_cov = q_moments(fit)
+        assert ((q_mean - mean).abs() / sd).max() < 0.1
+        assert ((q_cov.diagonal().sqrt() / sd) - 1).abs().max() < 0.15
 
 
 def test_eight_schools_plates_and_deterministic_sites_vectorize():
@@ -267,3 +277,31 @@ def test_a_model_without_latent_variables_is_refused_in_plain_words(guide):
     message = str(refused.value)
     assert "no latent variables" in message and "obs=" in message
     assert "Auto" not in message and "empty guide" not in message
+
+
+def default_dtype_regression(X, y):
+    """Constants made with the default dtype (an identity, data cast to it) meet the latents."""
+    n, d = X.shape
+    X = torch.as_tensor(X, dtype=torch.get_default_dtype())
+    beta = pyro.sample("beta", dist.MultivariateNormal(torch.zeros(d), 10.0 * torch.eye(d)))
+    mean = (X @ beta.unsqueeze(-1)).squeeze(-1)
+    pyro.sample("y", dist.MultivariateNormal(mean, torch.eye(n)), obs=y)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_runs_dtype_is_the_default_dtype_inside_fit_and_diagnosis(dtype):
+    from ppl_models.vi.diagnose import diagnose
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(20, 2, generator=g, dtype=torch.float64)
+    y = X @ torch.tensor([1.0, -0.5], dtype=torch.float64) + torch.randn(20, generator=g)
+    precision = X.T @ X + torch.eye(2, dtype=torch.float64) / 10.0  # conjugate: exact posterior
+    mean = torch.linalg.solve(precision, X.T @ y)
+    before = torch.get_default_dtype()
+    fit = fit_svi(default_dtype_regression, "auto-mvn", {"X": X, "y": y}, dtype=dtype, steps=500)
+    summary = diagnose(fit, None, draws=2000, progress=False, mode_starts=0).summary
+    assert torch.get_default_dtype() == before  # scoped to the calls
+    assert fit.dtype == getattr(torch, dtype) and fit.vectorized
+    sds = torch.linalg.inv(precision).diagonal().sqrt()
+    for j, p in enumerate(summary["parameters"][:2]):
+        assert abs(p["mean"] - float(mean[j])) < 0.1 * float(sds[j]), p

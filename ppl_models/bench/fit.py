@@ -15,6 +15,11 @@ posteriordb ones when their data is found: ``$PPL_MODELS_POSTERIORDB``, else the
     (b)'s (target <= 1.1);
 (c) ``nuts``: :func:`ppl_models.nuts_reference`, what ``--reference nuts`` adds to a run.
 
+With ``--compare-pyro`` the benchmark measures accuracy instead of time: every posterior of
+:mod:`ppl_models.bench.posteriors` (the shipped scripts and the package's test posteriors) is
+fitted the package's way and plain Pyro's way, and their final ELBOs, mean errors and sd ratios
+are compared (:mod:`ppl_models.bench.compare_pyro`).
+
 Target: a report for a model of up to 10 parameters within 15 s on a 2-core CPU, NUTS aside.
 Times are of one warm process (torch and Pyro already imported), after one untimed warm-up run
 of the smallest model, which pays the one-off imports and first-call costs. Besides wall-clock
@@ -31,6 +36,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .posteriors import DEFAULT_SCRIPTS  # the repository's model scripts, from its root
 
 TARGET_SECONDS = 15.0
 TARGET_PARAMETERS = 10
@@ -56,9 +63,6 @@ MODELS = (
     BenchModel("kidiq_kidscore_momiq", "auto-mvn", "kidiq-kidscore_momiq"),
     BenchModel("sblri_blr", "auto-mvn", "sblri-blr"),
 )
-
-
-DEFAULT_SCRIPTS = Path("runs")  # the repository's model scripts, from its root
 
 
 def available(models=MODELS, scripts: Path = DEFAULT_SCRIPTS) -> tuple[list, list[str]]:
@@ -238,7 +242,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to its ``bench fit`` subparser."""
     names = ", ".join(m.name for m in MODELS)
     parser.add_argument(
-        "--models", help=f"comma-separated model scripts of --scripts (default: all of {names})"
+        "--models",
+        help=f"comma-separated model scripts of --scripts (default: all of {names}); with "
+        "--compare-pyro, posteriors of ppl_models.bench.posteriors (default: all)",
     )
     parser.add_argument(
         "--scripts",
@@ -275,6 +281,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("."),
         help="folder for bench.json, created when missing (default: here)",
     )
+    from . import compare_pyro
+
+    compare_pyro.add_arguments(parser)
 
 
 def _out_dir(out: Path) -> Path:
@@ -297,7 +306,13 @@ def _select(names: str | None):
 
 
 def main(args: argparse.Namespace) -> int:
-    """Time every available model, print the table, write ``bench.json``; returns 0."""
+    """Time every available model, print the table, write ``bench.json``; returns 0. With
+    ``--compare-pyro``, compare the package's fits with plain Pyro's instead
+    (:func:`ppl_models.bench.compare_pyro.main`)."""
+    if getattr(args, "compare_pyro", False):
+        from . import compare_pyro
+
+        return compare_pyro.main(args)
     import torch
 
     from ..jobs.fit.config import FitConfig

@@ -31,9 +31,10 @@ import pyro
 import torch
 
 from .. import distributed
+from ..batches import DeviceBatches
 from ..runs import atomic_write_json, environment, read_json
 from ..svi import make_elbo, make_objective, resolve_device, seed_everything, train
-from ..vae.data import DeviceBatches, load_mnist, resolve_root
+from ..vae.data import load_mnist, resolve_root
 from ..vae.model import build_vae, observations
 from ..vae.networks import build_networks
 

@@ -25,9 +25,9 @@ import time
 import warnings
 from pathlib import Path
 
-# the likelihoods of ppl_models.vae.model, spelled out so that --help loads no torch
-LIKELIHOODS = ("normal", "normal-learned-scale", "bernoulli")
-ARCHS = ("mlp", "conv")
+from ..options import DEVICES
+from ..vae.options import ARCHS, LIKELIHOODS
+
 METHODS = ("networks", "handwritten", "plain", "traced", "jit")
 LABELS = {
     "networks": "networks only",
@@ -41,7 +41,7 @@ LABELS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to its ``bench step`` subparser."""
     parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA if present"
+        "--device", choices=DEVICES, default="auto", help="default: CUDA if present"
     )
     parser.add_argument("--arch", choices=ARCHS, default="mlp", help="networks (default mlp)")
     parser.add_argument(

@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..jobs.vae import ARCHS, LIKELIHOODS
+from ..options import DEVICES
 from ..runs import atomic_write_json, environment
+from ..vae.options import ARCHS, LIKELIHOODS
 from . import make_out_dir
 
 # torch and pyro are imported inside the functions, so that building the command line is instant
@@ -103,8 +104,8 @@ def _stepper(
     is the kind of the package's objective (see :func:`ppl_models.svi.make_objective`)."""
     import torch
 
+    from ..batches import DeviceBatches
     from ..svi import make_elbo, make_objective, train
-    from ..vae.data import DeviceBatches
 
     if method == "handwritten":
         loss_fn = _handwritten_module(model, guide)
@@ -199,7 +200,7 @@ def _forever(batches):
 
 def epoch_seconds(images: torch.Tensor, args, device: torch.device) -> float:
     """Wall time of one epoch's worth of steps over ``images``, package step, batch 256."""
-    from ..vae.data import DeviceBatches
+    from ..batches import DeviceBatches
 
     pair = _pair(args, device)
     steps = _stepper("package", *pair, images, images, EPOCH_BATCH, device, args.objective)
@@ -211,7 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to its ``bench vae`` subparser."""
     parser.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICES,
         default="auto",
         help="where to run (default: CUDA when present)",
     )

@@ -16,16 +16,17 @@ import resource
 import time
 from pathlib import Path
 
-from ..jobs.vae import LIKELIHOODS
+from ..config import load_config
+from ..jobs.vae.config import CHECKPOINT, VaeConfig
+from ..options import DEVICES
 from ..runs import atomic_write_json, environment
+from ..vae.options import LIKELIHOODS
 from . import make_out_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to its ``bench vae-grid`` subparser."""
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run"
-    )
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
     parser.add_argument("--images", type=int, default=200, help="held-out images (default 200)")
     parser.add_argument(
         "--grid-points", type=int, default=401, dest="grid_points", help="nodes per axis (odd)"
@@ -56,20 +57,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _pair(args, device):
     """The model and guide: a run's trained networks, or fresh MLP ones."""
     from .. import svi
-    from ..config import load_config
-    from ..jobs import vae as job
+    from ..jobs.vae.train import build_model, load_checkpoint
 
     if args.run is None:
-        config = job.VaeConfig(
+        config = VaeConfig(
             arch="mlp", likelihood=args.likelihood, latent_dim=2, hidden_dim=args.hidden_dim
         )
-        return (*job.build_model(config, device), config)
-    config = load_config(job.VaeConfig, Path(args.run) / "config.toml")
+        return (*build_model(config, device), config)
+    config = load_config(VaeConfig, Path(args.run) / "config.toml")
     if config.latent_dim != 2:
         raise ValueError(f"--run needs a run with latent_dim 2, got {config.latent_dim}")
-    model, guide = job.build_model(config, device)
-    state = job.load_checkpoint(Path(args.run) / job.CHECKPOINT)["networks"]
-    # the checkpoint holds the training objective's state, as ppl_models.jobs.vae.fit saves it
+    model, guide = build_model(config, device)
+    state = load_checkpoint(Path(args.run) / CHECKPOINT)["networks"]
+    # the checkpoint holds the training objective's state, as ppl_models.jobs.vae.train.fit saves it
     elbo = svi.make_elbo(config.elbo, config.particles)
     svi.make_objective(model, guide, elbo, config.objective).load_state_dict(state)
     return model, guide, config

@@ -34,11 +34,12 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-LIKELIHOODS = ("normal", "normal-learned-scale", "bernoulli")
+from .options import LIKELIHOODS
 
 
 def check_likelihood(likelihood: str) -> None:
-    """Raise ``ValueError`` unless ``likelihood`` is one of :data:`LIKELIHOODS`."""
+    """Raise ``ValueError`` unless ``likelihood`` is one of
+    :data:`~ppl_models.vae.options.LIKELIHOODS`."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ARCHS = ("conv", "mlp")
+from .options import ARCHS
+
 IMAGE_SHAPE = (1, 28, 28)
 PIXELS = 28 * 28
 

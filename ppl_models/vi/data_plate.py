@@ -20,7 +20,7 @@ The fit then chooses the indices. Under :func:`subsampled` the plate's indices a
 
 is an unbiased estimate of the full-data ELBO when :math:`B` is a uniformly random subset. With
 ``W`` ranks under ``torchrun`` each rank takes its stride of one permutation shared by all
-(:class:`~ppl_models.vae.data.DeviceBatches`, the VAE's sampler), and the average that
+(:func:`ppl_models.batches.index_batches`), and the average that
 ``DistributedDataParallel`` takes over ranks is the estimate from the union of their batches
 (see :mod:`ppl_models.distributed`).
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+
+from ..errors import one_line
 
 SCRIPT_ATTRIBUTE = "DATA_PLATE"
 
@@ -177,7 +179,7 @@ def check_indexing(
                 trace = poutine.trace(conditioned).get_trace(**data)
                 trace.compute_log_prob()
         except Exception as err:  # noqa: BLE001 - any failure here means the indexing is wrong
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            first = one_line(str(err)) or type(err).__name__
             raise ValueError(f"{advice} (on half of the data it raised: {first})") from err
         totals.append(
             sum(
@@ -193,51 +195,3 @@ def check_indexing(
             f"{advice}: the log-likelihood of the two halves of the data adds up to "
             f"{halves:.8g}, not the full data's {full:.8g}"
         )
-
-
-def index_batches(
-    size: int,
-    batch_size: int,
-    steps: int,
-    *,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    device: torch.device | str = "cpu",
-) -> Iterator[torch.Tensor]:
-    """The observation indices of ``steps`` steps on rank ``rank`` of ``world_size``.
-
-    Passes over the data follow one another; pass ``e`` shuffles by a permutation every rank
-    draws alike (seeded by :func:`ppl_models.distributed.epoch_seed`) and gives each rank its
-    stride of it in batches of ``batch_size`` (the VAE's
-    :class:`~ppl_models.vae.data.DeviceBatches`). ``batch_size`` 0 means one batch per pass:
-    each rank's whole stride, so that with ``size`` divisible by ``world_size`` the ranks' batches
-    together are the full data at every step.
-    """
-    from ..distributed import epoch_seed
-    from ..vae.data import DeviceBatches
-
-    if world_size > size:
-        raise ValueError(f"{size} observations cannot be shared among {world_size} processes")
-    per_rank = size // world_size
-    if not 0 <= batch_size <= per_rank:
-        raise ValueError(
-            f"batch_size must be between 0 (each process's whole share) and {per_rank} "
-            f"({size} observations over {world_size} process(es)), got {batch_size}"
-        )
-    indices = torch.arange(size, device=device)
-    taken, epoch = 0, 0
-    while taken < steps:
-        batches = DeviceBatches(
-            indices,
-            batch_size or per_rank,
-            rank=rank,
-            world_size=world_size,
-            seed=epoch_seed(seed, epoch),
-        )
-        for (batch,) in batches:
-            if taken == steps:
-                return
-            yield batch
-            taken += 1
-        epoch += 1

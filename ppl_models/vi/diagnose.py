@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from .. import diagnostics
+from ..svi import default_dtype
 from . import bounds as vb
 from .compare import compare, flatten_sites
-from .logweights import LogWeights, draw_log_weights, element_names
+from .enumeration import enumerated
+from .logweights import LogWeights, discrete_conditionals, draw_log_weights, element_names
 from .modes import search_modes
 from .references import Reference, load_reference, match_sites, nuts_reference
 from .settings import DiagnosisSettings
@@ -74,7 +76,9 @@ def _resolve_reference(reference, fit, nuts: dict | None) -> Reference | None:
     if isinstance(reference, str) and reference.lower() == "nuts":
         settings = {"max_plate_nesting": getattr(fit, "max_plate_nesting", None)}
         settings.update(nuts or {})
-        return nuts_reference(fit.model, fit.data, **settings)
+        discrete = getattr(fit, "discrete", None)
+        model = enumerated(fit.model, discrete) if discrete else fit.model  # NUTS sums them out
+        return nuts_reference(model, fit.data, **settings)
     if isinstance(reference, (str, Path)):
         return load_reference(reference)
     raise ValueError(
@@ -128,6 +132,56 @@ def _measured_unconstrained_errors(coords: list[dict], lw: LogWeights, ref: Refe
         for j, c in enumerate(entries):
             c["measured_mean_error"] = abs(c["mean"] - float(u[:, j].mean()))
             c["measured_sd_error"] = abs(c["sd"] - float(u[:, j].std()))
+
+
+DISCRETE_ELEMENTS = 2**23  # numbers of p(k | x, z_s) held at once: draws x elements x support
+
+
+def discrete_marginals(fit, *, draws: int = 2000, seed: int = 0) -> dict[str, dict]:
+    r"""The posterior marginal :math:`p(k \mid x)` of each discrete site summed out by the fit:
+    the PSIS-weighted average, over guide draws :math:`z_s`, of the exact conditionals
+    :math:`p(k \mid x, z_s)` (:func:`~ppl_models.vi.logweights.discrete_conditionals`).
+
+    Returns site -> ``probabilities`` ``(*plate_shape, support)``, ``draws`` and ``ess`` (the
+    importance ESS of these draws). Fewer draws are used where a
+    site's conditionals are large (at most :data:`DISCRETE_ELEMENTS` numbers at once).
+    """
+    discrete = fit.discrete
+    per_draw = sum(int(np.prod(shape)) for shape in discrete.supports.values()) * max(
+        1, _largest_plate(fit)
+    )
+    n = int(max(100, min(draws, DISCRETE_ELEMENTS // max(per_draw, 1))))
+    log_w, conditionals = discrete_conditionals(
+        fit.model,
+        fit.guide,
+        fit.data,
+        discrete,
+        draws=n,
+        vectorized=bool(getattr(fit, "vectorized", True)),
+        seed=seed + 1,
+    )
+    smoothed, _ = diagnostics.psis_smooth(log_w)
+    weights = np.exp(smoothed)
+    ess = diagnostics.importance_ess(log_w)
+    return {
+        site: {"probabilities": np.tensordot(weights, probs, axes=1), "draws": n, "ess": ess}
+        for site, probs in conditionals.items()
+    }
+
+
+def _largest_plate(fit) -> int:
+    sizes = [v.shape[0] for v in fit.data.values() if hasattr(v, "shape") and len(v.shape)]
+    return max(sizes, default=1)
+
+
+def unconstrained_mode(fit) -> str | None:
+    """How the diagnosis evaluates the model at the guide's flat unconstrained draws
+    (:func:`~ppl_models.vi.vmapped.log_joint_fn`): as the fit did for a vmapped model or one
+    with dynamic supports; None (from traces) otherwise."""
+    mode = getattr(fit, "vectorization", None)
+    if mode == "vmap" or getattr(fit, "dynamic", None):
+        return mode
+    return None
 
 
 def _json_number(x):
@@ -193,6 +247,36 @@ def diagnose(
         For reference names matching no site, a corrupt reference file, or a model whose log
         densities are not finite on the guide's draws.
     """
+    with default_dtype(getattr(fit, "dtype", None)):  # constants the model makes agree
+        return _diagnosis(
+            fit,
+            reference,
+            draws=draws,
+            chunk=chunk,
+            seed=seed,
+            progress=progress,
+            rules=rules,
+            nuts=nuts,
+            loop_draws=loop_draws,
+            mode_starts=mode_starts,
+            context=context,
+        )
+
+
+def _diagnosis(
+    fit,
+    reference=None,
+    *,
+    draws: int = DiagnosisSettings.draws,
+    chunk: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    rules: VerdictRules | None = None,
+    nuts: dict | None = None,
+    loop_draws: int = DiagnosisSettings.loop_draws,
+    mode_starts: int = DiagnosisSettings.mode_starts,
+    context=None,
+) -> Diagnosis | None:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     lw = draw_log_weights(
@@ -201,6 +285,8 @@ def diagnose(
         fit.data,
         draws=draws,
         vectorized=bool(getattr(fit, "vectorized", True)),
+        unconstrained=unconstrained_mode(fit),
+        discrete=getattr(fit, "discrete", None),
         max_plate_nesting=int(getattr(fit, "max_plate_nesting", 1) or 0),
         loop_draws=loop_draws,
         chunk=chunk,
@@ -245,7 +331,14 @@ def diagnose(
     timings["compare"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    modes = search_modes(fit.model, fit.data, lw, starts=mode_starts, seed=seed)
+    modes = search_modes(
+        fit.model,
+        fit.data,
+        lw,
+        starts=mode_starts,
+        seed=seed,
+        discrete=getattr(fit, "discrete", None),
+    )
     timings["mode_search"] = time.perf_counter() - t
 
     converged = bool(getattr(fit, "converged", False))
@@ -264,7 +357,12 @@ def diagnose(
     )
 
     t = time.perf_counter()
-    idata = _inference_data(lw, ref)
+    marginals = None
+    if getattr(fit, "discrete", None):
+        t = time.perf_counter()
+        marginals = discrete_marginals(fit, seed=seed)
+        timings["discrete_marginals"] = time.perf_counter() - t
+    idata = _inference_data(lw, ref, marginals)
     timings["inference_data"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
@@ -332,6 +430,16 @@ def diagnose(
         "verdict_off": verdict.off,
         "verdict_checks": verdict.checks,
         "mode_search": modes.to_dict() if mode_starts > 0 else None,
+        "discrete_sites": list(fit.discrete.sites) if getattr(fit, "discrete", None) else [],
+        "discrete_marginals": None
+        if marginals is None
+        else {
+            site: {
+                "probabilities": m["probabilities"].tolist(),
+                **{k: v for k, v in m.items() if k != "probabilities"},
+            }
+            for site, m in marginals.items()
+        },
         "converged": converged,
         "convergence": convergence,
         "convergence_rule": convergence.get("rule"),
@@ -353,7 +461,7 @@ def diagnose(
     return Diagnosis(summary=summary, idata=idata, fit=fit, reference=ref)
 
 
-def _inference_data(lw: LogWeights, ref: Reference | None):
+def _inference_data(lw: LogWeights, ref: Reference | None, marginals: dict | None = None):
     s = lw.draws
     keep = min(s, POSTERIOR_DRAWS) // POSTERIOR_CHAINS * POSTERIOR_CHAINS
     per = keep // POSTERIOR_CHAINS
@@ -371,4 +479,8 @@ def _inference_data(lw: LogWeights, ref: Reference | None):
         posterior=posterior,
         sample_stats=stats,
         reference_posterior=None if ref is None else dict(ref.draws),
+        # each discrete site's posterior marginal p(k | x): (1, 1, *plate_shape, support)
+        discrete_marginals=None
+        if not marginals
+        else {site: m["probabilities"][None, None] for site, m in marginals.items()},
     )

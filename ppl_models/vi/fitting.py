@@ -14,6 +14,7 @@ particles are vectorized where the model allows it (:mod:`ppl_models.vi.vectoriz
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import time
@@ -25,27 +26,40 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
+from pyro.util import check_site_shape
 
+from ..batches import index_batches
 from ..distributed import Context, rank_seed
 from ..options import DEVICES
-from ..svi import local_params, make_objective, resolve_device, seed_everything, train
+from ..svi import (
+    default_dtype,
+    local_params,
+    make_objective,
+    resolve_device,
+    seed_everything,
+    train,
+)
 from .convergence import convergence_report
 from .data_plate import (
     DataPlate,
     check_indexing,
     find_data_plate,
-    index_batches,
     refuse_own_subsampling,
     subsampled,
 )
-from .guides import make_guide, max_plate_nesting
+from .enumeration import Discrete, enumerated, enumeration_vectorizes, find_discrete
+from .guides import WhitenedGuide, make_guide
 from .initialization import PYRO_INIT_SCALE, ran_to_boundary
 from .logweights import draw_log_weights
+from .modules import adopt_local_params, model_modules, module_parameters, point_estimates
 from .script import model_data
 from .settings import CUSTOM, GUIDES, FitSettings
+from .traces import max_plate_nesting
+from .unconstrained import check_bounds, dynamic_sites, evaluate, guide_layout
 from .vectorization import vectorization_ok
+from .vmapped import LOOP, PLATE, VMAP, VmappedElbo, evaluation_ok, vmap_ok
 
 
 @dataclass
@@ -68,12 +82,19 @@ class SviFit:
     converged, convergence
         Whether the convergence rule held at the end; ``convergence["rule"]`` states it in
         words, ``convergence["step"]`` is the step from which it held to the end (or None).
-    vectorized
-        True when particles (and the diagnosis's draws) can be vectorized under a plate.
+    vectorized, vectorization
+        How particles (and the diagnosis's draws) are vectorized: ``"plate"`` (under a
+        particle plate), ``"vmap"`` (``torch.func.vmap`` of the model) or ``"loop"``;
+        ``vectorized`` is true for the first two.
     max_plate_nesting
         The model's plate depth; a particle plate goes at dim ``-(max_plate_nesting + 1)``.
     notes
         Sentences the report must show (initialisation, fallbacks).
+    discrete
+        The model's discrete latent sites, summed out by enumeration
+        (:class:`~ppl_models.vi.enumeration.Discrete`; empty when it has none).
+    dynamic
+        The latent sites whose support depends on other latents.
     settings
         The fit's settings (steps, particles, lr, ..., seed, device, dtype, init).
     """
@@ -95,6 +116,9 @@ class SviFit:
     dtype: torch.dtype
     init_seconds: float = 0.0
     extras: dict = field(default_factory=dict)
+    vectorization: str = "plate"
+    discrete: Discrete | None = None
+    dynamic: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -207,36 +231,94 @@ def fit_svi(
         )
     threads = _threads(settings, data) if device.type == "cpu" else None
     start = time.perf_counter()
-    with local_params(), _torch_threads(threads):
-        fit = _fit_once(model, guide, guide_name, data, settings, hooks, context, device, dtype)
-        collapsed = _collapsed(fit)
-        if collapsed:  # a MAP start whose fit ran a bounded site to its bound: try Pyro's start
-            retry = _fit_once(
-                model,
-                guide,
-                guide_name,
-                data,
-                settings.replace(init="prior"),
-                hooks,
-                context,
-                device,
-                dtype,
-            )
-            fit = _better_of(fit, retry, collapsed)
+    with local_params(), _torch_threads(threads), default_dtype(dtype):
+        modules = model_modules(model)
+        adopt_local_params(modules)
+        discrete = find_discrete(model, data, dtype)
+        dynamic = [] if discrete or guide_name == CUSTOM else dynamic_sites(model, data, dtype)
+        problem = _Problem(
+            model,
+            guide,
+            guide_name,
+            data,
+            hooks,
+            context,
+            device,
+            dtype,
+            modules,
+            discrete,
+            dynamic,
+        )
+        initial = [copy.deepcopy(m.state_dict()) for m in modules]
+        fit = _fit_once(problem, settings)
+        doubt = _doubt(fit)
+        if doubt:  # a MAP start whose fit collapsed or did not converge: try Pyro's start
+            trained = [copy.deepcopy(m.state_dict()) for m in modules]
+            _load(modules, initial)
+            retry = _fit_once(problem, settings.replace(init="prior"))
+            fit = _better_of(fit, retry, doubt)
+            if fit is not retry:
+                _load(modules, trained)
+        _note_point_estimates(fit)
     fit.settings = _settings_record(fit, settings, threads, context)
     fit.seconds = time.perf_counter() - start
     return fit
 
 
-def _fit_once(model, guide, guide_name, data, settings, hooks, context, device, dtype) -> SviFit:
+@dataclass(frozen=True)
+class _Problem:
+    """What every attempt at one fit shares: the model, the guide asked for, the converted data,
+    the caller's hooks, the process's place, the device and dtype, and the model's modules."""
+
+    model: Callable
+    guide: str | Callable
+    guide_name: str
+    data: dict
+    hooks: FitHooks
+    context: Context
+    device: torch.device
+    dtype: torch.dtype
+    modules: list
+    discrete: Discrete
+    dynamic: list[str]
+
+    @property
+    def fit_model(self) -> Callable:
+        """The model the ELBO sees: its discrete sites marked for enumeration."""
+        return enumerated(self.model, self.discrete) if self.discrete else self.model
+
+
+def _load(modules: list, states: list) -> None:
+    for module, state in zip(modules, states, strict=True):
+        module.load_state_dict(state)
+
+
+def _note_point_estimates(fit: SviFit) -> None:
+    """Record the model's own parameters, and say that the posterior is conditional on them."""
+    estimates = point_estimates(fit.model, fit.guide, fit.data)
+    if not estimates:
+        return
+    fit.extras["point_estimates"] = {k: v.tolist() for k, v in estimates.items()}
+    names = list(estimates)
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    fit.notes.append(
+        f"The model's own parameters ({shown}) were fitted as point estimates alongside the "
+        "guide (type-II maximum likelihood): the posterior, and every check of it, is "
+        "conditional on their values."
+    )
+
+
+def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
     """One fit from the start ``settings.init``: build the guide, train, average."""
+    model, guide_name, data = problem.fit_model, problem.guide_name, problem.data
+    hooks, context, device, dtype = problem.hooks, problem.context, problem.device, problem.dtype
     start = time.perf_counter()
     seed_everything(settings.seed)
-    fitted, notes = _built_guide(model, guide, guide_name, data, settings, device, dtype)
+    fitted, notes = _built_guide(problem, settings)
     prototype, nesting, plate = _inspected_model(model, fitted, data, settings)
     init_seconds = time.perf_counter() - start
-    vectorized = _vectorization(model, fitted, data, nesting, settings, notes)
-    loss_fn = _objective(model, fitted, data, settings, vectorized, nesting)
+    vectorization = _vectorization(problem, fitted, nesting, settings, notes)
+    loss_fn = _objective(problem, fitted, settings, vectorization, nesting)
     step_loss, batches = _step_losses(
         context.wrap(loss_fn),
         data,
@@ -250,7 +332,7 @@ def _fit_once(model, guide, guide_name, data, settings, hooks, context, device, 
         notes.append(_plate_note(plate, settings.batch_size, context))
     if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
         seed_everything(rank_seed(settings.seed, context.rank))
-    params = list(loss_fn.parameters())
+    params = _unique([*loss_fn.parameters(), *module_parameters(problem.modules)])
     optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
     decay = (settings.lr_final / settings.lr) ** (1.0 / settings.steps)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
@@ -275,7 +357,7 @@ def _fit_once(model, guide, guide_name, data, settings, hooks, context, device, 
     if not convergence["held"]:
         notes.append(f"The convergence rule {convergence['status']}.")
     return SviFit(
-        model=model,
+        model=problem.model,
         guide=fitted,
         data=data,
         guide_name=guide_name,
@@ -283,7 +365,7 @@ def _fit_once(model, guide, guide_name, data, settings, hooks, context, device, 
         averaged_elbo=-float(window_losses.mean()) if len(window_losses) else None,
         converged=convergence["held"],
         convergence=convergence,
-        vectorized=vectorized,
+        vectorized=vectorization != LOOP,
         max_plate_nesting=nesting,
         notes=notes,
         settings={"init": settings.init if guide_name != CUSTOM else "the custom guide's own"},
@@ -292,43 +374,76 @@ def _fit_once(model, guide, guide_name, data, settings, hooks, context, device, 
         dtype=dtype,
         init_seconds=init_seconds,
         extras={"stopped_early": result.stopped_early, "averaged_steps": recorder.count},
+        vectorization=vectorization,
+        discrete=problem.discrete,
+        dynamic=problem.dynamic,
     )
 
 
-def _collapsed(fit: SviFit) -> list[tuple[str, str]]:
-    """The bounded coordinates whose fitted location lies more than e^5 times nearer their bound
-    than the feasible point the MAP search began from (more than 5 outwards in the unconstrained
-    space), as a group scale collapses to zero in a funnel's neck; empty unless the fit began
-    at a MAP (otherwise it began at Pyro's start already, and there is nothing else to try)."""
+def _unique(params: list) -> list:
+    seen = set()
+    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+
+
+@dataclass(frozen=True)
+class _Doubt:
+    """Why a fit from a MAP start is fitted again from Pyro's start: the bounded coordinates
+    it ran towards their bounds, or its failure to converge."""
+
+    collapsed: list[tuple[str, str]]
+    converged: bool
+
+    def words(self) -> str:
+        if self.collapsed:
+            names = ", ".join(n for n, _ in self.collapsed[:4])
+            more = " ..." if len(self.collapsed) > 4 else ""
+            their = "its" if len(self.collapsed) == 1 else "their"
+            return (
+                f"ran {names}{more} towards {their} bound (a collapsing scale, as in a "
+                "funnel's neck)"
+            )
+        return (
+            "did not meet its convergence rule (the Laplace approximation at the mode was a "
+            "poor start, as at the mode of a funnel's neck)"
+        )
+
+
+def _doubt(fit: SviFit) -> _Doubt | None:
+    """A reason to doubt a fit that began at a MAP, or None: the bounded coordinates whose
+    fitted location lies more than e^5 times nearer their bound than the feasible point the MAP
+    search began from (more than 5 outwards in the unconstrained space), as a group scale
+    collapses to zero in a funnel's neck, or a convergence rule that failed. Fits from other
+    starts began at Pyro's start already: there is nothing else to try."""
     start = getattr(fit.guide, "start", None)
     if start is None or start.method != "laplace":
-        return []
+        return None
     origin = start.origin if start.origin is not None else start.loc
     loc = fit.guide.unconstrained_mean().to(origin)
-    return ran_to_boundary(origin, loc, fit.guide.coordinates())
+    collapsed = ran_to_boundary(origin, loc, fit.guide.coordinates())
+    if collapsed or not fit.converged:
+        return _Doubt(collapsed, fit.converged)
+    return None
 
 
-def _better_of(first: SviFit, retry: SviFit, collapsed: list[tuple[str, str]]) -> SviFit:
+def _better_of(first: SviFit, retry: SviFit, doubt: _Doubt) -> SviFit:
     """The fit with the higher final ELBO (estimated from the same number of guide draws, with
     its standard error), with a note on both."""
     elbos = [final_elbo(f) for f in (first, retry)]
     keep = 1 if elbos[1][0] > elbos[0][0] else 0
-    names = ", ".join(name for name, _ in collapsed[:4]) + (" ..." if len(collapsed) > 4 else "")
     (m0, se0), (m1, se1) = elbos
     words = "the refit" if keep else "the fit from the MAP start"
-    their = "its" if len(collapsed) == 1 else "their"
     note = (
-        f"The fit from the MAP start ran {names} towards {their} bound (a collapsing scale, "
-        "as in a funnel's neck), so the guide was fitted again from Pyro's start (the prior's "
-        f"mean or median, scale {PYRO_INIT_SCALE:g}). Final ELBOs ({FINAL_ELBO_DRAWS} draws "
-        f"each): MAP start {m0:.6g} ± {se0:.2g}, Pyro's start {m1:.6g} ± {se1:.2g}; {words} "
-        "is kept."
+        f"The fit from the MAP start {doubt.words()}, so the guide was fitted again from "
+        f"Pyro's start (the prior's mean or median, scale {PYRO_INIT_SCALE:g}). Final ELBOs "
+        f"({FINAL_ELBO_DRAWS} draws each): MAP start {m0:.6g} ± {se0:.2g}, Pyro's start "
+        f"{m1:.6g} ± {se1:.2g}; {words} is kept."
     )
     kept = retry if keep else first
     kept.notes = [note, *kept.notes]
     kept.init_seconds = first.init_seconds + (retry.init_seconds if keep else 0.0)
     kept.extras["restart"] = {
-        "collapsed": [name for name, _ in collapsed],
+        "collapsed": [name for name, _ in doubt.collapsed],
+        "converged_from_map": doubt.converged,
         "elbo_map_start": [m0, se0],
         "elbo_pyro_start": [m1, se1],
         "kept": "pyro-start" if keep else "map-start",
@@ -346,6 +461,7 @@ def final_elbo(fit: SviFit, draws: int = 0, seed: int = 0) -> tuple[float, float
         fit.data,
         draws=draws,
         vectorized=fit.vectorized,
+        unconstrained=fit.vectorization if fit.vectorization == VMAP or fit.dynamic else None,
         max_plate_nesting=fit.max_plate_nesting,
         seed=seed,
         device=fit.device,
@@ -407,16 +523,53 @@ def _settings_record(fit: SviFit, settings: FitSettings, threads, context) -> di
     return record
 
 
-def _built_guide(model, guide, guide_name, data, settings, device, dtype):
-    """The guide to fit, set up for ``data`` (an autoguide finds its start here), and the notes
+def _built_guide(problem: _Problem, settings: FitSettings):
+    """The guide to fit, set up for the data (an autoguide finds its start here), and the notes
     on how it started."""
-    if guide_name == CUSTOM:
-        return guide, ["The custom guide was fitted as given (no initialisation by the package)."]
+    if problem.guide_name == CUSTOM:
+        return problem.guide, [
+            "The custom guide was fitted as given (no initialisation by the package)."
+        ]
     fitted = make_guide(
-        guide_name, model, init=settings.init, dtype=dtype, device=device, **settings.guide_options
+        problem.guide_name,
+        problem.model,
+        init=settings.init,
+        dtype=problem.dtype,
+        device=problem.device,
+        discrete=problem.discrete or None,
+        dynamic=problem.dynamic,
+        **settings.guide_options,
     )
-    fitted.setup(**data)
-    return fitted, list(fitted.notes)
+    fitted.setup(**problem.data)
+    notes = list(fitted.notes)
+    if problem.discrete:
+        notes.append(_discrete_note(problem.discrete))
+    if problem.dynamic:
+        _check_dynamic_bounds(problem, fitted)
+        notes.append(
+            f"The supports of {', '.join(problem.dynamic)} depend on other latents: each draw is "
+            "mapped from the unconstrained space with the bounds the model states at that draw, "
+            "and its log-Jacobian (as Stan maps lower=/upper= expressions)."
+        )
+    return fitted, notes
+
+
+def _check_dynamic_bounds(problem: _Problem, guide, draws: int = 8) -> None:
+    """The dynamic sites' bounds are finite and ordered at a few draws of the guide."""
+    layout = guide_layout(guide)
+    with torch.no_grad():
+        for u in guide.get_posterior().sample((draws,)):
+            check_bounds(evaluate(problem.model, layout, u, problem.data), problem.dynamic)
+
+
+def _discrete_note(discrete: Discrete) -> str:
+    sizes = ", ".join(f"{name} ({discrete.supports[name]} values)" for name in discrete.sites[:6])
+    more = f" and {len(discrete.sites) - 6} more" if len(discrete.sites) > 6 else ""
+    return (
+        f"The discrete latent sites {sizes}{more} are summed out by parallel enumeration "
+        "(TraceEnum_ELBO): the guide covers the continuous sites, and every log density of the "
+        "diagnosis is the marginal over the discrete ones."
+    )
 
 
 def _inspected_model(model, guide, data, settings: FitSettings):
@@ -427,6 +580,8 @@ def _inspected_model(model, guide, data, settings: FitSettings):
         prototype = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
     nesting = max_plate_nesting(prototype)
     refuse_own_subsampling(guide_trace, prototype)
+    check_guide_covers_model(guide_trace, prototype)
+    check_site_shapes(prototype, nesting)
     plate = None
     if settings.data_plate:
         plate = find_data_plate(prototype, settings.data_plate)
@@ -434,31 +589,118 @@ def _inspected_model(model, guide, data, settings: FitSettings):
     return prototype, nesting, plate
 
 
-def _vectorization(model, guide, data, nesting, settings: FitSettings, notes: list[str]) -> bool:
-    """Whether particles are vectorized (:func:`vectorization_ok`, unless turned off)."""
+def check_guide_covers_model(guide_trace, model_trace) -> None:
+    """A guide must draw every latent site of the model that is not summed out, and no site
+    the model lacks: otherwise the ELBO is of another model (Pyro only warns, and the fit
+    would run to the end on the wrong objective).
+
+    Raises
+    ------
+    ValueError
+        Naming the sites missing from the guide, or the guide's sites the model lacks.
+    """
+    latent = {
+        name
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and not site["infer"].get("_deterministic")
+        and site["infer"].get("enumerate") != "parallel"
+    }
+    drawn = {
+        name
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample"
+        and not site_is_subsample(site)
+        and not site["infer"].get("is_auxiliary")
+    }
+    missing, extra = sorted(latent - drawn), sorted(drawn - latent - set(model_trace.nodes))
+    if missing:
+        raise ValueError(
+            f"the guide draws no value for the model's latent sites {missing}: a guide needs a "
+            "pyro.sample statement for every latent site of the model (discrete sites may "
+            "instead be summed out: mark them with infer={'enumerate': 'parallel'})"
+        )
+    if extra:
+        raise ValueError(
+            f"the guide draws sites the model does not have: {extra}; rename them to the "
+            "model's site names"
+        )
+
+
+def check_site_shapes(model_trace, nesting: int) -> None:
+    """Every sample site's batch shape must be that of its plates (Pyro's own check, made here
+    whatever the caller's validation setting): a batch dimension outside any plate would clash
+    with the particle and draw dimensions.
+
+    Raises
+    ------
+    ValueError
+        Pyro's message: the site, the expected and actual shapes, and the fixes it suggests.
+    """
+    model_trace.compute_log_prob()
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            check_site_shape(site, nesting)
+
+
+def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, notes) -> str:
+    """How particles (and the diagnosis's draws) are vectorized: under a plate when the model
+    broadcasts (:func:`~ppl_models.vi.vectorization.vectorization_ok`, or for summed-out
+    discrete sites :func:`~ppl_models.vi.enumeration.enumeration_vectorizes`), else by
+    ``vmap`` of the model for the package's autoguides (:func:`~ppl_models.vi.vmapped.vmap_ok`),
+    else in a loop (or as ``settings.vectorize`` says)."""
+    model, data = problem.fit_model, problem.data
     if settings.vectorize is False:
         notes.append("Vectorized particles were turned off; particles are looped over.")
-        return False
-    ok = vectorization_ok(model, guide, data, nesting)
-    if settings.vectorize is None and not ok:
+        return LOOP
+    if problem.dynamic:  # the guide's own transforms are fixed: every draw goes through the model
+        if settings.vectorize is None:
+            for mode in (PLATE, VMAP):
+                if evaluation_ok(model, guide, data, mode):
+                    return mode
+        return LOOP
+    if problem.discrete:
+        if enumeration_vectorizes(model, guide, data, problem.discrete):
+            return PLATE
+    elif vectorization_ok(model, guide, data, nesting):
+        return PLATE
+    if settings.vectorize is None and isinstance(guide, WhitenedGuide) and not problem.discrete:
+        if settings.elbo == "trace" and vmap_ok(model, guide, data):
+            notes.append(
+                "The model does not broadcast over a particle dimension (for example it indexes "
+                "beta[0], or a module takes one draw of its weights), so particles and the "
+                "diagnosis's draws are vectorized with torch.func.vmap of the model instead."
+            )
+            return VMAP
+    if settings.vectorize is None:
         notes.append(
             "The model does not give the same log density for draws taken together under "
             "a particle plate as one by one (for example it indexes a vector as beta[0] "
-            "instead of beta[..., 0]); particles and the diagnosis's draws are looped over "
-            "one at a time, which is slower."
+            "instead of beta[..., 0]), nor under torch.func.vmap (its Python code branches on "
+            "a value, say); particles and the diagnosis's draws are looped over one at a time, "
+            "which is slower."
         )
-    return ok
+    return LOOP
 
 
-def _objective(model, guide, data, settings: FitSettings, vectorized: bool, nesting: int):
+def _objective(problem: _Problem, guide, settings: FitSettings, vectorization: str, nesting):
     """The negative ELBO as a module whose parameters all exist (one warm-up call)."""
-    elbo_class = Trace_ELBO if settings.elbo == "trace" else TraceMeanField_ELBO
-    estimator = elbo_class(
-        num_particles=settings.particles,
-        vectorize_particles=vectorized and settings.particles > 1,
-        max_plate_nesting=nesting,
-    )
-    loss_fn = make_objective(model, guide, estimator)
+    model, data = problem.fit_model, problem.data
+    if vectorization == VMAP or problem.dynamic:
+        loss_fn = VmappedElbo(model, guide, settings.particles, problem.modules, vectorization)
+    else:
+        if problem.discrete:
+            elbo_class = TraceEnum_ELBO  # the discrete sites summed out, exactly
+        else:
+            elbo_class = Trace_ELBO if settings.elbo == "trace" else TraceMeanField_ELBO
+        estimator = elbo_class(
+            num_particles=settings.particles,
+            vectorize_particles=vectorization == PLATE and settings.particles > 1,
+            max_plate_nesting=nesting,
+        )
+        loss_fn = make_objective(model, guide, estimator)
     loss_fn(**data)  # builds every parameter (pyro.param sites too) before the optimizer
     if not list(loss_fn.parameters()):
         raise ValueError("the guide has no parameters to fit")
@@ -535,7 +777,7 @@ def _step_losses(
     """The loss of one step and the steps' arguments: all the data at every step, unless a
     data plate is to be subsampled (a ``batch_size``, or several processes); then a batch of
     observation indices per step, given to the plate
-    (:func:`ppl_models.vi.data_plate.index_batches`)."""
+    (:func:`ppl_models.batches.index_batches`)."""
     if plate is None or (batch_size == 0 and not context.parallel):  # all the data every step
         return (lambda: loss_fn(**data)), [()] * steps
 

@@ -26,9 +26,11 @@ guide by ``lr`` posterior standard deviations.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
@@ -40,6 +42,7 @@ from pyro.nn import PyroParam
 from torch import nn
 from torch.distributions import biject_to
 
+from .enumeration import Discrete, continuous_part, log_joint_at
 from .initialization import (
     LBFGS_ITERATIONS,
     LaplaceStart,
@@ -50,6 +53,7 @@ from .initialization import (
     prior_start,
 )
 from .settings import CUSTOM, GUIDE_CHOICES, INITS
+from .unconstrained import evaluate, guide_layout
 
 # ----------------------------------------------------------------------------- guides
 
@@ -75,6 +79,13 @@ class WhitenedGuide(AutoContinuous):
         Of the guide's parameters (the Laplace step itself runs in float64).
     iterations
         L-BFGS iterations.
+    discrete
+        The model's discrete sites that the fit sums out
+        (:class:`~ppl_models.vi.enumeration.Discrete`): the guide covers the other sites, and
+        its potential is the marginal over them.
+    dynamic
+        The sites whose support depends on other latents
+        (:func:`~ppl_models.vi.unconstrained.dynamic_sites`).
     """
 
     name = "whitened"
@@ -88,6 +99,8 @@ class WhitenedGuide(AutoContinuous):
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         iterations: int = LBFGS_ITERATIONS,
+        discrete: Discrete | None = None,
+        dynamic: list[str] | None = None,
     ):
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
@@ -97,7 +110,10 @@ class WhitenedGuide(AutoContinuous):
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self._iterations = iterations
         self.start: LaplaceStart | None = None
-        super().__init__(model, init_loc_fn=feasible_init(dtype, self._device))
+        self._discrete = discrete
+        self._dynamic = list(dynamic or [])
+        guided = continuous_part(model, discrete) if discrete else model
+        super().__init__(guided, init_loc_fn=feasible_init(dtype, self._device))
 
     @property
     def notes(self) -> list[str]:
@@ -111,21 +127,50 @@ class WhitenedGuide(AutoContinuous):
             with poutine.block():
                 self._setup_prototype(*args, **kwargs)
 
-    def potential(self, z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def potential(self, z: torch.Tensor, **data) -> torch.Tensor:
         r"""The potential :math:`U(z) = -\log p(x, T(z)) - \log|\det J_T(z)|` of a flat
-        unconstrained vector ``z`` (no batch dimension)."""
-        values = {}
-        log_jacobian = z.new_zeros(())
-        for site, unconstrained in self._unpack_latent(z):
+        unconstrained vector ``z`` (no batch dimension), with each site's bijection as the
+        model states its support at ``z`` (:func:`~ppl_models.vi.unconstrained.evaluate`),
+        and the discrete sites summed out."""
+        model = self._raw_model[0]
+        if not self._discrete:
+            point = evaluate(model, guide_layout(self), z, data)
+            return -(point.log_joint + point.log_jacobian)
+        values, log_jacobian = {}, z.new_zeros(())
+        for site, part in self._unpack_latent(z):
             transform = biject_to(site["fn"].support)
-            value = transform(unconstrained)
-            values[site["name"]] = value
-            log_jacobian = log_jacobian + transform.log_abs_det_jacobian(unconstrained, value).sum()
+            values[site["name"]] = value = transform(part)
+            log_jacobian = log_jacobian + transform.log_abs_det_jacobian(part, value).sum()
+        return -(log_joint_at(model, values, data, self._discrete) + log_jacobian)
+
+    def forward(self, *args, **kwargs):
+        """One draw of the guide. Where a site's support depends on other latents
+        (``dynamic``), its value is mapped with the bounds the model states at this draw: the
+        model is run once to find them (one draw at a time)."""
+        if not self._dynamic:
+            return super().forward(*args, **kwargs)
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        latent = self.sample_latent(*args, **kwargs)
+        if latent.dim() > 1:
+            raise ValueError("a guide of a model with dynamic supports draws one point at a time")
         with poutine.block():
-            trace = poutine.trace(poutine.condition(self._raw_model[0], values)).get_trace(
-                *args, **kwargs
-            )
-        return -(trace.log_prob_sum() + log_jacobian)
+            point = evaluate(self._raw_model[0], guide_layout(self), latent, kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            with contextlib.ExitStack() as stack:
+                for frame in site["cond_indep_stack"]:
+                    if frame.vectorized:
+                        stack.enter_context(plates[frame.name])
+                pyro.sample(
+                    name,
+                    dist.Delta(
+                        point.values[name],
+                        log_density=-point.log_jacobians[name],
+                        event_dim=site["fn"].event_dim,
+                    ),
+                )
+        return point.values
 
     def _setup_prototype(self, *args, **kwargs):
         try:
@@ -140,10 +185,9 @@ class WhitenedGuide(AutoContinuous):
         elif self._init == "prior":
             self.start = prior_start(start, "init is 'prior'")
         else:
-            args64 = tuple(_to_float64(a) for a in args)
             kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
             self.start = laplace_start(
-                lambda z: self.potential(z, *args64, **kwargs64),
+                lambda z: self.potential(z, **kwargs64),
                 start,
                 iterations=self._iterations,
                 coordinates=self.coordinates(),
@@ -426,15 +470,3 @@ def make_guide(
     if name not in GUIDE_CLASSES:
         raise ValueError(f"guide must be one of {', '.join(GUIDE_CHOICES)}, got {name!r}")
     return GUIDE_CLASSES[name](model, init=init, dtype=dtype, device=device, **options)
-
-
-def max_plate_nesting(trace) -> int:
-    """The deepest vectorized plate of a trace (0 without plates), as Pyro's ELBO guesses it."""
-    dims = [
-        -frame.dim
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized and frame.dim is not None
-    ]
-    return max([0, *dims])

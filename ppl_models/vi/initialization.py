@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.infer.autoguide.initialization import InitMessenger
 from torch.distributions import biject_to
 
 LBFGS_ITERATIONS = 200  # enough for a 20-parameter MAP in float64; a funnel stops here
@@ -76,6 +78,30 @@ def feasible_init(dtype: torch.dtype, device: torch.device | str | None = None) 
         return transform(torch.zeros(unconstrained_shape, dtype=dtype, device=device))
 
     return init
+
+
+def prior_or_feasible(dtype: torch.dtype, device=None) -> Callable:
+    """An ``init_loc_fn`` that draws each latent site from its prior, or where the prior cannot
+    be sampled (a flat prior) takes :func:`feasible_init`'s point; values in ``dtype``."""
+    feasible = feasible_init(dtype, device)
+
+    def init(site: dict) -> torch.Tensor:
+        try:
+            value = site["fn"].sample()
+        except NotImplementedError:
+            return feasible(site)
+        return value.detach().to(device=device, dtype=dtype if value.is_floating_point() else None)
+
+    return init
+
+
+def prior_trace(model: Callable, data: dict, dtype: torch.dtype, device=None):
+    """One trace of ``model(**data)`` at a draw of its prior (:func:`prior_or_feasible`), every
+    site's value as the model holds it, nothing recorded outside."""
+    with poutine.block(), torch.no_grad():
+        return poutine.trace(InitMessenger(prior_or_feasible(dtype, device))(model)).get_trace(
+            **data
+        )
 
 
 def _prior_mean(fn) -> torch.Tensor | None:

@@ -21,13 +21,11 @@ fewer draws.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -35,7 +33,16 @@ from torch.distributions import biject_to
 
 from ..distributed import Context, rank_seed
 from ..svi import local_params
+from .enumeration import (
+    Discrete,
+    conditional_marginals,
+    enumerated,
+    log_joint_at,
+    marginal_log_joint,
+)
 from .settings import DiagnosisSettings
+from .traces import log_prob_per_draw, per_draw_value, under_plate
+from .vmapped import log_joint_fn, split
 
 DRAW_PLATE = "_ppl_models_draws"
 _CHUNK_ELEMENTS = 2**23  # about 64 MiB of float64 per chunk for the largest per-draw tensors
@@ -170,11 +177,12 @@ def _is_deterministic(site: dict) -> bool:
     return bool(site.get("infer", {}).get("_deterministic"))
 
 
-def _model_sites(model_trace) -> list[_Site]:
-    """Latent and deterministic sites of one non-vectorized model trace, in model order."""
+def _model_sites(model_trace, skip=()) -> list[_Site]:
+    """Latent and deterministic sites of one non-vectorized model trace, in model order (the
+    sites named in ``skip``, summed-out discrete ones, left out)."""
     latent, deterministic = [], []
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
+        if site["type"] != "sample" or site_is_subsample(site) or name in skip:
             continue
         value = site["value"]
         if _is_deterministic(site):
@@ -192,43 +200,6 @@ def _traces(model: Callable, guide: Callable, data: dict):
     guide_trace = poutine.trace(guide).get_trace(**data)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
     return model_trace, guide_trace
-
-
-def _per_draw(tensor: torch.Tensor, n: int, shape: tuple[int, ...], name: str) -> torch.Tensor:
-    """Reshape a vectorized site value to ``(n, *shape)``.
-
-    Under the draws plate a value has the site's own shape on the right and the draws
-    dimension somewhere in the dims to its left, the others being 1 (or absent: then the value
-    is the same for every draw and is broadcast).
-    """
-    k = len(shape)
-    if tensor.dim() < k:
-        tensor = tensor.reshape((1,) * (k - tensor.dim()) + tuple(tensor.shape))
-    lead = tuple(tensor.shape[: tensor.dim() - k])
-    size = math.prod(lead)
-    if size not in (1, n) or sum(d != 1 for d in lead) > 1:
-        raise ValueError(
-            f"site {name!r} has shape {tuple(tensor.shape)} under the draws plate, which does not "
-            f"reduce to {n} draws of shape {shape}"
-        )
-    return tensor.expand(*lead, *shape).reshape(size, *shape).expand(n, *shape)
-
-
-def _log_prob_per_draw(trace, n: int, dim: int) -> torch.Tensor:
-    """Sum of every sample site's log-probability, kept per draw (the plate at ``dim``)."""
-    total = None
-    for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        lp = site["log_prob"]
-        if lp.dim() >= -dim and lp.shape[dim] == n:
-            per = lp.movedim(dim, 0).reshape(n, -1).sum(1)
-        else:  # not batched over draws: the same term for every draw
-            per = lp.sum().expand(n)
-        total = per if total is None else total + per
-    if total is None:
-        raise ValueError("the model has no sample sites")
-    return total
 
 
 # --------------------------------------------------------------------------- drawing
@@ -250,38 +221,46 @@ def _chunk_size(model_trace, guide_trace, requested: int | None) -> int:
     return int(max(1, min(20_000, _CHUNK_ELEMENTS // max(4 * per_draw, 1))))
 
 
-def _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites):
+def _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites, discrete=None):
     dim = -(max_plate_nesting + 1)
-
-    def plated(fn):
-        def run(**kwargs):
-            with pyro.plate(DRAW_PLATE, n, dim=dim):
-                return fn(**kwargs)
-
-        return run
-
-    model_trace, guide_trace = _traces(plated(model), plated(guide), data)
+    model_trace, guide_trace = _traces(
+        under_plate(model, DRAW_PLATE, n, dim), under_plate(guide, DRAW_PLATE, n, dim), data
+    )
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
-    log_joint = _log_prob_per_draw(model_trace, n, dim)
-    log_q = _log_prob_per_draw(guide_trace, n, dim)
+    if discrete:  # the discrete sites summed out, not the prior draws of them in this trace
+        log_joint = marginal_log_joint(
+            under_plate(enumerated(model, discrete), DRAW_PLATE, n, dim),
+            guide_trace,
+            data,
+            max_plate_nesting=max_plate_nesting,
+            draw_plate=DRAW_PLATE,
+            draws=n,
+        )
+    else:
+        log_joint = log_prob_per_draw(model_trace, n, dim)
+    log_q = log_prob_per_draw(guide_trace, n, dim)
     values, unconstrained = {}, {}
     for s in sites:
         node = model_trace.nodes[s.name]
-        values[s.name] = _per_draw(node["value"], n, s.shape, s.name)
+        values[s.name] = per_draw_value(node["value"], n, s.shape, s.name)
         if s.kind == "latent":
             u = biject_to(node["fn"].support).inv(node["value"])
-            unconstrained[s.name] = _per_draw(u, n, s.unconstrained_shape, s.name)
+            unconstrained[s.name] = per_draw_value(u, n, s.unconstrained_shape, s.name)
     return log_joint, log_q, values, unconstrained
 
 
-def _loop_chunk(model, guide, data, n, sites):
+def _loop_chunk(model, guide, data, n, sites, discrete=None):
     log_joint, log_q = [], []
     values = {s.name: [] for s in sites}
     unconstrained = {s.name: [] for s in sites if s.kind == "latent"}
     for _ in range(n):
         model_trace, guide_trace = _traces(model, guide, data)
-        log_joint.append(model_trace.log_prob_sum())
+        if discrete:  # the discrete sites summed out at this draw
+            values_at = {s.name: model_trace.nodes[s.name]["value"] for s in sites}
+            log_joint.append(log_joint_at(model, values_at, data, discrete))
+        else:
+            log_joint.append(model_trace.log_prob_sum())
         log_q.append(guide_trace.log_prob_sum())
         for s in sites:
             node = model_trace.nodes[s.name]
@@ -298,6 +277,70 @@ def _loop_chunk(model, guide, data, n, sites):
     )
 
 
+def _unconstrained_chunk(model, guide, data, n, sites, mode):
+    """``n`` draws of an autoguide over the flat unconstrained vector, the model evaluated at
+    them as ``mode`` says (:func:`~ppl_models.vi.vmapped.log_joint_fn`)."""
+    posterior = guide.get_posterior()
+    u = posterior.sample((n,))
+    log_joint, log_jacobian, latent, deterministic = log_joint_fn(model, guide, data, mode)(u)
+    # the guide's density of the constrained draw: log q(u) - log|det J_T(u)|
+    log_q = posterior.log_prob(u) - log_jacobian
+    slices = {site["name"]: part for site, part in split(guide, u)}
+    values, unconstrained = {}, {}
+    for s in sites:
+        batched = deterministic if s.kind == "deterministic" else latent
+        values[s.name] = per_draw_value(batched[s.name], n, s.shape, s.name)
+        if s.kind == "latent":
+            unconstrained[s.name] = slices[s.name].reshape(n, *s.unconstrained_shape)
+    return log_joint, log_q, values, unconstrained
+
+
+def discrete_conditionals(
+    model: Callable,
+    guide: Callable,
+    data: dict,
+    discrete: Discrete,
+    *,
+    draws: int,
+    vectorized: bool = True,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    r"""For ``draws`` guide draws :math:`z_s`: the log weights :math:`\log p(x, z_s) - \log
+    q(z_s)` (the discrete sites summed out) and, per discrete site, the exact conditional
+    marginals :math:`p(k \mid x, z_s)`, ``(draws, *plate_shape, support)``; the importance-
+    weighted average of the latter is the posterior marginal :math:`p(k \mid x)`. A model that
+    does not broadcast is run one draw at a time."""
+    nesting = discrete.max_plate_nesting
+    dim = -(nesting + 1)
+    log_w, probs = [], []
+    with local_params(), torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        chunks = [draws] if vectorized else [1] * draws
+        for n in chunks:
+            guide_trace = poutine.trace(under_plate(guide, DRAW_PLATE, n, dim)).get_trace(**data)
+            guide_trace.compute_log_prob()
+            plated = under_plate(enumerated(model, discrete), DRAW_PLATE, n, dim)
+            log_joint = marginal_log_joint(
+                plated, guide_trace, data, max_plate_nesting=nesting, draw_plate=DRAW_PLATE, draws=n
+            )
+            log_w.append(log_joint - log_prob_per_draw(guide_trace, n, dim))
+            probs.append(
+                conditional_marginals(
+                    plated,
+                    guide_trace,
+                    data,
+                    discrete,
+                    max_plate_nesting=nesting,
+                    draw_plate=DRAW_PLATE,
+                    draws=n,
+                )
+            )
+    return (
+        _numpy(torch.cat(log_w)),
+        {site: _numpy(torch.cat([p[site] for p in probs])) for site in discrete.sites},
+    )
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
@@ -309,7 +352,9 @@ def draw_log_weights(
     *,
     draws: int = DiagnosisSettings.draws,
     vectorized: bool = True,
+    unconstrained: str | None = None,
     max_plate_nesting: int = 1,
+    discrete: Discrete | None = None,
     loop_draws: int = DiagnosisSettings.loop_draws,
     chunk: int | None = None,
     seed: int = 0,
@@ -328,6 +373,15 @@ def draw_log_weights(
     vectorized
         Make the draws of a chunk under one ``pyro.plate`` at dim ``-(max_plate_nesting + 1)``;
         ``False`` runs model and guide once per draw, for ``min(draws, loop_draws)`` draws.
+    unconstrained
+        Evaluate the model at draws of an autoguide's flat unconstrained vector
+        (:func:`~ppl_models.vi.unconstrained.evaluate`) as this mode says: ``"vmap"``,
+        ``"plate"`` or ``"loop"`` (:func:`~ppl_models.vi.vmapped.log_joint_fn`), for a model
+        that does not broadcast, or whose supports depend on other latents; None: from the
+        traces of guide and model.
+    discrete
+        The model's discrete sites, summed out: :math:`\log p(x, z_s)` is the marginal over
+        them (:mod:`ppl_models.vi.enumeration`), and they are not among the draws' sites.
     chunk
         Draws per chunk (default: as many as keep a chunk's tensors near 64 MiB, at most 20,000).
     seed
@@ -361,7 +415,9 @@ def draw_log_weights(
             data,
             draws=share(draws),
             vectorized=vectorized,
+            unconstrained=unconstrained,
             max_plate_nesting=max_plate_nesting,
+            discrete=discrete,
             loop_draws=share(loop_draws),
             chunk=chunk,
             seed=rank_seed(seed, context.rank),
@@ -382,7 +438,7 @@ def draw_log_weights(
         model_trace, guide_trace = _traces(model, guide, data)
         model_trace.compute_log_prob()
         guide_trace.compute_log_prob()
-        sites = _model_sites(model_trace)
+        sites = _model_sites(model_trace, skip=discrete.sites if discrete else ())
         if vectorized:
             total = draws
             size = _chunk_size(model_trace, guide_trace, chunk)
@@ -399,10 +455,14 @@ def draw_log_weights(
         done = 0
         while done < total:
             n = min(size, total - done)
-            if vectorized:
-                parts.append(_vectorized_chunk(model, guide, data, n, max_plate_nesting, sites))
+            if unconstrained:
+                parts.append(_unconstrained_chunk(model, guide, data, n, sites, unconstrained))
+            elif vectorized:
+                parts.append(
+                    _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites, discrete)
+                )
             else:
-                parts.append(_loop_chunk(model, guide, data, n, sites))
+                parts.append(_loop_chunk(model, guide, data, n, sites, discrete))
             done += n
     log_joint = np.concatenate([_numpy(p[0]) for p in parts])
     log_q = np.concatenate([_numpy(p[1]) for p in parts])

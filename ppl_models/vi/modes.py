@@ -43,9 +43,11 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from ..svi import local_params
+from .enumeration import Discrete, log_joint_at
 from .initialization import lbfgs_minimum
 from .logweights import LogWeights
 from .settings import DiagnosisSettings
+from .unconstrained import evaluate, parts
 
 INIT_RADIUS = 2.0  # Stan's uniform(-2, 2) initial values in the unconstrained space
 ELLIPSOID_LEVEL = 0.99
@@ -117,29 +119,25 @@ def _float64(value):
 
 
 def potential(
-    model: Callable, data: dict, lw: LogWeights
+    model: Callable, data: dict, lw: LogWeights, discrete: Discrete | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     r""":math:`U(u) = -\log p(x, T(u)) - \log\lvert\det J_T(u)\rvert` of a flat float64 vector
-    laid out as :meth:`LogWeights.unconstrained_matrix`'s columns (each site's bijection as of
-    the engine's first draw)."""
+    laid out as :meth:`LogWeights.unconstrained_matrix`'s columns, each site's bijection as
+    the model states its support at ``u`` (:func:`~ppl_models.vi.unconstrained.evaluate`),
+    the ``discrete`` sites summed out."""
     data64 = {k: _float64(v) for k, v in data.items()}
-    layout = [
-        (site, lw.bijections[site], tuple(lw.unconstrained[site].shape[1:]))
-        for site in lw.latent_sites
-    ]
+    layout = [(site, tuple(lw.unconstrained[site].shape[1:])) for site in lw.latent_sites]
 
     def energy(u: torch.Tensor) -> torch.Tensor:
-        values, log_jacobian, offset = {}, u.new_zeros(()), 0
-        for site, bijection, shape in layout:
-            n = math.prod(shape)
-            part = u[offset : offset + n].reshape(shape)
-            offset += n
-            value = bijection(part)
-            values[site] = value
+        if not discrete:
+            point = evaluate(model, layout, u, data64)
+            return -(point.log_joint + point.log_jacobian)
+        values, log_jacobian = {}, u.new_zeros(())
+        for site, part in parts(layout, u).items():
+            bijection = lw.bijections[site]
+            values[site] = value = bijection(part)
             log_jacobian = log_jacobian + bijection.log_abs_det_jacobian(part, value).sum()
-        with poutine.block():
-            trace = poutine.trace(poutine.condition(model, values)).get_trace(**data64)
-        return -(trace.log_prob_sum() + log_jacobian)
+        return -(log_joint_at(model, values, data64, discrete) + log_jacobian)
 
     return energy
 
@@ -171,6 +169,7 @@ def search_modes(
     starts: int = DiagnosisSettings.mode_starts,
     seed: int = 0,
     iterations: int = MODE_ITERATIONS,
+    discrete: Discrete | None = None,
 ) -> ModeSearch:
     """Search the posterior for modes from ``starts`` points and measure what q misses.
 
@@ -184,6 +183,8 @@ def search_modes(
         Number of L-BFGS runs (half uniform in :math:`(-2, 2)^D`, half from the prior).
     seed
         Seeds the starting points (the caller's random state is left as it was).
+    discrete
+        The model's discrete sites, summed out of the potential.
 
     Returns
     -------
@@ -196,7 +197,7 @@ def search_modes(
     )
     if d == 0 or starts < 1:
         return result
-    energy = potential(model, data, lw)
+    energy = potential(model, data, lw, discrete)
     with local_params(), torch.random.fork_rng():
         torch.manual_seed(seed)
         points = _prior_starts(model, data, lw, starts // 2)

@@ -1,4 +1,4 @@
-"""Reference draws of ``runs/hierarchical_logistic.py``'s posterior by NUTS, in posteriordb's format.
+"""NUTS reference draws of ``runs/hierarchical_logistic.py``'s posterior, in posteriordb's format.
 
 The model is written again for NumPyro (an optional benchmark extra: ``pip install
 'ppl_models[bench]'``), whose compiled NUTS is fast enough for long chains at J = 1,000; the

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ... import distributed
+from ...errors import model_failure
 from ...runs import Run
 from ...svi import NonFiniteLossError, resolve_device
 from ...vi import fitting
@@ -92,7 +93,7 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
             except (ValueError, FileNotFoundError, NonFiniteLossError, distributed.RankFailure):
                 raise
             except Exception as err:  # noqa: BLE001 - the user's model failed: one line
-                raise ValueError(_model_failed("fitting", err)) from err
+                raise ValueError(model_failure("fitting", err)) from err
             digests = ctx.gather(_parameter_digest(fit.guide)) if ctx.parallel else None
             nuts = vars(config.nuts_settings()) | {"seed": config.seed, "progress": progress}
             ref = "nuts" if config.reference_kind == "nuts" else reference
@@ -109,7 +110,7 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
             except (ValueError, FileNotFoundError, distributed.RankFailure):
                 raise
             except Exception as err:  # noqa: BLE001
-                raise ValueError(_model_failed("diagnosis", err)) from err
+                raise ValueError(model_failure("diagnosis", err)) from err
             if diagnosis is None:  # not rank 0: its draws went to rank 0, which writes
                 return run, None
             diagnosis.summary.update(
@@ -128,11 +129,6 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
 def _parameter_digest(guide) -> str | None:
     """The digest of a module guide's parameters (None for a function guide)."""
     return distributed.parameter_digest(guide) if isinstance(guide, torch.nn.Module) else None
-
-
-def _model_failed(stage: str, err: BaseException) -> str:
-    message = (str(err).strip().splitlines() or [""])[0]
-    return f"the model raised during {stage}: {type(err).__name__}: {message}".rstrip(": ")
 
 
 def rebuild_report(run_dir: Path) -> Path:

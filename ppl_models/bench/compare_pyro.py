@@ -1,0 +1,577 @@
+r"""``ppl-models bench fit --compare-pyro``: is the package's fit ever worse than plain Pyro's?
+
+Every posterior of :mod:`ppl_models.bench.posteriors` is fitted twice with the same guide family
+and the same budget of steps and particles per step (the package's defaults: 1,000 steps, 16
+particles):
+
+- **the package's way**: :func:`ppl_models.vi.fitting.fit_svi` with its defaults (its start,
+  whitening, step-size schedule, iterate averaging and collapse guard) on the CPU;
+- **plain Pyro's way**: Pyro's own autoguide of the family (``AutoNormal``,
+  ``AutoMultivariateNormal``, ``AutoLowRankMultivariateNormal``) with its default
+  ``init_loc_fn``, ``pyro.infer.SVI`` with ``Trace_ELBO(num_particles, vectorize_particles=True)``
+  and ``pyro.optim.ClippedAdam({"lr": 0.02})``, the last iterate kept, as a ten-line script
+  would fit it. Pyro's initialisers sample the prior, which a flat prior (``ImproperUniform``)
+  cannot do; such a row says that plain Pyro could not start.
+
+Both run on the same data tensors in the same float dtype (float64, torch's default within
+each fit and restored after), on the same number of CPU threads, with Pyro's validation off in
+the loop (it changes no number, only the time). The plain fit keeps its parameters in Pyro's
+parameter store, as a script does, in a scope of its own: the caller's store is restored after.
+Times are of one warm process: an untimed warm-up of both fits (a few steps of the first
+posterior) pays the one-off imports and first-call costs first, unless ``--no-warmup``. Wall
+seconds and the process's CPU seconds are both recorded; on a machine shared with other work
+the CPU seconds are the figure that travels (both fits run on the same torch thread count).
+
+Both fitted guides are then measured by the same estimators:
+
+- the **final ELBO**: the mean of :math:`\log p(x, z_s) - \log q(z_s)` over 2,048 guide draws
+  (:data:`ppl_models.vi.fitting.FINAL_ELBO_DRAWS`, seed 0, as
+  :func:`ppl_models.vi.fitting.final_elbo` computes it), with its standard error;
+- where the posterior has a truth, every element's guide mean and sd from ``--moment-draws``
+  further draws (seed 1), and from them the **maximum absolute mean error** in truth sds over
+  the elements and the **range of sd ratios** (q sd / truth sd).
+
+A row states whether the package is never worse: its ELBO at least plain Pyro's minus two
+standard errors of the difference, :math:`\sqrt{se_1^2 + se_2^2}`, and its maximum mean error at
+most plain Pyro's plus 0.05 truth sds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .posteriors import Posterior, select
+
+PYRO_LR = 0.02  # ClippedAdam's step size in the issue's plain-Pyro measurement
+MOMENT_DRAWS = 20_000  # mean errors' Monte Carlo sd: 0.007 truth sds at an sd ratio of 1
+ELBO_SES = 2.0  # "never worse": package ELBO >= plain ELBO - 2 SE of the difference
+MEAN_TOLERANCE = 0.05  # "never worse": package max mean error <= plain's + 0.05 truth sd
+PYRO_GUIDES = {
+    "auto-normal": "AutoNormal",
+    "auto-mvn": "AutoMultivariateNormal",
+    "auto-lowrank": "AutoLowRankMultivariateNormal",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The comparison's own options (``bench fit`` adds ``--steps``, ``--particles``, ``--lr``,
+    ``--models``, ``--scripts`` and ``--out``, which it shares)."""
+    parser.add_argument(
+        "--compare-pyro",
+        action="store_true",
+        dest="compare_pyro",
+        help="instead of timing the fit command, fit every test posterior the package's way and "
+        "plain Pyro's way (same guide family, steps and particles) and compare final ELBOs, "
+        "mean errors and sd ratios; --models then names posteriors of "
+        "ppl_models.bench.posteriors",
+    )
+    parser.add_argument(
+        "--pyro-lr",
+        type=float,
+        default=PYRO_LR,
+        dest="pyro_lr",
+        help=f"plain Pyro's ClippedAdam step size (--compare-pyro; default {PYRO_LR})",
+    )
+    parser.add_argument(
+        "--moment-draws",
+        type=int,
+        default=MOMENT_DRAWS,
+        dest="moment_draws",
+        help=f"guide draws for the means and sds (--compare-pyro; default {MOMENT_DRAWS:,})",
+    )
+
+
+# ----------------------------------------------------------------------------- the two fits
+
+
+def fit_package(model, guide: str, data: dict, *, steps: int, particles: int, lr: float):
+    """:func:`ppl_models.vi.fitting.fit_svi` with its defaults but for the budget, on the CPU."""
+    from ..vi.fitting import fit_svi
+
+    return fit_svi(model, guide, data, steps=steps, particles=particles, lr=lr, device="cpu")
+
+
+def pyro_init(guide: str) -> str:
+    """The name of the ``init_loc_fn`` Pyro's autoguide of this family uses by default."""
+    from pyro.infer import autoguide
+
+    cls = getattr(autoguide, PYRO_GUIDES[guide])
+    return inspect.signature(cls).parameters["init_loc_fn"].default.__name__
+
+
+def fit_plain_pyro(
+    model,
+    guide: str,
+    data: dict,
+    *,
+    steps: int,
+    particles: int,
+    lr: float = PYRO_LR,
+    threads: int | None = None,
+    dtype=None,
+    seed: int = 0,
+    then: Callable | None = None,
+) -> dict:
+    """Plain Pyro's fit: its autoguide (default init), ``SVI``, ``Trace_ELBO`` with vectorized
+    particles, ``ClippedAdam``; the last iterate.
+
+    The fit keeps its parameters in Pyro's global parameter store, as a plain script does, in
+    a scope of its own (:meth:`pyro.params.param_store.ParamStoreDict.scope`): the caller's
+    store is restored after. ``then(guide)`` is called with the fitted guide while its
+    parameters are in the store (``guide`` runs the autoguide outside ``module_local_params``,
+    so it can be handed to code that turns that setting on).
+
+    Returns
+    -------
+    dict
+        ``losses``, ``seconds`` and ``cpu_seconds`` (the guide built and every step: wall
+        clock, and this process's CPU time), and ``then``: what
+        ``then(guide)`` returned (or ``then_error``: the exception it raised).
+    """
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO, autoguide
+
+    from ..svi import default_dtype
+
+    cls = getattr(autoguide, PYRO_GUIDES[guide])
+    plain_store = pyro.settings.context(module_local_params=False)
+    with plain_store, pyro.get_param_store().scope(), default_dtype(dtype):
+        with _torch_threads(threads):
+            pyro.set_rng_seed(seed)
+            start, cpu = time.perf_counter(), time.process_time()
+            auto = cls(model)
+            elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True)
+            svi = SVI(model, auto, pyro.optim.ClippedAdam({"lr": lr}), elbo)
+            with pyro.validation_enabled(False):  # as the package's loop runs; no number changes
+                losses = [svi.step(**data) for _ in range(steps)]
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        result = {"losses": np.asarray(losses), "seconds": seconds, "cpu_seconds": cpu}
+        if then is not None:
+
+            def fitted(*args, **kwargs):
+                with pyro.settings.context(module_local_params=False):
+                    return auto(*args, **kwargs)
+
+            try:
+                result["then"] = then(fitted)
+            except Exception as err:  # noqa: BLE001 - the caller decides what a failure means
+                result["then_error"] = err
+    return result
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def measure(
+    model,
+    guide,
+    data: dict,
+    *,
+    vectorized: bool,
+    max_plate_nesting: int,
+    moment_draws: int = MOMENT_DRAWS,
+    dtype=None,
+) -> dict:
+    """The final ELBO of a fitted guide with its standard error (2,048 draws, seed 0: the
+    estimator of :func:`ppl_models.vi.fitting.final_elbo`), and every element's mean and sd
+    from ``moment_draws`` draws (seed 1)."""
+    import torch
+
+    from ..svi import default_dtype
+    from ..vi.compare import flatten_sites
+    from ..vi.fitting import FINAL_ELBO_DRAWS
+    from ..vi.logweights import draw_log_weights
+
+    def draws(n: int, seed: int):
+        return draw_log_weights(
+            model,
+            guide,
+            data,
+            draws=n,
+            vectorized=vectorized,
+            max_plate_nesting=max_plate_nesting,
+            seed=seed,
+            device=torch.device("cpu"),
+        )
+
+    with default_dtype(dtype):
+        log_w = draws(FINAL_ELBO_DRAWS, 0).log_weights
+        values = draws(moment_draws, 1).values
+    moments = {
+        name: (float(np.mean(x)), float(np.std(x)))
+        for name, x in flatten_sites(values, lead=1).items()
+    }
+    finite = bool(np.isfinite(log_w).all())
+    return {
+        "elbo": float(log_w.mean()) if finite else None,
+        "elbo_se": float(log_w.std(ddof=1) / math.sqrt(len(log_w))) if finite else None,
+        "elbo_draws": len(log_w),
+        "moments": moments,
+    }
+
+
+def accuracy(moments: dict[str, tuple[float, float]], truth) -> dict | None:
+    """The largest ``|q mean - truth mean| / truth sd`` over the truth's elements, and the
+    smallest and largest ``q sd / truth sd``, each with the element where it occurs."""
+    common = [name for name in truth.moments if name in moments]
+    if not common:
+        return None
+    errors = {n: abs(moments[n][0] - truth.moments[n][0]) / truth.moments[n][1] for n in common}
+    ratios = {n: moments[n][1] / truth.moments[n][1] for n in common}
+    worst = max(errors, key=errors.get)
+    low, high = min(ratios, key=ratios.get), max(ratios, key=ratios.get)
+    return {
+        "elements": len(common),
+        "max_mean_error": errors[worst],
+        "max_mean_error_at": worst,
+        "sd_ratio": [ratios[low], ratios[high]],
+        "sd_ratio_at": [low, high],
+        "missing": [n for n in truth.moments if n not in moments],
+    }
+
+
+def _error(err: BaseException) -> str:
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first}"
+
+
+def compare_posterior(
+    posterior: Posterior,
+    scripts: Path,
+    *,
+    steps: int,
+    particles: int,
+    lr: float,
+    pyro_lr: float = PYRO_LR,
+    moment_draws: int = MOMENT_DRAWS,
+) -> dict:
+    """Both fits of one posterior and their measurements, as one row of ``bench.json``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        When the posterior's script, data or reference cannot be read (the fits' own failures
+        are recorded in the row instead).
+    """
+    model, data = posterior.build(scripts)
+    truth = posterior.truth(scripts) if posterior.truth is not None else None
+    row = {
+        "posterior": posterior.name,
+        "guide": posterior.guide,
+        "about": posterior.about,
+        "truth": None if truth is None else truth.source,
+        "truth_elements": 0 if truth is None else len(truth.moments),
+    }
+    print(f"{posterior.name}: package fit ...", file=sys.stderr, flush=True)
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        fit = fit_package(model, posterior.guide, data, steps=steps, particles=particles, lr=lr)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    except Exception as err:  # noqa: BLE001 - a fit that fails is reported in its row
+        row.update(package={"error": _error(err)}, plain_pyro=None)
+        return _judged(row)
+    measured = measure(
+        fit.model,
+        fit.guide,
+        fit.data,
+        vectorized=fit.vectorized,
+        max_plate_nesting=fit.max_plate_nesting,
+        moment_draws=moment_draws,
+        dtype=fit.dtype,
+    )
+    start = getattr(fit.guide, "start", None)
+    row["package"] = {
+        "seconds": wall,  # the whole fit_svi call: its start, the steps, any refit
+        "cpu_seconds": cpu,
+        "elbo": measured["elbo"],
+        "elbo_se": measured["elbo_se"],
+        "accuracy": None if truth is None else accuracy(measured["moments"], truth),
+        "start": fit.settings.get("init") if start is None else start.method,
+        "restart": fit.extras.get("restart"),
+        "converged": fit.converged,
+        "threads": fit.settings.get("threads"),
+        "notes": list(fit.notes),
+    }
+    print(f"{posterior.name}: plain Pyro fit ...", file=sys.stderr, flush=True)
+    init = pyro_init(posterior.guide)
+    plain = {"guide": PYRO_GUIDES[posterior.guide], "init": init, "lr": pyro_lr}
+
+    def measured_plain(guide):
+        return measure(
+            fit.model,
+            guide,
+            fit.data,
+            vectorized=fit.vectorized,
+            max_plate_nesting=fit.max_plate_nesting,
+            moment_draws=moment_draws,
+            dtype=fit.dtype,
+        )
+
+    try:
+        result = fit_plain_pyro(
+            fit.model,
+            posterior.guide,
+            fit.data,
+            steps=steps,
+            particles=particles,
+            lr=pyro_lr,
+            threads=fit.settings.get("threads"),
+            dtype=fit.dtype,
+            then=measured_plain,
+        )
+    except Exception as err:  # noqa: BLE001 - Pyro's initialisers fail on flat priors
+        why = (
+            f"Pyro's {init} samples the prior, and a flat prior (ImproperUniform) cannot be "
+            "sampled: plain Pyro cannot start"
+            if posterior.flat_prior
+            else "plain Pyro's fit failed"
+        )
+        plain["error"] = f"{why} ({_error(err)})"
+        row["plain_pyro"] = plain
+        return _judged(row)
+    if "then_error" in result:  # a guide whose draws cannot be scored
+        plain["error"] = (
+            f"plain Pyro's guide could not be measured ({_error(result['then_error'])})"
+        )
+        row["plain_pyro"] = plain
+        return _judged(row)
+    measured = result["then"]
+    plain.update(
+        seconds=result["seconds"],
+        cpu_seconds=result["cpu_seconds"],
+        final_loss=float(result["losses"][-1]),
+        elbo=measured["elbo"],
+        elbo_se=measured["elbo_se"],
+        accuracy=None if truth is None else accuracy(measured["moments"], truth),
+    )
+    row["plain_pyro"] = plain
+    return _judged(row)
+
+
+def _judged(row: dict) -> dict:
+    """The row with its two rules: ``elbo_not_worse`` and ``mean_error_not_worse`` (None where
+    a rule cannot be applied), and ``never_worse``: both that apply hold."""
+    pkg, plain = row.get("package") or {}, row.get("plain_pyro") or {}
+    elbo_ok = mean_ok = None
+    if pkg.get("error"):
+        elbo_ok = False  # a package fit that fails is worse than anything
+    elif pkg.get("elbo") is not None and plain.get("elbo") is not None:
+        margin = ELBO_SES * math.hypot(pkg["elbo_se"], plain["elbo_se"])
+        elbo_ok = pkg["elbo"] >= plain["elbo"] - margin
+    elif pkg.get("elbo") is None and plain.get("elbo") is not None:
+        elbo_ok = False  # a non-finite ELBO where plain Pyro's is finite
+    a, b = pkg.get("accuracy"), plain.get("accuracy")
+    if a and b:
+        mean_ok = a["max_mean_error"] <= b["max_mean_error"] + MEAN_TOLERANCE
+    rules = [ok for ok in (elbo_ok, mean_ok) if ok is not None]
+    row.update(
+        elbo_not_worse=elbo_ok,
+        mean_error_not_worse=mean_ok,
+        never_worse=all(rules) if rules else None,
+    )
+    return row
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """One-line ``ValueError`` s for options the comparison cannot use."""
+    for flag in ("steps", "particles"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.moment_draws < 100:
+        raise ValueError(f"--moment-draws must be >= 100, got {args.moment_draws}")
+    for flag in ("lr", "pyro_lr"):
+        value = getattr(args, flag)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Compare the two fits on every selected posterior, print the table, write ``bench.json``."""
+    import torch
+
+    from ..runs import atomic_write_json, environment
+    from . import make_out_dir
+
+    check_arguments(args)
+    chosen = select(args.models)
+    out = make_out_dir(args.out)
+    scripts = Path(args.scripts)
+    rows, skipped = [], []
+    if not args.no_warmup:  # imports and first calls, not timed
+        print("warm-up (not timed) ...", file=sys.stderr, flush=True)
+        try:
+            compare_posterior(
+                chosen[0], scripts, steps=5, particles=2, lr=args.lr, moment_draws=100
+            )
+        except (FileNotFoundError, ValueError):
+            pass  # reported when the posterior's turn comes
+    for posterior in chosen:
+        try:
+            row = compare_posterior(
+                posterior,
+                scripts,
+                steps=args.steps,
+                particles=args.particles,
+                lr=args.lr,
+                pyro_lr=args.pyro_lr,
+                moment_draws=args.moment_draws,
+            )
+        except (FileNotFoundError, ValueError) as err:  # its script, data or reference
+            skipped.append(f"{posterior.name}: {(str(err).splitlines() or [''])[0]}")
+            continue
+        rows.append(row)
+    if not rows:
+        raise ValueError("no posterior could be built: " + "; ".join(skipped))
+    env = environment(seed=0, device="cpu")
+    from ..vi.fitting import FINAL_ELBO_DRAWS
+
+    result = {
+        "benchmark": "fit",
+        "mode": "compare-pyro",
+        "settings": {
+            "steps": args.steps,
+            "particles": args.particles,
+            "lr": args.lr,
+            "pyro_lr": args.pyro_lr,
+            "pyro_optimizer": "ClippedAdam",
+            "elbo_draws": FINAL_ELBO_DRAWS,
+            "moment_draws": args.moment_draws,
+        },
+        "rules": {
+            "elbo": f"package ELBO >= plain ELBO - {ELBO_SES:g} SE of the difference",
+            "mean_error": f"package max mean error <= plain's + {MEAN_TOLERANCE:g} truth sd",
+        },
+        "posteriors": rows,
+        "skipped": skipped,
+        "cpu_threads": torch.get_num_threads(),
+        **{key: env[key] for key in ("device", "device_name", "versions", "python", "created")},
+    }
+    atomic_write_json(out / "bench.json", result)
+    print_table(result)
+    print(f"wrote {out / 'bench.json'}")
+    return 0
+
+
+COLUMNS = (
+    ("posterior", 28),
+    ("guide", 12),
+    ("package ELBO", 20),
+    ("plain Pyro ELBO", 20),
+    ("ok", 4),
+    ("max|err| pkg", 13),
+    ("plain", 7),
+    ("ok", 4),
+    ("sd ratio pkg", 14),
+    ("plain", 12),
+    ("s pkg (cpu)", 13),
+    ("plain", 12),
+    ("start", 8),
+)
+
+
+def _elbo(part: dict | None) -> str:
+    if not part or part.get("error"):
+        return "failed"
+    if part.get("elbo") is None:
+        return "not finite"
+    return f"{part['elbo']:.2f} ± {part['elbo_se']:.2g}"
+
+
+def _acc(part: dict | None, key: str) -> str:
+    a = (part or {}).get("accuracy")
+    if not a:
+        return "—"
+    if key == "error":
+        return f"{a['max_mean_error']:.3f}"
+    lo, hi = a["sd_ratio"]
+    return f"{lo:.2f}-{hi:.2f}"
+
+
+def _ok(value: bool | None) -> str:
+    return "—" if value is None else "yes" if value else "NO"
+
+
+def print_table(r: dict) -> None:
+    """The comparison as a fixed-width table, then failures and violations in words."""
+    s = r["settings"]
+    print(
+        f"package fit (fit_svi defaults) vs plain Pyro (autoguide, default init, ClippedAdam lr "
+        f"{s['pyro_lr']:g}): {s['steps']} steps x {s['particles']} particles; final ELBO from "
+        f"{s['elbo_draws']:,} draws, moments from {s['moment_draws']:,}"
+    )
+    print(
+        "".join(
+            f"{name:>{width}}" if i else f"{name:<{width}}"
+            for i, (name, width) in enumerate(COLUMNS)
+        )
+    )
+    for row in r["posteriors"]:
+        pkg, plain = row.get("package") or {}, row.get("plain_pyro") or {}
+
+        def sec(part):
+            if part.get("seconds") is None:
+                return "—"
+            return f"{part['seconds']:.1f} ({part['cpu_seconds']:.1f})"
+
+        cells = [
+            row["posterior"],
+            row["guide"],
+            _elbo(pkg),
+            _elbo(plain),
+            _ok(row["elbo_not_worse"]),
+            _acc(pkg, "error"),
+            _acc(plain, "error"),
+            _ok(row["mean_error_not_worse"]),
+            _acc(pkg, "ratio"),
+            _acc(plain, "ratio"),
+            sec(pkg),
+            sec(plain),
+            pkg.get("start") or "—",
+        ]
+        print(
+            "".join(
+                f"{cell:>{width}}" if i else f"{cell:<{width}}"
+                for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS, strict=True))
+            )
+        )
+    rules = r["rules"]
+    print(f"ok: {rules['elbo']}; {rules['mean_error']}")
+    for row in r["posteriors"]:
+        for part in ("package", "plain_pyro"):
+            if (row.get(part) or {}).get("error"):
+                print(f"{row['posterior']}: {part} failed: {row[part]['error']}")
+        restart = (row.get("package") or {}).get("restart")
+        if restart:
+            print(
+                f"{row['posterior']}: the package refitted from Pyro's start "
+                f"({', '.join(restart['collapsed'])} collapsed) and kept the {restart['kept']} fit"
+            )
+    worse = [row["posterior"] for row in r["posteriors"] if row["never_worse"] is False]
+    print(f"never worse than plain Pyro: {'VIOLATED by ' + ', '.join(worse) if worse else 'held'}")
+    for line in r["skipped"]:
+        print(f"skipped {line}")
