@@ -28,10 +28,6 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=MISSING or "no Chromium
 REPO = Path(__file__).resolve().parents[1]
 BUILT_TUTORIALS = REPO / "docs" / "_build" / "html" / "tutorials"
 WIDTHS = (1280, 390)
-VAE_PENDING = (
-    "the VAE page keeps its old verdict block until the VAE job's split (ppl_models/jobs/vae/) "
-    "lands; its badge and next steps come then"
-)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +102,7 @@ def test_reports_load_whole_and_fit_the_window(report, width, request, browser, 
 
 @pytest.mark.parametrize(
     "report",
-    ["fit", "exp-normal", pytest.param("vae", marks=pytest.mark.xfail(reason=VAE_PENDING))],
+    ["fit", "exp-normal", "vae", "compare"],
 )
 def test_the_badge_and_the_next_steps_are_on_the_first_screen(
     report, request, browser, screenshots
