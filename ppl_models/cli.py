@@ -35,6 +35,7 @@ BENCHMARKS = {
     "vae-grid": "ppl_models.bench.vae_grid",
     "fit": "ppl_models.bench.fit",
     "step": "ppl_models.bench.step",
+    "verdict": "ppl_models.bench.verdict",
 }
 EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
 # Set by ppl_models.distributed.launch for its workers: the folder where each rank leaves its

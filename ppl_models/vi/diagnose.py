@@ -381,6 +381,11 @@ def _diagnosis(
                 else " No start reached a minimum (the density may have none, as in a funnel), "
                 "so the search could not look for missed modes."
             )
+            + (
+                f" Starts stopped on: {'; '.join(modes.failures[:3])}."
+                if modes.failures and not modes.minima
+                else ""
+            )
         )
     notes.append(
         "Summaries use all draws; the HDI and ESS columns come from at most 20,000 of them, "

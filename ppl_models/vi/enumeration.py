@@ -165,7 +165,11 @@ def enumeration_vectorizes(
         )
         stacked = {}
         for name, node in traces[0].nodes.items():
-            if node["type"] != "sample" or node["infer"].get("is_auxiliary"):
+            if (
+                node["type"] != "sample"
+                or node["infer"].get("is_auxiliary")
+                or site_is_subsample(node)
+            ):
                 continue
             value = torch.stack([t.nodes[name]["value"] for t in traces])
             plates = value.dim() - 1 - node["fn"].event_dim  # the dims that plates index

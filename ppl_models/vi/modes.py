@@ -79,6 +79,7 @@ class ModeSearch:
     log_mass_q: float = math.nan
     mean_shift: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sd_ratio: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    failures: list[str] = field(default_factory=list)
 
     @property
     def missed(self) -> list[Mode]:
@@ -96,6 +97,7 @@ class ModeSearch:
         return {
             "starts": self.starts,
             "minima": self.minima,
+            "failures": self.failures,
             "modes_found": len(self.modes),
             "missed": [
                 {
@@ -126,7 +128,7 @@ def potential(
     the model states its support at ``u`` (:func:`~ppl_models.vi.unconstrained.evaluate`),
     the ``discrete`` sites summed out."""
     data64 = {k: _float64(v) for k, v in data.items()}
-    layout = [(site, tuple(lw.unconstrained[site].shape[1:])) for site in lw.latent_sites]
+    layout = [(site, tuple(lw.unconstrained[site].shape[1:]), 0) for site in lw.latent_sites]
 
     def energy(u: torch.Tensor) -> torch.Tensor:
         if not discrete:
@@ -204,6 +206,7 @@ def search_modes(
         uniform = (torch.rand(starts - len(points), d, dtype=torch.float64) * 2 - 1) * INIT_RADIUS
         points += list(uniform)
         minima = [lbfgs_minimum(energy, p, iterations) for p in points]
+    result.failures = sorted({m.failure for m in minima if m.failure is not None})
     minima = [m for m in minima if m.converged]
     result.minima = len(minima)
     level = stats.chi2.ppf(ELLIPSOID_LEVEL, d)

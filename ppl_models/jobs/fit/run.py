@@ -13,7 +13,7 @@ import torch
 from ... import distributed
 from ...errors import model_failure
 from ...runs import Run
-from ...svi import NonFiniteLossError, resolve_device
+from ...svi import NonFiniteLossError, default_dtype, resolve_device
 from ...vi import fitting
 from ...vi.diagnose import diagnose
 from ...vi.references import load_reference
@@ -26,23 +26,35 @@ from .config import FitConfig
 def prepare(config: FitConfig):
     """Check every input before anything is written: load the script, its data (converted, keys
     checked against the model) and the reference file. Returns ``(script, data, source,
-    reference)``; raises ``FileNotFoundError``/``ValueError`` naming the problem."""
-    script = load_script(config.script)
-    if config.guide == "custom" and script.guide is None:
-        raise ValueError(f"--guide custom needs a guide(**data) function in {config.script}")
-    dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
-    if config.data:
-        raw = read_data_file(config.data)
-        source = {"source": "file", "path": str(config.data)}
-    elif script.data is not None:
-        raw = script.load_data()
-        source = {"source": "script", "path": str(script.path)}
-    else:
-        raw = {}
-        source = {"source": "none"}
-    data = model_data(script.model, raw, dtype=dtype)
+    reference)``; raises ``FileNotFoundError``/``ValueError`` naming the problem.
+
+    The script is imported, and its data made, with the run's float dtype as torch's default:
+    a module the script builds at import (as Pyro's tutorials build theirs) then has its
+    parameters and priors in the run's dtype."""
+    dtype = run_dtype(config)
+    with default_dtype(dtype):
+        script = load_script(config.script)
+        if config.guide == "custom" and script.guide is None:
+            raise ValueError(f"--guide custom needs a guide(**data) function in {config.script}")
+        if config.data:
+            raw = read_data_file(config.data)
+            source = {"source": "file", "path": str(config.data)}
+        elif script.data is not None:
+            raw = script.load_data()
+            source = {"source": "script", "path": str(script.path)}
+        else:
+            raw = {}
+            source = {"source": "none"}
+        data = model_data(script.model, raw, dtype=dtype)
     reference = load_reference(config.reference) if config.reference_kind == "file" else None
     return script, data, source, reference
+
+
+def run_dtype(config: FitConfig) -> torch.dtype:
+    """The run's float dtype: as configured, or for ``auto`` float32 on CUDA, else float64."""
+    if config.dtype != "auto":
+        return getattr(torch, config.dtype)
+    return torch.float32 if resolve_device(config.device).type == "cuda" else torch.float64
 
 
 def data_plate(config: FitConfig, script) -> str | None:
