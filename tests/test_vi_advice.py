@@ -133,3 +133,17 @@ def test_the_auto_option_is_not_offered_before_the_command_has_it():
     add_arguments(parser)
     assert advice.fit_has_option("--auto") == ("--auto" in parser._option_string_actions)
     assert advice.fit_has_option("--guide")
+
+
+def test_model_structure_leaves_pyros_parameter_store_alone():
+    from ppl_models.vi.fitting import fit_svi
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("n", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    fit = fit_svi(model, "auto-normal", {"x": [0.5, 1.5, 1.0]}, steps=5)
+    pyro.clear_param_store()
+    advice.model_structure(fit.model, fit.data, fit.guide)
+    assert list(pyro.get_param_store().keys()) == []  # the guide's loc and scale stay in it

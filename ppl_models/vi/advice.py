@@ -82,9 +82,12 @@ def model_structure(model, data: dict, guide=None) -> dict:
         run = model if values is None else poutine.condition(model, data=values)
         return poutine.trace(run).get_trace(**data)
 
+    from ..svi import local_params
+
     structure: dict = {"scale_parents": {}, "loc_parents": {}}
     with torch.random.fork_rng(), torch.no_grad(), pyro.validation_enabled(False):
-        with poutine.block():
+        # local_params: a fitted autoguide's parameters stay in it, out of Pyro's global store
+        with poutine.block(), local_params():
             if guide is not None:
                 drawn = poutine.trace(guide).get_trace(**data)
                 held = {
