@@ -130,6 +130,8 @@ html_theme_options = {
     "home_page_in_toc": True,
 }
 html_last_updated_fmt = None
+# a mode from the start: without one, the theme's script logs a console error on a first visit
+html_context = {"default_mode": "light"}
 
 
 # -- checks -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import sys
@@ -23,6 +24,11 @@ JOBS = {
     "exp-normal": "ppl_models.jobs.exp_normal",
     "vae": "ppl_models.jobs.vae",
 }
+# commands that read runs rather than make them
+TOOLS = {
+    "runs": "ppl_models.jobs.runs",
+    "compare": "ppl_models.jobs.compare",
+}
 BENCHMARKS = {
     "exp-normal": "ppl_models.bench.exp_normal",
     "vae": "ppl_models.bench.vae",
@@ -32,11 +38,31 @@ BENCHMARKS = {
     "verdict": "ppl_models.bench.verdict",
 }
 EXIT_USAGE = 2  # bad input or a failed fit: one line on stderr, no traceback
+# Set by ppl_models.distributed.launch for its workers: the folder where each rank leaves its
+# one-line error (rank-<RANK>.json) instead of printing it, so that the launcher prints one line
+RANK_ERRORS_ENV = "PPL_MODELS_RANK_ERRORS"
+
+
+class UsageError(ValueError):
+    """A command line that argparse refuses (an unknown choice, a missing argument); ``prog``
+    is the (sub)command that refused it."""
+
+    def __init__(self, message: str, prog: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose refusals are one line naming ``--help`` (its own would print the usage
+    text first: eight lines for ``fit``); subcommands' parsers are of the same class."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppl-models`` parser with every job, ``report`` and every benchmark."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ppl-models",
         description="Fit Pyro models by SVI and write posterior-diagnostics reports.",
     )
@@ -46,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="regenerate a run's report from its saved files")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     report.set_defaults(handler=_report)
+    _add_modules(commands, TOOLS)
 
     bench = commands.add_parser("bench", help="run a benchmark and write bench.json")
     _add_modules(
@@ -71,6 +98,10 @@ def _plain(docstring: str) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
+    if not args.run_dir.exists():
+        raise FileNotFoundError(f"run directory not found: {args.run_dir}")
+    if not args.run_dir.is_dir():
+        raise NotADirectoryError(f"not a folder: {args.run_dir} (expected a run directory)")
     summary_path = args.run_dir / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"not a finished run directory (no summary.json): {args.run_dir}")
@@ -91,7 +122,11 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command; expected errors become one stderr line and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        print(f"{err.prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     args.argv = argv  # a launcher (--nproc) starts its workers with the same command line
     try:
         return int(args.handler(args) or 0)
@@ -107,9 +142,25 @@ def main(argv: list[str] | None = None) -> int:
         # one line: messages from deeper libraries (Pyro's) run over several lines
         first = one_line(str(err)) or type(err).__name__
         rank = os.environ.get("RANK", "0") if "LOCAL_RANK" in os.environ else "0"
-        where = "" if rank == "0" else f" (rank {rank})"  # under torchrun every rank may say it
-        print(f"ppl-models: error{where}: {first}", file=sys.stderr)
+        # a lost or stopped rank (ConnectionError: RankFailure) is a consequence, not the cause
+        if not _left_for_the_launcher(rank, first, isinstance(err, ConnectionError)):
+            where = "" if rank == "0" else f" (rank {rank})"  # under torchrun every rank may say it
+            print(f"ppl-models: error{where}: {first}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ppl-models: interrupted", file=sys.stderr)
         return 130
+
+
+def _left_for_the_launcher(rank: str, message: str, consequence: bool) -> bool:
+    """Under ``ppl-models ... --nproc N``: leave this rank's error where the launcher reads it
+    (it prints one line for the whole job); False when not launched so, or on failure."""
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder or "LOCAL_RANK" not in os.environ:
+        return False
+    record = json.dumps({"message": message, "consequence": consequence})
+    try:
+        (Path(folder) / f"rank-{int(rank)}.json").write_text(record)
+    except (OSError, ValueError):
+        return False
+    return True

@@ -39,9 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
 import re
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -381,13 +384,20 @@ def launch(nproc: int, argv: Sequence[str], run_dir: Path | None = None) -> None
     did not record why (it was killed, or another rank failed first), ``summary.json`` there
     gets ``"status": "failed"`` with torchrun's account.
 
+    The workers leave their one-line errors to this process (``cli.RANK_ERRORS_ENV``) rather
+    than print them, and torchrun's agent logs nothing, so a failed job says why in one line
+    and a successful one adds nothing to the command's output.
+
     Raises
     ------
     RankFailure
-        When a worker fails, naming the rank that failed first and how.
+        When a worker fails: the error of the rank that caused it (ranks stopped because of
+        it are passed over), or, when no rank said why, which rank died and how.
     """
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from .cli import RANK_ERRORS_ENV
 
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
@@ -396,16 +406,54 @@ def launch(nproc: int, argv: Sequence[str], run_dir: Path | None = None) -> None
     args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", "ppl_models"])
     # set after parsing: torchrun's parser would read the command's own options as its own
     args.training_script_args = list(argv)
+    with tempfile.TemporaryDirectory(prefix="ppl-models-ranks-") as errors:
+        try:
+            with _restored_process_state(), _quiet_agent():
+                os.environ[RANK_ERRORS_ENV] = errors  # each rank leaves its error line there
+                # torchrun's own default, set here so that it prints no banner about it
+                os.environ.setdefault("OMP_NUM_THREADS", "1")
+                torchrun.run(args)
+        except ChildFailedError as err:
+            rank, reason = describe_failure(err, nproc)
+            said = _ranks_said(Path(errors), nproc)
+            reason = said or reason
+            if summary is not None and summary.parent.is_dir():
+                current = _read_bytes(summary)
+                if current == before or rank != 0:
+                    Run(summary.parent).mark_failed(RankFailure(reason))
+            raise RankFailure(reason) from None
+
+
+@contextlib.contextmanager
+def _quiet_agent() -> Iterator[None]:
+    """torchrun's agent logs (its thread banner, "Sending process ... SIGTERM", "failed
+    (exitcode: 2)") silenced: :func:`launch` says what failed in one line."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
     try:
-        with _restored_process_state():
-            torchrun.run(args)
-    except ChildFailedError as err:
-        rank, reason = describe_failure(err, nproc)
-        if summary is not None and summary.parent.is_dir():
-            current = _read_bytes(summary)
-            if current == before or rank != 0:
-                Run(summary.parent).mark_failed(RankFailure(reason))
-        raise RankFailure(reason) from None
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _ranks_said(folder: Path, world_size: int) -> str | None:
+    """The one-line error of the rank that caused the failure, from what the ranks left in
+    ``folder`` (a rank stopped because another failed says so, and is passed over); None when
+    no rank said why (it was killed, say)."""
+    said = {}
+    for path in folder.glob("rank-*.json"):
+        try:
+            record = json.loads(path.read_text())
+            said[int(path.stem.removeprefix("rank-"))] = record
+        except (OSError, ValueError):
+            continue
+    causes = {rank: r["message"] for rank, r in said.items() if not r.get("consequence")}
+    if not causes:
+        return None
+    rank = min(causes)
+    if len(set(causes.values())) == 1 and len(causes) == world_size:
+        return causes[rank]  # every rank said the same
+    return f"rank {rank} of {world_size}: {causes[rank]}"
 
 
 def launch_command(nproc: int, argv: Sequence[str], run_dir: Path, pin_out: bool) -> None:

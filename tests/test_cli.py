@@ -99,3 +99,29 @@ def test_bench_out_must_not_be_a_file(tmp_path, capsys):
     out.write_text("")
     assert cli.main(["bench", "exp-normal", "--out", str(out)]) == 2
     assert "must be a folder" in capsys.readouterr().err
+
+
+def _one_line_error(capsys, argv) -> str:
+    """Run the command; it must fail with exit code 2 and exactly one line on stderr."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_an_unknown_guide_is_one_line_naming_the_choices(capsys):
+    # argparse would print its usage text (8 lines) before the message
+    err = _one_line_error(capsys, ["fit", "runs/normal_mean.py", "--guide", "auto-foo"])
+    assert "auto-foo" in err and "auto-normal" in err and "auto-mvn" in err
+    assert err.startswith("ppl-models fit: error:") and "--help" in err
+    err = _one_line_error(capsys, ["fit", "runs/normal_mean.py", "--steps", "many"])
+    assert "--steps" in err and "many" in err
+    err = _one_line_error(capsys, ["no-such-command"])
+    assert "no-such-command" in err and "fit" in err
+
+
+def test_report_of_a_missing_folder_says_not_found(tmp_path, capsys):
+    err = _one_line_error(capsys, ["report", str(tmp_path / "no-such-run")])
+    assert "not found" in err and "no-such-run" in err and "summary.json" not in err
+    (tmp_path / "file").write_text("")
+    assert "not a folder" in _one_line_error(capsys, ["report", str(tmp_path / "file")])

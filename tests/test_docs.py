@@ -145,6 +145,14 @@ def test_tutorials_are_executable_notebooks(page):
 
 
 @pytest.mark.parametrize("page", sorted(TUTORIALS.glob("*.md")), ids=lambda p: p.name)
+def test_every_tutorial_offers_itself_as_a_notebook(page):
+    # tutorial 06 had no link; conf.py writes tutorials/_ipynb/NAME.ipynb for every page
+    link = f"{{download}}`Download this page as a Jupyter notebook <_ipynb/{page.stem}.ipynb>`"
+    head = page.read_text().split("```{code-cell}", 1)[0]
+    assert link in head, f"{page.name}: no download link before its first cell"
+
+
+@pytest.mark.parametrize("page", sorted(TUTORIALS.glob("*.md")), ids=lambda p: p.name)
 def test_expensive_tutorials_read_the_docs_mode(page):
     code = "\n".join(code_cells(page.read_text()))
     expensive = re.search(r"\b(execute|fit|train|train_vae|run_notebook_loop)\(", code)

@@ -1,6 +1,8 @@
 """The exponential-normal job: SVI accuracy against theta*, families, the run contract, the CLI."""
 
 import base64
+import contextlib
+import io
 import json
 import re
 import subprocess
@@ -91,10 +93,13 @@ def test_other_families_reach_their_optimal_kl(family):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    code = cli.main(
-        ["exp-normal", "--out", str(out), "--quiet", "--set", "draws=2000", "--steps", "300"]
-    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(
+            ["exp-normal", "--out", str(out), "--quiet", "--set", "draws=2000", "--steps", "300"]
+        )
     assert code == 0
+    (out.parent / "stdout.txt").write_text(printed.getvalue())
     return out
 
 
@@ -348,3 +353,19 @@ def test_names_moved_to_the_package_are_still_reachable_from_the_job_module():
     assert job.TOLERANCE == 0.005 and job.IW_DRAWS == analysis.IW_DRAWS
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         job.nothing  # noqa: B018
+
+
+def test_the_report_and_the_command_say_what_the_fit_cost_and_why(finished_run, capsys):
+    """exp-normal --n-obs 1000 --guide gamma spent 88 s fitting, against 3 s for the default
+    run, and nothing said why: every step evaluates n_obs observations under every particle,
+    whatever the guide family (the exponential guide costs the same at n_obs = 1000)."""
+    from ppl_models.jobs.exp_normal.report import fit_cost
+
+    s = json.loads((finished_run / "summary.json").read_text())
+    html = (finished_run / "report.html").read_text()
+    words = fit_cost(s)
+    assert "4,096 particles" in words and "5 observations" in words and "300 steps" in words
+    assert "whatever the guide" in words and "--particles" in words
+    assert words.replace("`--particles 256`", "<code>--particles 256</code>") in html
+    printed = (finished_run.parent / "stdout.txt").read_text()
+    assert words.replace("`", "") in printed

@@ -111,7 +111,7 @@ def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path, capsys):
     ]
     (tmp_path / "extra.json").write_text('{"x": [1.0], "z": 2}')
     cases.append(
-        (["fit", str(good), "--data", str(tmp_path / "extra.json")], r"\['z'\] are not parameters")
+        (["fit", str(good), "--data", str(tmp_path / "extra.json")], r"the key 'z' that model\(x\)")
     )
     (tmp_path / "nan.json").write_text('{"x": [1.0, NaN]}')
     cases.append((["fit", str(good), "--data", str(tmp_path / "nan.json")], r"'x' contains NaN"))
@@ -178,6 +178,38 @@ def test_every_shipped_model_script_runs(script, tmp_path, capsys):
     code, _, err = run_cli(["fit", str(RUNS / script), "--out", str(out), *SMALL], capsys)
     assert code == 0, err
     assert read_json(out / "summary.json")["status"] == "complete"
+
+
+FAILING_ON_EVERY_RANK = """
+import pyro
+import pyro.distributions as dist
+
+DATA_PLATE = "obs"
+
+def model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    if not hasattr(mu, "shape") or True:
+        raise ValueError("the likelihood is not written yet")
+    with pyro.plate("obs", len(x)) as i:
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=x[i])
+
+def data():
+    return {"x": [0.5, 1.5, 1.0, 2.0]}
+"""
+
+
+def test_a_failing_nproc_job_says_why_in_one_line(tmp_path, capfd):
+    """Under torchrun every rank printed the error, and torchrun added its OMP_NUM_THREADS
+    banner (which also preceded every successful --nproc run), a SIGTERM notice and a summary:
+    9 lines. The command prints one: the error of the rank that failed first."""
+    script = write(tmp_path, "failing.py", FAILING_ON_EVERY_RANK)
+    out = tmp_path / "run"
+    code = cli.main(["fit", str(script), "--nproc", "2", "--out", str(out), *SMALL])
+    err = capfd.readouterr().err
+    assert_one_line_error(code, err, r"not written yet")
+    assert "OMP_NUM_THREADS" not in err and "torchrun" not in err
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "failed" and "not written yet" in summary["error"]
 
 
 UNBATCHED = """

@@ -315,3 +315,26 @@ def test_cuda_run_with_bf16(synthetic_mnist, tmp_path):
     assert np.isfinite(s["heldout_elbo"])
     assert cli.main(["vae", "--resume", str(run), "--epochs", "3", "--quiet"]) == 0
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
+
+
+def test_the_first_screen_reads_collapse_and_k_hat_into_a_badge_and_steps():
+    from ppl_models.jobs.vae import report
+
+    s = {
+        "khat_share_bad": 0.0, "khat_threshold": 0.7, "khat_median": 0.3, "active_units": 10,
+        "latent_dim": 10, "likelihood": "bernoulli", "epochs": 30, "train_images": 60000,
+        "heldout_images": 10000, "iw_images": 100, "iw_gains": {"10": 2.0},
+        "iw_gains_se": {"10": 0.1},
+    }  # fmt: skip
+    assert report.badge(s).label == "TRUSTWORTHY" and report.badge(s).level == "good"
+    assert report.next_steps(s)[0].startswith("Nothing to fix")
+    partly = s | {"khat_share_bad": 0.2}
+    assert report.badge(partly).level == "warn" and "20%" in report.badge(partly).why
+    assert any("`--epochs 60`" in step for step in report.next_steps(partly))
+    collapsed = s | {"active_units": 0, "likelihood": "normal", "train_images": 256}
+    assert report.badge(collapsed).label == "POSTERIOR COLLAPSE"
+    steps = report.next_steps(collapsed)
+    assert "`--likelihood bernoulli`" in steps[0]
+    assert any("max_train_images=0" in step for step in steps)
+    shrinking = s | {"iw_gains": {"10": -1.0}}
+    assert any("iw_images=200" in step for step in report.next_steps(shrinking))

@@ -194,7 +194,7 @@ def test_bad_settings_are_value_errors():
         fit_svi(normal_mean, "auto-normal", {"x": X_OBS}, lr=0.01, lr_final=0.1)
     with pytest.raises(ValueError, match="guide must be one of"):
         fit_svi(normal_mean, "auto-bogus", {"x": X_OBS})
-    with pytest.raises(ValueError, match="not parameters of the model"):
+    with pytest.raises(ValueError, match="the key 'extra' that model"):
         fit_svi(normal_mean, "auto-normal", {"x": X_OBS, "extra": 1})
     with pytest.raises(ValueError, match="'x' contains NaN"):
         fit_svi(normal_mean, "auto-normal", {"x": [1.0, float("nan")]})
@@ -261,6 +261,22 @@ def test_meanfield_elbo_with_a_custom_guide_matches_the_closed_form():
     assert abs(float(pyro.param("m_scale").detach()) / s - 1) < 0.1
     with pytest.raises(ValueError, match="elbo must be one of"):
         fit_svi(normal_mean, "auto-normal", {"x": X_OBS}, elbo="renyi")
+
+
+@pytest.mark.parametrize("guide", ["auto-normal", "auto-mvn", "auto-lowrank", "auto-iaf"])
+def test_a_model_without_latent_variables_is_refused_in_plain_words(guide):
+    """Pyro's "AutoWhitenedNormal found no latent variables; Use an empty guide instead" named
+    an internal class and gave advice the command line cannot follow."""
+
+    def observed_only(x):
+        with pyro.plate("n", len(x)):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(ValueError) as refused:
+        fit_svi(observed_only, guide, {"x": X_OBS}, steps=5)
+    message = str(refused.value)
+    assert "no latent variables" in message and "obs=" in message
+    assert "Auto" not in message and "empty guide" not in message
 
 
 def default_dtype_regression(X, y):

@@ -138,17 +138,29 @@ def test_nuts_reference_recovers_a_conjugate_posterior_with_deterministic_sites(
 
 
 def test_nuts_reference_starts_flat_priors_in_the_datas_float64():
-    # ImproperUniform has no dtype of its own; float64 data once met a float32 start and failed
+    # ImproperUniform has no dtype of its own; float64 data once met a float32 start and failed.
+    # The posterior is proper: y sees beta1 + beta2 and z sees beta1 - beta2, independent under
+    # the flat prior. (With y alone, beta1 - beta2 was unidentified: every NUTS trajectory ran to
+    # the maximum tree depth along it, and the test took 108-242 s.)
     y = torch.tensor([0.3, 1.1, 0.7, 1.9, 1.2], dtype=torch.float64)
+    z = torch.tensor([-0.4, 0.2, 0.1, -0.8, 0.3], dtype=torch.float64)
 
-    def model(y):
+    def model(y, z):
         shape = torch.Size([2])
         beta = pyro.sample("beta", dist.ImproperUniform(dist.constraints.real, (), shape))
         with pyro.plate("n", len(y)):
             pyro.sample("y", dist.Normal(beta.sum(-1), 1.0), obs=y)
+            pyro.sample("z", dist.Normal(beta[..., 0] - beta[..., 1], 1.0), obs=z)
 
     ref = nuts_reference(
-        model, {"y": y}, warmup=100, draws=200, chains=1, seed=0, jit=False, max_plate_nesting=1
+        model,
+        {"y": y, "z": z},
+        warmup=100,
+        draws=200,
+        chains=1,
+        seed=0,
+        jit=False,
+        max_plate_nesting=1,
     )
     total = ref.draws["beta"].sum(-1).ravel()  # flat prior: beta1 + beta2 ~ N(mean(y), 1/n)
     assert abs(total.mean() - float(y.mean())) < 0.2

@@ -144,15 +144,30 @@ def test_data_keys_must_fit_the_model():
 
     check_data_keys(model, {"x": 1, "y": 2})
     check_data_keys(model, {"x": 1, "y": 2, "scale": 3})
-    with pytest.raises(ValueError, match=r"\['z'\] are not parameters.*\['x', 'y', 'z'\].*"):
+    with pytest.raises(ValueError, match=r"data has the key 'z' that model\(x, y, scale\) does"):
         check_data_keys(model, {"x": 1, "y": 2, "z": 3})
-    with pytest.raises(ValueError, match=r"required arguments \['y'\] are missing"):
+    with pytest.raises(ValueError, match=r"model\(x, y, scale\) needs 'y', which the data lacks"):
         check_data_keys(model, {"x": 1})
 
     def anything(x, **rest):
         pass
 
     check_data_keys(anything, {"x": 1, "whatever": 2})
+
+
+def test_wrong_data_keys_are_said_once_in_plain_words():
+    """The message "data keys ['y'] are not parameters of the model: data keys ['y'], ..." said
+    the same thing twice; it names each wrong key once, with the model's signature."""
+
+    def model(x, sigma=1.0):
+        pass
+
+    with pytest.raises(ValueError) as wrong:
+        check_data_keys(model, {"y": [1.0]})
+    message = str(wrong.value)
+    assert message.count("'y'") == 1 and message.count("'x'") == 1, message
+    assert "model(x, sigma)" in message and "data keys" not in message
+    assert "rename" in message  # what to do about it
 
 
 def test_posteriordb_file_says_where_it_looked(tmp_path, monkeypatch):

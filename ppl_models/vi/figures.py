@@ -99,7 +99,13 @@ def marginals(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | No
     for ax in axes[n:]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7, loc="best")
-    shown = "" if len(rows) <= MAX_MARGINALS else f" The {MAX_MARGINALS} elements furthest off."
+    shown = (
+        ""
+        if len(rows) <= MAX_MARGINALS
+        else f" Shown: the {MAX_MARGINALS} of {len(rows)} elements furthest off (|standardised "
+        "mean error| + |log sd ratio| against the reference, else against the PSIS-corrected "
+        "moments), furthest first."
+    )
     return (
         "Marginal posteriors",
         save_figure(fig, Path(fig_dir) / "marginals.png"),
@@ -109,48 +115,169 @@ def marginals(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | No
     )
 
 
+MAX_FUNNEL_PANELS = 3
+PAIR_DRAWS = 2000
+
+
+def _site(name: str) -> str:
+    return name.split("[", 1)[0]
+
+
+def _funnel_pairs(summary: dict, rows: list[dict]) -> tuple[list[tuple[str, str]], str]:
+    """(x, y) element pairs where y is the scale of x in the model (a funnel when y can go to
+    zero), the x elements furthest off first; and how they were picked, in words."""
+    scales = ((summary.get("model_structure") or {}).get("scale_parents")) or {}
+    by_site: dict[str, list[dict]] = {}
+    for r in rows:
+        by_site.setdefault(_site(r["name"]), []).append(r)
+    pairs, words = [], []
+    for child, parents in scales.items():
+        elements = sorted(by_site.get(child, []), key=error_score, reverse=True)
+        for parent in parents:
+            parent_rows = by_site.get(parent, [])
+            if not elements or not parent_rows:
+                continue
+            shown = elements[: MAX_FUNNEL_PANELS - len(pairs)]
+            for r in shown:
+                index = r["name"][len(child) :]
+                match = next((p for p in parent_rows if p["name"] == parent + index), None)
+                pairs.append((r["name"], (match or parent_rows[0])["name"]))
+            picked = (
+                f"the {len(shown)} of {len(elements)} {child} elements furthest off"
+                if len(elements) > len(shown)
+                else f"{', '.join(r['name'] for r in shown)}"
+            )
+            words.append(f"{parent} is the scale of {child} in the model ({picked})")
+            if len(pairs) >= MAX_FUNNEL_PANELS:
+                break
+    return pairs, "; ".join(words)
+
+
+def _mode_pairs(summary: dict) -> tuple[list[tuple[str, str]], str]:
+    """The two coordinates that the missed modes move most, when the mode search found any."""
+    search = summary.get("mode_search") or {}
+    if not search.get("missed"):
+        return [], ""
+    coords = sorted(search.get("coordinates") or [], key=lambda c: c["mean_shift"], reverse=True)
+    if len(coords) < 2:
+        return [], ""
+    a, b = coords[0]["name"], coords[1]["name"]
+    return [(a, b)], f"{a} and {b} are the coordinates the missed modes move most"
+
+
+def _psis_resampled(idata, n: int, rng) -> np.ndarray | None:
+    """Indices into the stored draws of q, resampled in proportion to their Pareto-smoothed
+    importance weights: what importance sampling makes of q's draws."""
+    from .. import diagnostics
+
+    if "sample_stats" not in idata.groups() or "posterior" not in idata.groups():
+        return None
+    stats = idata["sample_stats"]
+    per = idata["posterior"].sizes["draw"]
+    log_w = (stats["log_joint"] - stats["log_q"]).values[:, :per].ravel()
+    if not np.isfinite(log_w).any():
+        return None
+    smoothed, _ = diagnostics.psis_smooth(np.where(np.isfinite(log_w), log_w, -np.inf))
+    weights = np.exp(smoothed)
+    weights = weights / weights.sum()
+    return rng.choice(len(weights), size=n, replace=True, p=weights)
+
+
+def _positive(*arrays) -> bool:
+    return all(a is not None and len(a) and np.all(a > 0) for a in arrays)
+
+
 def pairs(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
-    """Pair plot of the elements with the largest errors: q's draws over the reference's."""
+    """Pair plots of the pairs the checks blame, with what q misses beside q's draws.
+
+    The pairs: a site and the latent site that is its scale in the model (a funnel), the
+    elements furthest off first; else the two coordinates the missed modes move most; else the
+    elements furthest off. Beside q's draws: the reference's draws, or (without a reference)
+    q's draws resampled by their PSIS weights, and the missed modes' locations.
+    """
     rows = summary["parameters"]
     if len(rows) < 2:
         return None
-    chosen = sorted(rows, key=error_score, reverse=True)[:MAX_PAIRS]
-    names = [r["name"] for r in chosen]
+    funnel, how = _funnel_pairs(summary, rows)
+    chosen = funnel
+    if not chosen:
+        chosen, how = _mode_pairs(summary)
     q = _posterior_elements(idata, "posterior")
+    chosen = [(a, b) for a, b in chosen if a in q and b in q]
+    if not chosen:
+        top = [r["name"] for r in sorted(rows, key=error_score, reverse=True)[:MAX_PAIRS]]
+        top = [n for n in top if n in q]
+        if len(top) < 2:
+            return None
+        chosen = [(top[j], top[i]) for i in range(len(top)) for j in range(i)]
+        how = (
+            f"the {len(top)} elements furthest off (|standardised mean error| + |log sd ratio| "
+            "against the reference, else against the PSIS-corrected moments), in pairs"
+        )
     ref = _posterior_elements(idata, "reference_posterior")
-    k = len(names)
-    # only the lower triangle's axes are made: each axis costs layout time
-    fig = MplFigure(figsize=(2.4 * k, 2.4 * k))
-    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.1, top=0.98, wspace=0.3, hspace=0.3)
-    axes = {(i, j): fig.add_subplot(k, k, i * k + j + 1) for i in range(k) for j in range(i + 1)}
     rng = np.random.default_rng(0)
-    q_idx = rng.choice(len(q[names[0]]), size=min(2000, len(q[names[0]])), replace=False)
-    has_ref = all(n in ref for n in names)
+    n = len(next(iter(q.values())))
+    q_idx = rng.choice(n, size=min(PAIR_DRAWS, n), replace=False)
+    has_ref = all(a in ref and b in ref for a, b in chosen)
     if has_ref:
-        r_idx = rng.choice(len(ref[names[0]]), size=min(2000, len(ref[names[0]])), replace=False)
-    for i, yi in enumerate(names):
-        for j, xj in enumerate(names[: i + 1]):
-            ax = axes[i, j]
-            ax.tick_params(labelsize=6)
-            if i == j:
-                ax.hist(q[xj], bins=40, density=True, color=Q_COLOR, alpha=0.5)
-                if xj in ref:
-                    ax.hist(ref[xj], bins=40, density=True, histtype="step", color=REF_COLOR)
-                ax.set_yticks([])
-            else:
-                if has_ref:
-                    ax.scatter(ref[xj][r_idx], ref[yi][r_idx], s=2, color=REF_COLOR, alpha=0.35)
-                ax.scatter(q[xj][q_idx], q[yi][q_idx], s=2, color=Q_COLOR, alpha=0.35)
-            if i == k - 1:
-                ax.set_xlabel(xj, fontsize=8)
-            if j == 0 and i > 0:
-                ax.set_ylabel(yi, fontsize=8)
+        m = len(ref[chosen[0][0]])
+        r_idx = rng.choice(m, size=min(PAIR_DRAWS, m), replace=False)
+        other, other_label, other_color = ref, "reference", REF_COLOR
+    else:
+        w_idx = _psis_resampled(idata, min(PAIR_DRAWS, n), rng)
+        other, other_label, other_color = (q, "q resampled by PSIS weights", PSIS_COLOR)
+        r_idx = w_idx
+    modes = [m["location"] for m in (summary.get("mode_search") or {}).get("missed") or []]
+    k = len(chosen)
+    ncols = min(3, k)
+    nrows = math.ceil(k / ncols)
+    fig = MplFigure(figsize=(3.6 * ncols, 3.3 * nrows))
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.14, top=0.9, wspace=0.35, hspace=0.45)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax, (x, y) in zip(axes, chosen, strict=False):
+        ax.tick_params(labelsize=7)
+        if r_idx is not None:
+            ax.scatter(
+                other[x][r_idx], other[y][r_idx], s=3, color=other_color, alpha=0.3,
+                label=other_label, rasterized=True,
+            )  # fmt: skip
+        ax.scatter(
+            q[x][q_idx], q[y][q_idx], s=3, color=Q_COLOR, alpha=0.3, label="q", rasterized=True
+        )
+        for location in modes:
+            if x in location and y in location:
+                ax.scatter(
+                    location[x], location[y], marker="X", s=60, color="tab:red",
+                    label="missed mode",
+                )  # fmt: skip
+        if _positive(q[y], other.get(y) if r_idx is not None else q[y]) and funnel:
+            ax.set_yscale("log")  # a scale near zero is where the funnel's neck is
+        ax.set_xlabel(x, fontsize=8)
+        ax.set_ylabel(y + (" (log axis)" if ax.get_yscale() == "log" else ""), fontsize=8)
+    for ax in axes[k:]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=False))
+    fig.legend(
+        unique.values(), unique.keys(), loc="upper center", ncol=len(unique), fontsize=8,
+        markerscale=3, frameon=False,
+    )  # fmt: skip
+    beside = (
+        "the reference's draws (black)"
+        if has_ref
+        else "q's draws resampled in proportion to their PSIS weights (orange: where "
+        "importance sampling moves q's mass)"
+        if r_idx is not None
+        else "nothing else"
+    )
+    title = "Pairs the checks blame" if funnel or modes else "Pairs of the elements furthest off"
     return (
-        "Pair plot of the elements furthest off",
+        title,
         save_figure(fig, Path(fig_dir) / "pairs.png"),
-        f"{', '.join(names)}: variational draws (blue)"
-        + (" over reference draws (black)" if has_ref else "")
-        + "; 2,000 of each. Dependence that q misses shows as a different shape of the clouds.",
+        f"How the pairs were picked: {how}. q's draws (blue) beside {beside}"
+        + ("; red crosses: modes the mode search found outside q's draws" if modes else "")
+        + f"; {min(PAIR_DRAWS, n):,} of each. Dependence that q misses (a funnel's neck, a "
+        "second mode) shows as a different shape of the clouds.",
     )
 
 
@@ -251,13 +378,16 @@ def bounds_vs_errors(fig_dir: Path, summary: dict) -> tuple[str, Path, str] | No
         measured = col(f"measured_{kind}_error") / sd
         if np.isfinite(measured).any():
             ax.bar(x + 0.2, measured, 0.4, color="tab:red", label="measured vs reference")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        shown = np.concatenate([bound, measured])
+        if (np.isfinite(shown) & (shown > 0)).any():  # a log axis needs a positive value
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(f"|{kind} error| / sd_q")
         lo, hi = ax.get_ylim()
-        ax.set_ylim(lo, hi * 30)  # room for the legend above the bars
+        if ax.get_yscale() == "log":
+            ax.set_ylim(lo, hi * 30)  # room for the legend above the bars
         ax.set_title(f"{kind} error, unconstrained space", fontsize=10)
         ax.legend(fontsize=8)
     return (

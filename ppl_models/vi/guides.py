@@ -60,6 +60,12 @@ FULL_RANK_MAX = 2000  # the largest dimension of a full-rank guide (d x d matric
 # ----------------------------------------------------------------------------- guides
 
 
+NO_LATENTS = (
+    "the model has no latent variables (every pyro.sample site has obs=): there is nothing to "
+    "fit; give the unknown quantities pyro.sample sites without obs="
+)
+
+
 class WhitenedGuide(AutoContinuous):
     r"""Base class: an :class:`~pyro.infer.autoguide.AutoContinuous` guide whose parameters live
     in coordinates :math:`u` with :math:`z = \hat z + W u` (see the module docstring).
@@ -169,7 +175,12 @@ class WhitenedGuide(AutoContinuous):
         return point.values
 
     def _setup_prototype(self, *args, **kwargs):
-        super()._setup_prototype(*args, **kwargs)
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except RuntimeError:
+            if getattr(self, "latent_dim", None) == 0:  # Pyro's refusal names this class
+                raise ValueError(NO_LATENTS) from None
+            raise
         if self.full_whitening and self.latent_dim > FULL_RANK_MAX:
             gigabytes = 5 * self.latent_dim**2 * 8 / 2**30
             raise ValueError(

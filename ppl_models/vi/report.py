@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from .. import diagnostics
-from ..report import Figure, Report, Table
+from ..report import Badge, Details, Figure, KeyNumber, Num, Report, Table, format_seconds
 from ..report import write_report as write_html
 from ..runs import (
     atomic_save,
@@ -22,16 +22,14 @@ from ..runs import (
     read_json,
     read_metrics,
 )
+from . import advice
 from . import figures as vf
 from .verdict import VerdictRules, reference_checks
 
-LABEL_WORDS = {
-    "trustworthy": "TRUSTWORTHY: the variational means, sds and marginal shapes can be used as "
-    "the posterior's.",
-    "means-only": "MEANS ONLY: the variational means can be used; its uncertainty (sds, "
-    "intervals, tails) cannot.",
-    "not-trustworthy": "NOT TRUSTWORTHY: do not use this fit's summaries as the posterior's.",
-}
+SIDE_BY_SIDE = "side-by-side"  # the anchors that the first screen's numbers link to
+EVIDENCE = "evidence"
+TIMINGS = "timings"
+WEIGHTS_FIGURE = "figure-importance-weights"
 
 
 def _toml_value(v) -> str | None:
@@ -58,19 +56,59 @@ def _minimal_config(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(diagnosis, out_dir: str | Path) -> Path:
-    """Write a diagnosis as a run directory and return the path of ``report.html``.
+# what a run directory holds; ``overwrite=True`` removes these (and only these) first
+RUN_FILES = ("config.toml", "env.json", "metrics.jsonl", "summary.json", "posterior.nc")
+RUN_FILES += ("report.html",)
 
-    Writes ``posterior.nc`` (ArviZ: variational draws in ``posterior``, reference draws in
-    ``reference_posterior``, ``log_joint``/``log_q`` in ``sample_stats``), ``metrics.jsonl``
-    (the fit's loss trace, unless the fit already logged one), ``figures/*.png``,
-    ``report.html`` and, last, ``summary.json`` with ``"status": "complete"``.
-    ``config.toml`` and ``env.json`` are written only when the directory lacks them (a run of
-    ``ppl-models fit`` has written them already).
+
+def write_report(diagnosis, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a diagnosis as a new run directory and return the path of ``report.html``.
+
+    Writes ``config.toml`` (the fit's settings), ``env.json``, ``metrics.jsonl`` (the fit's
+    loss trace), ``posterior.nc`` (ArviZ: variational draws in ``posterior``, reference draws
+    in ``reference_posterior``, ``log_joint``/``log_q`` in ``sample_stats``),
+    ``figures/*.png``, ``report.html`` and, last, ``summary.json`` with
+    ``"status": "complete"``.
+
+    Parameters
+    ----------
+    out_dir
+        A new or empty folder (created with its parents). A folder holding anything is refused,
+        as ``ppl-models fit --out`` refuses it: writing there would mix two runs' files.
+    overwrite
+        Write into a non-empty folder anyway, after removing the files a run writes there
+        (:data:`RUN_FILES` and ``figures/*.png``); other files are left alone.
+
+    Raises
+    ------
+    ValueError
+        When ``out_dir`` is not empty (and ``overwrite`` is False), or is not a folder.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"cannot write a report into {out}: it is not a folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise ValueError(
+            f"output directory {out} is not empty ({shown}): writing there would mix two "
+            "runs' files; choose a new folder, or pass overwrite=True to replace the run there"
+        )
+    for name in RUN_FILES if held else ():
+        (out / name).unlink(missing_ok=True)
+    for png in (out / "figures").glob("*.png") if held else ():
+        png.unlink()
+    return write_run(diagnosis, out)
+
+
+def write_run(diagnosis, run_dir: str | Path) -> Path:
+    """Complete a run directory that a job created (:class:`~ppl_models.runs.Run`): the files
+    of :func:`write_report`, except ``config.toml``, ``env.json`` and ``metrics.jsonl`` where
+    the job wrote them already. Returns the path of ``report.html``."""
+    out = Path(run_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     summary = dict(diagnosis.summary)
+    summary.update(_fit_facts(diagnosis.fit))
     if not (out / "config.toml").exists():
         atomic_write_text(out / "config.toml", _minimal_config(summary))
     if not (out / "env.json").exists():
@@ -92,6 +130,18 @@ def write_report(diagnosis, out_dir: str | Path) -> Path:
     return path
 
 
+def _fit_facts(fit) -> dict:
+    """What the first screen's advice needs to know about the fit beyond the diagnosis: the
+    model's structure (which sites scale which) and how the fit started. Never fails the run:
+    a model that cannot be traced this way gets no structural advice."""
+    facts = {"fit_start": advice.fit_start(fit)}
+    try:
+        facts["model_structure"] = advice.model_structure(fit.model, fit.data, fit.guide)
+    except Exception:  # noqa: BLE001 - the user's model; the advice does without
+        facts["model_structure"] = None
+    return facts
+
+
 def rebuild_report(run_dir: str | Path) -> Path:
     """Redraw the figures and ``report.html`` of a finished run from its files; returns the
     report's path. Raises ``FileNotFoundError`` when the run lacks ``summary.json`` or
@@ -108,9 +158,15 @@ def build_report(run_dir: Path, summary: dict, idata) -> Path:
     """Figures from the run's files, then ``report.html``."""
     metrics = read_metrics(run_dir)
     figs = vf.all_figures(run_dir / "figures", summary, idata, metrics)
+    findings = advice.findings_of(summary)
+    words, level, meaning = advice.badge_words(summary["verdict"])
     report = Report(
         title=f"Variational fit ({summary.get('guide', 'custom')} guide): posterior diagnostics",
         verdict=verdict_paragraphs(summary),
+        badge=Badge(words, level, meaning, advice.headline(findings, summary)),
+        next_steps=advice.next_steps(findings, summary),
+        key_numbers=key_numbers(summary),
+        details=details(summary),
         tables=tables(summary),
         figures=[Figure(t, p, c) for t, p, c in figs],
     )
@@ -118,71 +174,205 @@ def build_report(run_dir: Path, summary: dict, idata) -> Path:
 
 
 def verdict_paragraphs(s: dict) -> list[str]:
-    """The verdict first, in words naming the parameters that are off, then how it was reached."""
-    out = [f"Verdict: {LABEL_WORDS.get(s['verdict'], s['verdict'])}"]
+    """Every finding of the verdict in words, naming the parameters that are off."""
+    out = []
     if s.get("verdict_off"):
         out.append("Off: " + ", ".join(s["verdict_off"]) + ".")
-    out += list(s.get("verdict_reasons", []))
+    return out + list(s.get("verdict_reasons", []))
+
+
+def _how(s: dict) -> list[str]:
+    """How the verdict was reached: the reference, the convergence rule, the weights."""
     ref = s.get("reference")
-    out.append(
+    out = [
         f"Reference: {ref}."
         if ref
         else "Reference: none; the fit was judged from its own importance weights and error bounds."
-    )
+    ]
     conv = s.get("convergence_rule") or "no rule recorded"
     out.append(f"Convergence: {'met' if s.get('converged') else 'NOT met'}. Rule: {conv}.")
     k = s.get("psis_khat")
-    k_words = "not finite (see the notes)" if k is None else f"{k:.3g}"
+    k_words = "not finite (see the notes)" if k is None else f"{k:.2f}"
     out.append(
         f"Importance weights from {s['draws']:,} draws of q: PSIS k-hat {k_words} "
-        f"(threshold {s['psis_khat_threshold']:.3g}), "
-        f"importance ESS {s['importance_ess']:.0f}, d_2 = {s['d2']:.3g}. The Wasserstein and "
-        "error bounds hold in the guide's unconstrained space."
+        f"(threshold {s['psis_khat_threshold']:.2g}), importance ESS "
+        f"{s['importance_ess']:,.0f}, d_2 = {s['d2']:.3g}. The Wasserstein and error bounds "
+        "hold in the guide's unconstrained space."
     )
-    out.append("Rules of the verdict: " + " ".join(s.get("verdict_rules", [])))
-    for note in s.get("notes", []):
-        out.append("Note: " + note)
     return out
 
 
-def _status(row: dict, draws: int) -> str:
-    c = reference_checks(row, draws, VerdictRules())
-    if c is None:
-        return "not compared"
-    bad = [k for k in ("mean", "sd", "ks") if not c[f"{k}_ok"]]
-    return "ok" if not bad else "off: " + ", ".join(bad)
+def details(s: dict) -> list[Details]:
+    """The collapsible sections under the first screen."""
+    out = [
+        Details(f"Every finding ({len(s.get('verdict_reasons', []))})", verdict_paragraphs(s)),
+        Details("How the verdict was reached", _how(s)),
+        Details("Rules of the verdict", list(s.get("verdict_rules", []))),
+    ]
+    if s.get("notes"):
+        out.append(Details(f"Notes ({len(s['notes'])})", list(s["notes"])))
+    return out
+
+
+def _seconds(s: dict) -> tuple[float | None, float | None]:
+    diagnosis = (s.get("timings") or {}).get("total")
+    return s.get("fit_seconds"), diagnosis
+
+
+def key_numbers(s: dict) -> list[KeyNumber]:
+    """The five numbers that matter, each linking down to where it is explained."""
+    k, thr = s.get("psis_khat"), s["psis_khat_threshold"]
+    if k is None:
+        khat = KeyNumber("PSIS k-hat", "n/a", "not finite: see the notes", f"#{WEIGHTS_FIGURE}")
+    else:
+        level = "bad" if k > thr else "warn" if k > 0.5 else "good"
+        khat = KeyNumber(
+            "PSIS k-hat", Num(k, digits=2), f"threshold {thr:.2g}", f"#{WEIGHTS_FIGURE}", level
+        )
+    draws, ess = s["draws"], s["importance_ess"]
+    min_ess = max(VerdictRules().min_ess, VerdictRules().min_ess_fraction * draws)
+    ess_number = KeyNumber(
+        "Importance ESS",
+        f"{ess:,.0f}",
+        f"of {draws:,} draws",
+        f"#{EVIDENCE}",
+        "good" if ess >= min_ess else "bad",
+    )
+    top = max(s["iw_bounds"], key=int) if s.get("iw_bounds") else None
+    elbo = KeyNumber(
+        "ELBO",
+        Num(s["elbo"], se=s.get("elbo_se")),
+        f"± {s['elbo_se']:.1g}"
+        + (
+            ""
+            if top is None
+            else f"; IW bound (K = {top}) {Num(s['iw_bounds'][top], se=s['iw_bounds_se'].get(top))}"
+        ),
+        f"#{EVIDENCE}",
+    )
+    fit_s, diag_s = _seconds(s)
+    total = sum(t for t in (fit_s, diag_s) if t is not None) if fit_s or diag_s else None
+    time = KeyNumber(
+        "Time",
+        format_seconds(total),
+        f"fit {format_seconds(fit_s)}, diagnosis {format_seconds(diag_s)}",
+        f"#{TIMINGS}",
+    )
+    return [khat, ess_number, elbo, _worst_element(s), time]
+
+
+def _worst_element(s: dict) -> KeyNumber:
+    rows = s["parameters"]
+    off = set(s.get("verdict_off") or [])
+    compared = [r for r in rows if r.get("std_mean_error") is not None]
+    if compared:
+        worst = max(compared, key=lambda r: abs(r["std_mean_error"]))
+        worst_sd = max(compared, key=lambda r: abs(math.log(max(r["sd_ratio"], 1e-12))))
+        return KeyNumber(
+            "Worst element vs reference",
+            f"{worst['name']}: {worst['std_mean_error']:+.2f} sd",
+            f"mean error; sd ratio {worst_sd['sd_ratio']:.2f} ({worst_sd['name']})",
+            f"#{SIDE_BY_SIDE}",
+            "bad" if worst["name"] in off or worst_sd["name"] in off else "good",
+        )
+    shifts = [
+        (abs(r["mean"] - r["psis_mean"]) / r["psis_sd"], r)
+        for r in rows
+        if r.get("psis_mean") is not None and r.get("psis_sd")
+    ]
+    if not shifts:
+        return KeyNumber(
+            "Worst element", "n/a", "no reference, no PSIS moments", f"#{SIDE_BY_SIDE}"
+        )
+    shift, worst = max(shifts, key=lambda t: t[0])
+    return KeyNumber(
+        "Largest PSIS shift",
+        f"{worst['name']}: {shift:.2f} sd",
+        "q's mean against its PSIS correction (no reference)",
+        f"#{SIDE_BY_SIDE}",
+        "bad" if worst["name"] in off else "info",
+    )
+
+
+def _status(row: dict, s: dict) -> str | None:
+    """The verdict's reading of one element: against the reference, or (without one) of its
+    PSIS-corrected moments; None where neither judged it."""
+    c = reference_checks(row, s["draws"], VerdictRules())
+    if c is not None:
+        bad = [k for k in ("mean", "sd", "ks") if not c[f"{k}_ok"]]
+        return "ok" if not bad else "off: " + ", ".join(bad)
+    self_checks = (s.get("verdict_checks") or {}).get("self") or {}
+    if not self_checks:
+        return None
+    bad = [
+        what
+        for what, key in (("mean", "psis_mean_off"), ("sd", "psis_sd_off"))
+        if row["name"] in (self_checks.get(key) or [])
+    ]
+    return "PSIS agrees" if not bad else "PSIS moves the " + " and ".join(bad)
+
+
+def _ratio_se(r: dict) -> float | None:
+    if not (r.get("sd") and r.get("ref_sd") and r.get("sd_ratio") is not None):
+        return None
+    rel = math.hypot(
+        (r.get("mcse_sd") or 0.0) / r["sd"], (r.get("ref_mcse_sd") or 0.0) / r["ref_sd"]
+    )
+    return r["sd_ratio"] * rel or None
+
+
+def _error_se(r: dict) -> float | None:
+    if not r.get("ref_sd"):
+        return None
+    return (
+        math.hypot(r.get("mcse_mean") or 0.0, r.get("ref_mcse_mean") or 0.0) / r["ref_sd"] or None
+    )
+
+
+def _num(value, se=None, digits=3):
+    return None if value is None else Num(value, se=se, digits=digits)
 
 
 def tables(s: dict) -> list[Table]:
-    """The report's tables from ``summary.json``'s contents."""
+    """The report's tables from ``summary.json``'s contents; numbers rounded to their Monte
+    Carlo errors where known, columns empty in every row left out."""
     rows = s["parameters"]
+    has_reference = any(r.get("ref_mean") is not None for r in rows)
     side = [
         [
             r["name"],
-            r["mean"],
-            r["sd"],
-            r.get("hdi_low"),
-            r.get("hdi_high"),
-            r.get("psis_mean"),
-            r.get("psis_sd"),
-            r.get("ref_mean"),
-            r.get("ref_sd"),
-            r.get("std_mean_error"),
-            r.get("sd_ratio"),
-            r.get("w1_over_sd"),
-            r.get("ks"),
-            _status(r, s["draws"]),
+            _num(r["mean"], r.get("mcse_mean")),
+            _num(r["sd"], r.get("mcse_sd")),
+            _num(r.get("hdi_low")),
+            _num(r.get("hdi_high")),
+            _num(r.get("psis_mean"), r.get("psis_mcse_mean")),
+            _num(r.get("psis_sd"), r.get("psis_mcse_sd")),
+            _num(r.get("ref_mean"), r.get("ref_mcse_mean")),
+            _num(r.get("ref_sd"), r.get("ref_mcse_sd")),
+            _num(r.get("std_mean_error"), _error_se(r)),
+            _num(r.get("sd_ratio"), _ratio_se(r)),
+            _num(r.get("w1_over_sd"), digits=2),
+            _num(r.get("ks"), digits=2),
+            _status(r, s),
         ]
         for r in rows
     ]
+    iw_se = s.get("iw_bounds_se") or {}
     evidence = [
-        ["ELBO (mean log w)", s["elbo"], s.get("elbo_se")],
-        *[[f"IW bound, K = {k}", v, s["iw_bounds_se"].get(k)] for k, v in s["iw_bounds"].items()],
-        ["CUBO_2", s["cubo2"], None],
-        ["d_2 = 2 (CUBO_2 - ELBO)", s["d2"], None],
-        ["PSIS k-hat", s.get("psis_khat"), None],
-        ["k-hat threshold", s["psis_khat_threshold"], None],
-        ["importance ESS", s["importance_ess"], None],
+        [
+            "ELBO (mean log w)",
+            Num(s["elbo"], se=s.get("elbo_se")),
+            _num(s.get("elbo_se"), digits=2),
+        ],
+        *[
+            [f"IW bound, K = {k}", Num(v, se=iw_se.get(k)), _num(iw_se.get(k), digits=2)]
+            for k, v in s["iw_bounds"].items()
+        ],
+        ["CUBO_2", _num(s["cubo2"]), None],
+        ["d_2 = 2 (CUBO_2 - ELBO)", _num(s["d2"]), None],
+        ["PSIS k-hat", _num(s.get("psis_khat"), digits=2), None],
+        ["k-hat threshold", _num(s["psis_khat_threshold"], digits=2), None],
+        ["importance ESS", f"{s['importance_ess']:,.0f}", None],
         ["draws S", s["draws"], None],
     ]
     eb = s["error_bounds"]
@@ -190,26 +380,36 @@ def tables(s: dict) -> list[Table]:
         [
             c["name"],
             c.get("transform"),
-            c["sd"],
-            c.get("mean_error"),
-            c.get("measured_mean_error"),
-            c.get("sd_error"),
-            c.get("measured_sd_error"),
+            _num(c["sd"]),
+            _num(c.get("mean_error")),
+            _num(c.get("measured_mean_error")),
+            _num(c.get("sd_error")),
+            _num(c.get("measured_sd_error")),
         ]
         for c in s.get("error_bounds_per_coordinate", [])
     ]
+    start = (s.get("fit_start") or {}).get("method")
     fit = [
         ["guide", s.get("guide")],
-        ["converged", s.get("converged")],
-        ["convergence rule", s.get("convergence_rule")],
+        ["converged", "yes" if s.get("converged") else "no"],
+        ["converged from step", (s.get("convergence") or {}).get("step")],
         ["steps", s.get("steps")],
-        ["fit seconds", s.get("fit_seconds")],
-        ["draws vectorized", s.get("vectorized")],
-        *[[f"diagnosis seconds: {k}", v] for k, v in (s.get("timings") or {}).items()],
+        [
+            "start",
+            {"laplace": "MAP (Laplace)", "prior": "Pyro's (no proper MAP)"}.get(start, start),
+        ],
+        ["draws vectorized", "yes" if s.get("vectorized") else "no"],
     ]
+    timings = dict(s.get("timings") or {})
+    total = timings.pop("total", None)
+    time_columns = ["fit", *(k.replace("_", " ") for k in timings), "diagnosis total"]
+    time_row = [Num(s.get("fit_seconds"), unit="s"), *(Num(v, unit="s") for v in timings.values())]
+    time_row.append(Num(total, unit="s"))
     return [
         Table(
-            "Side by side: q against the reference",
+            "Side by side: q against the reference"
+            if has_reference
+            else "Posterior summaries: q and its PSIS correction",
             [
                 "element",
                 "mean",
@@ -227,10 +427,15 @@ def tables(s: dict) -> list[Table]:
                 "status",
             ],
             side,
-            note="mean and sd from all S draws of q; HDI: 94% highest-density interval; PSIS: "
-            "the posterior moments re-estimated by Pareto-smoothed importance sampling from "
-            "q's draws; KS and W1 from scipy on the draws. Status applies the verdict's "
-            "tolerances (which allow for the reference's Monte Carlo error).",
+            note="mean and sd from all S draws of q, rounded to their Monte Carlo standard "
+            "errors (as are the PSIS and reference moments and the errors); HDI: 94% "
+            "highest-density interval, 3 significant digits; PSIS: the posterior moments "
+            "re-estimated by Pareto-smoothed importance sampling from q's draws; KS and W1 from "
+            "scipy on the draws. Status applies the verdict's tolerances (which allow for the "
+            "Monte Carlo error)"
+            + ("" if has_reference else "; without a reference, to the PSIS moments")
+            + ".",
+            anchor=SIDE_BY_SIDE,
         ),
         Table(
             "Evidence bounds and importance weights",
@@ -238,6 +443,7 @@ def tables(s: dict) -> list[Table]:
             evidence,
             note="ELBO <= IW bounds (rising with K) <= log p(x) <= CUBO_2; d_2 bounds the "
             "Rényi-2 divergence D_2(posterior || q).",
+            anchor=EVIDENCE,
         ),
         Table(
             "Error bounds (Huggins et al. 2020) in the guide's unconstrained space",
@@ -251,15 +457,21 @@ def tables(s: dict) -> list[Table]:
                 "measured",
             ],
             coords,
-            note=f"Joint bounds: W1 <= {_num(eb.get('w1'))}, W2 <= {_num(eb.get('w2'))}, "
-            f"||mean_q - mean_p|| <= {_num(eb.get('mean_error'))}, every |sd_q - sd_p| <= "
-            f"{_num(eb.get('sd_error'))}. Coordinates are the latent sites mapped by the "
+            note=f"Joint bounds: W1 <= {_fmt(eb.get('w1'))}, W2 <= {_fmt(eb.get('w2'))}, "
+            f"||mean_q - mean_p|| <= {_fmt(eb.get('mean_error'))}, every |sd_q - sd_p| <= "
+            f"{_fmt(eb.get('sd_error'))}. Coordinates are the latent sites mapped by the "
             "inverse of biject_to(support); 'measured' compares with the reference mapped "
             "the same way.",
         ),
-        Table("Fit and timings", ["quantity", "value"], fit),
+        Table(
+            "Fit",
+            ["quantity", "value"],
+            fit,
+            note=f"Convergence rule: {s.get('convergence_rule') or 'none recorded'}.",
+        ),
+        Table("Timings", time_columns, [time_row], anchor=TIMINGS, keep_empty=True),
     ]
 
 
-def _num(x) -> str:
+def _fmt(x) -> str:
     return "inf" if x is None else f"{x:.3g}"

@@ -236,7 +236,7 @@ def check_data_keys(model: Callable, data: Mapping[str, Any]) -> None:
     Raises
     ------
     ValueError
-        Naming the unexpected or missing keys and both lists.
+        Naming each unexpected or missing key once, with the model's signature.
     """
     try:
         signature = inspect.signature(model)
@@ -249,18 +249,32 @@ def check_data_keys(model: Callable, data: Mapping[str, Any]) -> None:
     ]
     names = [p.name for p in params]
     takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    unknown = [key for key in data if key not in names]
+    unknown = [key for key in data if key not in names] if not takes_any else []
     missing = [p.name for p in params if p.default is p.empty and p.name not in data]
-    if (unknown and not takes_any) or missing:
-        problem = (
-            f"data keys {unknown} are not parameters of the model"
-            if unknown and not takes_any
-            else f"the model's required arguments {missing} are missing from the data"
+    if not (unknown or missing):
+        return
+    call = f"model({', '.join(names + (['**kwargs'] if takes_any else []))})"
+    problems = []
+    if unknown:
+        problems.append(
+            f"the data has {_keys(unknown)} that {call} does not take (rename "
+            f"{'it' if len(unknown) == 1 else 'them'} to one of its arguments, or add "
+            f"{'it' if len(unknown) == 1 else 'them'} to the model's)"
         )
-        raise ValueError(
-            f"{problem}: data keys {sorted(data)}, model parameters {names}"
-            + (" (and **kwargs)" if takes_any else "")
-        )
+    if missing:
+        what = "needs" if not unknown else "also needs"
+        subject = call if not unknown else "it"
+        problems.append(f"{subject} {what} {_quoted(missing)}, which the data lacks")
+    raise ValueError("; ".join(problems))
+
+
+def _quoted(keys: list[str]) -> str:
+    quoted = [f"'{k}'" for k in keys]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def _keys(keys: list[str]) -> str:
+    return ("the key " if len(keys) == 1 else "the keys ") + _quoted(keys)
 
 
 POSTERIORDB_ENV = "PPL_MODELS_POSTERIORDB"

@@ -44,6 +44,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``ppl-models exp-normal``: fit, report, print the key numbers; returns 0."""
     config, name = config_from_args(args)
     from ...runs import read_json
+    from .report import fit_cost
     from .run import execute
 
     run = execute(config, name, out=args.out, progress=not args.quiet)
@@ -57,5 +58,6 @@ def main(args: argparse.Namespace) -> int:
         f"KL(q || p) = {summary['kl_at_theta_svi']:.4g} nats, PSIS k-hat = "
         f"{summary['psis_khat']:.3g}"
     )
+    print(fit_cost(summary).replace("`", ""))
     print(f"report: {run.file('report.html')}")
     return 0

@@ -1,4 +1,6 @@
-"""The exponential-normal report: verdict in words, tables and figures, from the run's files.
+"""The exponential-normal report: the first screen (the verdict as a badge, one sentence on why,
+what to do next, the numbers that matter), the numbers in words, tables and figures, from the
+run's files.
 
 Everything here reads ``summary.json`` (and, for the figures, the other saved files), so
 ``ppl-models report RUN_DIR`` rebuilds the page without refitting.
@@ -13,9 +15,23 @@ import numpy as np
 
 from ... import diagnostics
 from ...exp_normal.figures import report_figures
-from ...report import Figure, Report, Table, write_report
+from ...report import (
+    Badge,
+    Details,
+    Figure,
+    KeyNumber,
+    Num,
+    Report,
+    Table,
+    format_seconds,
+    write_report,
+)
 from ...runs import read_json, read_metrics
+from ...vi import advice
 from .config import TOLERANCE
+
+ADEQUATE_KL = 0.05  # nats: a guide this close to the exact posterior can stand in for it
+FEWER_PARTICLES = 256
 
 
 def build_report(run_dir: Path, summary: dict) -> Path:
@@ -28,10 +44,166 @@ def build_report(run_dir: Path, summary: dict) -> Path:
     report = Report(
         title=f"Exponential-normal model, {summary['guide']} guide: posterior diagnostics",
         verdict=verdict(summary),
+        badge=badge(summary),
+        next_steps=next_steps(summary),
+        key_numbers=key_numbers(summary),
+        details=[
+            Details("The numbers in words", verdict(summary)),
+            *(
+                [Details("Rules of the verdict", list(summary["verdict_rules"]))]
+                if summary.get("verdict_rules")
+                else []
+            ),
+        ],
         tables=tables(summary),
         figures=[Figure(title, path, caption) for title, path, caption in figures],
     )
     return write_report(run_dir, report)
+
+
+def fit_cost(s: dict) -> str:
+    """What the fit cost and why: every step evaluates the likelihood of every observation under
+    every particle, whatever the guide family (at n_obs = 1000 the exponential guide costs what
+    the gamma guide costs)."""
+    settings = s.get("fit_settings") or {}
+    particles, steps = settings.get("particles"), s.get("steps")
+    n_obs = (s.get("observations") or {}).get("count")
+    if not (particles and steps and n_obs):
+        return f"The fit took {format_seconds(s.get('fit_seconds'))}."
+    per_step = particles * n_obs
+    cheaper = max(1, particles // FEWER_PARTICLES)
+    return (
+        f"The fit took {format_seconds(s.get('fit_seconds'))}: {steps:,} steps, each evaluating "
+        f"the likelihood of {n_obs:,} observations under {particles:,} particles "
+        f"({per_step:,} normal log-densities and their gradients). The cost grows with "
+        "particles × observations, whatever the guide family"
+        + (
+            f"; `--particles {FEWER_PARTICLES}` makes each step about {cheaper} times cheaper "
+            f"(with {math.sqrt(cheaper):.0f} times the gradient noise)."
+            if cheaper > 1
+            else "."
+        )
+    )
+
+
+def _adequate(s: dict) -> bool:
+    return s["kl_at_theta_svi"] < ADEQUATE_KL
+
+
+def badge(s: dict) -> Badge:
+    """The verdict of the generic diagnosis against the exact posterior, and why in one
+    sentence: how far the guide is from the exact posterior, and whose fault that is."""
+    label = s.get("verdict") or ("trustworthy" if _adequate(s) else "not-trustworthy")
+    words, level, meaning = advice.badge_words(label)
+    kl, best = s["kl_at_theta_svi"], s["kl_by_family"][s["guide"]]
+    family_gap = kl - best < 0.1 * kl + 1e-3
+    why = (
+        f"The fitted {s['guide']} guide is {Num(kl)} nats from the exact posterior "
+        "(KL(q || p)), "
+        + (
+            "about what its family's best member allows"
+            if family_gap
+            else f"while its family's best member is {Num(best)} nats away (the optimiser's share)"
+        )
+        + f"; q's mean is {Num(s['posterior_table']['variational']['mean'])} against the exact "
+        f"{Num(s['posterior_table']['exact (closed form)']['mean'])}."
+    )
+    return Badge(words, level, meaning, why)
+
+
+def next_steps(s: dict) -> list[str]:
+    """Steps from the numbers: a family that holds the posterior, a longer fit, a cheaper one."""
+    steps = []
+    families = s["kl_by_family"]
+    kl, best = s["kl_at_theta_svi"], families[s["guide"]]
+    closer = sorted((v, f) for f, v in families.items() if v < best and f != s["guide"])
+    if not _adequate(s) and closer:
+        exact, first = closer[0]
+        steps.append(
+            f"Use a family that holds the posterior: `--guide {first}` (its best member is "
+            f"{Num(exact)} nats away)"
+            + (
+                f", or `--guide {closer[1][1]}` ({Num(closer[1][0])} nats)."
+                if len(closer) > 1
+                else "."
+            )
+        )
+    optimiser_off = (
+        s["theta_svi"] is not None and s["theta_rel_error"] > TOLERANCE
+    ) or kl - best > max(0.01, 0.1 * best)
+    if optimiser_off:
+        steps.append(
+            f"Run longer (`--steps {2 * s['steps']}`): SVI stopped short of its family's best "
+            "member."
+        )
+    if (s.get("fit_seconds") or 0) > 30 and (s.get("fit_settings") or {}).get(
+        "particles", 0
+    ) > FEWER_PARTICLES:
+        steps.append(
+            f"For a quicker fit: `--particles {FEWER_PARTICLES}` (the cost grows with "
+            "particles × observations)."
+        )
+    if not steps:
+        steps.append(
+            "Nothing to fix: the guide is within "
+            f"{ADEQUATE_KL:g} nats of the exact posterior and SVI found its family's best member."
+            if _adequate(s)
+            else "Nothing SVI can fix: no family here comes closer to the exact posterior."
+        )
+    return steps
+
+
+def key_numbers(s: dict) -> list[KeyNumber]:
+    """KL to the exact posterior, SVI against the closed-form optimum, k-hat, the evidence gap
+    and the time, each linking to where it is explained."""
+    kl = s["kl_at_theta_svi"]
+    out = [
+        KeyNumber(
+            "KL(q || p)",
+            f"{Num(kl)} nats",
+            f"family's best: {Num(s['kl_by_family'][s['guide']])} nats",
+            "#what-each-guide-family-costs",
+            "good" if _adequate(s) else "bad",
+        )
+    ]
+    if s["theta_svi"] is not None:
+        within = s["theta_rel_error"] <= TOLERANCE
+        out.append(
+            KeyNumber(
+                "theta vs theta*",
+                f"{100 * s['theta_rel_error']:.2g}% off",
+                f"{Num(s['theta_svi'], digits=4)} vs {Num(s['theta_star'], digits=4)} "
+                f"(target {100 * TOLERANCE:g}%)",
+                "#numbers",
+                "good" if within else "bad",
+            )
+        )
+    k, thr = s["psis_khat"], s["psis_khat_threshold"]
+    k_value = "−∞" if k is None else Num(k, digits=2)
+    k_level = "good" if k is None or k <= 0.5 else ("warn" if k <= thr else "bad")
+    out.append(KeyNumber("PSIS k-hat", k_value, f"threshold {thr:.2g}", "#numbers", k_level))
+    gap = s["log_evidence_exact"] - s["elbo_at_svi"]
+    out.append(
+        KeyNumber(
+            "ELBO gap to log p(x)",
+            f"{Num(gap)} nats",
+            f"log p(x) = {Num(s['log_evidence_exact'], digits=5)} (exact)",
+            "#importance-weighted-bounds-on-log-p-x",
+        )
+    )
+    out.append(
+        KeyNumber(
+            "Time",
+            format_seconds(s.get("fit_seconds")),
+            f"fit of {(s.get('fit_settings') or {}).get('particles', '?'):,} particles × "
+            f"{(s.get('observations') or {}).get('count', '?'):,} observations",
+            "#timings",
+        )
+        if (s.get("fit_settings") or {}).get("particles")
+        and (s.get("observations") or {}).get("count")
+        else KeyNumber("Time", format_seconds(s.get("fit_seconds")), "", "#timings")
+    )
+    return out
 
 
 def verdict(s: dict) -> list[str]:
@@ -110,51 +282,82 @@ def verdict(s: dict) -> list[str]:
             f"Convergence: {convergence['rule']}. The rule {convergence['status']}"
             + ("" if convergence["status"].endswith(".") else ".")
         )
+    lines.append(fit_cost(s))
     if s.get("notes"):
         lines.append("Notes: " + " ".join(s["notes"]))
     return lines
 
 
+def _exact(x, digits: int = 6):
+    """A closed-form or quadrature number: more digits than Monte Carlo noise allows, since it
+    has none (the agreement of two such numbers is the point of showing them)."""
+    return None if x is None else Num(x, digits=digits)
+
+
+def _drawn(row: dict, key: str):
+    """A moment of a row of draws, rounded to its Monte Carlo error (sd / sqrt(ESS)); the
+    closed form's row has no ESS and keeps 4 significant digits."""
+    value = row.get(key)
+    if value is None:
+        return None
+    ess, sd = row.get("ess_bulk"), row.get("sd")
+    se = sd / math.sqrt(ess) if ess and sd else None
+    if key == "sd" and se is not None:
+        se = se / math.sqrt(2)
+    return (
+        Num(value, se=se, digits=4)
+        if key in ("mean", "sd", "mean_error", "sd_error")
+        else Num(value, digits=3 if ess else 4)
+    )
+
+
 def tables(s: dict) -> list[Table]:
     """The report's tables, from ``summary.json``'s contents."""
     numbers = [
-        ["theta*", s["theta_star"]],
-        ["theta (SVI)", s["theta_svi"]],
-        ["relative error of theta", s["theta_rel_error"]],
-        ["log evidence (exact)", s["log_evidence_exact"]],
-        ["log evidence (grid)", s["log_evidence_grid"]],
-        ["ELBO at theta*", s["elbo_at_theta_star"]],
-        ["ELBO of the fitted guide", s["elbo_at_svi"]],
-        ["KL at theta* (closed form)", s["kl_at_theta_star"]],
-        ["KL at theta* (grid)", s["kl_at_theta_star_grid"]],
-        ["KL of the fitted guide (quadrature)", s["kl_at_theta_svi"]],
-        ["KL of the fitted guide (grid)", s["kl_at_theta_svi_grid"]],
-        ["PSIS k-hat", s["psis_khat"]],
-        ["k-hat threshold", s["psis_khat_threshold"]],
-        ["importance-sampling ESS", s["importance_ess"]],
+        ["theta*", _exact(s["theta_star"], 5)],
+        ["theta (SVI)", _exact(s["theta_svi"], 5)],
+        ["relative error of theta", _exact(s["theta_rel_error"], 2)],
+        ["log evidence (exact)", _exact(s["log_evidence_exact"])],
+        ["log evidence (grid)", _exact(s["log_evidence_grid"])],
+        ["ELBO at theta*", _exact(s["elbo_at_theta_star"])],
+        ["ELBO of the fitted guide", _exact(s["elbo_at_svi"])],
+        ["KL at theta* (closed form)", _exact(s["kl_at_theta_star"], 4)],
+        ["KL at theta* (grid)", _exact(s["kl_at_theta_star_grid"], 4)],
+        ["KL of the fitted guide (quadrature)", _exact(s["kl_at_theta_svi"], 4)],
+        ["KL of the fitted guide (grid)", _exact(s["kl_at_theta_svi_grid"], 4)],
+        ["PSIS k-hat", _exact(s["psis_khat"], 2)],
+        ["k-hat threshold", _exact(s["psis_khat_threshold"], 2)],
+        ["importance-sampling ESS", f"{s['importance_ess']:,.0f}"],
         ["draws", s["draws"]],
-        ["Wasserstein-1 to exact", s["wasserstein1_to_exact"]],
-        ["Kolmogorov-Smirnov to exact", s["ks_to_exact"]],
-        ["grid max |pdf error|", s["grid_max_abs_pdf_error"]],
+        ["Wasserstein-1 to exact", _exact(s["wasserstein1_to_exact"], 2)],
+        ["Kolmogorov-Smirnov to exact", _exact(s["ks_to_exact"], 2)],
+        ["grid max |pdf error|", _exact(s["grid_max_abs_pdf_error"], 2)],
         ["SVI steps", s["steps"]],
-        ["SVI seconds", s["fit_seconds"]],
     ]
     if "cubo2" in s:
-        numbers[-2:-2] = [
-            ["ELBO (Monte Carlo, the draws)", s["elbo"]],
-            ["CUBO_2 (upper bound on log p(x))", s["cubo2"]],
-            ["d_2 = 2 (CUBO_2 - ELBO)", s["d2"]],
-            ["convergence rule held", s["converged"]],
+        numbers[-1:-1] = [
+            ["ELBO (Monte Carlo, the draws)", Num(s["elbo"], se=s.get("elbo_se"))],
+            ["CUBO_2 (upper bound on log p(x))", Num(s["cubo2"])],
+            ["d_2 = 2 (CUBO_2 - ELBO)", Num(s["d2"])],
+            ["convergence rule held", "yes" if s["converged"] else "no"],
         ]
     cols = ["mean", "sd", "hdi_3%", "hdi_97%", "q_3%", "q_97%", "mean_error", "sd_error"]
     posterior = [
-        [method] + [row.get(c) for c in cols] for method, row in s["posterior_table"].items()
+        [method] + [_drawn(row, c) for c in cols] for method, row in s["posterior_table"].items()
     ]
     bounds = [
-        [k, v, s["iw_bounds_se"][k], s["log_evidence_exact"] - v] for k, v in s["iw_bounds"].items()
+        [
+            k,
+            Num(v, se=s["iw_bounds_se"][k]),
+            Num(s["iw_bounds_se"][k], digits=2),
+            Num(s["log_evidence_exact"] - v, se=s["iw_bounds_se"][k]),
+        ]
+        for k, v in s["iw_bounds"].items()
     ]
-    families = [[f, kl] for f, kl in s["kl_by_family"].items()]
+    families = [[f, _exact(kl, 3)] for f, kl in s["kl_by_family"].items()]
     generic = _generic_tables(s) if "parameters" in s else []
+    timings = dict(s.get("timings") or {})
+    diagnosis = timings.pop("total", None)
     return [
         Table("Numbers", ["quantity", "value"], numbers),
         Table(
@@ -163,7 +366,8 @@ def tables(s: dict) -> list[Table]:
             posterior,
             note="hdi: 94% highest-density interval of the draws; q: equal-tailed "
             "quantiles of the exact posterior; errors are against the exact "
-            "mean and sd.",
+            "mean and sd. Moments of draws are rounded to their Monte Carlo errors "
+            "(sd / sqrt(ESS)).",
         ),
         Table(
             "Importance-weighted bounds on log p(x)",
@@ -178,6 +382,19 @@ def tables(s: dict) -> list[Table]:
             note="KL in nats at each family's best member, by quadrature.",
         ),
         *generic,
+        Table(
+            "Timings",
+            ["fit", *(k.replace("_", " ") for k in timings), "diagnosis total"],
+            [
+                [
+                    Num(s.get("fit_seconds"), unit="s"),
+                    *(Num(v, unit="s") for v in timings.values()),
+                    Num(diagnosis, unit="s"),
+                ]
+            ],
+            note=fit_cost(s),
+            keep_empty=True,
+        ),
     ]
 
 

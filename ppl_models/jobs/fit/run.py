@@ -18,7 +18,7 @@ from ...vi import fitting
 from ...vi.diagnose import diagnose
 from ...vi.references import load_reference
 from ...vi.report import rebuild_report as rebuild_fit_report
-from ...vi.report import write_report
+from ...vi.report import write_run
 from ...vi.script import load_script, model_data, read_data_file
 from .config import FitConfig
 
@@ -134,7 +134,7 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
             )
             if digests is not None:
                 diagnosis.summary["parameter_digests"] = digests
-            write_report(diagnosis, run.path)
+            write_run(diagnosis, run.path)
     return run, diagnosis
 
 

@@ -15,7 +15,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...report import Figure, Report, Table, write_report
+from ...report import (
+    Badge,
+    Details,
+    Figure,
+    KeyNumber,
+    Num,
+    Report,
+    Table,
+    format_seconds,
+    write_report,
+)
 from ...runs import read_json, read_metrics
 from ...vae import evaluate, figures, gaps
 from ...vae.evaluate import ACTIVE_THRESHOLD, Evaluation
@@ -107,19 +117,24 @@ def build_report(run_dir: Path, summary: dict) -> Path:
     """Draw the figures from the run's files and write ``report.html``; returns its path."""
     evaluation = evaluate.Evaluation.load(run_dir / EVALUATION)
     metrics = read_metrics(run_dir)
+    words = verdict(summary)
     report = Report(
         title=(
             f"MNIST VAE ({summary['arch']}, {summary['likelihood']} likelihood, latent "
             f"{summary['latent_dim']}): held-out evaluation and amortized-posterior "
             "diagnostics"
         ),
-        verdict=verdict(summary),
+        verdict=words,
+        badge=badge(summary),
+        next_steps=next_steps(summary),
+        key_numbers=key_numbers(summary),
+        details=[Details("The numbers in words", words)],
         tables=tables(summary, metrics),
         figures=make_figures(run_dir / "figures", evaluation, metrics),
     )
     if "grid_images" in summary:
         comparison = gaps.GridComparison.load(run_dir / GRID_COMPARISON)
-        report.verdict.extend(gaps_report.verdict(summary))
+        words.extend(gaps_report.verdict(summary))
         report.tables[1:1] = gaps_report.tables(summary, comparison)
         report.figures.extend(gaps_report.make_figures(run_dir / "figures", comparison))
     return write_report(run_dir, report)
@@ -173,6 +188,124 @@ def make_figures(folder: Path, evaluation: Evaluation, metrics: list[dict]) -> l
             )
         )
     return result
+
+
+# ----------------------------------------------------------------------------- the first screen
+
+MOST = 0.5  # above this share of images with k-hat over the threshold, the estimates fail
+
+
+def badge(s: dict) -> Badge:
+    """Can the amortized posterior and the log-likelihood estimate be trusted? From the share
+    of images whose k-hat exceeds its threshold and the active latent units."""
+    share, active, dim = s["khat_share_bad"], s["active_units"], s["latent_dim"]
+    if active == 0:
+        return Badge(
+            "POSTERIOR COLLAPSE",
+            "bad",
+            "the encoder ignores the image: q(z | x) is the prior for every image.",
+            f"0 of {dim} latent units are active, so the decoder draws the same average image "
+            "whatever z is.",
+        )
+    why = (
+        f"PSIS k-hat exceeds {s['khat_threshold']:.2f} for {100 * share:.0f}% of the held-out "
+        f"images (median {s['khat_median']:.2f}); {active} of {dim} latent units are active."
+    )
+    if share > MOST:
+        return Badge(
+            "NOT TRUSTWORTHY",
+            "bad",
+            "q(z | x) misses part of most images' posteriors: the log-likelihood is an "
+            "underestimate of unknown size.",
+            why,
+        )
+    if share > 0 or active < dim:
+        return Badge(
+            "PARTLY TRUSTWORTHY",
+            "warn",
+            "the estimates hold for most images; the flagged ones are unreliable.",
+            why,
+        )
+    return Badge(
+        "TRUSTWORTHY",
+        "good",
+        "q(z | x) covers every evaluated image's posterior well enough for importance sampling.",
+        why,
+    )
+
+
+def next_steps(s: dict) -> list[str]:
+    """Steps from the numbers: a likelihood that does not collapse, longer training, more
+    images, more importance draws."""
+    steps = []
+    if s["active_units"] < s["latent_dim"] and s["likelihood"] == "normal":
+        steps.append(
+            "Use `--likelihood bernoulli` or `--likelihood normal-learned-scale`: under the "
+            "unit-scale normal likelihood latent units collapse to the prior."
+        )
+    if s["khat_share_bad"] > 0 or s["active_units"] < s["latent_dim"]:
+        steps.append(
+            f"Train longer (`--epochs {2 * s['epochs']}`): the encoder's posteriors sharpen "
+            "as the decoder learns."
+        )
+    if s["train_images"] < s["heldout_images"] * 5:
+        steps.append(
+            f"Train on more images: this run used {s['train_images']:,} "
+            "(`--set max_train_images=0` uses all of them)."
+        )
+    if any(s["iw_gains"][k] < -2 * s["iw_gains_se"][k] for k in s["iw_gains"]):
+        steps.append(
+            f"Bound more images (`--set iw_images={2 * s['iw_images']}`): the bound "
+            "decreased with K beyond its Monte Carlo error."
+        )
+    if not steps:
+        steps.append("Nothing to fix: compare the log-likelihood with runs of the same likelihood.")
+    return steps
+
+
+def key_numbers(s: dict) -> list[KeyNumber]:
+    """Held-out ELBO, log-likelihood, k-hat, active units and time, each linking to its table."""
+    k_max = list(s["iw_bounds"])[-1]
+    share = s["khat_share_bad"]
+    train = s["seconds_per_epoch"] * s["epochs"]
+    return [
+        KeyNumber(
+            "Held-out ELBO",
+            Num(s["heldout_elbo"], se=s["heldout_elbo_se"]),
+            f"± {s['heldout_elbo_se']:.2g} nats per image, {s['eval_images']:,} images",
+            "#held-out-evaluation-nats-per-image",
+        ),
+        KeyNumber(
+            "Log-likelihood",
+            Num(s["log_likelihood"], se=s["iw_bounds_se"][k_max]),
+            f"IW bound, K = {k_max}, {s['iw_images']:,} images",
+            "#held-out-evaluation-nats-per-image",
+        ),
+        KeyNumber(
+            "k-hat over threshold",
+            f"{100 * share:.0f}% of images",
+            f"threshold {s['khat_threshold']:.2f}; median {s['khat_median']:.2f}",
+            "#amortized-posterior",
+            "bad" if share > MOST else "warn" if share > 0 else "good",
+        ),
+        KeyNumber(
+            "Active units",
+            f"{s['active_units']} of {s['latent_dim']}",
+            f"Var_x E[z_u | x] > {ACTIVE_THRESHOLD}",
+            "#amortized-posterior",
+            "bad"
+            if s["active_units"] == 0
+            else "warn"
+            if s["active_units"] < s["latent_dim"]
+            else "good",
+        ),
+        KeyNumber(
+            "Time",
+            format_seconds(train + s["eval_seconds"]),
+            f"training {format_seconds(train)}, evaluation {format_seconds(s['eval_seconds'])}",
+            "#data-and-training",
+        ),
+    ]
 
 
 # ----------------------------------------------------------------------------- words and tables
