@@ -175,6 +175,17 @@ def _largest_plate(fit) -> int:
     return max(sizes, default=1)
 
 
+MODE_BUDGET_SECONDS = 2.0  # the mode search's time at least, whatever the fit took
+MODE_BUDGET_SHARE = 0.25  # and at most this share of the fit's time beyond that
+
+
+def mode_budget(fit) -> float:
+    """Seconds the search for missed modes may take: :data:`MODE_BUDGET_SECONDS`, or a quarter
+    of what the fit took when that is more (the search's L-BFGS runs cost about what the fit's
+    steps do, and a large model's fit says how dear each is)."""
+    return max(MODE_BUDGET_SECONDS, MODE_BUDGET_SHARE * float(getattr(fit, "seconds", 0.0)))
+
+
 def unconstrained_mode(fit) -> str | None:
     """How the diagnosis evaluates the model at the guide's flat unconstrained draws
     (:func:`~ppl_models.vi.vmapped.log_joint_fn`): as the fit did for a vmapped model or one
@@ -347,6 +358,7 @@ def _diagnosis(
         starts=mode_starts,
         seed=seed,
         discrete=getattr(fit, "discrete", None),
+        budget=mode_budget(fit),
     )
     timings["mode_search"] = time.perf_counter() - t
 
@@ -381,9 +393,17 @@ def _diagnosis(
         notes += ref.notes
     if mode_starts > 0:
         notes.append(
-            f"Mode search: {modes.starts} L-BFGS starts (half uniform in (-2, 2) in the "
-            f"unconstrained space, half from the prior), {modes.minima} reached a minimum, "
-            f"{len(modes.modes)} distinct mode(s), {len(modes.missed)} of them outside q's draws."
+            f"Mode search: {modes.run} of {modes.starts} L-BFGS starts (half uniform in (-2, 2) "
+            f"in the unconstrained space, half from the prior) in {modes.seconds:.1f} s "
+            f"(its budget: {mode_budget(fit):.1f} s), {modes.in_q} of them stopped inside q's "
+            f"own region, {modes.minima} reached a minimum, {len(modes.modes)} distinct mode(s), "
+            f"{len(modes.missed)} of them outside q's draws."
+            + (
+                f" The budget left {modes.starts - modes.run} start(s) unrun: a mode only they "
+                "would have found is not ruled out."
+                if modes.run < modes.starts
+                else ""
+            )
             + (
                 ""
                 if modes.minima

@@ -33,6 +33,7 @@ neck); what it cannot find, a reference must.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,19 +54,30 @@ INIT_RADIUS = 2.0  # Stan's uniform(-2, 2) initial values in the unconstrained s
 ELLIPSOID_LEVEL = 0.99
 MIN_VISITED = 0.01
 MODE_ITERATIONS = 100  # a mode of a 2-20-parameter model takes 10-50; a funnel has none
+MIN_STARTS = 2  # starts made whatever the budget ...
+ALL_STARTS_UP_TO = 50  # ... and all of them up to this dimension: a small search is cheap, and
+# its result must not depend on how busy the machine is
 
 
 @dataclass
 class Mode:
-    """One posterior mode in the unconstrained space: location, Laplace covariance factor,
-    log mass (Laplace), the share of q's draws in its 99% ellipsoid, and how many starts
-    reached it."""
+    """One posterior mode in the unconstrained space: location, Laplace covariance factor (or,
+    at large dimension, its diagonal ``scale`` alone), log mass (Laplace), the share of q's
+    draws in its 99% ellipsoid, and how many starts reached it."""
 
     loc: np.ndarray
-    scale_tril: np.ndarray
+    scale_tril: np.ndarray | None
     log_mass: float
     visited: float
     starts: int = 1
+    scale: np.ndarray | None = None
+
+    @property
+    def variances(self) -> np.ndarray:
+        """The Laplace variance of each coordinate."""
+        if self.scale_tril is None:
+            return self.scale**2
+        return (self.scale_tril**2).sum(axis=1)
 
 
 @dataclass
@@ -80,6 +92,9 @@ class ModeSearch:
     mean_shift: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sd_ratio: np.ndarray = field(default_factory=lambda: np.zeros(0))
     failures: list[str] = field(default_factory=list)
+    run: int = 0
+    in_q: int = 0
+    seconds: float = 0.0
 
     @property
     def missed(self) -> list[Mode]:
@@ -98,6 +113,9 @@ class ModeSearch:
             "starts": self.starts,
             "minima": self.minima,
             "failures": self.failures,
+            "run": self.run,
+            "stopped_in_q": self.in_q,
+            "seconds": self.seconds,
             "modes_found": len(self.modes),
             "missed": [
                 {
@@ -172,6 +190,7 @@ def search_modes(
     seed: int = 0,
     iterations: int = MODE_ITERATIONS,
     discrete: Discrete | None = None,
+    budget: float | None = None,
 ) -> ModeSearch:
     """Search the posterior for modes from ``starts`` points and measure what q misses.
 
@@ -187,6 +206,11 @@ def search_modes(
         Seeds the starting points (the caller's random state is left as it was).
     discrete
         The model's discrete sites, summed out of the potential.
+    budget
+        Seconds the search may take: no start begins after they are spent (but at least
+        :data:`MIN_STARTS` run, and every one up to :data:`ALL_STARTS_UP_TO` dimensions). A
+        start that enters q's own 99% region (q's draws' means and sds, as a diagonal
+        Gaussian) stops there: it is climbing to the mode q already covers.
 
     Returns
     -------
@@ -200,23 +224,39 @@ def search_modes(
     if d == 0 or starts < 1:
         return result
     energy = potential(model, data, lw, discrete)
+    level = stats.chi2.ppf(ELLIPSOID_LEVEL, d)
+    q_mean, q_sd = torch.as_tensor(u.mean(axis=0)), torch.as_tensor(u.std(axis=0) + 1e-300)
+
+    def in_q(z: torch.Tensor) -> bool:
+        return float((((z - q_mean) / q_sd) ** 2).sum()) <= level
+
+    began = time.perf_counter()
     with local_params(), torch.random.fork_rng():
         torch.manual_seed(seed)
-        points = _prior_starts(model, data, lw, starts // 2)
-        uniform = (torch.rand(starts - len(points), d, dtype=torch.float64) * 2 - 1) * INIT_RADIUS
-        points += list(uniform)
-        minima = [lbfgs_minimum(energy, p, iterations) for p in points]
+        prior = _prior_starts(model, data, lw, starts // 2)
+        uniform = (torch.rand(starts - len(prior), d, dtype=torch.float64) * 2 - 1) * INIT_RADIUS
+        points = _interleave(prior, list(uniform))
+        minima = []
+        least = len(points) if d <= ALL_STARTS_UP_TO else MIN_STARTS
+        for p in points:
+            spent = time.perf_counter() - began
+            if budget is not None and len(minima) >= least and spent > budget:
+                break
+            minima.append(lbfgs_minimum(energy, p, iterations, stop=in_q))
+    result.seconds = time.perf_counter() - began
+    result.run = len(minima)
+    result.in_q = sum(m.stopped for m in minima)
     result.failures = sorted({m.failure for m in minima if m.failure is not None})
     minima = [m for m in minima if m.converged]
     result.minima = len(minima)
-    level = stats.chi2.ppf(ELLIPSOID_LEVEL, d)
     for m in minima:
         loc = m.point.cpu().numpy()
-        tril = m.scale_tril.cpu().numpy()
+        tril = None if m.scale_tril is None else m.scale_tril.cpu().numpy()
+        scale = m.diag_scale.cpu().numpy()
         with torch.no_grad():
             log_mass = float(-energy(m.point)) + 0.5 * d * math.log(2 * math.pi)
-        log_mass += float(np.log(np.diagonal(tril)).sum())
-        new = Mode(loc, tril, log_mass, visited=0.0)
+        log_mass += float(np.log(np.diagonal(tril) if tril is not None else scale).sum())
+        new = Mode(loc, tril, log_mass, visited=0.0, scale=scale)
         same = next(
             (k for k in result.modes if _inside(k, loc, level) or _inside(new, k.loc, level)),
             None,
@@ -224,8 +264,8 @@ def search_modes(
         if same is not None:
             same.starts += 1
             continue
-        z = np.linalg.solve(tril, (u - loc).T)
-        new.visited = float(np.mean(np.sum(z**2, axis=0) <= level))
+        z = _whitened(new, u)
+        new.visited = float(np.mean(np.sum(z**2, axis=1) <= level))
         result.modes.append(new)
     log_w = lw.log_weights
     result.log_mass_q = float(logsumexp(log_w) - math.log(len(log_w)))
@@ -234,8 +274,7 @@ def search_modes(
     rest = 1.0 - shares.sum()
     mean = rest * mean_q + sum(f * m.loc for f, m in zip(shares, result.missed, strict=True))
     second = rest * (var_q + mean_q**2) + sum(
-        f * ((m.scale_tril**2).sum(axis=1) + m.loc**2)
-        for f, m in zip(shares, result.missed, strict=True)
+        f * (m.variances + m.loc**2) for f, m in zip(shares, result.missed, strict=True)
     )
     sd = np.sqrt(np.maximum(second - mean**2, 0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -246,5 +285,20 @@ def search_modes(
 
 def _inside(mode: Mode, loc: np.ndarray, level: float) -> bool:
     """Whether ``loc`` lies in ``mode``'s ellipsoid at ``level`` (chi-square quantile)."""
-    z = np.linalg.solve(mode.scale_tril, loc - mode.loc)
+    z = _whitened(mode, loc[None, :])[0]
     return float(z @ z) <= level
+
+
+def _whitened(mode: Mode, x: np.ndarray) -> np.ndarray:
+    r"""Rows of ``x`` in the mode's Laplace coordinates, :math:`L^{-1}(x - \hat u)`."""
+    if mode.scale_tril is None:
+        return (x - mode.loc) / mode.scale
+    return np.linalg.solve(mode.scale_tril, (x - mode.loc).T).T
+
+
+def _interleave(first: list, second: list) -> list:
+    """``first`` and ``second`` taken in turns (a budget that stops early keeps both kinds)."""
+    out = []
+    for i in range(max(len(first), len(second))):
+        out += first[i : i + 1] + second[i : i + 1]
+    return out
