@@ -25,8 +25,7 @@ from pathlib import Path
 MODES = ("smoke", "full")
 MODE_ENV = "PPL_MODELS_DOCS_MODE"
 DATA_ENV = "PPL_MODELS_DATA"  # as ppl_models.vae.data.DATA_ENV
-# the repository of a source checkout (an editable install): ppl_models/ sits in it
-REPO = Path(__file__).resolve().parents[1]
+RUNS_ENV = "PPL_MODELS_RUNS"  # the folder of the run configurations the tutorials start from
 
 
 def mode() -> str:
@@ -38,12 +37,18 @@ def mode() -> str:
 
 
 def mnist_candidates() -> list[Path]:
-    """Where MNIST is looked for, in order: ``$PPL_MODELS_DATA`` when set, else ``data/mnist``
-    in the repository and ``../shared/data/mnist`` beside it (the offline copy of the project's
-    machines)."""
+    """Where MNIST is looked for: ``$PPL_MODELS_DATA`` (the documentation's build sets it from
+    the repository it builds, ``docs/conf.py``), else torchvision's own download folder
+    ``./data`` of the current folder."""
     if os.environ.get(DATA_ENV):
-        return [Path(os.environ[DATA_ENV]).expanduser()]
-    return [REPO / "data" / "mnist", REPO.parent / "shared" / "data" / "mnist"]
+        return [Path(os.environ[DATA_ENV]).expanduser().absolute()]
+    return [Path("data").absolute()]
+
+
+def runs_dir() -> Path:
+    """The folder of the run configurations (``runs/*.toml``): ``$PPL_MODELS_RUNS`` (the
+    documentation's build sets it), else ``runs`` in the current folder."""
+    return Path(os.environ.get(RUNS_ENV, "runs")).expanduser().absolute()
 
 
 def mnist_root() -> Path | None:

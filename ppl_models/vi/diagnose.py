@@ -45,7 +45,7 @@ class Diagnosis:
     Attributes
     ----------
     summary
-        The content of ``summary.json`` (issue 7's keys and more).
+        The content of ``summary.json``: every number of the report.
     idata
         ArviZ InferenceData: ``posterior`` (variational draws, one variable per latent and
         deterministic site, ``(chain, draw, *shape)``, thinned to at most 10,000 draws),
