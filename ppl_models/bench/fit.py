@@ -328,6 +328,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, help="seconds allowed to each size's process (default: none)"
     )
     scaling.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of each size's process before the run (default: torch's own; the "
+        "fit still picks one thread for small data)",
+    )
+    scaling.add_argument(
         "--memory-limit",
         type=float,
         dest="memory_limit",

@@ -29,7 +29,8 @@ Ratios are of times measured in the same process, back to back on the same data:
         {t_\text{Pyro} / n_\text{steps}}, \qquad
     \frac{\text{run}}{\text{NUTS}} = \frac{t_\text{run}}{t_\text{NUTS}},
 
-and across the sizes, the log-log slope of each time (and of the peak memory) against :math:`d`
+the first also in CPU seconds (on one thread, what an idle machine's clock would read), and
+across the sizes, the log-log slope of each time (and of the peak memory) against :math:`d`
 and against :math:`N`, the least-squares :math:`b` of :math:`\log t = a + b \log x`; when the
 sizes vary :math:`d` and :math:`N` apart (several ``--per-group``), also the joint fit
 :math:`\log t = a + b_d \log d + b_N \log N`. The machine's load average is recorded before and
@@ -233,6 +234,7 @@ def run_package(config, out: Path, profile: Path | None = None) -> tuple[dict, o
         "diagnose_cpu": marks.get("diagnose_cpu"),
         **{f"diagnose_{k}": v for k, v in timings.items() if k != "total"},
         "report_and_files": total - fit.seconds - timings["total"],
+        "report_and_files_cpu": _minus(cpu, marks.get("fit_cpu"), marks.get("diagnose_cpu")),
         "draws": s["draws"],
         "draws_reason": s["draws_reason"],
         "draws_kept": s.get("draws_kept"),
@@ -248,6 +250,10 @@ def run_package(config, out: Path, profile: Path | None = None) -> tuple[dict, o
         "peak_rss": peak_rss(),
     }
     return measured, diagnosis
+
+
+def _minus(total: float, *parts: float | None) -> float | None:
+    return None if None in parts else total - sum(parts)
 
 
 def _mode_search_counts(search: dict | None) -> dict | None:
@@ -418,9 +424,9 @@ def measure(spec: dict, partial: Path | None = None) -> dict:
     """Everything of one size: simulate its data, run the package, plain Pyro and NumPyro on
     it. ``spec`` holds ``groups``, ``per_group``, ``seed``, ``script`` (the model script),
     ``settings`` (steps, particles, lr, draws), ``overrides`` (``--set`` pairs), ``nuts``,
-    ``baselines``, ``numpyro``, ``numpyro_x64`` and ``profile`` (a file or None). After each part
-    the row so far is written to ``partial`` (when given), so that a size stopped by a time limit
-    keeps what it finished."""
+    ``baselines``, ``numpyro``, ``numpyro_x64``, ``threads`` (torch's, or None) and ``profile``
+    (a file or None). After each part the row so far is written to ``partial`` (when given), so
+    that a size stopped by a time limit keeps what it finished."""
     row: dict = {
         "groups": spec["groups"],
         "per_group": spec["per_group"],
@@ -444,6 +450,11 @@ def measure(spec: dict, partial: Path | None = None) -> dict:
     from ..vi.script import load_script
 
     row["import_seconds"] = time.perf_counter() - start
+    import torch
+
+    if spec.get("threads"):  # not given: torch's default, and the fit's own choice from it
+        torch.set_num_threads(int(spec["threads"]))
+    row["torch_threads"] = torch.get_num_threads()
     row["peak_rss_imports"] = peak_rss()  # torch, Pyro and the package, before any work
     settings = spec["settings"]
     script = load_script(spec["script"])
@@ -532,7 +543,14 @@ def _ratios(row: dict) -> None:
     def over(a, b):
         return a / b if a and b else None
 
-    row["step_over_pyro"] = over(p.get("step_ms"), row.get("plain_pyro", {}).get("step_ms"))
+    pyro = row.get("plain_pyro") or {}
+    row["step_over_pyro"] = over(p.get("step_ms"), pyro.get("step_ms"))
+    # both run on the fit's threads; on one thread, CPU seconds are what an idle machine's wall
+    # clock would read, and a crowded machine does not stretch them as it stretches wall time
+    row["step_over_pyro_cpu"] = over(
+        p["fit_steps_cpu"] / p["steps"] if p.get("steps") else None,
+        pyro["cpu_seconds"] / pyro["steps"] if pyro.get("cpu_seconds") else None,
+    )
     row["step_over_numpyro"] = over(p.get("step_ms"), row.get("numpyro_svi", {}).get("step_ms"))
     row["run_over_nuts"] = over(p.get("total"), row.get("numpyro_nuts", {}).get("seconds"))
 
@@ -675,6 +693,8 @@ def check_args(args: argparse.Namespace) -> dict:
         )
     if args.timeout is not None and not args.timeout > 0:
         raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.memory_limit is not None and not args.memory_limit > 0:
         raise ValueError(f"--memory-limit must be a positive number of GB, got {args.memory_limit}")
     overrides = parse_overrides(args.overrides)
@@ -725,6 +745,7 @@ def main(args: argparse.Namespace) -> int:
                     "baselines": not args.no_baselines,
                     "numpyro": not args.no_numpyro,
                     "numpyro_x64": args.numpyro_x64,
+                    "threads": args.threads,
                     "profile": (
                         str((out / f"profile-J{groups}-P{per_group}.txt").resolve())
                         if args.profile
@@ -746,6 +767,7 @@ def main(args: argparse.Namespace) -> int:
         "nuts": checked["nuts"],
         "numpyro": _numpyro_versions() if numpyro else None,
         "numpyro_x64": bool(args.numpyro_x64),
+        "torch_threads": args.threads,  # None: torch's default in each process
         "rows": rows,
         "slopes": slopes(rows),
         "targets": TARGETS,
@@ -793,6 +815,7 @@ PEER_COLUMNS = (
     ("ms/step", 8),
     ("pyro", 8),
     ("/pyro", 7),
+    ("(cpu)", 7),
     ("npyro", 8),
     ("/npyro", 7),
     ("npyro run", 10),
@@ -867,6 +890,7 @@ def print_tables(result: dict) -> None:
             "—" if p.get("step_ms") is None else f"{p['step_ms']:.2f}",
             "—" if pyro.get("step_ms") is None else f"{pyro['step_ms']:.2f}",
             _ratio(r.get("step_over_pyro")),
+            _ratio(r.get("step_over_pyro_cpu")),
             "—" if svi.get("step_ms") is None else f"{svi['step_ms']:.3f}",
             _ratio(r.get("step_over_numpyro")),
             _sec(svi.get("run_seconds")),
