@@ -1,6 +1,7 @@
 """``ppl-models bench fit --scaling``: end to end on tiny sizes it writes every column of its
 table and bench.json (timings are never asserted), its log-log slopes agree with closed forms,
-NumPyro's timings have their documented shape, and bad flags are one-line errors."""
+NumPyro's timings have their documented shape, the baselines are reported when the package's run
+fails and NumPyro's absence is a row's note, not an error, and bad flags are one-line errors."""
 
 import math
 
@@ -29,6 +30,7 @@ PACKAGE_COLUMNS = (
     "diagnose_compare",
     "diagnose_mode_search",
     "report_and_files",
+    "report_and_files_cpu",
     "draws",
     "draws_reason",
     "verdict",
@@ -41,18 +43,21 @@ PACKAGE_COLUMNS = (
 def test_scaling_mode_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
     args = ["bench", "fit", "--scaling", "--groups", "4", "--per-group", "3", "--steps", "12"]
-    args += ["--particles", "2", "--draws", "100", "--no-numpyro", "--out", str(out)]
+    args += ["--particles", "2", "--draws", "100", "--no-numpyro", "--threads", "1"]
+    args += ["--out", str(out)]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
-    for column in ("ms/step", "diagnose", "modes", "peak MB", "load", "/pyro", "run/nuts"):
-        assert column in printed
+    lines = printed.splitlines()
+    # every part of the run and every peer has its column, each header printed once
+    assert lines.count(scaling._line([c for c, _ in scaling.TIME_COLUMNS], scaling.TIME_COLUMNS))
+    assert lines.count(scaling._line([c for c, _ in scaling.PEER_COLUMNS], scaling.PEER_COLUMNS))
     assert "skipped: --no-numpyro" in printed and "log-log slopes" in printed
     result = read_json(out / "bench.json")
     assert result["benchmark"] == "fit-scaling" and result["device"] == "cpu"
     assert result["settings"] == {"steps": 12, "particles": 2, "lr": FitConfig().lr, "draws": 100}
     [row] = result["rows"]
     assert (row["groups"], row["per_group"], row["d"], row["N"]) == (4, 3, 7, 12)
-    assert "failed" not in row and row["stage"] == "done"
+    assert "failed" not in row and row["stage"] == "done" and row["torch_threads"] == 1
     p = row["package"]
     assert set(PACKAGE_COLUMNS) <= set(p)
     assert p["steps"] <= 12 and p["draws"] == 100 and isinstance(p["draws_reason"], str)
@@ -63,6 +68,11 @@ def test_scaling_mode_runs_end_to_end(tmp_path, capsys):
     pyro = row["plain_pyro"]
     assert pyro["guide"] == "AutoNormal" and pyro["dtype"] == "float64" and pyro["steps"] == 12
     assert row["step_over_pyro"] == pytest.approx(p["step_ms"] / pyro["step_ms"])
+    cpu_ratio = (p["fit_steps_cpu"] / p["steps"]) / (pyro["cpu_seconds"] / pyro["steps"])
+    assert row["step_over_pyro_cpu"] == pytest.approx(cpu_ratio)
+    assert p["report_and_files_cpu"] == pytest.approx(
+        p["total_cpu"] - p["fit_cpu"] - p["diagnose_cpu"]
+    )
     assert row["numpyro_svi"] == {"skipped": "--no-numpyro"}
     assert row["step_over_numpyro"] is None and row["run_over_nuts"] is None
     assert set(result["slopes"]) >= {"total", "fit_steps", "diagnose", "peak_rss"}
@@ -121,6 +131,7 @@ def test_numpyro_timings_have_their_shape():
         (["--steps", "0"], "--steps must be >= 1"),
         (["--timeout", "-1"], "--timeout must be a positive number"),
         (["--memory-limit", "0"], "--memory-limit must be a positive number"),
+        (["--threads", "0"], "--threads must be >= 1"),
         (["--nuts-chains", "0"], "--nuts-chains >= 1"),
         (["--set", "nope=1"], "unknown config key 'nope'"),
         (["--set", "batch_size=-5"], "batch_size must be"),
@@ -161,3 +172,34 @@ def test_a_failed_package_run_is_a_row_and_the_baselines_still_run(tmp_path, cap
     [row] = read_json(out / "bench.json")["rows"]
     assert row["package"] is None and "Traceback" in row["package_traceback"]
     assert row["plain_pyro"]["step_ms"] > 0 and row["step_over_pyro"] is None
+
+
+def test_without_numpyro_its_columns_say_so_and_the_rest_is_measured(monkeypatch, capsys):
+    monkeypatch.setattr(scaling, "numpyro_available", lambda: False)  # no bench extra
+    spec = {
+        "groups": 3,
+        "per_group": 2,
+        "seed": 0,
+        "script": str(DEFAULT_SCRIPTS / scaling.SCRIPT),
+        "settings": {"steps": 4, "particles": 2, "lr": 0.05, "draws": 100},
+        "overrides": {},
+        "nuts": dict(scaling.NUTS_DEFAULTS),
+        "numpyro": True,
+        "threads": 1,
+    }
+    row = scaling.measure(spec)
+    absent = {"skipped": "NumPyro is not installed (pip install 'ppl_models[bench]')"}
+    assert row["numpyro_svi"] == absent and row["numpyro_nuts"] == absent
+    assert row["stage"] == "done" and row["package"]["steps"] > 0
+    assert row["plain_pyro"]["step_ms"] > 0 and row["step_over_pyro"] > 0
+    assert row["step_over_numpyro"] is None and row["run_over_nuts"] is None
+    result = {
+        "script": spec["script"],
+        "settings": spec["settings"],
+        "overrides": {},
+        "device_name": "cpu",
+        "rows": [row],
+        "slopes": scaling.slopes([row]),
+    }
+    scaling.print_tables(result)
+    assert "J = 3: skipped: NumPyro is not installed" in capsys.readouterr().out
