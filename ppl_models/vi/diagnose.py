@@ -315,6 +315,7 @@ def _diagnosis(
         max_plate_nesting=int(getattr(fit, "max_plate_nesting", 1) or 0),
         chunk=chunk,
         device=getattr(fit, "device", None),
+        data_plate=(getattr(fit, "settings", None) or {}).get("data_plate"),
     )
     if lw is None:  # a rank other than 0: its draws went to rank 0
         return None
