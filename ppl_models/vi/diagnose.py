@@ -468,6 +468,8 @@ def _diagnosis(
         "verdict_checks": verdict.checks,
         "mode_search": modes.to_dict() if mode_starts > 0 else None,
         "discrete_sites": list(fit.discrete.sites) if getattr(fit, "discrete", None) else [],
+        "point_estimates": (getattr(fit, "extras", None) or {}).get("point_estimates"),
+        "fit_restart": (getattr(fit, "extras", None) or {}).get("restart"),
         "discrete_marginals": None
         if marginals is None
         else {
