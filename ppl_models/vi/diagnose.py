@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import diagnostics
+from .. import diagnostics, importance
 from ..svi import default_dtype
 from . import bounds as vb
 from .compare import SUMMARY_DRAWS, compare
@@ -163,7 +163,7 @@ def discrete_marginals(fit, *, draws: int = 2000, seed: int = 0) -> dict[str, di
     )
     smoothed, _ = diagnostics.psis_smooth(log_w)
     weights = np.exp(smoothed)
-    ess = diagnostics.importance_ess(log_w)
+    ess = importance.importance_ess(log_w)
     return {
         site: {"probabilities": np.tensordot(weights, probs, axes=1), "draws": n, "ess": ess}
         for site, probs in conditionals.items()
@@ -333,11 +333,11 @@ def _diagnosis(
     s = len(log_w)
     smoothed, khat = diagnostics.psis_smooth(log_w)
     threshold = diagnostics.khat_threshold(s)
-    ess = diagnostics.importance_ess(log_w)
-    elbo = vb.elbo(log_w)
-    cubo = vb.cubo2(log_w)
-    d2 = vb.d2_bound(log_w)
-    iw, iw_se = vb.iw_bounds(log_w)
+    ess = importance.importance_ess(log_w)
+    elbo = importance.elbo(log_w)
+    cubo = importance.cubo2(log_w)
+    d2 = importance.d2_bound(log_w)
+    iw, iw_se = importance.iw_bounds(log_w)
     coords, joint = _coordinates(lw, d2)
     if ref is not None:
         _measured_unconstrained_errors(coords, lw, ref)
