@@ -142,7 +142,7 @@ class LogWeights:
         columns, names = [], []
         for site in self.latent_sites:
             u = self.unconstrained[site]
-            flat = u.reshape(len(u), -1)
+            flat = u.reshape(len(u), int(np.prod(u.shape[1:])))  # also without draws
             columns.append(flat)
             names.extend(element_names(site, u.shape[1:]))
         if not columns:
