@@ -142,7 +142,7 @@ class LogWeights:
         columns, names = [], []
         for site in self.latent_sites:
             u = self.unconstrained[site]
-            flat = u.reshape(len(u), -1)
+            flat = u.reshape(len(u), int(np.prod(u.shape[1:])))  # also without draws
             columns.append(flat)
             names.extend(element_names(site, u.shape[1:]))
         if not columns:
@@ -552,20 +552,34 @@ class Drawer:
                 raise ValueError(
                     "the model or guide gives non-finite log densities on almost every guide draw"
                 )
-        return LogWeights(
+        return dataclasses.replace(
+            self.layout(),
             log_joint=np.concatenate([p[0] for p in parts]),
             log_q=np.concatenate([p[1] for p in parts]),
             values={s.name: np.concatenate([p[2][s.name] for p in parts]) for s in self.sites},
             unconstrained={
                 name: np.concatenate([p[3][name] for p in parts]) for name in self.latent_sites
             },
+            seconds=seconds,
+            notes=notes,
+        )
+
+    def layout(self) -> LogWeights:
+        """No draws, only their layout: the sites, each latent site's unconstrained shape,
+        transform and bijection (this drawer's own, as of its first draw). What a rank whose
+        draws went to rank 0 needs to evaluate the model in q's unconstrained space."""
+        latent = [s for s in self.sites if s.kind == "latent"]
+        return LogWeights(
+            log_joint=np.zeros(0),
+            log_q=np.zeros(0),
+            values={s.name: np.zeros((0, *s.shape)) for s in self.sites},
+            unconstrained={s.name: np.zeros((0, *s.unconstrained_shape)) for s in latent},
             latent_sites=self.latent_sites,
             deterministic_sites=self.deterministic_sites,
             vectorized=self.vectorized,
-            seconds=seconds,
-            transforms={s.name: s.transform for s in self.sites if s.kind == "latent"},
-            bijections={s.name: s.bijection for s in self.sites if s.kind == "latent"},
-            notes=notes,
+            seconds=0.0,
+            transforms={s.name: s.transform for s in latent},
+            bijections={s.name: s.bijection for s in latent},
         )
 
 
