@@ -2,9 +2,10 @@
 
 Each tutorial starts with ``page = tutorial.setup(...)``, which reads the build mode
 (``PPL_MODELS_DOCS_MODE``: ``full``, the default, or ``smoke``), finds MNIST when the page needs
-it, and shows a note at the top of the page for smoke output or missing data. Paths resolve from
-the repository (or ``$PPL_MODELS_DATA``), never from the current folder, so a cell copied into a
-notebook anywhere still finds the data.
+it, and shows a note at the top of the page for smoke output or missing data. The data and the
+run configurations are found through ``$PPL_MODELS_DATA`` and ``$PPL_MODELS_RUNS``, which the
+documentation's build sets from the repository it builds; the module reads no path of a
+checkout.
 
 The documentation build reads :func:`mnist_root` too: without MNIST, the cells tagged ``mnist``
 are not executed (see ``docs/conf.py``), and the note says how to get the data.
