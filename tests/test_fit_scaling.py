@@ -77,6 +77,8 @@ def test_scaling_mode_runs_end_to_end(tmp_path, capsys):
     assert row["step_over_numpyro"] is None and row["run_over_nuts"] is None
     assert set(result["slopes"]) >= {"total", "fit_steps", "diagnose", "peak_rss"}
     assert result["slopes"]["total"]["d"] is None  # one size: no slope
+    assert [t["name"] for t in result["targets"]] == list(scaling.TARGETS)
+    assert "J1000_run_seconds_idle" in printed and "not measured" in printed
 
 
 def test_loglog_slope_against_closed_forms():
@@ -109,6 +111,38 @@ def test_joint_slopes_separate_d_and_n():
     result = scaling.slopes(rows)["total"]
     assert result["joint"]["d"] == pytest.approx(1.2, abs=1e-9)
     assert result["d"] == pytest.approx(scaling.loglog_slope(d, t))
+
+
+def test_targets_are_checked_against_their_sizes():
+    gb = 2**30
+    rows = [
+        {"groups": 100, "N": 2000, "package": {"total": 9.0}, "step_over_pyro": 1.5},
+        {
+            "groups": 1000,
+            "N": 20000,
+            "package": {"total": 40.0, "peak_rss": 2 * gb, "fit": 20.0, "diagnose": 10.0},
+            "run_over_nuts": 2.0,
+            "step_over_pyro": 1.1,
+        },
+        {"groups": 10000, "N": 200000, "package": None, "failed": "stopped"},
+    ]
+    checked = {t["name"]: t for t in scaling.against_targets(rows)}
+    assert set(checked) == set(scaling.TARGETS)
+    assert checked["J1000_run_seconds_idle"] == {
+        "name": "J1000_run_seconds_idle",
+        "target": 45.0,
+        "measured": 40.0,
+        "met": True,
+    }
+    assert checked["J1000_run_over_nuts"]["met"] is True
+    assert checked["J1000_peak_gb"]["measured"] == 2.0 and checked["J1000_peak_gb"]["met"] is False
+    assert checked["J1000_diagnose_over_fit"]["measured"] == 0.5
+    # the worst size's ratio counts
+    assert checked["fit_step_over_pyro"]["measured"] == 1.5
+    assert checked["fit_step_over_pyro"]["met"] is False
+    # a size that did not finish is not measured, neither met nor missed
+    assert checked["J10000_run_seconds"]["measured"] is None
+    assert checked["J10000_peak_gb"]["met"] is None
 
 
 @pytest.mark.skipif(not scaling.numpyro_available(), reason="NumPyro is not installed")
@@ -200,6 +234,7 @@ def test_without_numpyro_its_columns_say_so_and_the_rest_is_measured(monkeypatch
         "device_name": "cpu",
         "rows": [row],
         "slopes": scaling.slopes([row]),
+        "targets": scaling.against_targets([row]),
     }
     scaling.print_tables(result)
     assert "J = 3: skipped: NumPyro is not installed" in capsys.readouterr().out
