@@ -948,7 +948,8 @@ def print_tables(result: dict) -> None:
         ]
         print(_line(cells, PEER_COLUMNS))
     print("pyro, npyro: ms per step (NumPyro's jitted update, compiled; 'npyro run' is svi.run")
-    print("with its compilation); nuts: NumPyro's NUTS run, seconds")
+    print("with its compilation); nuts: NumPyro's NUTS run, seconds; (cpu): /pyro in CPU seconds,")
+    print("which reads as an idle machine's wall clock only on one thread (see --threads)")
     for r in result["rows"]:
         for part in ("plain_pyro", "numpyro_svi", "numpyro_nuts"):
             value = r.get(part) or {}
