@@ -114,7 +114,7 @@ def test_joint_slopes_separate_d_and_n():
 
 
 def test_targets_are_checked_against_their_sizes():
-    gb = 2**30
+    gb = 10**9
     rows = [
         {"groups": 100, "N": 2000, "package": {"total": 9.0}, "step_over_pyro": 1.5},
         {

@@ -155,7 +155,8 @@ def slopes(rows: list[dict]) -> dict:
 def against_targets(rows: list[dict]) -> list[dict]:
     """Each of ``TARGETS`` beside its measured figure: ``name``, ``target``, ``measured`` (None
     when its size was not run with 20 observations per group, or its part did not finish) and
-    ``met``. The time per step over plain Pyro's is the worst size's."""
+    ``met``. Peaks are in GB of :math:`10^9` bytes; the time per step over plain Pyro's is the
+    worst size's."""
 
     def size(groups: int) -> dict:
         return next(
@@ -168,7 +169,7 @@ def against_targets(rows: list[dict]) -> list[dict]:
         )
 
     def gb(value):
-        return None if value is None else value / 2**30
+        return None if value is None else value / 1e9
 
     def over(a, b):
         return a / b if a is not None and b else None
