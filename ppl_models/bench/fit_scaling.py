@@ -838,8 +838,8 @@ def _numpyro_versions() -> dict:
 
 TIME_COLUMNS = (
     ("J", 7),
-    ("d", 7),
-    ("N", 9),
+    ("d", 8),
+    ("N", 11),
     ("run", 8),
     ("(cpu)", 8),
     ("fit", 8),
