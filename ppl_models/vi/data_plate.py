@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import one_line
@@ -76,6 +77,32 @@ def subsampled(name: str, indices: torch.Tensor) -> Messenger:
     A plate given ``subsample_size`` must be given as many indices; one without takes any number.
     """
     return _Subsampled(name, indices)
+
+
+def active_indices(name: str) -> torch.Tensor | None:
+    """The indices that the innermost active :func:`subsampled` handler gives the plate
+    ``name``, or None outside one."""
+    for messenger in reversed(_PYRO_STACK):
+        if isinstance(messenger, _Subsampled) and messenger.name == name:
+            return messenger.indices
+    return None
+
+
+def resubsampled(model: Callable, name: str) -> Callable:
+    """``model`` run under the subsample of the plate ``name`` that is active where it is
+    called (:func:`active_indices`), given again right around it: a handler that blocks sample
+    sites between the fit's :func:`subsampled` and the model (as
+    :func:`~ppl_models.vi.unconstrained.evaluate` does) would hide the plate from it, and the
+    model would run on all the data."""
+
+    def run(*args, **kwargs):
+        indices = active_indices(name)
+        if indices is None:
+            return model(*args, **kwargs)
+        with subsampled(name, indices):
+            return model(*args, **kwargs)
+
+    return run
 
 
 def find_data_plate(trace, name: str) -> DataPlate:

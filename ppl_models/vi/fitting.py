@@ -47,6 +47,7 @@ from .data_plate import (
     check_indexing,
     find_data_plate,
     refuse_own_subsampling,
+    resubsampled,
     subsampled,
 )
 from .enumeration import Discrete, enumerated, enumeration_vectorizes, find_discrete
@@ -704,6 +705,8 @@ def _objective(problem: _Problem, guide, settings: FitSettings, vectorization: s
     """The negative ELBO as a module whose parameters all exist (one warm-up call)."""
     model, data = problem.fit_model, problem.data
     if vectorization == VMAP or problem.dynamic:
+        if settings.data_plate:  # evaluate() blocks the plate from the fit's subsample
+            model = resubsampled(model, settings.data_plate)
         loss_fn = VmappedElbo(model, guide, settings.particles, problem.modules, vectorization)
     else:
         if problem.discrete:
