@@ -84,8 +84,9 @@ def test_the_data_plate_is_found_and_checked():
     assert (plate.name, plate.size, plate.sites) == ("obs", 10, ("x",))
     with pytest.raises(ValueError, match=r"data_plate 'data' is not a plate of the model .*'obs'"):
         find_data_plate(trace_of(model, X), "data")
-    with pytest.raises(ValueError, match=r"holds the latent site\(s\) u"):
-        find_data_plate(trace_of(local_latent_model, X), "obs")
+    # a latent inside the plate is a local latent, indexed along the plate's dim
+    local = find_data_plate(trace_of(local_latent_model, X), "obs")
+    assert (local.sites, local.latents, local.latent_dims) == (("x",), ("u",), (-1,))
 
 
 def self_subsampling_model(x):
