@@ -8,7 +8,7 @@ import pytest
 import torch
 from vi_helpers import FakeFit, gaussian_problem, normal_guide
 
-from ppl_models.vi.bounds import d2_bound
+from ppl_models.importance import d2_bound
 from ppl_models.vi.diagnose import diagnose
 from ppl_models.vi.references import Reference
 from ppl_models.vi.script import posteriordb_dir

@@ -173,8 +173,14 @@ def findings_of(summary: dict) -> list[Finding] | None:
     return None
 
 
+_CERTIFYING = ("self_certified", "reference_agrees", "uncompared_certified")
+
+
 def _decisive(findings: list[Finding], label: str) -> list[Finding]:
-    return [f for f in findings if f.allows == label and f.kind in _HEADLINES]
+    """The findings that allow exactly the verdict's label; for ``trustworthy``, those that
+    certify first (a mode holding no mass to speak of allows it too, but says less)."""
+    found = [f for f in findings if f.allows == label and f.kind in _HEADLINES]
+    return sorted(found, key=lambda f: f.kind not in _CERTIFYING)
 
 
 def _worst(details: list, key=lambda d: abs(d[1])):

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats
 
 from .. import diagnostics
-from .bounds import WeightedMoments
+from ..importance import WeightedMoments
 from .logweights import element_names
 from .references import Reference
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import diagnostics
+from .. import diagnostics, importance
 from ..svi import default_dtype
 from . import bounds as vb
 from .compare import SUMMARY_DRAWS, compare
@@ -45,7 +45,7 @@ class Diagnosis:
     Attributes
     ----------
     summary
-        The content of ``summary.json`` (issue 7's keys and more).
+        The content of ``summary.json``: every number of the report.
     idata
         ArviZ InferenceData: ``posterior`` (variational draws, one variable per latent and
         deterministic site, ``(chain, draw, *shape)``, thinned to at most 10,000 draws),
@@ -163,7 +163,7 @@ def discrete_marginals(fit, *, draws: int = 2000, seed: int = 0) -> dict[str, di
     )
     smoothed, _ = diagnostics.psis_smooth(log_w)
     weights = np.exp(smoothed)
-    ess = diagnostics.importance_ess(log_w)
+    ess = importance.importance_ess(log_w)
     return {
         site: {"probabilities": np.tensordot(weights, probs, axes=1), "draws": n, "ess": ess}
         for site, probs in conditionals.items()
@@ -249,8 +249,8 @@ def diagnose(
         see a missed mode without a reference.
     context
         A ``torchrun`` job's :class:`~ppl_models.distributed.Context`: every rank makes its
-        share of the draws, and rank 0 alone does the rest (mode search, reference,
-        statistics, verdict).
+        share of the draws and runs its share of the mode search's starts, and rank 0 alone
+        does the rest (reference, statistics, verdict).
 
     Returns
     -------
@@ -315,10 +315,24 @@ def _diagnosis(
         max_plate_nesting=int(getattr(fit, "max_plate_nesting", 1) or 0),
         chunk=chunk,
         device=getattr(fit, "device", None),
+        data_plate=(getattr(fit, "settings", None) or {}).get("data_plate"),
     )
-    if lw is None:  # a rank other than 0: its draws went to rank 0
-        return None
     timings["draws"] = time.perf_counter() - t0
+
+    t = time.perf_counter()  # first: the other ranks share it, and need not wait for the rest
+    modes = search_modes(
+        fit.model,
+        fit.data,
+        lw,
+        starts=mode_starts,
+        seed=seed,
+        discrete=getattr(fit, "discrete", None),
+        budget=mode_budget(fit),
+        context=context,
+    )
+    if modes is None:  # a rank other than 0: its draws and minima went to rank 0
+        return None
+    timings["mode_search"] = time.perf_counter() - t
 
     t = time.perf_counter()
     site_shapes = {k: tuple(v.shape[1:]) for k, v in lw.values.items()}
@@ -332,11 +346,11 @@ def _diagnosis(
     s = len(log_w)
     smoothed, khat = diagnostics.psis_smooth(log_w)
     threshold = diagnostics.khat_threshold(s)
-    ess = diagnostics.importance_ess(log_w)
-    elbo = vb.elbo(log_w)
-    cubo = vb.cubo2(log_w)
-    d2 = vb.d2_bound(log_w)
-    iw, iw_se = vb.iw_bounds(log_w)
+    ess = importance.importance_ess(log_w)
+    elbo = importance.elbo(log_w)
+    cubo = importance.cubo2(log_w)
+    d2 = importance.d2_bound(log_w)
+    iw, iw_se = importance.iw_bounds(log_w)
     coords, joint = _coordinates(lw, d2)
     if ref is not None:
         _measured_unconstrained_errors(coords, lw, ref)
@@ -349,18 +363,6 @@ def _diagnosis(
     }
     rows = compare(lw.values, kinds, psis, ref, lw.moments.q_moments(), s)
     timings["compare"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    modes = search_modes(
-        fit.model,
-        fit.data,
-        lw,
-        starts=mode_starts,
-        seed=seed,
-        discrete=getattr(fit, "discrete", None),
-        budget=mode_budget(fit),
-    )
-    timings["mode_search"] = time.perf_counter() - t
 
     converged = bool(getattr(fit, "converged", False))
     verdict = decide(
@@ -392,12 +394,15 @@ def _diagnosis(
     if ref is not None:
         notes += ref.notes
     if mode_starts > 0:
+        split, each = (
+            (f", split across {modes.ranks} processes", " on each") if modes.ranks > 1 else ("", "")
+        )
         notes.append(
             f"Mode search: {modes.run} of {modes.starts} L-BFGS starts (half uniform in (-2, 2) "
-            f"in the unconstrained space, half from the prior) in {modes.seconds:.1f} s "
-            f"(its budget: {mode_budget(fit):.1f} s), {modes.in_q} of them stopped inside q's "
-            f"own region, {modes.minima} reached a minimum, {len(modes.modes)} distinct mode(s), "
-            f"{len(modes.missed)} of them outside q's draws."
+            f"in the unconstrained space, half from the prior{split}) in {modes.seconds:.1f} s "
+            f"(its budget: {mode_budget(fit):.1f} s{each}), {modes.in_q} of them stopped inside "
+            f"q's own region, {modes.minima} reached a minimum, {len(modes.modes)} distinct "
+            f"mode(s), {len(modes.missed)} of them outside q's draws."
             + (
                 f" The budget left {modes.starts - modes.run} start(s) unrun: a mode only they "
                 "would have found is not ruled out."
@@ -467,6 +472,8 @@ def _diagnosis(
         "verdict_checks": verdict.checks,
         "mode_search": modes.to_dict() if mode_starts > 0 else None,
         "discrete_sites": list(fit.discrete.sites) if getattr(fit, "discrete", None) else [],
+        "point_estimates": (getattr(fit, "extras", None) or {}).get("point_estimates"),
+        "fit_restart": (getattr(fit, "extras", None) or {}).get("restart"),
         "discrete_marginals": None
         if marginals is None
         else {

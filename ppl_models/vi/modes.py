@@ -25,6 +25,11 @@ and Stan's dispersed initial values do):
    :math:`|\mu^*_i - \mu_{q,i}| / \sigma^*_i` and the sd ratio :math:`\sigma_{q,i}/\sigma^*_i`
    that the verdict (:mod:`ppl_models.vi.verdict`) holds to its usual tolerances.
 
+Under ``torchrun`` the starts of step 1 are split across the ranks: rank 0 makes them all (so
+with the same seed they are one process's starts) and sends them with q's means and sds, each
+rank runs its contiguous share (:func:`rank_starts`) under its own time budget, and rank 0
+gathers the minima, in the order one process would have reached them, for steps 2-4.
+
 A mode's mass counted both in :math:`\hat Z_q` and in :math:`M_m` (a mode that q half covers)
 only makes the check stricter. A search finds no mode where the density has none (a funnel's
 neck); what it cannot find, a reference must.
@@ -32,6 +37,7 @@ neck); what it cannot find, a reference must.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -43,9 +49,10 @@ from pyro import poutine
 from scipy import stats
 from scipy.special import logsumexp
 
+from ..distributed import Context
 from ..svi import local_params
 from .enumeration import Discrete, log_joint_at
-from .initialization import lbfgs_minimum
+from .initialization import Minimum, lbfgs_minimum
 from .logweights import LogWeights
 from .settings import DiagnosisSettings
 from .unconstrained import evaluate, parts
@@ -95,6 +102,7 @@ class ModeSearch:
     run: int = 0
     in_q: int = 0
     seconds: float = 0.0
+    ranks: int = 1
 
     @property
     def missed(self) -> list[Mode]:
@@ -116,6 +124,7 @@ class ModeSearch:
             "run": self.run,
             "stopped_in_q": self.in_q,
             "seconds": self.seconds,
+            "ranks": self.ranks,
             "modes_found": len(self.modes),
             "missed": [
                 {
@@ -181,6 +190,21 @@ def _prior_starts(model: Callable, data: dict, lw: LogWeights, n: int) -> list[t
     return starts
 
 
+def rank_starts(n: int, least: int, rank: int, world_size: int) -> tuple[range, int]:
+    """The starts that rank ``rank`` of ``world_size`` runs, and how many of them it runs
+    whatever the budget.
+
+    Its share is its contiguous block of the ``n`` starts
+    (:meth:`~ppl_models.distributed.Context.share`): the blocks in rank order are ``0..n-1``
+    once, so the minima gathered in rank order come in a single process's order, and a block
+    of the interleaved starts holds prior and uniform ones alike. It must run those of its
+    starts that are among the first ``least``: the starts a search always makes are the same
+    whatever the number of ranks.
+    """
+    mine = range(n)[Context(rank, world_size).share(n)]
+    return mine, max(0, min(mine.stop, least) - mine.start)
+
+
 def search_modes(
     model: Callable,
     data: dict,
@@ -191,7 +215,8 @@ def search_modes(
     iterations: int = MODE_ITERATIONS,
     discrete: Discrete | None = None,
     budget: float | None = None,
-) -> ModeSearch:
+    context: Context | None = None,
+) -> ModeSearch | None:
     """Search the posterior for modes from ``starts`` points and measure what q misses.
 
     Parameters
@@ -199,7 +224,8 @@ def search_modes(
     model, data
         The model and its (converted) data.
     lw
-        The log-weight engine's draws of q (:func:`ppl_models.vi.logweights.draw_log_weights`).
+        The log-weight engine's draws of q (:func:`ppl_models.vi.logweights.draw_log_weights`);
+        on ranks other than 0, their layout is enough (:meth:`.Drawer.layout`).
     starts
         Number of L-BFGS runs (half uniform in :math:`(-2, 2)^D`, half from the prior).
     seed
@@ -207,42 +233,56 @@ def search_modes(
     discrete
         The model's discrete sites, summed out of the potential.
     budget
-        Seconds the search may take: no start begins after they are spent (but at least
-        :data:`MIN_STARTS` run, and every one up to :data:`ALL_STARTS_UP_TO` dimensions). A
-        start that enters q's own 99% region (q's draws' means and sds, as a diagonal
-        Gaussian) stops there: it is climbing to the mode q already covers.
+        Seconds the search may take (on each rank): no start begins after they are spent (but
+        at least :data:`MIN_STARTS` run, and every one up to :data:`ALL_STARTS_UP_TO`
+        dimensions). A start that enters q's own 99% region (q's draws' means and sds, as a
+        diagonal Gaussian) stops there: it is climbing to the mode q already covers.
+    context
+        A ``torchrun`` job's :class:`~ppl_models.distributed.Context`, on every rank: rank 0
+        makes the starting points and sends them with q's means and sds, every rank runs its
+        share of the starts (:func:`rank_starts`), and rank 0 gathers the minima, in the
+        order of one process, and does the rest. With the same seed the starts are those of
+        one process.
 
     Returns
     -------
-    ModeSearch
+    ModeSearch or None
+        None on ranks other than 0.
     """
+    ctx = context or Context()
     u, names = lw.unconstrained_matrix()
     d = u.shape[1]
     result = ModeSearch(
-        starts=starts, minima=0, names=names, mean_shift=np.zeros(d), sd_ratio=np.ones(d)
+        starts=starts,
+        minima=0,
+        names=names,
+        mean_shift=np.zeros(d),
+        sd_ratio=np.ones(d),
+        ranks=ctx.world_size,
     )
-    if d == 0 or starts < 1:
-        return result
+    if d == 0 or starts < 1:  # the same on every rank (one model, one setting): no collective
+        return result if ctx.is_main else None
     energy = potential(model, data, lw, discrete)
     level = stats.chi2.ppf(ELLIPSOID_LEVEL, d)
-    q_mean, q_sd = torch.as_tensor(u.mean(axis=0)), torch.as_tensor(u.std(axis=0) + 1e-300)
-
-    def in_q(z: torch.Tensor) -> bool:
-        return float((((z - q_mean) / q_sd) ** 2).sum()) <= level
-
     began = time.perf_counter()
     with local_params(), torch.random.fork_rng():
-        torch.manual_seed(seed)
-        prior = _prior_starts(model, data, lw, starts // 2)
-        uniform = (torch.rand(starts - len(prior), d, dtype=torch.float64) * 2 - 1) * INIT_RADIUS
-        points = _interleave(prior, list(uniform))
-        minima = []
-        least = len(points) if d <= ALL_STARTS_UP_TO else MIN_STARTS
-        for p in points:
+        points, q_mean, q_sd = ctx.on_main(lambda: _starting_points(model, data, lw, starts, seed))
+
+        def in_q(z: torch.Tensor) -> bool:
+            return float((((z - q_mean) / q_sd) ** 2).sum()) <= level
+
+        always = len(points) if d <= ALL_STARTS_UP_TO else MIN_STARTS
+        share, least = rank_starts(len(points), always, ctx.rank, ctx.world_size)
+        mine = []
+        for i in share:
             spent = time.perf_counter() - began
-            if budget is not None and len(minima) >= least and spent > budget:
+            if budget is not None and len(mine) >= least and spent > budget:
                 break
-            minima.append(lbfgs_minimum(energy, p, iterations, stop=in_q))
+            mine.append(_portable(lbfgs_minimum(energy, points[i], iterations, stop=in_q)))
+    parts = ctx.gather(mine)
+    if parts is None:
+        return None
+    minima = [m for part in parts for m in part]
     result.seconds = time.perf_counter() - began
     result.run = len(minima)
     result.in_q = sum(m.stopped for m in minima)
@@ -294,6 +334,35 @@ def _whitened(mode: Mode, x: np.ndarray) -> np.ndarray:
     if mode.scale_tril is None:
         return (x - mode.loc) / mode.scale
     return np.linalg.solve(mode.scale_tril, (x - mode.loc).T).T
+
+
+def _starting_points(
+    model: Callable, data: dict, lw: LogWeights, n: int, seed: int
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The ``n`` starting points (prior draws and uniform ones in turns, seeded by ``seed``)
+    and q's means and sds in the unconstrained space: what every rank's starts need."""
+    u, _ = lw.unconstrained_matrix()
+    torch.manual_seed(seed)
+    prior = _prior_starts(model, data, lw, n // 2)
+    uniform = (torch.rand(n - len(prior), u.shape[1], dtype=torch.float64) * 2 - 1) * INIT_RADIUS
+    q_mean, q_sd = torch.as_tensor(u.mean(axis=0)), torch.as_tensor(u.std(axis=0) + 1e-300)
+    return _interleave(prior, list(uniform)), q_mean, q_sd
+
+
+def _portable(m: Minimum) -> Minimum:
+    """``m`` as rank 0 needs it, small and on the CPU: its last point (not its path), its
+    Laplace factors and how it ended."""
+
+    def cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().cpu()
+
+    return dataclasses.replace(
+        m,
+        path=[cpu(m.point)],
+        precision=None,
+        scale_tril=cpu(m.scale_tril),
+        diag_scale=cpu(m.diag_scale),
+    )
 
 
 def _interleave(first: list, second: list) -> list:

@@ -359,6 +359,7 @@ def _mode_findings(search: dict, rules: VerdictRules) -> list[Finding]:
     worst = max(coords, key=lambda c: c["mean_shift"]) if coords else None
     facts = {
         "starts": search["starts"],
+        "ranks": search.get("ranks", 1),
         "missed": missed,
         "share": sum(m["share"] for m in missed),
         "mean_off": mean_off,

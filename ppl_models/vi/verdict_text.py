@@ -192,8 +192,9 @@ def _missed_modes(x: dict) -> str:
         + f" ({m['share']:.2%})"
         for m in missed[:3]
     )
+    split = f" split across {x['ranks']} processes" if x["ranks"] > 1 else ""
     found = (
-        f"A mode search ({x['starts']} L-BFGS starts) found {len(missed)} posterior "
+        f"A mode search ({x['starts']} L-BFGS starts{split}) found {len(missed)} posterior "
         f"mode{'s' if len(missed) > 1 else ''} that q never visits, holding an estimated "
         f"{x['share']:.2%} of the posterior mass (Laplace approximation); unconstrained space: "
         f"{where}."
