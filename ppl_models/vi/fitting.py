@@ -872,10 +872,15 @@ def _plate_note(plate: DataPlate, batch_size: int, context: Context) -> str:
         if context.parallel
         else "at each step"
     )
+    terms = (
+        "its log-likelihood and its latents' log-densities (the model's and the guide's)"
+        if plate.latents
+        else "its log-likelihood"
+    )
     return (
         f"The data plate {plate.name!r} ({plate.size} observations) took a batch of {batch} "
-        f"{where}, its log-likelihood scaled by {plate.size}/{batch}: every step's loss is an "
-        "unbiased estimate of the full-data negative ELBO."
+        f"{where}, {terms} scaled by {plate.size}/{batch}: every step's loss is an unbiased "
+        "estimate of the full-data negative ELBO."
     )
 
 
