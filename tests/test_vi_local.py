@@ -33,6 +33,7 @@ from scipy import stats
 from ppl_models import cli, distributed, svi
 from ppl_models.batches import index_batches
 from ppl_models.runs import read_json
+from ppl_models.vi import initialization
 from ppl_models.vi.data_plate import find_data_plate, subsampled
 from ppl_models.vi.diagnose import diagnose
 from ppl_models.vi.fitting import fit_svi
@@ -127,6 +128,32 @@ def test_the_guide_draws_the_subsample_from_its_indexed_parameters(family):
     trace.compute_log_prob()
     logpdf = stats.norm(loc, scale).logpdf(aux["value"].detach().numpy()).sum()
     assert float(aux["log_prob_sum"].detach()) == pytest.approx(N / 3 * logpdf, rel=1e-10)
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["hessian", "global-columns"])
+def test_the_start_is_the_closed_form_posterior_from_the_hessian_or_its_global_columns(
+    dense, monkeypatch
+):
+    # above DENSE_CURVATURE coordinates only the globals' columns of the Hessian are formed
+    if not dense:
+        monkeypatch.setattr(initialization, "DENSE_CURVATURE", 10)
+    with svi.local_params(), torch.no_grad():
+        guide = LocalLatentGuide(
+            "auto-mvn", model, find_data_plate(poutine.trace(model).get_trace(Y), "obs")
+        )
+        guide.setup(y=Y)
+        posterior = guide.globals.get_posterior()
+        zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+        c0, sd = guide._local_loc_scale(0, "theta", None, guide.deviation(zero))
+        c1, _ = guide._local_loc_scale(0, "theta", None, guide.deviation(one))
+    assert (guide.start.scale_tril is not None) == dense
+    mean, _, cov = exact()
+    assert float(posterior.mean) == pytest.approx(mean[0], abs=1e-6)
+    assert float(posterior.variance) == pytest.approx(cov[0, 0], rel=1e-9)
+    # theta_i | mu, y ~ N((y_i + mu) / 2, 1/2): intercept y_i / 2, slope 1/2, sd sqrt(1/2)
+    np.testing.assert_allclose(c0.numpy(), Y.numpy() / 2, atol=1e-6)
+    np.testing.assert_allclose((c1 - c0).numpy(), 0.5, rtol=1e-9)
+    np.testing.assert_allclose(sd.numpy(), np.sqrt(0.5), rtol=1e-9)
 
 
 def test_the_flat_posterior_is_the_joint_gaussian_the_guide_defines():

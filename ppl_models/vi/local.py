@@ -40,9 +40,10 @@ a trace or as one flat vector (:meth:`LocalLatentGuide.get_posterior`), and :mat
 the full product: the log-weight engine treats it like any other guide.
 
 **Start.** The Laplace approximation of the whole model on the full data (the mean-field
-``auto-normal`` start of :class:`~ppl_models.vi.guides.WhitenedGuide`, whose curvature is the
-Hessian's diagonal above :data:`~ppl_models.vi.initialization.DENSE_CURVATURE` coordinates):
-each local coordinate is whitened by :math:`d_i = H_{ii}^{-1/2}` about :math:`\hat u`, with
+``auto-normal`` start of :class:`~ppl_models.vi.guides.WhitenedGuide`, whose Hessian diagonal
+is estimated above :data:`~ppl_models.vi.initialization.DENSE_CURVATURE` coordinates, and
+exact for the locals of the families with dependence): each local coordinate is whitened by
+:math:`d_i = H_{ii}^{-1/2}` about :math:`\hat u`, with
 :math:`m` starting at 0 and :math:`s` at 1; the global part and :math:`\tilde B` start from the
 Laplace approximation too (:func:`_split_start`). Without a proper MAP, everything starts where
 Pyro's autoguides start (:func:`~ppl_models.vi.initialization.prior_start`).
@@ -185,7 +186,7 @@ class LocalLatentGuide(AutoGuide):
             self._index_dims[name] = self._plate_dim - event_dim
             self.register_buffer(f"white_loc_{k}", start.loc[a:b].reshape(shape).to(**cast))
             self.register_buffer(
-                f"white_scale_{k}", start.diag_scale[a:b].reshape(shape).to(**cast)
+                f"white_scale_{k}", split.local_scale[a:b].reshape(shape).to(**cast)
             )
             self.local_locs.append(nn.Parameter(torch.zeros(shape, **cast)))
             self.local_scales.append(nn.Parameter(torch.full(shape, raw_scale, **cast)))
@@ -495,12 +496,14 @@ class _JointPosterior(Distribution):
 @dataclass
 class _Split:
     """The whole model's start split between the global part and the locals: the global part's
-    start, the whitening scale of its deviations, and each local coordinate's whitened linear
-    dependence on them ``(local coordinates, G)``."""
+    start, the whitening scale of its deviations, each coordinate's whitened linear dependence
+    on them ``(D, G)`` (zero for the globals), and each coordinate's whitening scale ``(D,)``
+    (the locals' :math:`D_l`)."""
 
     start: LaplaceStart
     scale: torch.Tensor
     dependence: torch.Tensor
+    local_scale: torch.Tensor
 
 
 def _split_start(
@@ -516,14 +519,15 @@ def _split_start(
     \Sigma_{GG}^{-1}`. Where the Hessian was formed these come from :math:`\Sigma = H^{-1}`;
     above :data:`~ppl_models.vi.initialization.DENSE_CURVATURE` coordinates from the Hessian's
     global columns :math:`H_{\cdot G}` (one Hessian-vector product each) with the locals'
-    block of :math:`H` taken as diagonal (locals independent given the globals):
-    :math:`\Sigma_{GG}^{-1} = H_{GG} - H_{Gl} H_{ll}^{-1} H_{lG}` and
+    block of :math:`H` taken as diagonal (locals independent given the globals), its diagonal
+    :math:`H_{ll} = (H \mathbb 1_l)_l` from one more product (the start's own diagonal is only
+    estimated there): :math:`\Sigma_{GG}^{-1} = H_{GG} - H_{Gl} H_{ll}^{-1} H_{lG}` and
     :math:`B_{lG} = -H_{ll}^{-1} H_{lG}`. Both are exact for a Gaussian posterior whose local
     coordinates are independent given the globals, as in a hierarchical model. Otherwise (the
     mean-field family, or no MAP) the global part takes its share of the point and of the
-    mean-field scales :math:`H_{ii}^{-1/2}`, and the dependence starts at 0. The dependence
-    is whitened: :math:`\tilde B = D_l^{-1} B D_G` with the locals' scales :math:`D_l` and the
-    globals' marginal sds :math:`D_G`.
+    mean-field scales :math:`H_{ii}^{-1/2}`, and the dependence starts at 0. The locals are
+    whitened by :math:`D_l = H_{ll}^{-1/2}`, and so is the dependence: :math:`\tilde B =
+    D_l^{-1} B D_G` with the globals' marginal sds :math:`D_G`.
     """
     device = start.loc.device
     g = g.to(device)
@@ -535,6 +539,7 @@ def _split_start(
     precision = tril = None
     diag = start.diag_scale[g]
     scale = torch.ones(len(g), dtype=torch.float64, device=device)
+    local_scale = start.diag_scale
     if marginal and start.method == "laplace" and len(g):
         if start.scale_tril is not None:
             cov = start.scale_tril @ start.scale_tril.T
@@ -542,14 +547,16 @@ def _split_start(
             regression = torch.linalg.solve(cov_gg, cov[g][:, ell]).T  # (locals, G)
             precision, tril, _, _ = _gaussian(torch.linalg.inv(cov_gg))
         else:
-            columns = _hessian_columns(whole, start.loc, g, data)  # H[:, g]
-            h_ll = start.diag_scale[ell].pow(-2)
+            columns, h_ll = _hessian_columns(whole, start.loc, g, ell, data)
+            h_ll = torch.where(h_ll > 0, h_ll, start.diag_scale[ell].pow(-2))
+            local_scale = start.diag_scale.clone()
+            local_scale[ell] = h_ll.rsqrt()
             h_lg = columns[ell]
             schur = columns[g] - h_lg.T @ (h_lg / h_ll[:, None])
             precision, tril, _, _ = _gaussian(0.5 * (schur + schur.T))
             regression = -h_lg / h_ll[:, None]
         scale = tril.pow(2).sum(-1).sqrt()  # the marginal sds
-        dependence[ell] = regression * scale / start.diag_scale[ell][:, None]
+        dependence[ell] = regression * scale / local_scale[ell][:, None]
     global_start = LaplaceStart(
         start.loc[g],
         precision,
@@ -562,12 +569,15 @@ def _split_start(
         start.init_scale,
         origin=start.origin[g] if start.origin is not None else None,
     )
-    return _Split(global_start, scale, dependence)
+    return _Split(global_start, scale, dependence, local_scale)
 
 
-def _hessian_columns(whole, z: torch.Tensor, columns: torch.Tensor, data: dict) -> torch.Tensor:
-    """The columns ``columns`` of the Hessian of the whole model's potential at ``z``
-    (float64), one Hessian-vector product each."""
+def _hessian_columns(
+    whole, z: torch.Tensor, columns: torch.Tensor, local: torch.Tensor, data: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The columns ``columns`` of the Hessian :math:`H` of the whole model's potential at
+    ``z`` (float64), one Hessian-vector product each, and :math:`(H \mathbb 1_l)_l` for the
+    coordinates ``local``: the diagonal of their block when that block is diagonal."""
     data64 = {
         k: v.to(torch.float64) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
         for k, v in data.items()
@@ -576,10 +586,13 @@ def _hessian_columns(whole, z: torch.Tensor, columns: torch.Tensor, data: dict) 
     with torch.enable_grad():
         zz = z.detach().to(torch.float64).clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(whole.potential(zz, **data64), zz, create_graph=True)
-        for j, c in enumerate(columns.tolist()):
-            (row,) = torch.autograd.grad(grad[c], zz, retain_graph=j + 1 < len(columns))
+        for c in columns.tolist():
+            (row,) = torch.autograd.grad(grad[c], zz, retain_graph=True)
             out.append(row.detach())
-    return torch.stack(out, 1)
+        ones = torch.zeros_like(zz)
+        ones[local] = 1.0
+        (h_local,) = torch.autograd.grad(grad, zz, grad_outputs=ones)
+    return torch.stack(out, 1), h_local[local].detach()
 
 
 def local_guide_refusal(discrete, dynamic, family: str, plate: DataPlate) -> str | None:
