@@ -210,6 +210,26 @@ def test_minibatch_fit_recovers_the_closed_form_posterior(family):
     np.testing.assert_allclose(draws.std(0) / target, 1.0, atol=0.1)
 
 
+def unbroadcast_model(y):
+    mu = pyro.sample("mu", dist.Normal(torch.zeros(1, dtype=y.dtype), 10.0).to_event(1))
+    with pyro.plate("obs", len(y)) as i:
+        theta = pyro.sample("theta", dist.Normal(mu[0], 1.0))  # mu[0]: vmapped, not plated
+        pyro.sample("y", dist.Normal(theta, 1.0), obs=y[i])
+
+
+def test_a_model_evaluated_by_vmap_fits_its_local_latents_on_minibatches():
+    fit = fit_svi(
+        unbroadcast_model, "auto-mvn", {"y": Y}, data_plate="obs", batch_size=10, init="prior"
+    )
+    assert isinstance(fit.guide, LocalLatentGuide) and fit.vectorization == "vmap"
+    mean, sd, _ = exact()
+    errors = (guide_means(fit) - mean) / sd
+    assert np.abs(errors).max() < 0.1, errors
+    with svi.local_params(), torch.no_grad():
+        draws = fit.guide.get_posterior().sample((20000,)).numpy()
+    np.testing.assert_allclose(draws.std(0) / sd, 1.0, atol=0.1)
+
+
 def test_a_custom_autonormal_given_the_plate_by_create_plates_is_fitted_on_minibatches():
     # Pyro's own AutoNormal: its plate takes the fit's indices (no fixed subsample_size)
     with svi.local_params():
