@@ -27,6 +27,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_site_shape
 
@@ -47,11 +48,13 @@ from .data_plate import (
     check_indexing,
     find_data_plate,
     refuse_own_subsampling,
+    resubsampled,
     subsampled,
 )
 from .enumeration import Discrete, enumerated, enumeration_vectorizes, find_discrete
 from .guides import WhitenedGuide, make_guide
-from .initialization import PYRO_INIT_SCALE, ran_to_boundary
+from .initialization import PYRO_INIT_SCALE, feasible_init, ran_to_boundary
+from .local import LocalLatentGuide, LocalVmappedElbo, local_guide_refusal
 from .logweights import draw_log_weights
 from .modules import adopt_local_params, model_modules, module_parameters, point_estimates
 from .script import model_data
@@ -236,6 +239,7 @@ def fit_svi(
         adopt_local_params(modules)
         discrete = find_discrete(model, data, dtype)
         dynamic = [] if discrete or guide_name == CUSTOM else dynamic_sites(model, data, dtype)
+        plate = _declared_plate(model, data, settings, dtype, device)
         problem = _Problem(
             model,
             guide,
@@ -248,6 +252,7 @@ def fit_svi(
             modules,
             discrete,
             dynamic,
+            plate,
         )
         initial = [copy.deepcopy(m.state_dict()) for m in modules]
         fit = _fit_once(problem, settings)
@@ -281,6 +286,7 @@ class _Problem:
     modules: list
     discrete: Discrete
     dynamic: list[str]
+    plate: DataPlate | None = None
 
     @property
     def fit_model(self) -> Callable:
@@ -326,7 +332,8 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
     start = time.perf_counter()
     seed_everything(settings.seed)
     fitted, notes = _built_guide(problem, settings)
-    prototype, nesting, plate = _inspected_model(model, fitted, data, settings)
+    prototype, nesting = _inspected_model(model, fitted, data)
+    plate = problem.plate
     init_seconds = time.perf_counter() - start
     vectorization = _vectorization(problem, fitted, nesting, settings, notes)
     loss_fn = _objective(problem, fitted, settings, vectorization, nesting)
@@ -339,7 +346,7 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
         seed=settings.seed,
         context=context,
     )
-    if plate is not None and (settings.batch_size or context.parallel):
+    if _subsamples(plate, settings, context):
         notes.append(_plate_note(plate, settings.batch_size, context))
     minibatched = plate is not None and 0 < settings.batch_size < plate.size
     if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
@@ -548,6 +555,22 @@ def _built_guide(problem: _Problem, settings: FitSettings):
         return problem.guide, [
             "The custom guide was fitted as given (no initialisation by the package)."
         ]
+    plate = problem.plate
+    if plate is not None and plate.latents and _subsamples(plate, settings, problem.context):
+        refusal = local_guide_refusal(problem.discrete, problem.dynamic, problem.guide_name, plate)
+        if refusal:
+            raise ValueError(refusal)
+        fitted = LocalLatentGuide(
+            problem.guide_name,
+            problem.model,
+            plate,
+            init=settings.init,
+            dtype=problem.dtype,
+            device=problem.device,
+            **settings.guide_options,
+        )
+        fitted.setup(**problem.data)
+        return fitted, list(fitted.notes)
     fitted = make_guide(
         problem.guide_name,
         problem.model,
@@ -590,9 +613,9 @@ def _discrete_note(discrete: Discrete) -> str:
     )
 
 
-def _inspected_model(model, guide, data, settings: FitSettings):
-    """One trace of the model under the guide: its plate depth, a refusal of plates that draw
-    their own subsample, and the declared data plate (checked, with the model's indexing)."""
+def _inspected_model(model, guide, data):
+    """One trace of the model under the guide: its plate depth, and refusals of plates that
+    draw their own subsample, of a guide that misses sites, and of sites of a wrong shape."""
     with poutine.block(), torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(**data)
         prototype = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
@@ -600,11 +623,26 @@ def _inspected_model(model, guide, data, settings: FitSettings):
     refuse_own_subsampling(guide_trace, prototype)
     check_guide_covers_model(guide_trace, prototype)
     check_site_shapes(prototype, nesting)
-    plate = None
-    if settings.data_plate:
-        plate = find_data_plate(prototype, settings.data_plate)
-        check_indexing(model, _latent_values(prototype), data, plate)
-    return prototype, nesting, plate
+    return prototype, nesting
+
+
+def _declared_plate(model, data, settings: FitSettings, dtype, device) -> DataPlate | None:
+    """The declared data plate, found in a trace of the model at a feasible point (each
+    latent at its prior mean or median) and checked with the model's indexing of its data and
+    latents (:func:`~ppl_models.vi.data_plate.check_indexing`), before any guide is built."""
+    if not settings.data_plate:
+        return None
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(InitMessenger(feasible_init(dtype, device))(model)).get_trace(**data)
+    plate = find_data_plate(trace, settings.data_plate)
+    check_indexing(model, _latent_values(trace), data, plate)
+    return plate
+
+
+def _subsamples(plate: DataPlate | None, settings: FitSettings, context: Context) -> bool:
+    """Whether the fit takes subsamples of the data plate (a batch size, or several
+    processes); otherwise every step sees all the data."""
+    return plate is not None and bool(settings.batch_size or context.parallel)
 
 
 def check_guide_covers_model(guide_trace, model_trace) -> None:
@@ -684,7 +722,8 @@ def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, not
             return PLATE
     elif vectorization_ok(model, guide, data, nesting):
         return PLATE
-    if settings.vectorize is None and isinstance(guide, WhitenedGuide) and not problem.discrete:
+    flat = isinstance(guide, WhitenedGuide | LocalLatentGuide)  # a flat unconstrained vector
+    if settings.vectorize is None and flat and not problem.discrete:
         if settings.elbo == "trace" and vmap_ok(model, guide, data):
             notes.append(
                 "The model does not broadcast over a particle dimension (for example it indexes "
@@ -706,7 +745,11 @@ def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, not
 def _objective(problem: _Problem, guide, settings: FitSettings, vectorization: str, nesting):
     """The negative ELBO as a module whose parameters all exist (one warm-up call)."""
     model, data = problem.fit_model, problem.data
-    if vectorization == VMAP or problem.dynamic:
+    if vectorization == VMAP and isinstance(guide, LocalLatentGuide):
+        loss_fn = LocalVmappedElbo(model, guide, settings.particles, problem.modules)
+    elif vectorization == VMAP or problem.dynamic:
+        if problem.plate is not None:  # evaluate() blocks the plate from the fit's subsample
+            model = resubsampled(model, problem.plate.name)
         loss_fn = VmappedElbo(model, guide, settings.particles, problem.modules, vectorization)
     else:
         if problem.discrete:
@@ -829,10 +872,15 @@ def _plate_note(plate: DataPlate, batch_size: int, context: Context) -> str:
         if context.parallel
         else "at each step"
     )
+    terms = (
+        "its log-likelihood and its latents' log-densities (the model's and the guide's)"
+        if plate.latents
+        else "its log-likelihood"
+    )
     return (
         f"The data plate {plate.name!r} ({plate.size} observations) took a batch of {batch} "
-        f"{where}, its log-likelihood scaled by {plate.size}/{batch}: every step's loss is an "
-        "unbiased estimate of the full-data negative ELBO."
+        f"{where}, {terms} scaled by {plate.size}/{batch}: every step's loss is an unbiased "
+        "estimate of the full-data negative ELBO."
     )
 
 

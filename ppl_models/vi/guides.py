@@ -88,6 +88,11 @@ class WhitenedGuide(AutoContinuous):
     dynamic
         The sites whose support depends on other latents
         (:func:`~ppl_models.vi.unconstrained.dynamic_sites`).
+    start
+        A start found elsewhere (:class:`~ppl_models.vi.initialization.LaplaceStart` of this
+        guide's flat vector), used instead of searching one: the global part of a guide for
+        local latents starts from the Laplace approximation of the whole model
+        (:mod:`ppl_models.vi.local`).
     """
 
     name = "whitened"
@@ -103,6 +108,7 @@ class WhitenedGuide(AutoContinuous):
         iterations: int = LBFGS_ITERATIONS,
         discrete: Discrete | None = None,
         dynamic: list[str] | None = None,
+        start: LaplaceStart | None = None,
     ):
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
@@ -112,6 +118,7 @@ class WhitenedGuide(AutoContinuous):
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self._iterations = iterations
         self.start: LaplaceStart | None = None
+        self._given_start = start
         self._discrete = discrete
         self._dynamic = list(dynamic or [])
         guided = continuous_part(model, discrete) if discrete else model
@@ -189,12 +196,19 @@ class WhitenedGuide(AutoContinuous):
                 "Hessian-vector products for its start (the most it takes is "
                 f"{FULL_RANK_MAX:,}); use --guide auto-lowrank (--set rank=R) or auto-normal"
             )
-        start = self._init_loc().to(torch.float64)
-        if self._init == "feasible":
-            self.start = feasible_start(start)
+        if self._given_start is not None:
+            if self._given_start.loc.numel() != self.latent_dim:
+                raise ValueError(
+                    f"the given start has {self._given_start.loc.numel()} coordinates, the guide "
+                    f"{self.latent_dim}"
+                )
+            self.start = self._given_start
+        elif self._init == "feasible":
+            self.start = feasible_start(self._init_loc().to(torch.float64))
         elif self._init == "prior":
-            self.start = prior_start(start, "init is 'prior'")
+            self.start = prior_start(self._init_loc().to(torch.float64), "init is 'prior'")
         else:
+            start = self._init_loc().to(torch.float64)
             kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
             self.start = laplace_start(
                 lambda z: self.potential(z, **kwargs64),
