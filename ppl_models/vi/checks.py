@@ -104,6 +104,7 @@ def check_site_shapes(model_trace, nesting: int) -> None:
 
 
 def latent_values(trace) -> dict[str, torch.Tensor]:
+    """The values of a trace's latent sample sites (not observed, not a plate's subsample)."""
     return {
         name: site["value"]
         for name, site in trace.nodes.items()
