@@ -345,6 +345,11 @@ def next_steps(findings: list[Finding] | None, summary: dict) -> list[str]:
     findings = findings or []
     kinds = {f.kind: f for f in findings}
     steps: list[str] = []
+    ladder = summary.get("ladder")
+    if ladder:
+        steps += _ladder_steps(ladder, summary)
+        if label == TRUSTWORTHY:
+            return steps
     for site, scales, locs in _funnels(findings, summary):
         scale = " * ".join(f"`{p}`" for p in scales)
         loc = (" + ".join(locs) + " + ") if locs else ""
@@ -369,7 +374,7 @@ def next_steps(findings: list[Finding] | None, summary: dict) -> list[str]:
             else ("a normalising flow holds skewed and curved posteriors")
         )
         steps.append(f"Try `--guide {richer}` ({why} that `{guide}` cannot).")
-    if label != TRUSTWORTHY and fit_has_option("--auto"):
+    if label != TRUSTWORTHY and not ladder and fit_has_option("--auto"):
         steps.append("Run `--auto` to let the package escalate through richer fits itself.")
     if "not_converged" in kinds:
         current = (summary.get("fit_settings") or {}).get("steps") or summary.get("steps") or 0
@@ -410,6 +415,30 @@ def next_steps(findings: list[Finding] | None, summary: dict) -> list[str]:
                 )
         else:
             steps.append("Read every finding below: no single change is indicated.")
+    return steps
+
+
+def _ladder_steps(ladder: dict, summary: dict) -> list[str]:
+    """What the escalation ladder's climb means for the reader: where the answer came from, or
+    (none certified) the advice derived from its checks and what to try next."""
+    rungs = ladder.get("rungs") or []
+    answer = ladder.get("answer")
+    if answer is not None and answer < len(rungs):
+        r = rungs[answer]
+        words = (summary.get("answer") or {}).get("words")
+        return [
+            f"Use this posterior: the ladder certified its {r['rung']} rung ({r['method']})"
+            + (f": {words}" if words else "")
+            + ". The table below lists every rung it climbed."
+        ]
+    steps = list(ladder.get("advice") or [])
+    if ladder.get("stopped") == "budget":
+        steps.append(
+            f"The budget ({ladder.get('budget', 0):g} s) ran out before every rung was tried: "
+            "rerun with a larger `--budget`."
+        )
+    elif ladder.get("stopped") == "interrupted":
+        steps.append("The climb was interrupted: rerun `--auto` to finish it.")
     return steps
 
 
