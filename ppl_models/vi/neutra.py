@@ -44,8 +44,10 @@ from .logweights import element_names
 from .nuts import NutsRun, VectorizedNuts, compiled_potential
 from .settings import NutsLadderSettings
 from .traces import per_draw_value
+from .unconstrained import evaluate_draws, guide_layout
 from .vmapped import LOOP, PLATE, VMAP, log_joint_fn
 
+RETRY_TARGET = 0.95  # the target acceptance of the second warm-up after divergences
 MAX_R_HAT = 1.01
 MIN_ESS = 400.0
 VALUE_CHUNK = 1000  # NUTS draws mapped back to the model's sites per batched call
@@ -138,9 +140,21 @@ def evaluation_mode(fit) -> str:
     return mode if mode in (PLATE, VMAP, LOOP) else LOOP
 
 
+def batched_log_joint(fit, mode: str | None = None) -> Callable:
+    """:func:`~ppl_models.vi.vmapped.log_joint_fn` for ``fit``'s model, with the draws under a
+    plate at the fit's own plate depth (the guide's prototype trace may not show it: a plate
+    holding only observed sites)."""
+    mode = mode or evaluation_mode(fit)
+    if mode == PLATE:
+        layout = guide_layout(fit.guide)
+        nesting = int(getattr(fit, "max_plate_nesting", 1) or 0)
+        return lambda u: evaluate_draws(fit.model, layout, u, fit.data, nesting)
+    return log_joint_fn(fit.model, fit.guide, fit.data, mode)
+
+
 def neutra_potential(fit, move: Transport) -> Callable[[torch.Tensor], torch.Tensor]:
     r"""The potential of :math:`\pi(v)` (module docstring) for a batch ``(C, D)``."""
-    log_joint = log_joint_fn(fit.model, fit.guide, fit.data, evaluation_mode(fit))
+    log_joint = batched_log_joint(fit)
 
     def potential(v: torch.Tensor) -> torch.Tensor:
         z, log_det = move.forward(v)
@@ -181,7 +195,7 @@ def _site_values(fit, z: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, s
         )
         shapes = {k: tuple(v.shape[1:]) for k, v in {**one[2], **one[3]}.items()}
         kinds = {k: "latent" for k in one[2]} | {k: "deterministic" for k in one[3]}
-        batched = log_joint_fn(fit.model, fit.guide, fit.data, mode)
+        batched = batched_log_joint(fit, mode)
         parts: dict[str, list[np.ndarray]] = {k: [] for k in shapes}
         for lo in range(0, len(z), VALUE_CHUNK):
             chunk = torch.as_tensor(z[lo : lo + VALUE_CHUNK], dtype=dtype)
@@ -299,36 +313,34 @@ def run_nuts(
         max_tree_depth=settings.max_tree_depth,
         target_accept=settings.target_accept,
     )
-    t = time.perf_counter()
-    finished = sampler.warmup(settings.warmup, deadline)
-    warmup_seconds = time.perf_counter() - t
-    t = time.perf_counter()
-    rounds, want, kept = [], settings.draws, 0
-    checks, summaries, values, kinds, z = {}, {}, {}, {}, None
-    stopped_early = not finished
-    while finished:
-        need = want - kept
-        got = sampler.sample(need, deadline)
-        kept += got
-        run = sampler.result()
-        if not run.kept:
-            stopped_early = True
-            break
-        z = _to_unconstrained(move, run.draws, fit.dtype)
-        values, kinds = _site_values(fit, z.reshape(-1, d))
-        values = {k: v.reshape(c, run.kept, *v.shape[1:]) for k, v in values.items()}
-        checks, summaries = mcmc_checks(values, run, settings.max_tree_depth)
-        rounds.append(run.kept)
-        if got < need:
-            stopped_early = True
-            break
-        # more draws cure too few effective draws and noisy R-hat, never a divergence
-        if checks["passed"] or want >= settings.max_draws or checks["divergences"]:
-            break
-        want = min(2 * want, settings.max_draws)
+    warmup_seconds = sampling_seconds = 0.0
+    retried = None
+    while True:
+        t = time.perf_counter()
+        finished = sampler.warmup(settings.warmup, deadline)
+        warmup_seconds += time.perf_counter() - t
+        t = time.perf_counter()
+        rounds, checks, summaries, values, kinds, z, stopped_early = _rounds(
+            sampler, fit, move, settings, finished, deadline
+        )
+        sampling_seconds += time.perf_counter() - t
+        # divergences in a region the adapted step is too long for (a banana's or a funnel's
+        # tails): warm up once more towards a higher acceptance, with shorter steps, and redraw
+        diverged = checks.get("divergences") if finished and not stopped_early else 0
+        if diverged and retried is None and sampler.target < RETRY_TARGET:
+            retried = diverged
+            notes.append(
+                f"{diverged} transition(s) diverged at target acceptance {sampler.target:g}: "
+                f"the chains were warmed up again towards {RETRY_TARGET:g} (shorter steps) and "
+                "their draws made again; only the second run's draws are kept."
+            )
+            sampler.target = RETRY_TARGET
+            sampler.discard()
+            continue
+        break
     run = sampler.result(
         warmup_seconds=warmup_seconds,
-        sampling_seconds=time.perf_counter() - t,
+        sampling_seconds=sampling_seconds,
         stopped_early=stopped_early,
     )
     if z is None:  # the deadline came during warm-up
@@ -341,6 +353,8 @@ def run_nuts(
         checks["passed"] = False
     checks.update(
         rounds=rounds,
+        target_accept=sampler.target,
+        divergences_before_retry=retried,
         warmup_seconds=warmup_seconds,
         sampling_seconds=run.sampling_seconds,
         compiled=compiled.how,
@@ -364,6 +378,38 @@ def run_nuts(
         seconds=time.perf_counter() - start,
         notes=notes,
     )
+
+
+def _rounds(sampler, fit, move, settings, finished, deadline):
+    """Draw rounds after warm-up: a first round of ``settings.draws`` per chain, doubled while
+    the checks fail for want of draws (too few effective draws, a noisy R-hat), never past
+    ``max_draws`` or the deadline. Returns the rounds' sizes, the checks, the ArviZ summaries,
+    the site values, their kinds, the unconstrained draws, and whether the deadline cut in."""
+    c, d = sampler.z.shape
+    rounds, want, kept = [], settings.draws, 0
+    checks, summaries, values, kinds, z = {}, {}, {}, {}, None
+    stopped_early = not finished
+    while finished:
+        need = want - kept
+        got = sampler.sample(need, deadline)
+        kept += got
+        run = sampler.result()
+        if not run.kept:
+            stopped_early = True
+            break
+        z = _to_unconstrained(move, run.draws, fit.dtype)
+        values, kinds = _site_values(fit, z.reshape(-1, d))
+        values = {k: v.reshape(c, run.kept, *v.shape[1:]) for k, v in values.items()}
+        checks, summaries = mcmc_checks(values, run, settings.max_tree_depth)
+        rounds.append(run.kept)
+        if got < need:
+            stopped_early = True
+            break
+        # more draws cure too few effective draws and a noisy R-hat, never a divergence
+        if checks["passed"] or want >= settings.max_draws or checks["divergences"]:
+            break
+        want = min(2 * want, settings.max_draws)
+    return rounds, checks, summaries, values, kinds, z, stopped_early
 
 
 def _to_unconstrained(move: Transport, v: np.ndarray, dtype) -> np.ndarray:

@@ -482,6 +482,10 @@ class VectorizedNuts:
             self._stats.append((diverging, depth, steps, accept))
         return iterations
 
+    def discard(self) -> None:
+        """Forget the kept draws (before warming up again)."""
+        self._draws, self._stats = [], []
+
     def result(self, **timing) -> NutsRun:
         """The kept draws so far as a :class:`NutsRun`."""
         c, d = self.z.shape
