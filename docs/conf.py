@@ -10,8 +10,10 @@ the built site itself when the ``sphinx-mathjax-offline`` package is installed.
 the sizes whose numbers and pictures the pages discuss, within about 10 minutes on a 2-core CPU;
 ``smoke`` shrinks every size for quick local iteration, and its pages say they are smoke output.
 
-MNIST is found by :func:`ppl_models.tutorial.mnist_root` (``$PPL_MODELS_DATA``, else the
-repository's ``data/mnist`` or ``../shared/data/mnist``). Without it the cells tagged ``mnist``
+MNIST is found by :func:`ppl_models.tutorial.mnist_root` from ``$PPL_MODELS_DATA``, which this
+file sets, when it is unset, to the repository's ``data/mnist`` or ``../shared/data/mnist`` beside
+it (the package itself knows nothing of the repository's layout); ``$PPL_MODELS_RUNS`` points the
+tutorials at the repository's ``runs/`` the same way. Without it the cells tagged ``mnist``
 are not executed (a ``skip-execution`` tag is added as each page is read), and each MNIST page
 shows a note at its top saying how to get the data, so a fresh clone builds the whole site.
 
@@ -39,7 +41,18 @@ sys.path.insert(0, str(DOCS / "_ext"))
 MODES = ("smoke", "full")
 os.environ.setdefault("PPL_MODELS_DOCS_MODE", "full")
 DOCS_MODE = tutorial.mode()  # validates the value
-MNIST = tutorial.mnist_root()
+REPO = DOCS.parent
+# what the tutorials' kernels find through the environment (set by setup(), for the build only)
+BUILD_ENVIRONMENT = {"PPL_MODELS_RUNS": str(REPO / "runs")}
+for _candidate in (REPO / "data" / "mnist", REPO.parent / "shared" / "data" / "mnist"):
+    if "PPL_MODELS_DATA" not in os.environ and (_candidate / "MNIST" / "raw").is_dir():
+        BUILD_ENVIRONMENT["PPL_MODELS_DATA"] = str(_candidate)
+        break
+MNIST = (
+    Path(BUILD_ENVIRONMENT["PPL_MODELS_DATA"])
+    if "PPL_MODELS_DATA" in BUILD_ENVIRONMENT
+    else (tutorial.mnist_root())
+)
 
 # -- project ----------------------------------------------------------------------------------
 
@@ -208,6 +221,8 @@ def _clear_stale_api_pages(app):
 
 
 def setup(app):
+    for key, value in BUILD_ENVIRONMENT.items():  # the tutorials' kernels inherit them
+        os.environ.setdefault(key, value)
     # before autosummary's own builder-inited handler (priority 500) writes the pages
     app.connect("builder-inited", _clear_stale_api_pages, priority=400)
     app.connect("builder-inited", _write_notebooks)

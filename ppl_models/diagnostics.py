@@ -1,10 +1,10 @@
 r"""Posterior diagnostics; the only module of the package that imports ArviZ.
 
-Importance weights :math:`\log w = \log p(x, z) - \log q(z)` with :math:`z \sim q` carry two
-questions about a variational fit: how far the ELBO is from the evidence (importance-weighted
-bounds, Burda et al. 2016) and whether the weights' tail is heavy enough to make any importance
-estimate unreliable (Pareto-smoothed importance sampling k-hat, Yao et al. 2018; Vehtari et al.
-2024).
+Whether the tail of importance weights :math:`\log w = \log p(x, z) - \log q(z)`,
+:math:`z \sim q`, is too heavy for any importance estimate (Pareto-smoothed importance sampling
+k-hat, Yao et al. 2018; Vehtari et al. 2024), InferenceData assembly and summaries, and the
+distances between one-dimensional distributions. Statistics that need only the weights (ESS,
+bounds on the evidence) are in :mod:`ppl_models.importance`.
 """
 
 from __future__ import annotations
@@ -66,35 +66,6 @@ def psis_khat(log_weights: np.ndarray) -> np.ndarray:
     # ArviZ's fit is undefined for a zero-width tail and returns +inf there; flip it to the limit.
     flat = np.ptp(lw, axis=-1) <= 1e-12 * np.maximum(1.0, np.abs(lw).max(axis=-1))
     return np.where(flat, -np.inf, khat)
-
-
-def importance_ess(log_weights: np.ndarray) -> float:
-    r"""Effective sample size of self-normalised importance weights,
-    :math:`(\sum_s w_s)^2 / \sum_s w_s^2`, between 1 and the number of draws."""
-    lw = np.asarray(log_weights, dtype=np.float64).ravel()
-    return float(np.exp(2 * logsumexp(lw) - logsumexp(2 * lw)))
-
-
-def iw_bound(log_weights: np.ndarray, k: int) -> tuple[float, float]:
-    r"""Importance-weighted bound :math:`E[\log \frac1K \sum_{k=1}^K w_k]` and its standard error.
-
-    The draws along the last axis are cut into ``n_draws // k`` disjoint groups of ``k``; each
-    group gives one estimate :math:`\log \frac1K \sum_k w_k`, and the groups (and any leading
-    rows, such as images) are averaged. ``K = 1`` is the ELBO; the bound increases with ``K``
-    towards :math:`\log p(x)` (Burda et al. 2016).
-    """
-    lw = np.asarray(log_weights, dtype=np.float64)
-    n = lw.shape[-1]
-    if k < 1 or k > n:
-        raise ValueError(f"K must be between 1 and the number of draws ({n}), got {k}")
-    groups = n // k
-    grouped = lw[..., : groups * k].reshape(*lw.shape[:-1], groups, k)
-    estimates = logsumexp(grouped, axis=-1) - math.log(k)
-    # 1-D: the groups are the replicates; 2-D: one estimate per row (image), averaged over groups.
-    samples = estimates if lw.ndim == 1 else estimates.mean(axis=-1)
-    samples = samples.reshape(-1)
-    se = float(samples.std(ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
-    return float(samples.mean()), se
 
 
 def inference_data(

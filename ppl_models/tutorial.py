@@ -2,9 +2,10 @@
 
 Each tutorial starts with ``page = tutorial.setup(...)``, which reads the build mode
 (``PPL_MODELS_DOCS_MODE``: ``full``, the default, or ``smoke``), finds MNIST when the page needs
-it, and shows a note at the top of the page for smoke output or missing data. Paths resolve from
-the repository (or ``$PPL_MODELS_DATA``), never from the current folder, so a cell copied into a
-notebook anywhere still finds the data.
+it, and shows a note at the top of the page for smoke output or missing data. The data and the
+run configurations are found through ``$PPL_MODELS_DATA`` and ``$PPL_MODELS_RUNS``, which the
+documentation's build sets from the repository it builds; the module reads no path of a
+checkout.
 
 The documentation build reads :func:`mnist_root` too: without MNIST, the cells tagged ``mnist``
 are not executed (see ``docs/conf.py``), and the note says how to get the data.
@@ -25,8 +26,7 @@ from pathlib import Path
 MODES = ("smoke", "full")
 MODE_ENV = "PPL_MODELS_DOCS_MODE"
 DATA_ENV = "PPL_MODELS_DATA"  # as ppl_models.vae.data.DATA_ENV
-# the repository of a source checkout (an editable install): ppl_models/ sits in it
-REPO = Path(__file__).resolve().parents[1]
+RUNS_ENV = "PPL_MODELS_RUNS"  # the folder of the run configurations the tutorials start from
 
 
 def mode() -> str:
@@ -38,12 +38,18 @@ def mode() -> str:
 
 
 def mnist_candidates() -> list[Path]:
-    """Where MNIST is looked for, in order: ``$PPL_MODELS_DATA`` when set, else ``data/mnist``
-    in the repository and ``../shared/data/mnist`` beside it (the offline copy of the project's
-    machines)."""
+    """Where MNIST is looked for: ``$PPL_MODELS_DATA`` (the documentation's build sets it from
+    the repository it builds, ``docs/conf.py``), else torchvision's own download folder
+    ``./data`` of the current folder."""
     if os.environ.get(DATA_ENV):
-        return [Path(os.environ[DATA_ENV]).expanduser()]
-    return [REPO / "data" / "mnist", REPO.parent / "shared" / "data" / "mnist"]
+        return [Path(os.environ[DATA_ENV]).expanduser().absolute()]
+    return [Path("data").absolute()]
+
+
+def runs_dir() -> Path:
+    """The folder of the run configurations (``runs/*.toml``): ``$PPL_MODELS_RUNS`` (the
+    documentation's build sets it), else ``runs`` in the current folder."""
+    return Path(os.environ.get(RUNS_ENV, "runs")).expanduser().absolute()
 
 
 def mnist_root() -> Path | None:

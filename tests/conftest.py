@@ -12,6 +12,7 @@ import matplotlib
 import pyro
 import pytest
 import torch
+from exp_normal_reference import DATASETS
 
 matplotlib.use("Agg")
 # The suite's tensors are small: one thread avoids oversubscribing a 2-core machine.
@@ -26,6 +27,12 @@ def _seeded():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     yield
+
+
+@pytest.fixture(params=list(DATASETS), ids=list(DATASETS))
+def dataset(request):
+    """Each exponential-normal data set of ``exp_normal_reference.DATASETS``: ``(x, rate)``."""
+    return DATASETS[request.param]
 
 
 @pytest.fixture(scope="session")

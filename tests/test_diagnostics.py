@@ -45,29 +45,6 @@ def test_threshold_follows_vehtari_et_al():
     assert diagnostics.khat_threshold(10**6) == 0.7
 
 
-def test_iw_bounds_rise_towards_the_evidence():
-    lam = 0.5
-    lw = _log_weights(lam, 400_000, seed=1)
-    k1, se1 = diagnostics.iw_bound(lw, 1)
-    assert k1 == pytest.approx(math.log(lam) + 1 - lam, abs=4 * se1)
-    values = [diagnostics.iw_bound(lw, k)[0] for k in (1, 10, 100, 1000)]
-    assert all(b > a for a, b in zip(values, values[1:], strict=False))
-    assert values[-1] < 0 and values[-1] > -0.01  # log p(x) = 0
-    with pytest.raises(ValueError, match="K must be between 1"):
-        diagnostics.iw_bound(lw[:10], 11)
-
-
-def test_iw_bound_per_row_averages_rows():
-    rows = np.stack([np.full(100, -1.0), np.full(100, -3.0)])
-    mean, se = diagnostics.iw_bound(rows, 10)
-    assert mean == pytest.approx(-2.0) and se == pytest.approx(1.0)
-
-
-def test_importance_ess():
-    assert diagnostics.importance_ess(np.zeros(500)) == pytest.approx(500)
-    assert diagnostics.importance_ess(np.array([0.0, -800.0, -900.0])) == pytest.approx(1.0)
-
-
 def test_distances_between_exponentials_match_closed_forms():
     a, b = 2.0, 0.5
     qa = torch.distributions.Exponential(torch.tensor(a, dtype=torch.float64))

@@ -394,7 +394,7 @@ def test_every_public_name_has_a_docstring():
 # ----------------------------------------------------------------------------- tutorial helpers
 
 
-def test_mnist_is_found_from_the_repository_not_the_current_folder(tmp_path, monkeypatch):
+def test_mnist_is_found_from_the_environment_the_docs_build_sets(tmp_path, monkeypatch):
     from synthetic_mnist import write_synthetic_mnist
 
     from ppl_models import tutorial
@@ -406,8 +406,13 @@ def test_mnist_is_found_from_the_repository_not_the_current_folder(tmp_path, mon
     monkeypatch.setenv("PPL_MODELS_DATA", str(tmp_path / "missing"))
     assert tutorial.mnist_root() is None
     monkeypatch.delenv("PPL_MODELS_DATA")
-    assert tutorial.mnist_candidates()[0] == tutorial.REPO / "data" / "mnist"
     assert all(p.is_absolute() for p in tutorial.mnist_candidates())
+    # the docs build sets both from the repository: the package reads no path of the checkout
+    conf = load_conf()
+    assert conf.BUILD_ENVIRONMENT["PPL_MODELS_RUNS"] == str(DOCS.parent / "runs")
+    shared = DOCS.parent.parent / "shared" / "data" / "mnist"
+    if (shared / "MNIST" / "raw").is_dir() and not (DOCS.parent / "data" / "mnist").is_dir():
+        assert conf.BUILD_ENVIRONMENT["PPL_MODELS_DATA"] == str(shared)
 
 
 def test_mode_and_page_notes(monkeypatch, tmp_path):

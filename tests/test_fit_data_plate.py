@@ -200,6 +200,7 @@ def test_two_process_fit_matches_the_exact_posterior_with_identical_parameters(t
     assert len(s["parameter_digests"]) == 2
     assert s["parameter_digests"][0] == s["parameter_digests"][1]
     assert any("on each of 2 processes" in note for note in s["notes"])
+    assert s["mode_search"]["ranks"] == 2  # the ranks shared the mode search's starts
     data = load_script(SCRIPT).load_data()
     mean, sd = exact_posterior(torch.tensor(data["x"], dtype=torch.float64))
     draws = az.from_netcdf(run / "posterior.nc").posterior["mu"].values.ravel()

@@ -17,7 +17,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from ppl_models import cli, diagnostics
+from ppl_models import cli, diagnostics, importance
 from ppl_models.jobs.vae.config import GRID_COMPARISON
 from ppl_models.runs import read_json
 from ppl_models.vae import evaluate, gaps, posterior_grid
@@ -195,7 +195,7 @@ def test_elbos_bounds_and_evidence_are_ordered_on_a_trained_vae(trained):
     se_best = np.sqrt((c.elbo_best_se**2).sum()) / n
     log_w = evaluate.importance_draws(model, guide, x, 5000).log_weights
     # one group of K = 5000 per image: the delta-method error of log mean(w), sqrt(1/ESS - 1/K)
-    ess = np.array([diagnostics.importance_ess(row) for row in log_w])
+    ess = np.array([importance.importance_ess(row) for row in log_w])
     se_iw = np.sqrt(np.maximum(1 / ess - 1 / 5000, 0).sum()) / n
     elbo_amortized, elbo_best = c.elbo_amortized.mean(), c.elbo_best.mean()
     iw_5000, log_evidence = c.iw_bound[:, -1].mean(), c.log_evidence.mean()

@@ -127,3 +127,19 @@ def test_a_custom_guide_may_leave_out_the_sites_that_are_summed_out():
     pyro.clear_param_store()
     with poutine.block():
         assert fit.discrete.sites == ("z",)
+
+
+def test_the_report_lists_the_assignments_posterior_probabilities(tmp_path):
+    from ppl_models.vi.report import write_report
+
+    x = mixture_data()
+    fit = fit_svi(mixture, "auto-normal", {"x": x}, steps=300)
+    diagnosis = diagnose(fit, None, draws=4000, progress=False, mode_starts=0)
+    write_report(diagnosis, tmp_path / "run")
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Discrete site z: posterior probabilities" in html
+    assert html.count("<td>z[") == len(x)  # one row per assignment
+    import arviz as az
+
+    idata = az.from_netcdf(tmp_path / "run" / "posterior.nc")
+    assert idata.discrete_marginals["z"].shape == (1, 1, len(x), 2)

@@ -1,6 +1,8 @@
 """fit_svi against closed-form posteriors; vectorization detection; the convergence rule;
 a custom pyro.param guide; no global state left behind."""
 
+from pathlib import Path
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -305,3 +307,29 @@ def test_the_runs_dtype_is_the_default_dtype_inside_fit_and_diagnosis(dtype):
     sds = torch.linalg.inv(precision).diagonal().sqrt()
     for j, p in enumerate(summary["parameters"][:2]):
         assert abs(p["mean"] - float(mean[j])) < 0.1 * float(sds[j]), p
+
+
+def test_a_minibatch_fits_noise_is_not_taken_for_movement():
+    # the conjugate normal mean fitted on batches of 4 of its 10 observations: the losses are
+    # noisy (the window means move by over 1% of a 13-nat ELBO), the answer exact
+    from ppl_models.vi.script import load_script
+
+    script = load_script(Path(__file__).resolve().parents[1] / "runs/normal_mean.py")
+    data = script.load_data()
+    fit = fit_svi(script.model, "auto-normal", data, data_plate="obs", batch_size=4)
+    assert fit.converged, fit.convergence["status"]
+    x, s = torch.tensor(data["x"], dtype=torch.float64), data["sigma"]
+    precision = 1 / 10.0**2 + len(x) / s**2
+    mean = float(x.sum() / s**2 / precision)
+    with local_params(), torch.no_grad():
+        draws = fit.guide.get_posterior().sample((20_000,))[:, 0]
+    assert abs(float(draws.mean()) - mean) < 0.1 * precision**-0.5
+    # a drifting trace is still not converged, however noisy
+    rng = np.random.default_rng(0)
+    drifting = 100 + np.linspace(0, 5, 1000) + rng.normal(0, 0.1, 1000)
+    assert not convergence_report(drifting, subsampled=True)["held"]
+    # without minibatches the noise allowance does not apply: a noisy full-data trace whose
+    # window means move by 2 to 5% is not called converged
+    noisy = 10 + rng.normal(0, 3, 1000)
+    assert convergence_report(noisy, subsampled=True)["held"]
+    assert not convergence_report(noisy)["held"]

@@ -94,3 +94,31 @@ def test_element_names_are_one_based_row_major():
     assert element_names("mu", ()) == ["mu"]
     assert element_names("beta", (2,)) == ["beta[1]", "beta[2]"]
     assert element_names("b", (2, 3))[:4] == ["b[1,1]", "b[1,2]", "b[1,3]", "b[2,1]"]
+
+
+def test_a_big_data_plate_is_scored_in_slices_exactly(monkeypatch):
+    # a budget small enough that one draw's likelihood over 2,000 observations exceeds it
+    from scipy import stats
+
+    from ppl_models.vi import logweights
+    from ppl_models.vi.fitting import fit_svi
+
+    monkeypatch.setattr(logweights, "_CHUNK_ELEMENTS", 2**12)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("obs", len(x)) as i:
+            pyro.sample("x", dist.Normal(mu, 0.8), obs=x[i])
+
+    x = torch.randn(2000, dtype=torch.float64) * 0.8 + 2.0
+    fit = fit_svi(model, "auto-normal", {"x": x}, steps=100, data_plate="obs")
+    drawer = logweights.Drawer(
+        fit.model, fit.guide, fit.data, max_plate_nesting=1, data_plate="obs"
+    )
+    with drawer:
+        assert drawer.slices is not None and drawer.slices[1] < 2000  # sliced
+        parts = list(drawer.chunks(40))
+    mu = np.concatenate([p[2]["mu"] for p in parts])
+    log_joint = np.concatenate([p[0] for p in parts])
+    exact = stats.norm(0, 10).logpdf(mu) + stats.norm(mu[:, None], 0.8).logpdf(x.numpy()).sum(1)
+    np.testing.assert_allclose(log_joint, exact, rtol=1e-10)

@@ -4,20 +4,29 @@ The bimodal posterior of y_i ~ N(|theta|, 1), theta ~ N(m0, s0^2) is two Gaussia
 each sign of theta), so its modes, their masses and its moments have closed forms; scipy
 quadrature checks the masses independently. A guide equal to the positive mode's Gaussian is
 exact where it puts mass: its log weights are constant, k-hat and d_2 read as for an exact fit,
-and only the mode search can see the other mode.
+and only the mode search can see the other mode. A search split across two ranks (spawned as
+torchrun would start them) is held to the one-process search of the same draws and seed, and a
+rank whose share fails ends the search on rank 0 as a lost rank, not a hang.
 """
 
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from ranks import spawned_ranks
 from scipy import integrate, stats
 from vi_helpers import FakeFit, gaussian_problem, normal_guide
 
+from ppl_models import distributed
+from ppl_models.vi import modes
 from ppl_models.vi.diagnose import diagnose
+from ppl_models.vi.logweights import draw_log_weights
+from ppl_models.vi.modes import rank_starts, search_modes
 from ppl_models.vi.references import Reference
 from ppl_models.vi.verdict import MEANS_ONLY, NOT_TRUSTWORTHY, TRUSTWORTHY, decide
 
@@ -90,6 +99,74 @@ def test_a_unimodal_posterior_has_no_missed_mode():
     assert search["modes_found"] == 1 and search["missed"] == []
     assert all(c["mean_shift"] == 0.0 for c in search["coordinates"])
     assert summary["verdict"] == TRUSTWORTHY
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+def test_the_ranks_share_the_starts_once_in_order_and_always_run_the_first(world_size):
+    for n in range(13):
+        for least in sorted({0, 2, n, n + 3}):
+            shares = [rank_starts(n, least, rank, world_size) for rank in range(world_size)]
+            # in rank order, the shares are every start once, in one process's order
+            assert [i for mine, _ in shares for i in mine] == list(range(n))
+            sizes = [len(mine) for mine, _ in shares]
+            assert max(sizes) - min(sizes) <= 1
+            # the starts run whatever the budget are the first `least`, however many ranks
+            assert [i for mine, k in shares for i in mine[:k]] == list(range(min(least, n)))
+
+
+def _split_search(out: Path) -> None:
+    with distributed.session(torch.device("cpu")) as ctx:
+        fit = _one_mode_fit()
+        diagnosis = diagnose(fit, None, draws=DRAWS, progress=False, context=ctx)
+        # the same draws on every rank (one seed, each rank alone): the split search below and
+        # the test's one-process search see the same q
+        lw = draw_log_weights(fit.model, fit.guide, fit.data, draws=DRAWS, seed=1)
+        split = search_modes(fit.model, fit.data, lw, seed=2, context=ctx)
+        assert (diagnosis is None, split is None) == (not ctx.is_main,) * 2
+        if ctx.is_main:
+            torch.save({"summary": diagnosis.summary, "lw": lw, "split": split}, out)
+        # then rank 1's share fails: rank 0 hears of it at the gather, well before the timeout
+        if ctx.is_main:
+            began = time.monotonic()
+            with pytest.raises(distributed.RankFailure, match="rank 0 of 2 lost the other ranks"):
+                search_modes(fit.model, fit.data, lw, starts=2, context=ctx)
+            assert time.monotonic() - began < distributed.timeout_seconds() / 2
+            return
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("rank 1's start broke")
+
+        modes.lbfgs_minimum = broken  # in this process only
+        with pytest.raises(RuntimeError, match="rank 1's start broke"):
+            search_modes(fit.model, fit.data, lw, starts=2, context=ctx)
+
+
+def test_two_ranks_split_the_starts_and_find_the_modes_of_one_process(tmp_path, monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "60")
+    out = tmp_path / "search.pt"
+    spawned_ranks(_split_search, out)
+    saved = torch.load(out, weights_only=False)
+    split = saved["split"]
+    whole = search_modes(bimodal_model, {"y": Y}, saved["lw"], seed=2)
+    assert (split.ranks, whole.ranks) == (2, 1)
+    assert (split.run, split.in_q, split.minima) == (whole.run, whole.in_q, whole.minima)
+    assert split.run == split.starts  # one dimension: every start runs, whatever the budget
+    assert [m.starts for m in split.modes] == [m.starts for m in whole.modes]
+    for a, b in zip(split.modes, whole.modes, strict=True):
+        assert a.loc == pytest.approx(b.loc, abs=1e-8)
+        assert a.visited == b.visited
+    assert split.shares() == pytest.approx(whole.shares(), rel=1e-8)
+    # both modes, where the closed form puts them
+    found = sorted(float(m.loc[0]) for m in whole.modes)
+    assert found == pytest.approx([_sign_mode(-1.0)[0], _sign_mode(1.0)[0]], abs=1e-4)
+
+    summary = saved["summary"]
+    search = summary["mode_search"]
+    assert search["ranks"] == 2 and search["run"] == search["starts"]
+    [missed] = search["missed"]
+    assert missed["location"]["theta"] == pytest.approx(_sign_mode(-1.0)[0], abs=1e-4)
+    assert any("split across 2 processes" in note for note in summary["notes"])
+    assert "8 L-BFGS starts split across 2 processes" in summary["verdict_reasons"][0]
 
 
 def _search(share: float, shift: float, ratio: float) -> dict:

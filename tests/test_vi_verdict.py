@@ -8,7 +8,7 @@ import pytest
 import torch
 from vi_helpers import FakeFit, gaussian_problem, normal_guide
 
-from ppl_models.vi.bounds import d2_bound
+from ppl_models.importance import d2_bound
 from ppl_models.vi.diagnose import diagnose
 from ppl_models.vi.references import Reference
 from ppl_models.vi.script import posteriordb_dir
@@ -51,7 +51,7 @@ def test_shifted_mean_with_the_right_spread_is_caught_while_khat_stays_low(probl
     assert alone["psis_khat"] < 0.5  # k-hat alone would reassure
     assert alone["d2"] == pytest.approx(2 * 3 * shift**2, rel=0.15)  # d_2 = 2 d delta^2
     assert alone["verdict"] == NOT_TRUSTWORTHY
-    assert any("mean-error bounds" in r for r in alone["verdict_reasons"])
+    assert any("Importance sampling moves the means" in r for r in alone["verdict_reasons"])
     with_ref = _diagnose(problem, shift=shift, reference=_exact_reference(m, s))
     assert with_ref["verdict"] == NOT_TRUSTWORTHY
     assert set(with_ref["verdict_off"]) >= {"mu[1]", "mu[2]", "mu[3]"}
@@ -102,9 +102,9 @@ def test_a_nan_never_passes_a_check():
     assert _decide([row], **alone, importance_ess=math.nan).label == NOT_TRUSTWORTHY
     assert _decide([row], **alone, khat=math.nan).label == NOT_TRUSTWORTHY
     assert d2_bound(np.array([0.0, 1.0, math.nan])) == math.inf  # bounds nothing, never 0
-    nan_bound = [dict(coords[0], mean_error=math.nan)]
-    assert _decide([row], has_reference=False, coordinates=nan_bound).label != TRUSTWORTHY
     assert _decide([dict(row, psis_mean=math.nan)], **alone).label != TRUSTWORTHY
+    assert _decide([dict(row, psis_sd=math.nan)], **alone).label != TRUSTWORTHY
+    assert _decide([dict(row, psis_mcse_mean=math.nan)], **alone).label != TRUSTWORTHY
     compared = _row("a", math.nan)
     assert _decide([compared]).label == NOT_TRUSTWORTHY
     assert _decide([_row("a", 0.0, ratio=math.nan)]).label != TRUSTWORTHY
@@ -172,26 +172,29 @@ def test_reference_tolerance_allows_for_the_references_monte_carlo_error():
 
 def test_a_reference_too_short_to_resolve_the_tolerance_cannot_certify():
     # MCSE 0.08 sd: the reference alone would accept up to 0.1 + 2 x 0.08 sd of error
+    # q's own diagnostics certify it (PSIS agrees with q) unless PSIS is unreliable (k-hat
+    # above its threshold) or finds q's moments unsettled
     row = _row("a", 0.2, ref_mcse=0.08, ess=150)
     certified = [{"name": "a", "site": "a", "sd": 1.0, "mean_error": 0.01, "sd_error": 0.05}]
-    loose = [dict(certified[0], mean_error=0.6, sd_error=0.9)]
     assert _decide([row], coordinates=certified).label == TRUSTWORTHY  # q certifies itself
-    v = _decide([row], coordinates=loose)
+    unsettled = dict(row, psis_mean=0.35, psis_mcse_mean=0.1)  # within 0.1 + 2 MCSE, not 0.1
+    v = _decide([unsettled], coordinates=certified)
     assert v.label == MEANS_ONLY and "cannot resolve" in " ".join(v.reasons)
-    assert _decide([row], coordinates=loose, khat=0.6).label == MEANS_ONLY
+    assert _decide([row], coordinates=certified, khat=0.75).label == MEANS_ONLY
     moved = dict(row, psis_mean=0.6)  # importance sampling measures the mean off
     assert _decide([moved], coordinates=certified).label == NOT_TRUSTWORTHY
     # a long reference settles the same error on its own
-    assert _decide([_row("a", 0.2, ref_mcse=0.01)], coordinates=loose).label == NOT_TRUSTWORTHY
+    assert _decide([_row("a", 0.2, ref_mcse=0.01)], coordinates=certified).label == NOT_TRUSTWORTHY
 
 
 def test_a_reference_whose_chains_disagree_cannot_certify():
     certified = [{"name": "a", "site": "a", "sd": 1.0, "mean_error": 0.01, "sd_error": 0.05}]
-    loose = [dict(certified[0], mean_error=0.6, sd_error=0.9)]
     agreeing = dict(_row("a", 0.02), ref_r_hat=1.002)
-    assert _decide([agreeing], coordinates=loose).label == TRUSTWORTHY
+    assert _decide([agreeing], coordinates=certified, khat=0.75).label == MEANS_ONLY  # the cap
+    assert _decide([agreeing], coordinates=certified).label == TRUSTWORTHY
     stuck = dict(agreeing, ref_r_hat=1.08)  # chains in different places: its MCSE means nothing
-    v = _decide([stuck], coordinates=loose)
+    unsettled = dict(stuck, psis_mean=0.2, psis_mcse_mean=0.1)  # and q cannot settle it itself
+    v = _decide([unsettled], coordinates=certified)
     assert v.label == MEANS_ONLY and "R-hat above 1.01" in " ".join(v.reasons)
     assert _decide([stuck], coordinates=certified).label == TRUSTWORTHY  # q certifies itself
 
@@ -226,10 +229,16 @@ def test_without_reference_a_high_khat_or_few_effective_draws_is_not_trustworthy
         row[key] = None
     base = dict(has_reference=False, coordinates=coords)
     assert _decide([row], **base).label == TRUSTWORTHY
-    assert _decide([row], **base, khat=0.6).label == NOT_TRUSTWORTHY
+    # PSIS is reliable up to k-hat's sample-size threshold (0.7 here), not only below 0.5
+    assert _decide([row], **base, khat=0.6).label == TRUSTWORTHY
+    assert _decide([row], **base, khat=0.75).label == NOT_TRUSTWORTHY
     assert _decide([row], **base, importance_ess=50.0).label == NOT_TRUSTWORTHY
-    loose_sd = [dict(coords[0], sd_error=0.9)]
-    assert _decide([row], has_reference=False, coordinates=loose_sd).label == MEANS_ONLY
+    # VIABEL's worst-case bounds are reported, not required: loose ones condemn nothing ...
+    loose = [dict(coords[0], mean_error=0.9, sd_error=0.9)]
+    assert _decide([row], has_reference=False, coordinates=loose).label == TRUSTWORTHY
+    # ... while an sd that importance sampling measures off does
+    wide = dict(row, sd=1.3)
+    assert _decide([wide], has_reference=False, coordinates=loose).label == MEANS_ONLY
 
 
 # ------------------------------------------------------------------ validation on posteriordb
@@ -284,6 +293,9 @@ def test_sites_the_reference_lacks_are_checked_by_importance_sampling():
         raw[key] = None
     coords = [{"name": "raw", "site": "raw", "sd": 1.0, "mean_error": 2.0, "sd_error": 3.0}]
     v = _decide([ok, raw], coordinates=coords)
+    assert v.label == TRUSTWORTHY and any("certify them" in r for r in v.reasons)
+    unsettled = dict(raw, psis_mean=0.15, psis_mcse_mean=0.05)  # within its MC error only
+    v = _decide([ok, unsettled], coordinates=coords)
     assert v.label == TRUSTWORTHY  # uncertified, not contradicted: said, not condemned
     assert any("raw" in r and "neither compared nor certified" in r for r in v.reasons)
     moved = dict(raw, psis_mean=0.5, psis_mcse_mean=0.01)

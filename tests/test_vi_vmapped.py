@@ -149,3 +149,16 @@ def test_the_readmes_idioms_are_vectorized(idiom):
     assert fit.vectorization in ("plate", "vmap")
     summary = diagnose(fit, None, draws=5000, progress=False, mode_starts=0).summary
     assert summary["draws"] == 5000 and summary["vectorized"]
+
+
+def test_the_report_lists_the_models_point_estimates(tmp_path):
+    from ppl_models.vi.report import write_report
+
+    pyro.clear_param_store()
+    fit = fit_svi(evidence_model, "auto-mvn", regression_data(seed=1), steps=300)
+    diagnosis = diagnose(fit, None, draws=4000, progress=False, mode_starts=0)
+    assert diagnosis.summary["point_estimates"]["noise"] == fit.extras["point_estimates"]["noise"]
+    write_report(diagnosis, tmp_path / "run")
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "own parameters (point estimates)" in html and "<td>noise</td>" in html
+    pyro.clear_param_store()

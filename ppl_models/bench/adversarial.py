@@ -1,4 +1,4 @@
-r"""An adversarial set of posteriors with known answers, to measure the verdict (issue 18).
+r"""An adversarial set of posteriors with known answers, to measure the verdict.
 
 Each :class:`Case` is a model, its data, a variational posterior q and the truth: q is either a
 **designed** guide with a known error (the exact posterior shifted by 0.2 sd, its sds scaled by
@@ -633,8 +633,8 @@ def _registry_reference(name: str, scripts: Path):
 
 
 def _normal_mean_minibatch(scripts: Path) -> Built:
-    """``runs/normal_mean.py`` fitted four observations a step (issue 18: exact, yet judged
-    unconverged on minibatch noise)."""
+    """``runs/normal_mean.py`` fitted four observations a step (exact, though its
+    minibatch noise once read as a fit still moving)."""
     from .posteriors import _script, normal_mean_truth
 
     script = _script(scripts, "normal_mean")

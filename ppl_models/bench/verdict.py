@@ -1,4 +1,4 @@
-r"""Measure the verdict on adversarial posteriors with known answers (issue 18).
+r"""Measure the verdict on adversarial posteriors with known answers.
 
 Every case of :mod:`ppl_models.bench.adversarial` (a model, its data, a designed guide or a real
 fit, and the truth) is diagnosed **without a reference**, as a new user's fit is

@@ -30,7 +30,7 @@ import numpy as np
 import pyro.distributions as dist
 import torch
 
-from .. import diagnostics
+from .. import diagnostics, importance
 from ..runs import ArrayFile
 from .model import VaeGuide, VaeModel
 
@@ -141,14 +141,14 @@ def elbo_per_image(
 
 def iw_bounds(log_weights: np.ndarray, ks: list[int]) -> dict[int, tuple[float, float]]:
     """:math:`\\mathcal L_K` per image, averaged, with its standard error across images, per K."""
-    return {k: diagnostics.iw_bound(log_weights, k) for k in ks}
+    return {k: importance.iw_bound(log_weights, k) for k in ks}
 
 
 def iw_bounds_per_image(log_weights: np.ndarray, ks: list[int]) -> np.ndarray:
     r""":math:`\mathcal L_K` of every image (row of ``log_weights``) at every K, ``(n_images,
     len(ks))``: each row's draws cut into disjoint groups of K, as :func:`iw_bounds` does."""
     return np.array(
-        [[diagnostics.iw_bound(row[np.newaxis], k)[0] for k in ks] for row in log_weights]
+        [[importance.iw_bound(row[np.newaxis], k)[0] for k in ks] for row in log_weights]
     ).reshape(len(log_weights), len(ks))
 
 

@@ -39,9 +39,7 @@ _SHAPE_KINDS = {
     "self_khat",
     "psis_means",
     "psis_sds",
-    "bound_means",
-    "bound_sds",
-    "means_measured",
+    "psis_unsettled",
     "uncompared_off",
 }
 RICHER_GUIDE = {"auto-normal": "auto-mvn", "auto-lowrank": "auto-mvn", "custom": "auto-mvn"}
@@ -175,8 +173,14 @@ def findings_of(summary: dict) -> list[Finding] | None:
     return None
 
 
+_CERTIFYING = ("self_certified", "reference_agrees", "uncompared_certified")
+
+
 def _decisive(findings: list[Finding], label: str) -> list[Finding]:
-    return [f for f in findings if f.allows == label and f.kind in _HEADLINES]
+    """The findings that allow exactly the verdict's label; for ``trustworthy``, those that
+    certify first (a mode holding no mass to speak of allows it too, but says less)."""
+    found = [f for f in findings if f.allows == label and f.kind in _HEADLINES]
+    return sorted(found, key=lambda f: f.kind not in _CERTIFYING)
 
 
 def _worst(details: list, key=lambda d: abs(d[1])):
@@ -258,21 +262,16 @@ _HEADLINES = {
     ),
     "psis_means": lambda x: f"Importance sampling moves the means of {_count(x['names'])}.",
     "psis_sds": lambda x: f"Importance sampling changes the sds of {_count(x['names'])}.",
-    "means_measured": lambda x: (
-        "Importance sampling confirms q's means, but the error bounds are too wide to "
-        "certify its sds."
-    ),
-    "bound_means": lambda x: (
-        f"The error bounds allow mean errors up to {x['worst_ratio']:.2g} sd (`{x['worst']}`)."
-    ),
-    "bound_sds": lambda x: (
-        f"The means are certified, but the bounds allow sd errors up to {x['worst_ratio']:.2g} sd."
+    "psis_unsettled": lambda x: (
+        f"Importance sampling finds {_count(x['names'])} just off the tolerances, within its "
+        "Monte Carlo error: not certified."
     ),
     "uncompared_off": lambda x: (
         f"Importance sampling finds {_count(x['names'])} that the reference lacks off."
     ),
     "self_certified": lambda x: (
-        f"q's own draws certify it: k-hat {x['khat']:.2f}, error bounds within tolerance."
+        f"q's own draws certify it: k-hat {x['khat']:.2f}, and importance sampling confirms "
+        "its means and sds."
     ),
     "no_shared_element": lambda x: "The reference shares no element with the model.",
 }

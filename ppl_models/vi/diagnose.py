@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import diagnostics
+from .. import diagnostics, importance
 from ..svi import default_dtype
 from . import bounds as vb
 from .compare import SUMMARY_DRAWS, compare
@@ -45,7 +45,7 @@ class Diagnosis:
     Attributes
     ----------
     summary
-        The content of ``summary.json`` (issue 7's keys and more).
+        The content of ``summary.json``: every number of the report.
     idata
         ArviZ InferenceData: ``posterior`` (variational draws, one variable per latent and
         deterministic site, ``(chain, draw, *shape)``, thinned to at most 10,000 draws),
@@ -163,7 +163,7 @@ def discrete_marginals(fit, *, draws: int = 2000, seed: int = 0) -> dict[str, di
     )
     smoothed, _ = diagnostics.psis_smooth(log_w)
     weights = np.exp(smoothed)
-    ess = diagnostics.importance_ess(log_w)
+    ess = importance.importance_ess(log_w)
     return {
         site: {"probabilities": np.tensordot(weights, probs, axes=1), "draws": n, "ess": ess}
         for site, probs in conditionals.items()
@@ -173,6 +173,17 @@ def discrete_marginals(fit, *, draws: int = 2000, seed: int = 0) -> dict[str, di
 def _largest_plate(fit) -> int:
     sizes = [v.shape[0] for v in fit.data.values() if hasattr(v, "shape") and len(v.shape)]
     return max(sizes, default=1)
+
+
+MODE_BUDGET_SECONDS = 2.0  # the mode search's time at least, whatever the fit took
+MODE_BUDGET_SHARE = 0.25  # and at most this share of the fit's time beyond that
+
+
+def mode_budget(fit) -> float:
+    """Seconds the search for missed modes may take: :data:`MODE_BUDGET_SECONDS`, or a quarter
+    of what the fit took when that is more (the search's L-BFGS runs cost about what the fit's
+    steps do, and a large model's fit says how dear each is)."""
+    return max(MODE_BUDGET_SECONDS, MODE_BUDGET_SHARE * float(getattr(fit, "seconds", 0.0)))
 
 
 def unconstrained_mode(fit) -> str | None:
@@ -238,8 +249,8 @@ def diagnose(
         see a missed mode without a reference.
     context
         A ``torchrun`` job's :class:`~ppl_models.distributed.Context`: every rank makes its
-        share of the draws, and rank 0 alone does the rest (mode search, reference,
-        statistics, verdict).
+        share of the draws and runs its share of the mode search's starts, and rank 0 alone
+        does the rest (reference, statistics, verdict).
 
     Returns
     -------
@@ -304,10 +315,24 @@ def _diagnosis(
         max_plate_nesting=int(getattr(fit, "max_plate_nesting", 1) or 0),
         chunk=chunk,
         device=getattr(fit, "device", None),
+        data_plate=(getattr(fit, "settings", None) or {}).get("data_plate"),
     )
-    if lw is None:  # a rank other than 0: its draws went to rank 0
-        return None
     timings["draws"] = time.perf_counter() - t0
+
+    t = time.perf_counter()  # first: the other ranks share it, and need not wait for the rest
+    modes = search_modes(
+        fit.model,
+        fit.data,
+        lw,
+        starts=mode_starts,
+        seed=seed,
+        discrete=getattr(fit, "discrete", None),
+        budget=mode_budget(fit),
+        context=context,
+    )
+    if modes is None:  # a rank other than 0: its draws and minima went to rank 0
+        return None
+    timings["mode_search"] = time.perf_counter() - t
 
     t = time.perf_counter()
     site_shapes = {k: tuple(v.shape[1:]) for k, v in lw.values.items()}
@@ -321,11 +346,11 @@ def _diagnosis(
     s = len(log_w)
     smoothed, khat = diagnostics.psis_smooth(log_w)
     threshold = diagnostics.khat_threshold(s)
-    ess = diagnostics.importance_ess(log_w)
-    elbo = vb.elbo(log_w)
-    cubo = vb.cubo2(log_w)
-    d2 = vb.d2_bound(log_w)
-    iw, iw_se = vb.iw_bounds(log_w)
+    ess = importance.importance_ess(log_w)
+    elbo = importance.elbo(log_w)
+    cubo = importance.cubo2(log_w)
+    d2 = importance.d2_bound(log_w)
+    iw, iw_se = importance.iw_bounds(log_w)
     coords, joint = _coordinates(lw, d2)
     if ref is not None:
         _measured_unconstrained_errors(coords, lw, ref)
@@ -338,17 +363,6 @@ def _diagnosis(
     }
     rows = compare(lw.values, kinds, psis, ref, lw.moments.q_moments(), s)
     timings["compare"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    modes = search_modes(
-        fit.model,
-        fit.data,
-        lw,
-        starts=mode_starts,
-        seed=seed,
-        discrete=getattr(fit, "discrete", None),
-    )
-    timings["mode_search"] = time.perf_counter() - t
 
     converged = bool(getattr(fit, "converged", False))
     verdict = decide(
@@ -380,10 +394,21 @@ def _diagnosis(
     if ref is not None:
         notes += ref.notes
     if mode_starts > 0:
+        split, each = (
+            (f", split across {modes.ranks} processes", " on each") if modes.ranks > 1 else ("", "")
+        )
         notes.append(
-            f"Mode search: {modes.starts} L-BFGS starts (half uniform in (-2, 2) in the "
-            f"unconstrained space, half from the prior), {modes.minima} reached a minimum, "
-            f"{len(modes.modes)} distinct mode(s), {len(modes.missed)} of them outside q's draws."
+            f"Mode search: {modes.run} of {modes.starts} L-BFGS starts (half uniform in (-2, 2) "
+            f"in the unconstrained space, half from the prior{split}) in {modes.seconds:.1f} s "
+            f"(its budget: {mode_budget(fit):.1f} s{each}), {modes.in_q} of them stopped inside "
+            f"q's own region, {modes.minima} reached a minimum, {len(modes.modes)} distinct "
+            f"mode(s), {len(modes.missed)} of them outside q's draws."
+            + (
+                f" The budget left {modes.starts - modes.run} start(s) unrun: a mode only they "
+                "would have found is not ruled out."
+                if modes.run < modes.starts
+                else ""
+            )
             + (
                 ""
                 if modes.minima
@@ -447,6 +472,8 @@ def _diagnosis(
         "verdict_checks": verdict.checks,
         "mode_search": modes.to_dict() if mode_starts > 0 else None,
         "discrete_sites": list(fit.discrete.sites) if getattr(fit, "discrete", None) else [],
+        "point_estimates": (getattr(fit, "extras", None) or {}).get("point_estimates"),
+        "fit_restart": (getattr(fit, "extras", None) or {}).get("restart"),
         "discrete_marginals": None
         if marginals is None
         else {

@@ -341,13 +341,14 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
     )
     if plate is not None and (settings.batch_size or context.parallel):
         notes.append(_plate_note(plate, settings.batch_size, context))
+    minibatched = plate is not None and 0 < settings.batch_size < plate.size
     if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
         seed_everything(rank_seed(settings.seed, context.rank))
     params = _unique([*loss_fn.parameters(), *module_parameters(problem.modules)])
     optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
     decay = (settings.lr_final / settings.lr) ** (1.0 / settings.steps)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
-    recorder = _Recorder(params, settings, hooks, scheduler, fitted, context)
+    recorder = _Recorder(params, settings, hooks, scheduler, fitted, context, minibatched)
     validation = contextlib.nullcontext() if settings.validate else pyro.validation_enabled(False)
     with validation, context.lost_ranks_reported():
         result = train(
@@ -363,7 +364,9 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
     if not recorder.average_into_parameters():
         notes.append("The fit stopped before the averaging window; the last iterate is used.")
     losses = np.asarray(recorder.losses, dtype=np.float64)
-    convergence = convergence_report(losses, settings.eval_every, settings.tolerance)
+    convergence = convergence_report(
+        losses, settings.eval_every, settings.tolerance, subsampled=minibatched
+    )
     window_losses = losses[recorder.first :] if len(losses) > recorder.first else losses
     if not convergence["held"]:
         notes.append(f"The convergence rule {convergence['status']}.")
@@ -727,8 +730,11 @@ class _Recorder:
     the iterates of the averaging window, logs, applies the convergence rule when asked to stop
     early, and calls the caller's hooks."""
 
-    def __init__(self, params, settings: FitSettings, hooks: FitHooks, scheduler, guide, context):
+    def __init__(
+        self, params, settings: FitSettings, hooks: FitHooks, scheduler, guide, context, subsampled
+    ):
         self.params, self.settings, self.hooks = params, settings, hooks
+        self.subsampled = subsampled
         self.scheduler, self.guide, self.context = scheduler, guide, context
         self.first = int(settings.steps * (1 - settings.average_window))
         self.sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
@@ -751,7 +757,10 @@ class _Recorder:
         if window_end:
             extra["elbo_window_mean"] = -float(np.mean(self.losses[-s.eval_every :]))
             if s.stop_early and step + 1 >= 2 * s.eval_every:
-                stop = convergence_report(np.array(self.losses), s.eval_every, s.tolerance)["held"]
+                report = convergence_report(
+                    np.array(self.losses), s.eval_every, s.tolerance, subsampled=self.subsampled
+                )
+                stop = report["held"]
         on_log = self.hooks.on_log
         if on_log is not None and (
             step % self.hooks.log_every == 0 or window_end or step + 1 == s.steps

@@ -35,6 +35,7 @@ from torch.distributions import biject_to
 
 from ..distributed import Context, rank_seed
 from ..svi import local_params
+from .data_plate import subsampled
 from .enumeration import (
     Discrete,
     conditional_marginals,
@@ -43,7 +44,7 @@ from .enumeration import (
     marginal_log_joint,
 )
 from .settings import DiagnosisSettings
-from .traces import log_prob_per_draw, per_draw_value, under_plate
+from .traces import log_prob_per_draw, per_draw_value, sum_per_draw, under_plate
 from .vmapped import log_joint_fn, split
 
 DRAW_PLATE = "_ppl_models_draws"
@@ -141,7 +142,7 @@ class LogWeights:
         columns, names = [], []
         for site in self.latent_sites:
             u = self.unconstrained[site]
-            flat = u.reshape(len(u), -1)
+            flat = u.reshape(len(u), int(np.prod(u.shape[1:])))  # also without draws
             columns.append(flat)
             names.extend(element_names(site, u.shape[1:]))
         if not columns:
@@ -235,6 +236,77 @@ def _chunk_size(model_trace, guide_trace, requested: int | None) -> int:
                 per_draw += site["value"].numel() + site["log_prob"].numel()
     # intermediate tensors of the model's arithmetic: allow a few times the sites' own size
     return int(max(1, min(20_000, _CHUNK_ELEMENTS // max(4 * per_draw, 1))))
+
+
+SLICED_DRAWS = 16  # draws per chunk when the data plate is evaluated in slices
+
+
+def _data_slices(model_trace, guide_trace, plate: str | None) -> tuple[int, int] | None:
+    """``(N, b)`` when one draw's tensors over the data plate ``plate`` (of ``N``
+    observations) exceed the chunk's budget and the plate holds observations only: its
+    log-likelihood is then evaluated ``b`` observations at a time; None otherwise."""
+    if plate is None:
+        return None
+    size, in_plate, per_draw = None, 0, 0
+    for trace in (model_trace, guide_trace):
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            elements = site["value"].numel() + site["log_prob"].numel()
+            per_draw += elements
+            frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+            if frame is None:
+                continue
+            if trace is guide_trace or not site["is_observed"] or _is_deterministic(site):
+                return None  # a latent or a derived quantity in the plate: not sliced
+            size, in_plate = frame.size, in_plate + elements
+    if size is None or 4 * SLICED_DRAWS * per_draw <= _CHUNK_ELEMENTS:
+        return None
+    per_observation = in_plate / size
+    slice_size = int(_CHUNK_ELEMENTS // (4 * SLICED_DRAWS * per_observation))
+    return size, max(1, min(size, slice_size))
+
+
+def _sliced_chunk(model, guide, data, n, max_plate_nesting, sites, plate, size, slice_size):
+    r"""``n`` draws, the data plate's log-likelihood summed over slices of ``slice_size`` of its
+    ``size`` observations (each slice's terms, which Pyro scales by ``size / slice``, scaled
+    back); the terms outside the plate, and the sites' values, come from the first slice."""
+    dim = -(max_plate_nesting + 1)
+    guide_trace = poutine.trace(under_plate(guide, DRAW_PLATE, n, dim)).get_trace(**data)
+    guide_trace.compute_log_prob()
+    plated = under_plate(model, DRAW_PLATE, n, dim)
+    log_joint, first = 0.0, None
+    for start in range(0, size, slice_size):
+        indices = torch.arange(start, min(size, start + slice_size), device=_device(guide_trace))
+        with subsampled(plate, indices):
+            trace = poutine.trace(poutine.replay(plated, trace=guide_trace)).get_trace(**data)
+        trace.compute_log_prob()
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if any(f.name == plate for f in site["cond_indep_stack"]):
+                log_joint = log_joint + sum_per_draw(site["log_prob"], n, dim) * (
+                    len(indices) / size
+                )
+            elif first is None:
+                log_joint = log_joint + sum_per_draw(site["log_prob"], n, dim)
+        if first is None:
+            first = trace
+    values, unconstrained = {}, {}
+    for s in sites:
+        node = first.nodes[s.name]
+        values[s.name] = per_draw_value(node["value"], n, s.shape, s.name)
+        if s.kind == "latent":
+            u = biject_to(node["fn"].support).inv(node["value"])
+            unconstrained[s.name] = per_draw_value(u, n, s.unconstrained_shape, s.name)
+    return log_joint, log_prob_per_draw(guide_trace, n, dim), values, unconstrained
+
+
+def _device(trace) -> torch.device:
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and isinstance(site["value"], torch.Tensor):
+            return site["value"].device
+    return torch.device("cpu")
 
 
 def _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites, discrete=None):
@@ -384,8 +456,11 @@ class Drawer:
         chunk: int | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
+        data_plate: str | None = None,
     ):
         self.model, self.guide, self.data = model, guide, data
+        self.data_plate = data_plate
+        self.slices: tuple[int, int] | None = None  # (plate size, slice) when sliced
         self.vectorized, self.unconstrained = vectorized, unconstrained
         self.nesting, self.discrete = max_plate_nesting, discrete
         self._chunk, self._seed = chunk, seed
@@ -408,6 +483,10 @@ class Drawer:
         guide_trace.compute_log_prob()
         self.sites = _model_sites(model_trace, skip=self.discrete.sites if self.discrete else ())
         self.size = _chunk_size(model_trace, guide_trace, self._chunk) if self.vectorized else 1
+        if self.vectorized and not self.unconstrained and not self.discrete and self._chunk is None:
+            self.slices = _data_slices(model_trace, guide_trace, self.data_plate)
+            if self.slices is not None:
+                self.size = SLICED_DRAWS
         return self
 
     def __exit__(self, *exc) -> None:
@@ -432,6 +511,17 @@ class Drawer:
             if self.unconstrained:
                 part = _unconstrained_chunk(
                     self.model, self.guide, self.data, n, self.sites, self.unconstrained
+                )
+            elif self.slices is not None:
+                part = _sliced_chunk(
+                    self.model,
+                    self.guide,
+                    self.data,
+                    n,
+                    self.nesting,
+                    self.sites,
+                    self.data_plate,
+                    *self.slices,
                 )
             elif self.vectorized:
                 part = _vectorized_chunk(
@@ -462,20 +552,34 @@ class Drawer:
                 raise ValueError(
                     "the model or guide gives non-finite log densities on almost every guide draw"
                 )
-        return LogWeights(
+        return dataclasses.replace(
+            self.layout(),
             log_joint=np.concatenate([p[0] for p in parts]),
             log_q=np.concatenate([p[1] for p in parts]),
             values={s.name: np.concatenate([p[2][s.name] for p in parts]) for s in self.sites},
             unconstrained={
                 name: np.concatenate([p[3][name] for p in parts]) for name in self.latent_sites
             },
+            seconds=seconds,
+            notes=notes,
+        )
+
+    def layout(self) -> LogWeights:
+        """No draws, only their layout: the sites, each latent site's unconstrained shape,
+        transform and bijection (this drawer's own, as of its first draw). What a rank whose
+        draws went to rank 0 needs to evaluate the model in q's unconstrained space."""
+        latent = [s for s in self.sites if s.kind == "latent"]
+        return LogWeights(
+            log_joint=np.zeros(0),
+            log_q=np.zeros(0),
+            values={s.name: np.zeros((0, *s.shape)) for s in self.sites},
+            unconstrained={s.name: np.zeros((0, *s.unconstrained_shape)) for s in latent},
             latent_sites=self.latent_sites,
             deterministic_sites=self.deterministic_sites,
             vectorized=self.vectorized,
-            seconds=seconds,
-            transforms={s.name: s.transform for s in self.sites if s.kind == "latent"},
-            bijections={s.name: s.bijection for s in self.sites if s.kind == "latent"},
-            notes=notes,
+            seconds=0.0,
+            transforms={s.name: s.transform for s in latent},
+            bijections={s.name: s.bijection for s in latent},
         )
 
 

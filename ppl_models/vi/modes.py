@@ -25,6 +25,11 @@ and Stan's dispersed initial values do):
    :math:`|\mu^*_i - \mu_{q,i}| / \sigma^*_i` and the sd ratio :math:`\sigma_{q,i}/\sigma^*_i`
    that the verdict (:mod:`ppl_models.vi.verdict`) holds to its usual tolerances.
 
+Under ``torchrun`` the starts of step 1 are split across the ranks: rank 0 makes them all (so
+with the same seed they are one process's starts) and sends them with q's means and sds, each
+rank runs its contiguous share (:func:`rank_starts`) under its own time budget, and rank 0
+gathers the minima, in the order one process would have reached them, for steps 2-4.
+
 A mode's mass counted both in :math:`\hat Z_q` and in :math:`M_m` (a mode that q half covers)
 only makes the check stricter. A search finds no mode where the density has none (a funnel's
 neck); what it cannot find, a reference must.
@@ -32,7 +37,9 @@ neck); what it cannot find, a reference must.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,9 +49,10 @@ from pyro import poutine
 from scipy import stats
 from scipy.special import logsumexp
 
+from ..distributed import Context
 from ..svi import local_params
 from .enumeration import Discrete, log_joint_at
-from .initialization import lbfgs_minimum
+from .initialization import Minimum, lbfgs_minimum
 from .logweights import LogWeights
 from .settings import DiagnosisSettings
 from .unconstrained import evaluate, parts
@@ -53,19 +61,30 @@ INIT_RADIUS = 2.0  # Stan's uniform(-2, 2) initial values in the unconstrained s
 ELLIPSOID_LEVEL = 0.99
 MIN_VISITED = 0.01
 MODE_ITERATIONS = 100  # a mode of a 2-20-parameter model takes 10-50; a funnel has none
+MIN_STARTS = 2  # starts made whatever the budget ...
+ALL_STARTS_UP_TO = 50  # ... and all of them up to this dimension: a small search is cheap, and
+# its result must not depend on how busy the machine is
 
 
 @dataclass
 class Mode:
-    """One posterior mode in the unconstrained space: location, Laplace covariance factor,
-    log mass (Laplace), the share of q's draws in its 99% ellipsoid, and how many starts
-    reached it."""
+    """One posterior mode in the unconstrained space: location, Laplace covariance factor (or,
+    at large dimension, its diagonal ``scale`` alone), log mass (Laplace), the share of q's
+    draws in its 99% ellipsoid, and how many starts reached it."""
 
     loc: np.ndarray
-    scale_tril: np.ndarray
+    scale_tril: np.ndarray | None
     log_mass: float
     visited: float
     starts: int = 1
+    scale: np.ndarray | None = None
+
+    @property
+    def variances(self) -> np.ndarray:
+        """The Laplace variance of each coordinate."""
+        if self.scale_tril is None:
+            return self.scale**2
+        return (self.scale_tril**2).sum(axis=1)
 
 
 @dataclass
@@ -80,6 +99,10 @@ class ModeSearch:
     mean_shift: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sd_ratio: np.ndarray = field(default_factory=lambda: np.zeros(0))
     failures: list[str] = field(default_factory=list)
+    run: int = 0
+    in_q: int = 0
+    seconds: float = 0.0
+    ranks: int = 1
 
     @property
     def missed(self) -> list[Mode]:
@@ -98,6 +121,10 @@ class ModeSearch:
             "starts": self.starts,
             "minima": self.minima,
             "failures": self.failures,
+            "run": self.run,
+            "stopped_in_q": self.in_q,
+            "seconds": self.seconds,
+            "ranks": self.ranks,
             "modes_found": len(self.modes),
             "missed": [
                 {
@@ -163,6 +190,21 @@ def _prior_starts(model: Callable, data: dict, lw: LogWeights, n: int) -> list[t
     return starts
 
 
+def rank_starts(n: int, least: int, rank: int, world_size: int) -> tuple[range, int]:
+    """The starts that rank ``rank`` of ``world_size`` runs, and how many of them it runs
+    whatever the budget.
+
+    Its share is its contiguous block of the ``n`` starts
+    (:meth:`~ppl_models.distributed.Context.share`): the blocks in rank order are ``0..n-1``
+    once, so the minima gathered in rank order come in a single process's order, and a block
+    of the interleaved starts holds prior and uniform ones alike. It must run those of its
+    starts that are among the first ``least``: the starts a search always makes are the same
+    whatever the number of ranks.
+    """
+    mine = range(n)[Context(rank, world_size).share(n)]
+    return mine, max(0, min(mine.stop, least) - mine.start)
+
+
 def search_modes(
     model: Callable,
     data: dict,
@@ -172,7 +214,9 @@ def search_modes(
     seed: int = 0,
     iterations: int = MODE_ITERATIONS,
     discrete: Discrete | None = None,
-) -> ModeSearch:
+    budget: float | None = None,
+    context: Context | None = None,
+) -> ModeSearch | None:
     """Search the posterior for modes from ``starts`` points and measure what q misses.
 
     Parameters
@@ -180,43 +224,79 @@ def search_modes(
     model, data
         The model and its (converted) data.
     lw
-        The log-weight engine's draws of q (:func:`ppl_models.vi.logweights.draw_log_weights`).
+        The log-weight engine's draws of q (:func:`ppl_models.vi.logweights.draw_log_weights`);
+        on ranks other than 0, their layout is enough (:meth:`.Drawer.layout`).
     starts
         Number of L-BFGS runs (half uniform in :math:`(-2, 2)^D`, half from the prior).
     seed
         Seeds the starting points (the caller's random state is left as it was).
     discrete
         The model's discrete sites, summed out of the potential.
+    budget
+        Seconds the search may take (on each rank): no start begins after they are spent (but
+        at least :data:`MIN_STARTS` run, and every one up to :data:`ALL_STARTS_UP_TO`
+        dimensions). A start that enters q's own 99% region (q's draws' means and sds, as a
+        diagonal Gaussian) stops there: it is climbing to the mode q already covers.
+    context
+        A ``torchrun`` job's :class:`~ppl_models.distributed.Context`, on every rank: rank 0
+        makes the starting points and sends them with q's means and sds, every rank runs its
+        share of the starts (:func:`rank_starts`), and rank 0 gathers the minima, in the
+        order of one process, and does the rest. With the same seed the starts are those of
+        one process.
 
     Returns
     -------
-    ModeSearch
+    ModeSearch or None
+        None on ranks other than 0.
     """
+    ctx = context or Context()
     u, names = lw.unconstrained_matrix()
     d = u.shape[1]
     result = ModeSearch(
-        starts=starts, minima=0, names=names, mean_shift=np.zeros(d), sd_ratio=np.ones(d)
+        starts=starts,
+        minima=0,
+        names=names,
+        mean_shift=np.zeros(d),
+        sd_ratio=np.ones(d),
+        ranks=ctx.world_size,
     )
-    if d == 0 or starts < 1:
-        return result
+    if d == 0 or starts < 1:  # the same on every rank (one model, one setting): no collective
+        return result if ctx.is_main else None
     energy = potential(model, data, lw, discrete)
+    level = stats.chi2.ppf(ELLIPSOID_LEVEL, d)
+    began = time.perf_counter()
     with local_params(), torch.random.fork_rng():
-        torch.manual_seed(seed)
-        points = _prior_starts(model, data, lw, starts // 2)
-        uniform = (torch.rand(starts - len(points), d, dtype=torch.float64) * 2 - 1) * INIT_RADIUS
-        points += list(uniform)
-        minima = [lbfgs_minimum(energy, p, iterations) for p in points]
+        points, q_mean, q_sd = ctx.on_main(lambda: _starting_points(model, data, lw, starts, seed))
+
+        def in_q(z: torch.Tensor) -> bool:
+            return float((((z - q_mean) / q_sd) ** 2).sum()) <= level
+
+        always = len(points) if d <= ALL_STARTS_UP_TO else MIN_STARTS
+        share, least = rank_starts(len(points), always, ctx.rank, ctx.world_size)
+        mine = []
+        for i in share:
+            spent = time.perf_counter() - began
+            if budget is not None and len(mine) >= least and spent > budget:
+                break
+            mine.append(_portable(lbfgs_minimum(energy, points[i], iterations, stop=in_q)))
+    parts = ctx.gather(mine)
+    if parts is None:
+        return None
+    minima = [m for part in parts for m in part]
+    result.seconds = time.perf_counter() - began
+    result.run = len(minima)
+    result.in_q = sum(m.stopped for m in minima)
     result.failures = sorted({m.failure for m in minima if m.failure is not None})
     minima = [m for m in minima if m.converged]
     result.minima = len(minima)
-    level = stats.chi2.ppf(ELLIPSOID_LEVEL, d)
     for m in minima:
         loc = m.point.cpu().numpy()
-        tril = m.scale_tril.cpu().numpy()
+        tril = None if m.scale_tril is None else m.scale_tril.cpu().numpy()
+        scale = m.diag_scale.cpu().numpy()
         with torch.no_grad():
             log_mass = float(-energy(m.point)) + 0.5 * d * math.log(2 * math.pi)
-        log_mass += float(np.log(np.diagonal(tril)).sum())
-        new = Mode(loc, tril, log_mass, visited=0.0)
+        log_mass += float(np.log(np.diagonal(tril) if tril is not None else scale).sum())
+        new = Mode(loc, tril, log_mass, visited=0.0, scale=scale)
         same = next(
             (k for k in result.modes if _inside(k, loc, level) or _inside(new, k.loc, level)),
             None,
@@ -224,8 +304,8 @@ def search_modes(
         if same is not None:
             same.starts += 1
             continue
-        z = np.linalg.solve(tril, (u - loc).T)
-        new.visited = float(np.mean(np.sum(z**2, axis=0) <= level))
+        z = _whitened(new, u)
+        new.visited = float(np.mean(np.sum(z**2, axis=1) <= level))
         result.modes.append(new)
     log_w = lw.log_weights
     result.log_mass_q = float(logsumexp(log_w) - math.log(len(log_w)))
@@ -234,8 +314,7 @@ def search_modes(
     rest = 1.0 - shares.sum()
     mean = rest * mean_q + sum(f * m.loc for f, m in zip(shares, result.missed, strict=True))
     second = rest * (var_q + mean_q**2) + sum(
-        f * ((m.scale_tril**2).sum(axis=1) + m.loc**2)
-        for f, m in zip(shares, result.missed, strict=True)
+        f * (m.variances + m.loc**2) for f, m in zip(shares, result.missed, strict=True)
     )
     sd = np.sqrt(np.maximum(second - mean**2, 0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -246,5 +325,49 @@ def search_modes(
 
 def _inside(mode: Mode, loc: np.ndarray, level: float) -> bool:
     """Whether ``loc`` lies in ``mode``'s ellipsoid at ``level`` (chi-square quantile)."""
-    z = np.linalg.solve(mode.scale_tril, loc - mode.loc)
+    z = _whitened(mode, loc[None, :])[0]
     return float(z @ z) <= level
+
+
+def _whitened(mode: Mode, x: np.ndarray) -> np.ndarray:
+    r"""Rows of ``x`` in the mode's Laplace coordinates, :math:`L^{-1}(x - \hat u)`."""
+    if mode.scale_tril is None:
+        return (x - mode.loc) / mode.scale
+    return np.linalg.solve(mode.scale_tril, (x - mode.loc).T).T
+
+
+def _starting_points(
+    model: Callable, data: dict, lw: LogWeights, n: int, seed: int
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The ``n`` starting points (prior draws and uniform ones in turns, seeded by ``seed``)
+    and q's means and sds in the unconstrained space: what every rank's starts need."""
+    u, _ = lw.unconstrained_matrix()
+    torch.manual_seed(seed)
+    prior = _prior_starts(model, data, lw, n // 2)
+    uniform = (torch.rand(n - len(prior), u.shape[1], dtype=torch.float64) * 2 - 1) * INIT_RADIUS
+    q_mean, q_sd = torch.as_tensor(u.mean(axis=0)), torch.as_tensor(u.std(axis=0) + 1e-300)
+    return _interleave(prior, list(uniform)), q_mean, q_sd
+
+
+def _portable(m: Minimum) -> Minimum:
+    """``m`` as rank 0 needs it, small and on the CPU: its last point (not its path), its
+    Laplace factors and how it ended."""
+
+    def cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().cpu()
+
+    return dataclasses.replace(
+        m,
+        path=[cpu(m.point)],
+        precision=None,
+        scale_tril=cpu(m.scale_tril),
+        diag_scale=cpu(m.diag_scale),
+    )
+
+
+def _interleave(first: list, second: list) -> list:
+    """``first`` and ``second`` taken in turns (a budget that stops early keeps both kinds)."""
+    out = []
+    for i in range(max(len(first), len(second))):
+        out += first[i : i + 1] + second[i : i + 1]
+    return out

@@ -97,14 +97,15 @@ def draw_by_precision(
     context=None,
     seed: int = 0,
     **drawer_options,
-) -> LogWeights | None:
+) -> LogWeights:
     """Draw in rounds until the verdict's quantities are resolved or ``draws`` are made
     (module docstring); ``loop_draws`` caps a model run one draw at a time.
 
     Returns :class:`~ppl_models.vi.logweights.LogWeights` whose ``log_joint``/``log_q`` hold
     every draw, ``values``/``unconstrained`` the kept ones, ``moments`` the stream of all of
-    them and ``draws_reason`` why :math:`S` is what it is; None on ranks other than 0 (each
-    rank draws its share of every round, rank 0 decides for all).
+    them and ``draws_reason`` why :math:`S` is what it is. Each rank draws its share of every
+    round and rank 0 decides for all: the other ranks get the draws' layout alone
+    (:meth:`~ppl_models.vi.logweights.Drawer.layout`, no draws), for the mode search they share.
     """
     start = time.perf_counter()
     parallel = context is not None and context.parallel
@@ -156,7 +157,7 @@ def draw_by_precision(
                 break
             target = min(cap, 2 * target)
     if parallel and not context.is_main:
-        return None
+        return drawer.layout()
     seconds = time.perf_counter() - start
     lw = drawer.log_weights(kept, seconds, notes)
     return dataclasses.replace(

@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from .. import diagnostics
 from ..report import Badge, Details, Figure, KeyNumber, Num, Report, Table, format_seconds
 from ..report import write_report as write_html
@@ -24,6 +26,7 @@ from ..runs import (
 )
 from . import advice
 from . import figures as vf
+from .logweights import element_names
 from .verdict import VerdictRules, reference_checks
 
 SIDE_BY_SIDE = "side-by-side"  # the anchors that the first screen's numbers link to
@@ -570,7 +573,63 @@ def tables(s: dict) -> list[Table]:
             fit,
             note=f"Convergence rule: {s.get('convergence_rule') or 'none recorded'}.",
         ),
+        *_discrete_tables(s),
+        *_point_estimate_tables(s),
         Table("Timings", time_columns, [time_row], anchor=TIMINGS, keep_empty=True),
+    ]
+
+
+TABLE_ROWS = 60  # rows of a per-element table before the rest is left to summary.json
+
+
+def _discrete_tables(s: dict) -> list[Table]:
+    """Each summed-out discrete site's posterior probabilities, one row per element."""
+    marginals = s.get("discrete_marginals") or {}
+    out = []
+    for site, m in marginals.items():
+        probabilities = np.asarray(m["probabilities"], dtype=float)
+        support = probabilities.shape[-1]
+        flat = probabilities.reshape(-1, support)
+        names = element_names(site, probabilities.shape[:-1])
+        rows = [
+            [name, *(Num(p, digits=3) for p in row)] for name, row in zip(names, flat, strict=True)
+        ]
+        shown = (
+            f"; the first {TABLE_ROWS} of {len(rows)} elements" if len(rows) > TABLE_ROWS else ""
+        )
+        out.append(
+            Table(
+                f"Discrete site {site}: posterior probabilities",
+                ["element", *(f"p({site} = {k})" for k in range(support))],
+                rows[:TABLE_ROWS],
+                note=f"{site} is summed out by enumeration; p(k | x) is the PSIS-weighted average "
+                f"of its exact conditional probabilities over {m['draws']:,} guide draws "
+                f"(importance ESS {m['ess']:.0f}){shown}; summary.json and posterior.nc "
+                "(group discrete_marginals) hold every element.",
+            )
+        )
+    return out
+
+
+def _point_estimate_tables(s: dict) -> list[Table]:
+    """The model's own parameters, fitted as point estimates."""
+    estimates = s.get("point_estimates") or {}
+    if not estimates:
+        return []
+    rows = []
+    for name, value in estimates.items():
+        value = np.asarray(value, dtype=float)
+        for element, v in zip(element_names(name, value.shape), value.ravel(), strict=True):
+            rows.append([element, Num(v, digits=4)])
+    return [
+        Table(
+            "The model's own parameters (point estimates)",
+            ["parameter", "value"],
+            rows[:TABLE_ROWS],
+            note="pyro.param sites of the model (and a module's own weights), fitted with the "
+            "guide to maximise the ELBO (type-II maximum likelihood): the posterior above, and "
+            "every check of it, is conditional on these values.",
+        )
     ]
 
 

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .bounds import WeightedMoments
+from ..importance import WeightedMoments
 
 
 def tail_size(draws: int) -> int:
@@ -99,7 +99,7 @@ class MomentStream:
         return self._center + mean_c, np.sqrt(var)
 
     def psis_moments(self, smoothed: np.ndarray) -> WeightedMoments:
-        """The PSIS-corrected moments (as :func:`ppl_models.vi.bounds.weighted_moments` gives
+        """The PSIS-corrected moments (as :func:`ppl_models.importance.weighted_moments` gives
         them from every draw), from the normalised smoothed log weights of all draws."""
         raw = self.all_log_w
         smoothed = np.asarray(smoothed, dtype=np.float64)

@@ -8,7 +8,6 @@ every rule is stated once, in the code that applies it and in the words built fr
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -141,8 +140,8 @@ def _reference_marginal(x: dict) -> str:
 def _self_khat(x: dict) -> str:
     return (
         f"Without a reference nothing certifies the fit: k-hat = {_fmt(x['khat'])} is above "
-        f"{x['limit']:g}, so E_q[w^2] may be infinite and d_2 and the error bounds "
-        "cannot be estimated."
+        f"its threshold {x['limit']:.2g}, so Pareto-smoothed importance sampling cannot measure "
+        "the posterior's moments from q's draws."
     )
 
 
@@ -154,35 +153,9 @@ def _self_ess(x: dict) -> str:
     )
 
 
-def _bound_means(x: dict) -> str:
-    return (
-        f"The mean-error bounds are too wide for {names(x['names'])} (unconstrained "
-        f"space): d_2 = {x['d2']:.3g} allows a mean error of up to "
-        f"{x['worst_ratio']:.3g} sd ({x['worst']}), above {x['tolerance']:g} sd."
-    )
-
-
 def _psis_means(x: dict) -> str:
     detail = "; ".join(f"{n}: q {m:.4g} vs PSIS {_fmt(p)}" for n, m, p in x["details"][:8])
     return f"Importance sampling moves the means of {names(x['names'])}: {detail}."
-
-
-def _means_measured(x: dict) -> str:
-    return (
-        "Importance sampling (k-hat <= "
-        f"{x['khat_bounds']:g}) finds q's means right within {x['mean_tolerance']:g} sd, "
-        "so the means can be used; with the bounds this loose, the sds cannot be certified."
-    )
-
-
-def _bound_sds(x: dict) -> str:
-    e = math.expm1(x["d2"]) if x["d2"] < 700 else math.inf
-    return (
-        f"The means are certified (d_2 = {x['d2']:.3g}, e^d2 - 1 = {e:.3g}; every mean-error "
-        f"bound <= {x['mean_tolerance']:g} sd), but the sds are not: the W2 bound "
-        f"allows an sd error of up to {x['worst_ratio']:.3g} sd "
-        f"({names(x['names'])}), above {x['tolerance']:g} sd."
-    )
 
 
 def _psis_sds(x: dict) -> str:
@@ -190,12 +163,21 @@ def _psis_sds(x: dict) -> str:
     return f"Importance sampling changes the sds of {names(x['names'])}: {detail}."
 
 
+def _psis_unsettled(x: dict) -> str:
+    return (
+        f"The PSIS-corrected moments of {names(x['names'])} differ from q's by more than "
+        f"{x['mean_tolerance']:g} sd (means) or {x['sd_tolerance']:g} (sd ratios), though within "
+        "their Monte Carlo error: not certified; the means can be used."
+    )
+
+
 def _self_certified(x: dict) -> str:
     return (
-        f"Where q puts mass, its own draws certify it: k-hat = {x['khat']:.3g}, d_2 = "
-        f"{x['d2']:.3g}; the error bounds allow at most {x['worst_mean']:.3g} sd of mean error "
-        f"and {x['worst_sd']:.3g} sd of sd error in the guide's unconstrained space, and "
-        "PSIS-corrected means and sds agree with q's."
+        f"Where q puts mass, its own draws certify it: k-hat = {x['khat']:.3g} (threshold "
+        f"{x['threshold']:.2g}), and the PSIS-corrected means and sds of all {x['elements']} "
+        f"elements agree with q's (largest differences {x['worst_mean']:.2g} sd in a mean and "
+        f"{x['worst_sd']:.1%} in an sd). VIABEL's worst-case bound on a mean error is "
+        f"{x['bound_mean']:.2g} sd (d_2 = {x['d2']:.3g})."
     )
 
 
@@ -210,8 +192,9 @@ def _missed_modes(x: dict) -> str:
         + f" ({m['share']:.2%})"
         for m in missed[:3]
     )
+    split = f" split across {x['ranks']} processes" if x["ranks"] > 1 else ""
     found = (
-        f"A mode search ({x['starts']} L-BFGS starts) found {len(missed)} posterior "
+        f"A mode search ({x['starts']} L-BFGS starts{split}) found {len(missed)} posterior "
         f"mode{'s' if len(missed) > 1 else ''} that q never visits, holding an estimated "
         f"{x['share']:.2%} of the posterior mass (Laplace approximation); unconstrained space: "
         f"{where}."
@@ -248,11 +231,9 @@ _SENTENCES: dict[str, Callable[[dict], str]] = {
     "reference_marginal": _reference_marginal,
     "self_khat": _self_khat,
     "self_ess": _self_ess,
-    "bound_means": _bound_means,
     "psis_means": _psis_means,
-    "means_measured": _means_measured,
-    "bound_sds": _bound_sds,
     "psis_sds": _psis_sds,
+    "psis_unsettled": _psis_unsettled,
     "self_certified": _self_certified,
 }
 
@@ -278,15 +259,14 @@ def describe_rules(rules: VerdictRules) -> list[str]:
         "thanks to it (a reference too short to resolve the tolerance, or a measured error "
         f"above the core tolerance) or compared with reference chains whose R-hat exceeds "
         f"{rules.max_r_hat:g} are judged by q's own diagnostics instead.",
-        f"Without a reference: converged, k-hat "
-        f"<= {rules.khat_bounds:g} (so E_q[w^2] is finite and d_2 is estimable) and an "
-        f"importance ESS >= max({rules.min_ess:g}, {rules.min_ess_fraction:g} S), else "
-        f"not-trustworthy; every PSIS-corrected mean within {rules.mean_tolerance:g} sd + "
-        f"{f:g} MCSE of q's, else not-trustworthy; trustworthy also needs every "
-        f"unconstrained coordinate's VIABEL mean-error bound <= "
-        f"{rules.bound_mean_tolerance:g} sd_q, sd-error bound (W2) <= "
-        f"{rules.bound_sd_tolerance:g} sd_q and every PSIS-corrected sd within "
-        f"{rules.sd_tolerance:g} + {f:g} relative MCSE of q's, else means-only.",
+        f"Without a reference: converged, PSIS k-hat within its sample-size threshold (where "
+        f"Pareto-smoothed importance sampling is reliable) and an importance ESS >= "
+        f"max({rules.min_ess:g}, {rules.min_ess_fraction:g} S), else not-trustworthy; every "
+        f"PSIS-corrected mean within {rules.mean_tolerance:g} sd + {f:g} MCSE of q's, else "
+        f"not-trustworthy; every PSIS-corrected sd within {rules.sd_tolerance:g} + {f:g} relative "
+        "MCSE of q's, else means-only; trustworthy needs the measured differences within "
+        f"{rules.mean_tolerance:g} sd and {rules.sd_tolerance:g} themselves. VIABEL's error "
+        "bounds are reported, not required.",
         "With or without a reference: posterior modes that a multi-start L-BFGS search finds "
         "and q never visits are added to q with their Laplace masses; if that moves an "
         f"unconstrained coordinate's mean by more than {rules.mean_tolerance:g} sd -> "

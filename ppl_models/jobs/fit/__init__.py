@@ -9,8 +9,9 @@ k-hat, importance-weighted bounds, CUBO, error bounds) and compares with ``--ref
 
 A script that declares its data plate (``DATA_PLATE``, or ``--set data_plate=NAME``) can be
 fitted on minibatches (``--set batch_size=B``) and data-parallel: ``--nproc N``, or
-``torchrun --nproc-per-node N -m ppl_models fit SCRIPT``. Every rank fits and makes its share of
-the diagnosis's guide draws; rank 0 alone does the rest and writes the run directory.
+``torchrun --nproc-per-node N -m ppl_models fit SCRIPT``. Every rank fits, makes its share of
+the diagnosis's guide draws and runs its share of the mode search's starts; rank 0 alone does
+the rest and writes the run directory.
 """
 
 from pathlib import Path

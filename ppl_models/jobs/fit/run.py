@@ -1,7 +1,7 @@
 """A ``ppl-models fit`` run: check the inputs, fit, diagnose, write the run directory.
 
-Under ``torchrun`` every rank fits and makes its share of the diagnosis's guide draws; rank 0
-alone does the rest and writes the run directory.
+Under ``torchrun`` every rank fits, makes its share of the diagnosis's guide draws and runs its
+share of the mode search's starts; rank 0 alone does the rest and writes the run directory.
 """
 
 from __future__ import annotations
@@ -79,9 +79,10 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
     """Do the whole run: inputs, fit, diagnosis, report. Returns ``(run, diagnosis)``.
 
     Under ``torchrun`` every rank fits (:func:`ppl_models.vi.fitting.fit_svi` with the
-    process's :class:`~ppl_models.distributed.Context`) and makes its share of the guide draws;
-    rank 0 alone does the rest of the diagnosis and writes the run directory, and the other
-    ranks return ``(run, None)`` with a run that wrote nothing.
+    process's :class:`~ppl_models.distributed.Context`), makes its share of the guide draws and
+    runs its share of the mode search's starts; rank 0 alone does the rest of the diagnosis and
+    writes the run directory, and the other ranks return ``(run, None)`` with a run that wrote
+    nothing.
     A model that raises while fitting or being diagnosed ends the run with ``summary.json``
     saying ``"status": "failed"`` and a ``ValueError`` carrying the model's message.
     """
@@ -123,7 +124,7 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
                 raise
             except Exception as err:  # noqa: BLE001
                 raise ValueError(model_failure("diagnosis", err)) from err
-            if diagnosis is None:  # not rank 0: its draws went to rank 0, which writes
+            if diagnosis is None:  # not rank 0: its draws and minima went to rank 0, which writes
                 return run, None
             diagnosis.summary.update(
                 script=str(script.path),
