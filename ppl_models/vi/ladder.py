@@ -729,7 +729,7 @@ def psis_diagnosis(diagnosis, *, draws: int = PSIS_DRAWS, seed: int = 0):
     importance weights: the PSIS answer of the ladder's second rung.
 
     Each element's mean and sd are the PSIS estimates from all :math:`S` draws, with their Monte
-    Carlo errors (:func:`~ppl_models.vi.bounds.weighted_moments`), and its ESS the importance
+    Carlo errors (:func:`~ppl_models.importance.weighted_moments`), and its ESS the importance
     ESS; the HDI, the KS and Wasserstein distances to a reference come from up to ``draws``
     kept draws resampled with replacement in proportion to their smoothed weights (the KS
     tolerance counts the importance ESS, not the resampled copies). The verdict
