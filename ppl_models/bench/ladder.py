@@ -18,10 +18,12 @@ the same machine, one after the other:
     methods, compile time included; ``--no-numpyro`` leaves it out (NumPyro is a benchmark
     peer, never a dependency of the package).
 
-Reported: wall and process CPU seconds of each; the ratio (a)/(c) (targets: at most 0.3 where a
-variational rung certifies, at most 1.5 where only NUTS does) and (c)/(d), the NUTS rung's time
-as a ratio to NumPyro's. On a machine shared with other work the wall clock stretches; the CPU
-seconds of these single-threaded runs are close to their wall time on an idle machine.
+Reported: wall and process CPU seconds of each; each climb's answer (its rung and verdict) and
+its largest errors against the reference draws; the ratios (a)/(c) and (b)/(c) of CPU seconds
+(targets: at most 0.3 where a variational rung answers, at most 1.5 where NUTS does or nothing is
+certified) and (c)/(d), the NUTS rung's sampling time over NumPyro's. The targets are judged on
+CPU seconds: on a machine shared with other work the wall clock stretches, while the CPU time of
+these single-threaded runs is close to their wall time on an idle machine.
 """
 
 from __future__ import annotations
@@ -57,9 +59,18 @@ MODELS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``ppl-models bench ladder``; sizes left out are ``fit --auto``'s."""
     parser.add_argument("--models", help="comma-separated subset (default: all five)")
     parser.add_argument("--scripts", type=Path, default=DEFAULT_SCRIPTS, help="model scripts")
     parser.add_argument("--budget", type=float, default=900.0, help="--auto's budget (s)")
+    parser.add_argument("--steps", type=int, help="SVI steps of every fit (default fit's)")
+    parser.add_argument("--draws", type=int, help="most guide draws of each rung's diagnosis")
+    parser.add_argument("--nuts-warmup", type=int, help="the NUTS rung's warm-up iterations")
+    parser.add_argument(
+        "--nuts-draws",
+        type=int,
+        help="the NUTS rung's first draws per chain (up to 16 times as many while its checks fail)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-numpyro", action="store_true", help="leave NumPyro out")
     parser.add_argument("--no-self", action="store_true", help="leave the no-reference climb out")
@@ -70,9 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def errors(values: dict, reference) -> dict:
-    """The largest |standardised mean error| and |sd ratio - 1|, against the reference's
-    draws, over every element the reference has, with the element of each; ``values`` maps
-    sites to draws ``(N, *shape)``."""
+    r"""The largest :math:`|\bar m - \bar m_{\rm ref}| / s_{\rm ref}` and
+    :math:`|s / s_{\rm ref} - 1|` over the elements the reference draws have, with the element
+    of each and both per element (``elements``); ``values``: site -> draws ``(N, *shape)``."""
     import numpy as np
 
     from ..vi.compare import flatten_sites
@@ -90,12 +101,14 @@ def row_errors(rows: list[dict], reference) -> dict:
 
     ref = flatten_sites(reference.draws, lead=2)
     worst_mean, worst_sd = (None, 0.0), (None, 0.0)
+    each = {}
     for r in rows:
         if r["name"] not in ref:
             continue
         d = ref[r["name"]].ravel()
-        e = abs(r["mean"] - d.mean()) / d.std()
-        q = abs(r["sd"] / d.std() - 1)
+        e = float(abs(r["mean"] - d.mean()) / d.std())
+        q = float(abs(r["sd"] / d.std() - 1))
+        each[r["name"]] = [e, q]
         if e >= worst_mean[1]:
             worst_mean = (r["name"], e)
         if q >= worst_sd[1]:
@@ -106,6 +119,7 @@ def row_errors(rows: list[dict], reference) -> dict:
         "max_sd_error": worst_sd[1],
         "max_sd_error_element": worst_sd[0],
         "within_0.1sd_and_10pct": worst_mean[1] <= 0.1 and worst_sd[1] <= 0.1,
+        "elements": each,
     }
 
 
@@ -118,50 +132,69 @@ def _timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run_auto(script, data, reference, *, budget: float, seed: int) -> dict:
-    """(a)/(b): the ladder with ``reference`` (None: self-certification)."""
-    from ..vi.ladder import fit_auto
-    from ..vi.settings import LadderSettings
+def ladder_settings(args: argparse.Namespace):
+    """The climb's :class:`~ppl_models.vi.settings.LadderSettings` and the fits'
+    :class:`~ppl_models.vi.settings.FitSettings` from the command's options (the defaults of
+    ``fit --auto`` where an option is not given)."""
+    import dataclasses
 
-    ladder, wall, cpu = _timed(
-        lambda: fit_auto(
-            script.model, data, reference=reference, ladder=LadderSettings(budget=budget), seed=seed
-        )
+    from ..vi.settings import FitSettings, LadderSettings, NutsLadderSettings
+
+    nuts = NutsLadderSettings()
+    if args.nuts_warmup is not None:
+        nuts = dataclasses.replace(nuts, warmup=args.nuts_warmup)
+    if args.nuts_draws is not None:
+        nuts = dataclasses.replace(nuts, draws=args.nuts_draws, max_draws=16 * args.nuts_draws)
+    ladder = LadderSettings(budget=args.budget, nuts=nuts)
+    if args.draws is not None:
+        ladder = dataclasses.replace(ladder, draws=args.draws)
+    fit = FitSettings(seed=args.seed)
+    if args.steps is not None:
+        fit = fit.replace(steps=args.steps)
+    return ladder, fit
+
+
+def run_auto(script, data, reference, check, ladder, fit) -> dict:
+    """(a)/(b): the ladder judged with ``reference`` (None: self-certification); its answer's
+    errors against ``check``, the reference draws, either way."""
+    from ..vi.ladder import fit_auto
+
+    climb, wall, cpu = _timed(
+        lambda: fit_auto(script.model, data, reference=reference, ladder=ladder, settings=fit)
     )
-    d = ladder.diagnosis
+    d = climb.diagnosis
     out = {
         "seconds": wall,
         "cpu_seconds": cpu,
-        "stopped": ladder.stopped,
-        "verdict": ladder.verdict,
-        "answer": None if ladder.answer is None else ladder.answer.rung,
-        "answer_method": None if ladder.closest is None else ladder.closest.method,
-        "rungs": [r.record() for r in ladder.rungs],
+        "stopped": climb.stopped,
+        "verdict": climb.verdict,
+        "answer": None if climb.answer is None else climb.answer.rung,
+        "answer_method": None if climb.closest is None else climb.closest.method,
+        "rungs": [r.record() for r in climb.rungs],
     }
-    if d is not None and reference is not None:
-        out["errors"] = row_errors(d.summary["parameters"], reference)
+    if d is not None:
+        out["errors"] = row_errors(d.summary["parameters"], check)
     return out
 
 
-def run_nuts_alone(script, data, reference, guide: str, *, seed: int) -> dict:
+def run_nuts_alone(script, data, reference, guide: str, ladder, settings) -> dict:
     """(c): the requested guide, then NeuTra NUTS from it, on the model as written."""
     import numpy as np
 
     from ..vi.fitting import fit_svi
     from ..vi.neutra import run_nuts
 
-    def both():
-        fit = fit_svi(script.model, guide, data, seed=seed)
-        return fit, run_nuts(fit, seed=seed)
-
-    (fit, draws), wall, cpu = _timed(both)
+    fit, fit_wall, fit_cpu = _timed(lambda: fit_svi(script.model, guide, data, settings))
+    draws, nuts_wall, nuts_cpu = _timed(lambda: run_nuts(fit, ladder.nuts, seed=settings.seed))
     values = {k: np.asarray(v).reshape(-1, *v.shape[2:]) for k, v in draws.values.items()}
     checks = {k: v for k, v in draws.checks.items() if k != "rules"}
     return {
-        "seconds": wall,
-        "cpu_seconds": cpu,
-        "fit_seconds": fit.seconds,
-        "nuts_seconds": draws.seconds,
+        "seconds": fit_wall + nuts_wall,
+        "cpu_seconds": fit_cpu + nuts_cpu,
+        "fit_seconds": fit_wall,
+        "fit_cpu_seconds": fit_cpu,
+        "nuts_seconds": nuts_wall,
+        "nuts_cpu_seconds": nuts_cpu,
         "certified": bool(checks.get("passed")),
         "checks": checks,
         "errors": errors(values, reference),
@@ -227,8 +260,9 @@ def run_numpyro(name: str, data: dict, reference, *, seed: int) -> dict:
 
     jax.config.update("jax_enable_x64", True)
     model = numpyro_twins()[name]
-    args = {
-        k: (jax.numpy.asarray(v.numpy()) if hasattr(v, "numpy") else v) for k, v in data.items()
+    args = {  # the scripts' data as their data() gives it: numbers and (nested) lists
+        k: v if isinstance(v, int | float) else jax.numpy.asarray(np.asarray(v, dtype=np.float64))
+        for k, v in data.items()
     }
     best = None
     for method in ("sequential", "vectorized"):
@@ -270,6 +304,16 @@ def run_numpyro(name: str, data: dict, reference, *, seed: int) -> dict:
 # ----------------------------------------------------------------------------- the command
 
 
+def _ratios(auto: dict, nuts: dict) -> None:
+    """A climb's time over the NUTS rung alone (wall and CPU) and its target: 0.3 where a
+    variational rung answered, 1.5 where NUTS did (or nothing was certified)."""
+    auto["over_nuts"] = auto["seconds"] / nuts["seconds"]
+    auto["over_nuts_cpu"] = auto["cpu_seconds"] / nuts["cpu_seconds"]
+    vi = auto["verdict"] == "trustworthy" and auto["answer"] != "nuts"
+    auto["target"] = AUTO_VI_TARGET if vi else AUTO_NUTS_TARGET
+    auto["meets_target"] = auto["over_nuts_cpu"] <= auto["target"]
+
+
 def _select(names: str | None):
     if not names:
         return MODELS
@@ -293,6 +337,7 @@ def main(args: argparse.Namespace) -> int:
 
     if not args.budget > 0:
         raise ValueError(f"--budget must be positive, got {args.budget}")
+    ladder, fit = ladder_settings(args)
     out = make_out_dir(args.out)
     torch.set_num_threads(1)  # the fits use one thread at these sizes; so do the samplers
     results = []
@@ -308,28 +353,26 @@ def main(args: argparse.Namespace) -> int:
         guide = "auto-normal"  # --auto's default first rung
         entry = {"model": m.name, "reference": m.reference, "guide": guide}
         print(f"{m.name}: --auto with the reference ...", file=sys.stderr, flush=True)
-        entry["auto"] = run_auto(script, data, reference, budget=args.budget, seed=args.seed)
+        entry["auto"] = run_auto(script, data, reference, reference, ladder, fit)
         if not args.no_self:
             print(f"{m.name}: --auto without a reference ...", file=sys.stderr, flush=True)
-            entry["auto_self"] = run_auto(script, data, None, budget=args.budget, seed=args.seed)
+            entry["auto_self"] = run_auto(script, data, None, reference, ladder, fit)
         print(f"{m.name}: NUTS rung alone ...", file=sys.stderr, flush=True)
-        entry["nuts_rung"] = run_nuts_alone(script, data, reference, guide, seed=args.seed)
+        entry["nuts_rung"] = run_nuts_alone(script, data, reference, guide, ladder, fit)
         if not args.no_numpyro:
             print(f"{m.name}: NumPyro ...", file=sys.stderr, flush=True)
             try:
                 entry["numpyro"] = run_numpyro(m.name, data, reference, seed=args.seed)
             except ImportError as err:
                 entry["numpyro"] = {"error": f"NumPyro is not installed ({err})"}
-        auto, nuts = entry["auto"], entry["nuts_rung"]
-        entry["auto_over_nuts"] = auto["seconds"] / nuts["seconds"]
-        entry["auto_over_nuts_cpu"] = auto["cpu_seconds"] / nuts["cpu_seconds"]
-        vi = auto["answer"] not in (None, "nuts")
-        entry["target"] = AUTO_VI_TARGET if vi else AUTO_NUTS_TARGET
-        entry["meets_target"] = entry["auto_over_nuts"] <= entry["target"]
+        nuts = entry["nuts_rung"]
+        for key in ("auto", "auto_self"):
+            if key in entry:
+                _ratios(entry[key], nuts)
         numpyro = entry.get("numpyro") or {}
         if numpyro.get("seconds"):
             entry["nuts_over_numpyro"] = nuts["nuts_seconds"] / numpyro["seconds"]
-            entry["nuts_over_numpyro_cpu"] = nuts["cpu_seconds"] / numpyro["cpu_seconds"]
+            entry["nuts_over_numpyro_cpu"] = nuts["nuts_cpu_seconds"] / numpyro["cpu_seconds"]
         results.append(entry)
         print(_line(entry), file=sys.stderr, flush=True)
     env = environment(seed=args.seed, device="cpu")
@@ -361,35 +404,65 @@ def _fmt(x, digits=1):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+CLIMBS = (("auto", "with ref"), ("auto_self", "no ref"))
+
+
 def _line(e: dict) -> str:
-    a, n = e["auto"], e["nuts_rung"]
-    err = a.get("errors") or {}
-    return (
-        f"{e['model']}: auto {a['seconds']:.1f} s ({a['answer'] or 'none'}, {a['verdict']}, "
-        f"mean err {_fmt(err.get('max_mean_error_sd'), 3)} sd, sd err "
-        f"{_fmt(err.get('max_sd_error'), 3)}); NUTS rung {n['seconds']:.1f} s "
-        f"({'certified' if n['certified'] else 'not certified'}); auto/NUTS "
-        f"{e['auto_over_nuts']:.2f} (target {e['target']})"
-    )
+    n = e["nuts_rung"]
+    parts = []
+    for key, judged in CLIMBS:
+        a = e.get(key)
+        if a is None:
+            continue
+        err = a.get("errors") or {}
+        parts.append(
+            f"auto ({judged}) {a['cpu_seconds']:.1f} CPU s, {a['answer'] or 'none'} "
+            f"{a['verdict']}, mean err {_fmt(err.get('max_mean_error_sd'), 3)} sd, sd err "
+            f"{_fmt(err.get('max_sd_error'), 3)}, over NUTS {a['over_nuts_cpu']:.2f} "
+            f"(target {a['target']})"
+        )
+    cert = "certified" if n["certified"] else "not certified"
+    parts.append(f"NUTS rung {n['cpu_seconds']:.1f} CPU s ({cert})")
+    return f"{e['model']}: " + "; ".join(parts)
+
+
+def _errs(err: dict) -> str:
+    return f"{_fmt(err.get('max_mean_error_sd'), 3):>8s} {_fmt(err.get('max_sd_error'), 3):>6s}"
 
 
 def _table(r: dict) -> str:
+    """One row per climb: its CPU and wall seconds, answer, verdict, errors against the
+    reference draws, and its CPU time over the NUTS rung's, then the NUTS rung and NumPyro."""
     head = (
-        f"{'model':27s} {'auto s':>7s} {'answer':>8s} {'mean err':>9s} {'sd err':>7s} "
-        f"{'self s':>7s} {'self ans':>9s} {'NUTS s':>7s} {'cert':>5s} {'auto/NUTS':>9s} "
-        f"{'NumPyro s':>9s} {'NUTS/NP':>8s}"
+        f"{'model':27s} {'run':>9s} {'CPU s':>6s} {'wall s':>6s} {'answer':>7s} "
+        f"{'verdict':>15s} {'mean err':>8s} {'sd err':>6s} {'/NUTS':>6s} {'target':>6s}"
     )
     lines = [head]
     for e in r["models"]:
-        a, n = e["auto"], e["nuts_rung"]
-        s = e.get("auto_self") or {}
-        np_ = e.get("numpyro") or {}
-        err = a.get("errors") or {}
+        n, np_ = e["nuts_rung"], e.get("numpyro") or {}
+        for key, judged in CLIMBS:
+            a = e.get(key)
+            if a is None:
+                continue
+            err = a.get("errors") or {}
+            lines.append(
+                f"{e['model']:27s} {judged:>9s} {a['cpu_seconds']:6.1f} {a['seconds']:6.1f} "
+                f"{a['answer'] or '—':>7s} {a['verdict'] or '—':>15s} "
+                f"{_errs(err)} {a['over_nuts_cpu']:6.2f} {a['target']:6.1f}"
+            )
+        err = n.get("errors") or {}
         lines.append(
-            f"{e['model']:27s} {a['seconds']:7.1f} {a['answer'] or '—':>8s} "
-            f"{_fmt(err.get('max_mean_error_sd'), 3):>9s} {_fmt(err.get('max_sd_error'), 3):>7s} "
-            f"{_fmt(s.get('seconds')):>7s} {s.get('answer') or '—':>9s} {n['seconds']:7.1f} "
-            f"{'yes' if n['certified'] else 'no':>5s} {e['auto_over_nuts']:9.2f} "
-            f"{_fmt(np_.get('seconds')):>9s} {_fmt(e.get('nuts_over_numpyro'), 2):>8s}"
+            f"{e['model']:27s} {'NUTS rung':>9s} {n['cpu_seconds']:6.1f} {n['seconds']:6.1f} "
+            f"{'nuts':>7s} {'passed' if n['certified'] else 'failed':>15s} "
+            f"{_errs(err)}"
         )
+        if np_.get("seconds"):
+            err = np_.get("errors") or {}
+            lines.append(
+                f"{e['model']:27s} {'NumPyro':>9s} {np_['cpu_seconds']:6.1f} "
+                f"{np_['seconds']:6.1f} {np_['chain_method'][:7]:>7s} "
+                f"{'R-hat ' + format(np_['max_r_hat'], '.3f'):>15s} "
+                f"{_errs(err)}  NUTS rung's sampling / NumPyro: "
+                f"{_fmt(e.get('nuts_over_numpyro'), 2)}"
+            )
     return "\n".join(lines)
