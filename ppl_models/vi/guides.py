@@ -89,9 +89,11 @@ class WhitenedGuide(AutoContinuous):
         The sites whose support depends on other latents
         (:func:`~ppl_models.vi.unconstrained.dynamic_sites`).
     start
-        A start found elsewhere (:func:`start_from_fit`: a previous fit's mean and covariance,
-        as the escalation ladder starts each rung from the best fit before it); it replaces
-        ``init``'s search.
+        A start found elsewhere (a :class:`~ppl_models.vi.initialization.LaplaceStart` of this
+        guide's flat vector), used instead of searching one: a previous fit's mean and
+        covariance (:func:`start_from_fit`; the escalation ladder starts each rung from the best
+        fit before it), or the Laplace approximation of the whole model for the global part of a
+        guide for local latents (:mod:`ppl_models.vi.local`).
     """
 
     name = "whitened"
@@ -195,19 +197,19 @@ class WhitenedGuide(AutoContinuous):
                 "Hessian-vector products for its start (the most it takes is "
                 f"{FULL_RANK_MAX:,}); use --guide auto-lowrank (--set rank=R) or auto-normal"
             )
-        start = self._init_loc().to(torch.float64)
         if self._given_start is not None:
             if self._given_start.loc.numel() != self.latent_dim:
                 raise ValueError(
-                    f"the given start has {self._given_start.loc.numel()} coordinates, the "
-                    f"model's unconstrained space {self.latent_dim}"
+                    f"the given start has {self._given_start.loc.numel()} coordinates, the guide "
+                    f"{self.latent_dim}"
                 )
             self.start = self._given_start
         elif self._init == "feasible":
-            self.start = feasible_start(start)
+            self.start = feasible_start(self._init_loc().to(torch.float64))
         elif self._init == "prior":
-            self.start = prior_start(start, "init is 'prior'")
+            self.start = prior_start(self._init_loc().to(torch.float64), "init is 'prior'")
         else:
+            start = self._init_loc().to(torch.float64)
             kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
             self.start = laplace_start(
                 lambda z: self.potential(z, **kwargs64),
