@@ -89,10 +89,11 @@ class WhitenedGuide(AutoContinuous):
         The sites whose support depends on other latents
         (:func:`~ppl_models.vi.unconstrained.dynamic_sites`).
     start
-        A start found elsewhere (:class:`~ppl_models.vi.initialization.LaplaceStart` of this
-        guide's flat vector), used instead of searching one: the global part of a guide for
-        local latents starts from the Laplace approximation of the whole model
-        (:mod:`ppl_models.vi.local`).
+        A start found elsewhere (a :class:`~ppl_models.vi.initialization.LaplaceStart` of this
+        guide's flat vector), used instead of searching one: a previous fit's mean and
+        covariance (:func:`start_from_fit`; the escalation ladder starts each rung from the best
+        fit before it), or the Laplace approximation of the whole model for the global part of a
+        guide for local latents (:mod:`ppl_models.vi.local`).
     """
 
     name = "whitened"
@@ -454,6 +455,46 @@ class _LearnedAffine(dist.TransformModule):
 
     def log_abs_det_jacobian(self, x, y):
         return self.log_scale.expand(x.shape).sum(-1)
+
+
+START_DRAWS = 4096  # draws that estimate a flow's mean and covariance for the next start
+
+
+def start_from_fit(guide: WhitenedGuide, draws: int = START_DRAWS) -> LaplaceStart:
+    r"""A start at a fitted guide: its mean :math:`m` and covariance :math:`\Sigma` of the flat
+    unconstrained vector (exact for a Gaussian guide, from ``draws`` draws for a flow, made
+    without disturbing the caller's random state), as :class:`LaplaceStart` with
+    :math:`H = \Sigma^{-1}`: a guide given it starts as the fitted Gaussian (a flow starts as
+    that Gaussian and learns what it lacks). ``method`` is ``"previous-fit"``."""
+    with torch.no_grad():
+        posterior = guide.get_posterior()
+        if isinstance(posterior, dist.Independent) and isinstance(posterior.base_dist, dist.Normal):
+            loc = posterior.base_dist.loc
+            cov = torch.diag(posterior.base_dist.scale.pow(2))
+        elif isinstance(posterior, (dist.MultivariateNormal, dist.LowRankMultivariateNormal)):
+            loc, cov = posterior.loc, posterior.covariance_matrix
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                x = posterior.sample((draws,)).to(torch.float64)
+            loc = x.mean(0)
+            cov = torch.atleast_2d(torch.cov(x.T))
+    loc, cov = loc.to(torch.float64).cpu(), cov.to(torch.float64).cpu()
+    cov = 0.5 * (cov + cov.T)
+    jitter = 1e-12 * cov.diagonal().abs().max().clamp(min=1e-300)
+    tril = torch.linalg.cholesky(cov + jitter * torch.eye(len(loc), dtype=torch.float64))
+    return LaplaceStart(
+        loc,
+        torch.cholesky_inverse(tril),
+        tril,
+        cov.diagonal().sqrt(),
+        "previous-fit",
+        converged=True,
+        notes=[
+            f"Started from the previous fit ({guide.name}): its mean and covariance of the "
+            "unconstrained latents, instead of a new MAP search."
+        ],
+    )
 
 
 GUIDE_CLASSES = {
