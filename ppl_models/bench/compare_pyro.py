@@ -567,9 +567,14 @@ def print_table(r: dict) -> None:
                 print(f"{row['posterior']}: {part} failed: {row[part]['error']}")
         restart = (row.get("package") or {}).get("restart")
         if restart:
+            why = (
+                f"{', '.join(restart['collapsed'])} collapsed"
+                if restart["collapsed"]
+                else "the fit from the MAP start did not converge"
+            )
             print(
-                f"{row['posterior']}: the package refitted from Pyro's start "
-                f"({', '.join(restart['collapsed'])} collapsed) and kept the {restart['kept']} fit"
+                f"{row['posterior']}: the package refitted from Pyro's start ({why}) and kept "
+                f"the {restart['kept']} fit"
             )
     worse = [row["posterior"] for row in r["posteriors"] if row["never_worse"] is False]
     print(f"never worse than plain Pyro: {'VIOLATED by ' + ', '.join(worse) if worse else 'held'}")
