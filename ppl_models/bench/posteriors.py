@@ -308,8 +308,8 @@ BIMODAL_M0, BIMODAL_S0 = 0.5, 3.0
 
 
 def bimodal_model(y):
-    """theta ~ N(0.5, 3), y_i ~ N(|theta|, 1): one mode for each sign of theta
-    (``tests/test_vi_modes.py``)."""
+    r""":math:`\theta \sim N(0.5, 3)`, :math:`y_i \sim N(|\theta|, 1)`: one mode for each
+    sign of :math:`\theta` (``tests/test_vi_modes.py``)."""
     import pyro
     import pyro.distributions as dist
 
