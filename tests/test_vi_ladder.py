@@ -32,9 +32,11 @@ from scipy import stats
 
 from ppl_models import cli, diagnostics
 from ppl_models.vi import ladder as vl
-from ppl_models.vi.ladder import fit_auto, mcmc_verdict, noncentred
+from ppl_models.vi.answers import mcmc_verdict
+from ppl_models.vi.ladder import fit_auto
 from ppl_models.vi.nuts import VectorizedNuts, compiled_potential
 from ppl_models.vi.references import Reference
+from ppl_models.vi.reparam import noncentred
 from ppl_models.vi.settings import LadderSettings, NutsLadderSettings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,21 +11,22 @@ time budget.
    proportion to their Pareto-smoothed importance weights are the answer (as Pathfinder does):
    their means and sds are the PSIS estimates from all :math:`S` draws, with the importance
    ESS and the PSIS Monte Carlo errors, and the verdict judges them, not q
-   (:func:`psis_diagnosis`).
+   (:func:`~ppl_models.vi.answers.psis_diagnosis`).
 3. ``reparam``: where the model has location-scale sites whose scale is another latent site
    (a funnel: ``theta ~ Normal(mu, tau)``), those sites are non-centred with Pyro's
    ``LocScaleReparam`` (``theta = mu + tau * theta_decentered``, Gorinova et al. 2020) and the
    requested guide is fitted again; the original sites come back as deterministic sites, so the
-   draws, the report and the reference speak of the user's own sites (:func:`noncentred`). This
-   rung costs what the first does, so it comes before the richer families, which then fit
-   whichever parametrisation fitted better.
+   draws, the report and the reference speak of the user's own sites
+   (:func:`~ppl_models.vi.reparam.noncentred`). This rung costs what the first does, so it
+   comes before the richer families, which then fit whichever parametrisation fitted better.
 4. ``richer``: a full-rank Gaussian (``auto-mvn``) where the dimension allows it (at most
    :data:`~ppl_models.vi.guides.FULL_RANK_MAX`), ``auto-lowrank`` above; then ``flow``: an
    inverse autoregressive flow (``auto-iaf``). Each starts from the best Gaussian fit so far
    (:func:`~ppl_models.vi.guides.start_from_fit`): the flow starts as that Gaussian.
 5. ``nuts``: NUTS preconditioned by the best guide (NeuTra, :mod:`ppl_models.vi.neutra`), its
    chains vectorized and its potential compiled, with its own checks (split R-hat at most 1.01,
-   bulk and tail ESS at least 400, no divergence) and a verdict (:func:`nuts_diagnosis`).
+   bulk and tail ESS at least 400, no divergence) and a verdict
+   (:func:`~ppl_models.vi.answers.nuts_diagnosis`).
 
 The answer is the first certified rung; where none is, the rung that came closest (best verdict,
 then fewest elements off, then the highest ELBO), with advice derived from the checks
@@ -44,25 +45,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyro.distributions as dist
 import torch
-from pyro import poutine
-from pyro.infer.reparam import LocScaleReparam
-from pyro.poutine.messenger import Messenger
-from torch.distributions import constraints
 
 from .. import diagnostics
 from ..runs import atomic_save, atomic_write_json, atomic_write_text
-from ..svi import local_params
-from .compare import compare
+from .answers import (
+    MEANS_ONLY,
+    NOT_TRUSTWORTHY,
+    TRUSTWORTHY,
+    json_number,
+    json_plain,
+    nuts_diagnosis,
+    psis_diagnosis,
+)
+from .reparam import funnel_sites, model_trace, noncentred
 from .settings import RUNGS, FitSettings, LadderSettings
 
-# the verdict labels, by rank (the verdict module is imported where it is used)
-TRUSTWORTHY, MEANS_ONLY, NOT_TRUSTWORTHY = "trustworthy", "means-only", "not-trustworthy"
 _RANK = {TRUSTWORTHY: 2, MEANS_ONLY: 1, NOT_TRUSTWORTHY: 0}
 DONE, SKIPPED, FAILED, CUT = "done", "skipped", "failed", "cut"
-PSIS_DRAWS = 10_000  # the most resampled draws kept as the PSIS answer's posterior
 METHODS = {
     "guide": "the requested guide",
     "psis": "PSIS-resampled draws of the guide",
@@ -134,13 +135,13 @@ class Rung:
             "model": self.model,
             "status": self.status,
             "seconds": round(self.seconds, 3),
-            "khat": _number(self.khat),
+            "khat": json_number(self.khat),
             "verdict": self.verdict,
-            "elbo": _number(self.elbo),
+            "elbo": json_number(self.elbo),
             "off": list(self.off[:20]),
             "stopped": self.stopped,
             "answer": self.answer,
-            **({"facts": _plain(self.facts)} if self.facts else {}),
+            **({"facts": json_plain(self.facts)} if self.facts else {}),
         }
 
 
@@ -216,25 +217,6 @@ class Ladder:
             "rungs": [r.record() for r in self.rungs],
             "advice": list(self.advice),
         }
-
-
-def _number(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # ----------------------------------------------------------------------------- the climb
@@ -507,90 +489,6 @@ def _skip(climb: _Climb, name: str, method: str, why: str, model: str = "as writ
     return climb.add(Rung(name, method, status=SKIPPED, stopped=f"skipped: {why}", model=model))
 
 
-# -- reparametrisation
-
-
-def _loc_scale(fn) -> bool:
-    """A location-scale family on the real line (what ``LocScaleReparam`` can non-centre)."""
-    while isinstance(getattr(fn, "base_dist", None), torch.distributions.Distribution):
-        if isinstance(fn, torch.distributions.TransformedDistribution):
-            return False
-        fn = fn.base_dist
-    support = fn.support
-    while hasattr(support, "base_constraint"):
-        support = support.base_constraint
-    return (
-        {"loc", "scale"} <= set(getattr(fn, "arg_constraints", {}))
-        and support == constraints.real
-        and not isinstance(fn, dist.Delta)
-    )
-
-
-def funnel_sites(model: Callable, data: dict, guide=None) -> dict[str, list[str]]:
-    """The latent location-scale sites whose scale is another latent site, each with its scale
-    parents (from :func:`ppl_models.vi.advice.model_structure`): where a funnel can form."""
-    from .advice import model_structure
-
-    scales = model_structure(model, data, guide).get("scale_parents") or {}
-    if not scales:
-        return {}
-    trace = _model_trace(model, data, guide)
-    return {
-        site: parents
-        for site, parents in scales.items()
-        if site in trace.nodes and _loc_scale(trace.nodes[site]["fn"])
-    }
-
-
-def _model_trace(model: Callable, data: dict, guide=None):
-    """One run of the model, at a draw of ``guide`` (else of the prior), nothing recorded."""
-    with torch.random.fork_rng(), torch.no_grad(), poutine.block(), local_params():
-        if guide is None:
-            return poutine.trace(model).get_trace(**data)
-        guide_trace = poutine.trace(guide).get_trace(**data)
-        return poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
-
-
-def noncentred(model: Callable, sites: list[str] | tuple[str, ...]) -> Callable:
-    r"""``model`` with each of ``sites`` non-centred: ``x ~ D(loc, scale)`` becomes
-    ``x_decentered ~ D(0, 1)`` and ``x = loc + scale * x_decentered``, a ``pyro.deterministic``
-    site of the same name (Pyro's ``LocScaleReparam(centered=0)``; a funnel's cure). The
-    posterior of the original sites is unchanged; the draws of ``x`` are computed from those of
-    ``x_decentered``, so every summary and reference speaks of the user's own sites."""
-    chosen = frozenset(sites)
-
-    def config(msg):
-        if msg["name"] not in chosen or msg["is_observed"]:
-            return None
-        fn = msg["fn"]
-        while hasattr(fn, "base_dist"):
-            fn = fn.base_dist
-        shape = sorted(set(fn.arg_constraints) - {"loc", "scale"})
-        return LocScaleReparam(centered=0.0, shape_params=shape)
-
-    def reparametrised(**data):
-        with _MarkDeterministic(chosen):
-            return poutine.reparam(model, config=config)(**data)
-
-    reparametrised.__name__ = f"noncentred_{getattr(model, '__name__', 'model')}"
-    reparametrised.__wrapped__ = model
-    return reparametrised
-
-
-class _MarkDeterministic(Messenger):
-    """Marks the non-centred sites (which ``ReparamMessenger``, applied first, turned into
-    masked ``Delta`` sites) as ``pyro.deterministic`` sites, so that the diagnosis records their
-    values as it records any derived quantity."""
-
-    def __init__(self, sites: frozenset[str]):
-        super().__init__()
-        self.sites = sites
-
-    def _pyro_sample(self, msg):
-        if msg["name"] in self.sites and msg["is_observed"]:
-            msg["infer"] = {**(msg.get("infer") or {}), "_deterministic": True}
-
-
 def _reparam_rung(climb: _Climb, family: str) -> Rung | None:
     base = climb.best_fit("as written")
     method = f"{family} on the non-centred model"
@@ -724,147 +622,6 @@ def _psis_rung(climb: _Climb, base: Rung) -> Rung:
     return _finish(climb, rung, t)
 
 
-def psis_diagnosis(diagnosis, *, draws: int = PSIS_DRAWS, seed: int = 0):
-    r"""The diagnosis of ``diagnosis``'s guide draws resampled by their Pareto-smoothed
-    importance weights: the PSIS answer of the ladder's second rung.
-
-    Each element's mean and sd are the PSIS estimates from all :math:`S` draws, with their Monte
-    Carlo errors (:func:`~ppl_models.importance.weighted_moments`), and its ESS the importance
-    ESS; the HDI, the KS and Wasserstein distances to a reference come from up to ``draws``
-    kept draws resampled with replacement in proportion to their smoothed weights (the KS
-    tolerance counts the importance ESS, not the resampled copies). The verdict
-    (:func:`~ppl_models.vi.verdict.decide`) is applied to these estimates with the guide's own
-    facts: its convergence, k-hat (against the sample-size threshold), importance ESS,
-    :math:`d_2`, error bounds and mode search.
-
-    Returns
-    -------
-    Diagnosis
-        ``posterior`` holds the resampled draws; ``summary["psis_resampling"]`` says how.
-    """
-    from .diagnose import Diagnosis
-    from .verdict import decide
-
-    s, idata = diagnosis.summary, diagnosis.idata
-    stats, posterior = idata["sample_stats"], idata["posterior"]
-    log_w = (stats["log_joint"] - stats["log_q"]).values.ravel()
-    smoothed, _ = diagnostics.psis_smooth(np.where(np.isfinite(log_w), log_w, -np.inf))
-    weights = np.exp(smoothed - smoothed.max())
-    weights /= weights.sum()
-    rng = np.random.default_rng(seed)
-    n = min(draws, len(weights)) // 4 * 4
-    index = rng.choice(len(weights), size=n, replace=True, p=weights)
-    values = {
-        name: np.asarray(posterior[name].values).reshape(-1, *posterior[name].shape[2:])[index]
-        for name in posterior.data_vars
-    }
-    kinds = {r["site"]: r["kind"] for r in s["parameters"]}
-    ess = float(s["importance_ess"])
-    reference = diagnosis.reference
-    rows = compare(values, kinds, None, reference)
-    by_name = {r["name"]: r for r in s["parameters"]}
-    for row in rows:
-        q = by_name.get(row["name"]) or {}
-        mean, sd = q.get("psis_mean"), q.get("psis_sd")
-        if mean is None or sd is None:
-            continue
-        row.update(
-            mean=mean,
-            sd=sd,
-            mcse_mean=q.get("psis_mcse_mean"),
-            mcse_sd=q.get("psis_mcse_sd"),
-            ess_bulk=ess,
-            psis_mean=mean,
-            psis_sd=sd,
-            psis_mcse_mean=q.get("psis_mcse_mean"),
-            psis_mcse_sd=q.get("psis_mcse_sd"),
-        )
-        if row.get("ref_mean") is not None and row["ref_sd"]:
-            row.update(
-                std_mean_error=(mean - row["ref_mean"]) / row["ref_sd"],
-                sd_ratio=sd / row["ref_sd"],
-                ks_draws=int(max(1, min(ess, n))),
-            )
-    coords = [
-        {
-            **c,
-            "mean_error": math.inf if c.get("mean_error") is None else c["mean_error"],
-            "sd_error": math.inf if c.get("sd_error") is None else c["sd_error"],
-        }
-        for c in s.get("error_bounds_per_coordinate") or []
-    ]
-    verdict = decide(
-        rows,
-        converged=bool(s.get("converged")),
-        khat=s.get("psis_khat"),
-        khat_threshold=s["psis_khat_threshold"],
-        d2=s["d2"] if s.get("d2") is not None else math.inf,
-        importance_ess=ess,
-        draws=s["draws"],
-        coordinates=coords,
-        has_reference=reference is not None,
-        mode_search=s.get("mode_search"),
-    )
-    resampling = {
-        "draws": n,
-        "from_draws": len(weights),
-        "importance_ess": ess,
-        "khat": s.get("psis_khat"),
-        "khat_threshold": s["psis_khat_threshold"],
-    }
-    summary = dict(s)
-    summary.update(
-        guide=f"{s.get('guide')} + PSIS",
-        parameters=[
-            {k: _number(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows
-        ],
-        verdict=verdict.label,
-        verdict_reasons=verdict.reasons,
-        verdict_rules=verdict.rules,
-        verdict_off=verdict.off,
-        verdict_checks=verdict.checks,
-        psis_resampling=resampling,
-        answer={
-            "kind": "psis",
-            "words": (
-                f"{n:,} draws resampled with replacement from {len(weights):,} draws of the "
-                f"{s.get('guide')} guide by their Pareto-smoothed importance weights"
-            ),
-        },
-        notes=[
-            *s.get("notes", []),
-            f"The answer is the guide's draws corrected by Pareto-smoothed importance sampling "
-            f"(k-hat {s.get('psis_khat'):.2f}, within the threshold "
-            f"{s['psis_khat_threshold']:.2g}): means and sds are the PSIS estimates from all "
-            f"{s['draws']:,} draws, with their Monte Carlo errors (importance ESS {ess:,.0f}); "
-            f"posterior.nc holds {n:,} draws resampled by the smoothed weights (with "
-            "replacement: copies repeat), from which the intervals and the distances to a "
-            "reference come.",
-        ],
-    )
-    groups = {
-        "posterior": {k: v.reshape(4, -1, *v.shape[1:]) for k, v in values.items()},
-        "sample_stats": {
-            k: np.asarray(stats[k].values).ravel()[index].reshape(4, -1)
-            for k in ("log_joint", "log_q")
-        },
-    }
-    if "importance" in idata.groups():
-        imp = idata["importance"]
-        groups["importance"] = {k: np.asarray(imp[k].values) for k in imp.data_vars}
-    if reference is not None:
-        groups["reference_posterior"] = dict(reference.draws)
-    return Diagnosis(
-        summary=summary,
-        idata=diagnostics.from_dict(**groups),
-        fit=diagnosis.fit,
-        reference=reference,
-    )
-
-
-# ----------------------------------------------------------------------------- NUTS rung
-
-
 def _nuts_rung(climb: _Climb) -> Rung:
     from .guides import WhitenedGuide
     from .neutra import run_nuts
@@ -900,147 +657,6 @@ def _nuts_rung(climb: _Climb) -> Rung:
         rung.status = CUT if not draws.run.kept else DONE
     rung.stopped = _why(ds)
     return _finish(climb, rung, t)
-
-
-def nuts_diagnosis(base, draws, reference):
-    """The diagnosis of a NUTS run (:class:`~ppl_models.vi.neutra.NutsDraws`): every element's
-    mean, sd, HDI, Monte Carlo errors, bulk and tail ESS and R-hat from the chains (ArviZ), the
-    comparison with a reference, and a verdict (:func:`mcmc_verdict`). ``base`` is the
-    preconditioner's diagnosis, whose facts (k-hat, bounds) the summary keeps beside the
-    chains'; ``summary["mcmc"]`` holds the checks."""
-    from .diagnose import Diagnosis
-    from .references import match_sites
-
-    values = draws.values
-    c, n = draws.run.chains, draws.run.kept
-    flat = {k: v.reshape(c * n, *v.shape[2:]) for k, v in values.items()}
-    ref = None
-    if reference is not None:
-        ref = match_sites(reference, {k: tuple(v.shape[1:]) for k, v in flat.items()})
-    rows = compare(flat, draws.kinds, None, ref) if n else []
-    for row in rows:
-        sm = draws.summaries.get(row["name"]) or {}
-        ess = [e for e in (sm.get("ess_bulk"), sm.get("ess_tail")) if e and math.isfinite(e)]
-        row.update(
-            mcse_mean=_number(sm.get("mcse_mean")),
-            mcse_sd=_number(sm.get("mcse_sd")),
-            ess_bulk=_number(sm.get("ess_bulk")),
-            ess_tail=_number(sm.get("ess_tail")),
-            r_hat=_number(sm.get("r_hat")),
-        )
-        if row.get("ks") is not None:
-            row["ks_draws"] = int(max(1, min(ess))) if ess else c * n
-    label, reasons, off = mcmc_verdict(rows, draws.checks)
-    summary = dict(base.summary)
-    summary.update(
-        guide=f"NeuTra NUTS ({base.summary.get('guide')})",
-        parameters=[
-            {k: _number(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows
-        ],
-        verdict=label,
-        verdict_reasons=reasons,
-        verdict_rules=mcmc_rules(),
-        verdict_off=off,
-        verdict_checks={"mcmc": _plain(draws.checks)},
-        mcmc=_plain(draws.checks),
-        draws=int(c * n),
-        draws_kept=int(c * n),
-        reference=None if ref is None else ref.source,
-        reference_sites=[] if ref is None else list(ref.draws),
-        latent_sites=[k for k, kind in draws.kinds.items() if kind == "latent"],
-        deterministic_sites=[k for k, kind in draws.kinds.items() if kind == "deterministic"],
-        site_shapes={k: list(v.shape[1:]) for k, v in flat.items()},
-        answer={
-            "kind": "nuts",
-            "words": f"{c} NUTS chains of {n:,} draws after {draws.run.warmup} warm-up "
-            f"iterations, preconditioned by the {base.summary.get('guide')} guide",
-        },
-        notes=[*base.summary.get("notes", []), *draws.notes],
-    )
-    summary["timings"] = dict(summary.get("timings") or {}) | {
-        "nuts_warmup": draws.run.warmup_seconds,
-        "nuts_sampling": draws.run.sampling_seconds,
-    }
-    groups = {
-        "posterior": values,
-        "sample_stats": {
-            "diverging": draws.run.diverging,
-            "tree_depth": draws.run.tree_depth,
-            "n_steps": draws.run.steps,
-            "acceptance_rate": draws.run.accept,
-        },
-    }
-    if ref is not None:
-        groups["reference_posterior"] = dict(ref.draws)
-    return Diagnosis(
-        summary=summary, idata=diagnostics.from_dict(**groups), fit=base.fit, reference=ref
-    )
-
-
-def mcmc_rules() -> list[str]:
-    """The NUTS rung's rules in words."""
-    from .neutra import MAX_R_HAT, MIN_ESS
-
-    return [
-        f"NUTS's draws are trustworthy only if every element's rank-normalised split R-hat is "
-        f"at most {MAX_R_HAT} (the chains agree), its bulk and tail ESS are at least "
-        f"{MIN_ESS:g}, and no transition diverged after warm-up (Vehtari et al. 2021).",
-        "With a reference, each element's mean must lie within 0.1 reference sd plus twice "
-        "the Monte Carlo error of both sides (else not trustworthy), and its sd and marginal "
-        "shape within their bands (else means only), the bands of the variational verdict.",
-    ]
-
-
-def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[str]]:
-    """The NUTS rung's verdict: ``not-trustworthy`` unless the chains' own checks hold; then,
-    against a reference, the variational verdict's bands
-    (:func:`~ppl_models.vi.verdict.reference_checks`) with the chains' Monte Carlo errors."""
-    from .verdict import VerdictRules, reference_checks
-
-    if not checks.get("passed"):
-        failed = checks.get("failed") or ["the checks did not run"]
-        return (
-            NOT_TRUSTWORTHY,
-            [
-                "NUTS's own checks fail, so its draws are not trustworthy: "
-                + "; ".join(failed)
-                + "."
-            ],
-            [],
-        )
-    rules = VerdictRules()
-    held = (
-        f"NUTS's own checks hold: {checks['chains']} chains, split R-hat at most "
-        f"{checks['max_r_hat']:.3f}, bulk ESS at least {checks['min_ess_bulk']:.0f}, tail ESS "
-        f"at least {checks['min_ess_tail']:.0f}, no divergent transition."
-    )
-    label, reasons, off = TRUSTWORTHY, [held], []
-    mean_off, sd_off = [], []
-    compared = 0
-    for row in rows:
-        c = reference_checks(row, row.get("ks_draws") or 1, rules)
-        if c is None:
-            continue
-        compared += 1
-        if not c["mean_ok"]:
-            mean_off.append(row["name"])
-        elif not (c["sd_ok"] and c["ks_ok"]):
-            sd_off.append(row["name"])
-    if mean_off:
-        label = NOT_TRUSTWORTHY
-        reasons.append(f"The means of {', '.join(mean_off[:8])} are off the reference.")
-    if sd_off:
-        label = NOT_TRUSTWORTHY if mean_off else MEANS_ONLY
-        reasons.append(
-            f"The sds or marginal shapes of {', '.join(sd_off[:8])} are off the reference."
-        )
-    if compared and not (mean_off or sd_off):
-        reasons.append(f"All {compared} compared elements agree with the reference.")
-    off = mean_off + sd_off
-    return label, reasons, off
-
-
-# ----------------------------------------------------------------------------- advice
 
 
 def advise(climb: _Climb, result: Ladder) -> list[str]:
@@ -1158,7 +774,7 @@ def _flat_priors(climb: _Climb) -> list[str]:
     if first is None:
         return []
     try:
-        trace = _model_trace(climb.model, first.fit.data, first.fit.guide)
+        trace = model_trace(climb.model, first.fit.data, first.fit.guide)
     except Exception:  # noqa: BLE001 - the user's model; the advice does without
         return []
     out = []
@@ -1195,20 +811,9 @@ def write_rung(rung: Rung, index: int, folder: str | Path) -> Path | None:
             )
     summary = {"status": "complete", "rung": rung.record()}
     if rung.diagnosis is not None:
-        summary["diagnosis"] = _plain(rung.diagnosis.summary)
+        summary["diagnosis"] = json_plain(rung.diagnosis.summary)
     atomic_write_json(out / "summary.json", summary)
     return out
 
 
-__all__ = [
-    "RUNGS",
-    "Ladder",
-    "Rung",
-    "fit_auto",
-    "funnel_sites",
-    "mcmc_verdict",
-    "noncentred",
-    "nuts_diagnosis",
-    "psis_diagnosis",
-    "write_rung",
-]
+__all__ = ["RUNGS", "Ladder", "Rung", "fit_auto", "write_rung"]
