@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .posteriors import DEFAULT_SCRIPTS
+from .posteriors import DEFAULT_SCRIPTS, select
 
 AUTO_VI_TARGET = 0.3  # --auto over the NUTS rung alone, where a variational rung certifies
 AUTO_NUTS_TARGET = 1.5  # ... where only NUTS certifies
@@ -314,17 +314,6 @@ def _ratios(auto: dict, nuts: dict) -> None:
     auto["meets_target"] = auto["over_nuts_cpu"] <= auto["target"]
 
 
-def _select(names: str | None):
-    if not names:
-        return MODELS
-    known = {m.name: m for m in MODELS}
-    wanted = [n.strip().removesuffix(".py") for n in names.split(",") if n.strip()]
-    unknown = [n for n in wanted if n not in known]
-    if unknown or not wanted:
-        raise ValueError(f"--models must name some of {', '.join(known)}; got {names!r}")
-    return tuple(known[n] for n in wanted)
-
-
 def main(args: argparse.Namespace) -> int:
     """Run the four measurements on every model, print the table, write ``bench.json``."""
     import torch
@@ -341,7 +330,7 @@ def main(args: argparse.Namespace) -> int:
     out = make_out_dir(args.out)
     torch.set_num_threads(1)  # the fits use one thread at these sizes; so do the samplers
     results = []
-    for m in _select(args.models):
+    for m in select(args.models, MODELS):
         path = Path(args.scripts) / f"{m.name}.py"
         with default_dtype(torch.float64):  # as fit loads a script on the CPU
             script = load_script(path)
