@@ -20,6 +20,12 @@ With ``--compare-pyro`` the benchmark measures accuracy instead of time: every p
 fitted the package's way and plain Pyro's way, and their final ELBOs, mean errors and sd ratios
 are compared (:mod:`ppl_models.bench.compare_pyro`).
 
+With ``--scaling`` it times the hierarchical logistic regression of
+``runs/hierarchical_logistic.py`` at several numbers of groups (``--groups``), each size in a fresh
+process for its peak memory, beside plain Pyro's and NumPyro's SVI and NumPyro's NUTS on the same
+data, with the log-log slopes of the times against the dimension and the observations
+(:mod:`ppl_models.bench.fit_scaling`; NumPyro is the optional ``bench`` extra).
+
 Target: a report for a model of up to 10 parameters within 15 s on a 2-core CPU, NUTS aside.
 Times are of one warm process (torch and Pyro already imported), after one untimed warm-up run
 of the smallest model, which pays the one-off imports and first-call costs. Besides wall-clock
@@ -266,9 +272,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-nuts", action="store_true", dest="no_nuts", help="skip the NUTS timings"
     )
-    parser.add_argument("--nuts-warmup", type=int, default=d.nuts_warmup, dest="nuts_warmup")
-    parser.add_argument("--nuts-draws", type=int, default=d.nuts_draws, dest="nuts_draws")
-    parser.add_argument("--nuts-chains", type=int, default=d.nuts_chains, dest="nuts_chains")
+    for name, default, scaling in (
+        ("warmup", d.nuts_warmup, "500"),
+        ("draws", d.nuts_draws, "500"),
+        ("chains", d.nuts_chains, "2"),
+    ):
+        parser.add_argument(
+            f"--nuts-{name}",
+            type=int,
+            default=None,
+            dest=f"nuts_{name}",
+            help=f"NUTS {name} (default {default}; with --scaling, NumPyro's, {scaling})",
+        )
     parser.add_argument(
         "--no-warmup",
         action="store_true",
@@ -284,6 +299,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from . import compare_pyro
 
     compare_pyro.add_arguments(parser)
+    scaling = parser.add_argument_group(
+        "scaling mode (--scaling)",
+        "the hierarchical logistic regression of runs/hierarchical_logistic.py at several "
+        "sizes, each in a fresh process, beside plain Pyro and NumPyro "
+        "(ppl_models.bench.fit_scaling)",
+    )
+    scaling.add_argument(
+        "--scaling",
+        action="store_true",
+        help="time the fit and its diagnosis as the number of groups J grows",
+    )
+    scaling.add_argument("--groups", help="comma-separated numbers of groups J (default 100,1000)")
+    scaling.add_argument(
+        "--per-group",
+        dest="per_group",
+        help="observations per group, one or several comma-separated (default 20)",
+    )
+    scaling.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="a ppl-models fit configuration key for every size (repeatable), e.g. "
+        "batch_size=20000",
+    )
+    scaling.add_argument(
+        "--timeout", type=float, help="seconds allowed to each size's process (default: none)"
+    )
+    scaling.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of each size's process before the run (default: torch's own; the "
+        "fit still picks one thread for small data)",
+    )
+    scaling.add_argument(
+        "--memory-limit",
+        type=float,
+        dest="memory_limit",
+        metavar="GB",
+        help="stop a size whose process holds more resident memory (default: none)",
+    )
+    scaling.add_argument(
+        "--no-baselines",
+        action="store_true",
+        dest="no_baselines",
+        help="time the package's run only (no plain Pyro, no NumPyro)",
+    )
+    scaling.add_argument(
+        "--no-numpyro", action="store_true", dest="no_numpyro", help="skip NumPyro"
+    )
+    scaling.add_argument(
+        "--numpyro-x64",
+        action="store_true",
+        dest="numpyro_x64",
+        help="run NumPyro in float64, as the package runs on the CPU (default: its float32)",
+    )
+    scaling.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile each size's package run (cProfile) into --out/profile-J<J>-P<P>.txt",
+    )
 
 
 def _out_dir(out: Path) -> Path:
@@ -298,6 +374,10 @@ def main(args: argparse.Namespace) -> int:
     """Time every available model, print the table, write ``bench.json``; returns 0. With
     ``--compare-pyro``, compare the package's fits with plain Pyro's instead
     (:func:`ppl_models.bench.compare_pyro.main`)."""
+    if getattr(args, "scaling", False):
+        from . import fit_scaling
+
+        return fit_scaling.main(args)
     if getattr(args, "compare_pyro", False):
         from . import compare_pyro
 
@@ -307,6 +387,10 @@ def main(args: argparse.Namespace) -> int:
     from ..jobs.fit.config import FitConfig
     from ..runs import atomic_write_json, environment
 
+    d = FitConfig()
+    for name in ("warmup", "draws", "chains"):  # None: the fit command's own default
+        if getattr(args, f"nuts_{name}", None) is None:
+            setattr(args, f"nuts_{name}", getattr(d, f"nuts_{name}"))
     for flag in ("steps", "particles", "nuts_draws", "nuts_chains"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
