@@ -6,6 +6,8 @@ API below is imported lazily, on first use, so ``import ppl_models`` (and the co
 ``--help``) imports neither torch nor Pyro:
 
 - :func:`~ppl_models.vi.fitting.fit_svi` fits a model (any Pyro model) by SVI;
+- :func:`~ppl_models.vi.ladder.fit_auto` climbs the escalation ladder (richer guides,
+  reparametrisation, PSIS, NUTS) until a fit is certified;
 - :func:`~ppl_models.vi.diagnose.diagnose` diagnoses the fit against an optional reference;
 - :func:`~ppl_models.vi.report.write_report` writes the diagnosis as a run directory;
 - :func:`~ppl_models.vi.references.load_reference` and
@@ -19,6 +21,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "fit_svi": "ppl_models.vi.fitting",
+    "fit_auto": "ppl_models.vi.ladder",
     "diagnose": "ppl_models.vi.diagnose",
     "write_report": "ppl_models.vi.report",
     "load_reference": "ppl_models.vi.references",

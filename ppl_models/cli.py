@@ -34,6 +34,7 @@ BENCHMARKS = {
     "vae": "ppl_models.bench.vae",
     "vae-grid": "ppl_models.bench.vae_grid",
     "fit": "ppl_models.bench.fit",
+    "ladder": "ppl_models.bench.ladder",
     "step": "ppl_models.bench.step",
     "verdict": "ppl_models.bench.verdict",
 }

@@ -130,12 +130,18 @@ def test_the_rule_labels_read_the_verdicts_first_reason():
     assert rule_of("PSIS k-hat = 0.9 is above the threshold 0.7: q misses") == "k-hat > threshold"
     assert rule_of("Where q puts mass, its own draws certify it: k-hat = 0.1") == "self-certified"
     assert rule_of("something new") == "other"
+    unresolved = "differ from q's by more than 0.1 sd (means) ..., though within their Monte Carlo"
+    assert rule_of(unresolved + " error: not certified") == "PSIS unresolved"
     assert rule_of(None) == "other"
     agrees = "All 3 compared elements are within their bands: the largest ..."
     noisy = "The measured errors of mu[8] exceed 0.1 sd (means) ... within the Monte Carlo error"
     assert deciding_rule(TRUSTWORTHY, [agrees]) == ("reference agrees", agrees)
     # a reference agrees, but a later check withholds the certificate: that check decided
     assert deciding_rule("means-only", [agrees, noisy]) == ("reference too noisy", noisy)
+    # a negligible mode is noted first; the certificate after it decided the yes
+    mode = "A mode search (8 L-BFGS starts) found 1 posterior mode that q never visits, ..."
+    certified = "Where q puts mass, its own draws certify it: k-hat = 0.411 (threshold 0.7)"
+    assert deciding_rule(TRUSTWORTHY, [mode, certified]) == ("self-certified", certified)
 
 
 def test_the_benchmark_runs_end_to_end_and_writes_bench_json(tmp_path, capsys):

@@ -84,8 +84,9 @@ def test_the_data_plate_is_found_and_checked():
     assert (plate.name, plate.size, plate.sites) == ("obs", 10, ("x",))
     with pytest.raises(ValueError, match=r"data_plate 'data' is not a plate of the model .*'obs'"):
         find_data_plate(trace_of(model, X), "data")
-    with pytest.raises(ValueError, match=r"holds the latent site\(s\) u"):
-        find_data_plate(trace_of(local_latent_model, X), "obs")
+    # a latent inside the plate is a local latent, indexed along the plate's dim
+    local = find_data_plate(trace_of(local_latent_model, X), "obs")
+    assert (local.sites, local.latents, local.latent_dims) == (("x",), ("u",), (-1,))
 
 
 def self_subsampling_model(x):
@@ -138,6 +139,28 @@ def test_minibatch_fit_recovers_the_exact_posterior():
     assert float(scale) / sd == pytest.approx(1.0, abs=0.1)
     assert any("batch of 2" in note for note in fit.notes)
     assert fit.settings["data_plate"] == "obs" and fit.settings["batch_size"] == 2
+
+
+SEEN_BATCHES: list[int] = []
+
+
+def unbroadcast_model(x):
+    b = pyro.sample("b", dist.Normal(torch.zeros(2, dtype=x.dtype), TAU0).to_event(1))
+    with pyro.plate("obs", len(x)) as i:
+        SEEN_BATCHES.append(len(i))
+        pyro.sample("x", dist.Normal(b[0], SIGMA), obs=x[i])  # b[0]: vmapped, not plated
+
+
+def test_a_vmapped_model_takes_the_fits_subsample():
+    # torch.func.vmap's evaluation blocks the model's sample sites from the fit's handler:
+    # the plate must still get each step's indices, not run on all the data
+    SEEN_BATCHES.clear()
+    fit = fit_svi(
+        unbroadcast_model, "auto-normal", {"x": X}, data_plate="obs", batch_size=3, steps=20
+    )
+    assert fit.vectorization == "vmap"
+    # a pass over 10 observations in batches of 3 is 3, 3, 3 and 1: 20 steps are 5 passes
+    assert SEEN_BATCHES.count(3) >= 15 and SEEN_BATCHES.count(1) >= 5, SEEN_BATCHES
 
 
 # ----------------------------------------------------------------------------- two processes

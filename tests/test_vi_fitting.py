@@ -213,6 +213,12 @@ def test_convergence_rule_on_known_traces():
     # the relative rule alone would pass: |ELBO| is large, the drift is not noise
     assert report["relative_changes"][-1] < 0.01
     assert not convergence_report(flat[:150])["held"]
+    # a loss near 0 (a posterior without data, as Neal's funnel): a flat trace is converged,
+    # where a change divided by |ELBO| ~ 0.001 would have read as a 10% movement
+    near_zero = 0.001 + rng.normal(0, 0.01, 1000)
+    assert convergence_report(near_zero)["held"]
+    climbing = 1.0 + np.linspace(0.5, 0, 1000) + rng.normal(0, 0.01, 1000)
+    assert not convergence_report(climbing)["held"]
 
 
 def test_max_plate_nesting_counts_plates():

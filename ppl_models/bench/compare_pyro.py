@@ -25,8 +25,8 @@ the CPU seconds are the figure that travels (both fits run on the same torch thr
 Both fitted guides are then measured by the same estimators:
 
 - the **final ELBO**: the mean of :math:`\log p(x, z_s) - \log q(z_s)` over 2,048 guide draws
-  (:data:`ppl_models.vi.fitting.FINAL_ELBO_DRAWS`, seed 0, as
-  :func:`ppl_models.vi.fitting.final_elbo` computes it), with its standard error;
+  (:data:`ppl_models.vi.restart.FINAL_ELBO_DRAWS`, seed 0, as
+  :func:`ppl_models.vi.restart.final_elbo` computes it), with its standard error;
 - where the posterior has a truth, every element's guide mean and sd from ``--moment-draws``
   further draws (seed 1), and from them the **maximum absolute mean error** in truth sds over
   the elements and the **range of sd ratios** (q sd / truth sd).
@@ -195,14 +195,14 @@ def measure(
     dtype=None,
 ) -> dict:
     """The final ELBO of a fitted guide with its standard error (2,048 draws, seed 0: the
-    estimator of :func:`ppl_models.vi.fitting.final_elbo`), and every element's mean and sd
+    estimator of :func:`ppl_models.vi.restart.final_elbo`), and every element's mean and sd
     from ``moment_draws`` draws (seed 1)."""
     import torch
 
     from ..svi import default_dtype
     from ..vi.compare import flatten_sites
-    from ..vi.fitting import FINAL_ELBO_DRAWS
     from ..vi.logweights import draw_log_weights
+    from ..vi.restart import FINAL_ELBO_DRAWS
 
     def draws(n: int, seed: int):
         return draw_log_weights(
@@ -448,7 +448,7 @@ def main(args: argparse.Namespace) -> int:
     if not rows:
         raise ValueError("no posterior could be built: " + "; ".join(skipped))
     env = environment(seed=0, device="cpu")
-    from ..vi.fitting import FINAL_ELBO_DRAWS
+    from ..vi.restart import FINAL_ELBO_DRAWS
 
     result = {
         "benchmark": "fit",
@@ -567,9 +567,14 @@ def print_table(r: dict) -> None:
                 print(f"{row['posterior']}: {part} failed: {row[part]['error']}")
         restart = (row.get("package") or {}).get("restart")
         if restart:
+            why = (
+                f"{', '.join(restart['collapsed'])} collapsed"
+                if restart["collapsed"]
+                else "the fit from the MAP start did not converge"
+            )
             print(
-                f"{row['posterior']}: the package refitted from Pyro's start "
-                f"({', '.join(restart['collapsed'])} collapsed) and kept the {restart['kept']} fit"
+                f"{row['posterior']}: the package refitted from Pyro's start ({why}) and kept "
+                f"the {restart['kept']} fit"
             )
     worse = [row["posterior"] for row in r["posteriors"] if row["never_worse"] is False]
     print(f"never worse than plain Pyro: {'VIOLATED by ' + ', '.join(worse) if worse else 'held'}")

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .posteriors import DEFAULT_SCRIPTS  # the repository's model scripts, from its root
+from .posteriors import DEFAULT_SCRIPTS, select  # DEFAULT_SCRIPTS: the repository's runs/
 
 TARGET_SECONDS = 15.0
 TARGET_PARAMETERS = 10
@@ -370,17 +370,6 @@ def _out_dir(out: Path) -> Path:
     return out
 
 
-def _select(names: str | None):
-    if not names:
-        return MODELS
-    known = {m.name: m for m in MODELS}
-    wanted = [n.strip().removesuffix(".py") for n in names.split(",") if n.strip()]
-    unknown = [n for n in wanted if n not in known]
-    if unknown or not wanted:
-        raise ValueError(f"--models must name some of {', '.join(known)}; got {names!r}")
-    return tuple(known[n] for n in wanted)
-
-
 def main(args: argparse.Namespace) -> int:
     """Time every available model, print the table, write ``bench.json``; returns 0. With
     ``--compare-pyro``, compare the package's fits with plain Pyro's instead
@@ -411,7 +400,7 @@ def main(args: argparse.Namespace) -> int:
             f"{args.draws}, {args.nuts_warmup} and {args.lr}"
         )
     out = _out_dir(args.out)
-    found, skipped = available(_select(args.models), args.scripts)
+    found, skipped = available(select(args.models, MODELS), args.scripts)
     if not found:
         raise ValueError("no model script with its data available: " + "; ".join(skipped))
     env = environment(seed=0, device="cpu")

@@ -308,8 +308,8 @@ BIMODAL_M0, BIMODAL_S0 = 0.5, 3.0
 
 
 def bimodal_model(y):
-    """theta ~ N(0.5, 3), y_i ~ N(|theta|, 1): one mode for each sign of theta
-    (``tests/test_vi_modes.py``)."""
+    r""":math:`\theta \sim N(0.5, 3)`, :math:`y_i \sim N(|\theta|, 1)`: one mode for each
+    sign of :math:`\theta` (``tests/test_vi_modes.py``)."""
     import pyro
     import pyro.distributions as dist
 
@@ -438,11 +438,12 @@ SCRIPTS = (  # the shipped model scripts the registry covers
 )
 
 
-def select(names: str | None) -> tuple[Posterior, ...]:
-    """The posteriors named in a comma-separated list (all of them for None or "")."""
+def select(names: str | None, choices: tuple = POSTERIORS) -> tuple:
+    """The entries of ``choices`` (anything with a ``name``; default the posteriors) named in a
+    comma-separated list, a script's ``.py`` allowed (all of them for None or "")."""
     if not names:
-        return POSTERIORS
-    known = {p.name: p for p in POSTERIORS}
+        return choices
+    known = {p.name: p for p in choices}
     wanted = [n.strip().removesuffix(".py") for n in names.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in known]
     if unknown or not wanted:

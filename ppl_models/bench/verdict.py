@@ -45,6 +45,7 @@ RULES = (
     (r"^The reference has no draws", "uncompared sites"),
     (r"are off the reference|differ from the reference|constant or not finite", "reference"),
     (r"cannot resolve|within the\s+Monte Carlo error", "reference too noisy"),
+    (r"though within their Monte Carlo error", "PSIS unresolved"),
     (r"moves the means", "PSIS means"),
     (r"changes the sds", "PSIS sds"),
     (r"mean-error bounds are too wide", "VIABEL mean bounds"),
@@ -64,12 +65,13 @@ def rule_of(reason: str | None) -> str:
 
 
 def deciding_rule(verdict: str, reasons: list[str]) -> tuple[str, str | None]:
-    """The rule that decided a verdict and its sentence: the first reason, or, for a verdict
-    short of ``trustworthy``, the first reason that does not certify (a reference may agree
-    while a later check withholds the certificate)."""
+    """The rule that decided a verdict and its sentence: for ``trustworthy``, the first reason
+    that certifies (a note on a negligible mode may come before it); for a verdict short of it,
+    the first reason that does not certify (a reference may agree while a later check
+    withholds the certificate)."""
     labels = [rule_of(r) for r in reasons]
     for label, reason in zip(labels, reasons, strict=True):
-        if verdict == TRUSTWORTHY or label not in POSITIVE:
+        if (label in POSITIVE) == (verdict == TRUSTWORTHY):
             return label, reason
     return (labels[0], reasons[0]) if reasons else ("other", None)
 

@@ -18,8 +18,6 @@ function of them), so ``ppl-models report`` redraws the first screen without the
 
 from __future__ import annotations
 
-import argparse
-import functools
 import math
 
 from .verdict import MEANS_ONLY, NOT_TRUSTWORTHY, TRUSTWORTHY, Finding, decide
@@ -301,17 +299,6 @@ def headline(findings: list[Finding] | None, summary: dict) -> str:
 # ----------------------------------------------------------------------------- next steps
 
 
-@functools.cache
-def fit_has_option(option: str) -> bool:
-    """Whether ``ppl-models fit`` takes ``option`` (``--auto`` arrives with the escalation
-    ladder; until then no step may ask for it)."""
-    from ..jobs.fit.command import add_arguments
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return option in parser._option_string_actions
-
-
 def _funnels(findings: list[Finding], summary: dict) -> list[tuple[str, list[str], list[str]]]:
     """(site, scale parents, location parents) of each site whose scale is another latent site,
     where the checks blame that pair or the fit found no proper MAP because a scale ran to its
@@ -344,6 +331,11 @@ def next_steps(findings: list[Finding] | None, summary: dict) -> list[str]:
     findings = findings or []
     kinds = {f.kind: f for f in findings}
     steps: list[str] = []
+    ladder = summary.get("ladder")
+    if ladder:
+        steps += _ladder_steps(ladder, summary)
+        if label == TRUSTWORTHY:
+            return steps
     for site, scales, locs in _funnels(findings, summary):
         scale = " * ".join(f"`{p}`" for p in scales)
         loc = (" + ".join(locs) + " + ") if locs else ""
@@ -368,8 +360,11 @@ def next_steps(findings: list[Finding] | None, summary: dict) -> list[str]:
             else ("a normalising flow holds skewed and curved posteriors")
         )
         steps.append(f"Try `--guide {richer}` ({why} that `{guide}` cannot).")
-    if label != TRUSTWORTHY and fit_has_option("--auto"):
-        steps.append("Run `--auto` to let the package escalate through richer fits itself.")
+    if label != TRUSTWORTHY and not ladder:
+        steps.append(
+            "Run `ppl-models fit SCRIPT --auto`: it climbs from this guide through its PSIS "
+            "correction, a non-centred model and richer guides to NUTS until a fit is certified."
+        )
     if "not_converged" in kinds:
         current = (summary.get("fit_settings") or {}).get("steps") or summary.get("steps") or 0
         more = f"`--steps {2 * current}`" if current else "more `--steps`"
@@ -409,6 +404,30 @@ def next_steps(findings: list[Finding] | None, summary: dict) -> list[str]:
                 )
         else:
             steps.append("Read every finding below: no single change is indicated.")
+    return steps
+
+
+def _ladder_steps(ladder: dict, summary: dict) -> list[str]:
+    """What the escalation ladder's climb means for the reader: where the answer came from, or
+    (none certified) the advice derived from its checks and what to try next."""
+    rungs = ladder.get("rungs") or []
+    answer = ladder.get("answer")
+    if answer is not None and answer < len(rungs):
+        r = rungs[answer]
+        words = (summary.get("answer") or {}).get("words")
+        return [
+            f"Use this posterior: the ladder certified its {r['rung']} rung ({r['method']})"
+            + (f": {words}" if words else "")
+            + ". The table below lists every rung it climbed."
+        ]
+    steps = list(ladder.get("advice") or [])
+    if ladder.get("stopped") == "budget":
+        steps.append(
+            f"The budget ({ladder.get('budget', 0):g} s) ran out before every rung was tried: "
+            "rerun with a larger `--budget`."
+        )
+    elif ladder.get("stopped") == "interrupted":
+        steps.append("The climb was interrupted: rerun `--auto` to finish it.")
     return steps
 
 

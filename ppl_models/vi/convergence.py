@@ -3,8 +3,9 @@ r"""The convergence rule of a fit, applied to its trace of losses.
 **Convergence** is monitored as Stan's ADVI does: every ``eval_every`` steps the mean loss
 :math:`\bar L_k` (the negative ELBO) over the last window is compared with the previous
 window's. The rule holds at window :math:`k` when the relative change
-:math:`|\bar L_k - \bar L_{k-1}| / |\bar L_k|` is below ``tolerance`` (Stan's
-``tol_rel_obj``, 0.01) **and** the absolute change is within three standard errors of the
+:math:`|\bar L_k - \bar L_{k-1}| / \max(|\bar L_k|, 1)` is below ``tolerance`` (Stan's
+``tol_rel_obj``, 0.01, relative to at least one nat: a posterior without data, as a funnel, has
+a loss near 0) **and** the absolute change is within three standard errors of the
 difference of the two window means (or 0.05 nats): a relative rule alone is met trivially when
 :math:`|\mathrm{ELBO}|` is large. For a fit on minibatches (``subsampled``) a change within two
 standard errors of that difference satisfies the relative part too: subsampling noise moves the
@@ -46,7 +47,7 @@ def convergence_report(
     rel, absolute, noise, held = [], [], [], []
     for i in range(1, k):
         change = abs(means[i] - means[i - 1])
-        r = change / max(abs(means[i]), 1e-300)
+        r = change / max(abs(means[i]), 1.0)  # a loss near 0 (no data) is not divided by 0
         noise_sd = math.hypot(ses[i], ses[i - 1])
         allowed = max(3.0 * noise_sd, 0.05)
         rel.append(r)
@@ -67,9 +68,10 @@ def convergence_report(
     )
     rule = (
         f"every {eval_every} steps, the mean loss (-ELBO) over the last {eval_every} steps is "
-        f"compared with the previous window's; converged when the relative change is below "
-        f"{tolerance:g} (Stan ADVI's tol_rel_obj){minibatch} and the change is within three "
-        "standard errors of that difference (at least 0.05 nats)"
+        f"compared with the previous window's; converged when the change relative to the "
+        f"loss (at least 1 nat) is below {tolerance:g} (Stan ADVI's tol_rel_obj){minibatch} "
+        "and the change is within three standard errors of that difference (at least 0.05 "
+        "nats)"
     )
     if not held:
         status = f"not assessed: fewer than two windows of {eval_every} steps"

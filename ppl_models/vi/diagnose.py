@@ -138,27 +138,34 @@ def _measured_unconstrained_errors(coords: list[dict], lw: LogWeights, ref: Refe
 DISCRETE_ELEMENTS = 2**23  # numbers of p(k | x, z_s) held at once: draws x elements x support
 
 
-def discrete_marginals(fit, *, draws: int = 2000, seed: int = 0) -> dict[str, dict]:
+DISCRETE_DRAWS = 2000  # guide draws of the discrete marginals, at most (and at most S)
+DISCRETE_LOOP_DRAWS = 200  # the same for a model scored one draw at a time
+
+
+def discrete_marginals(fit, *, draws: int = DISCRETE_DRAWS, seed: int = 0) -> dict[str, dict]:
     r"""The posterior marginal :math:`p(k \mid x)` of each discrete site summed out by the fit:
     the PSIS-weighted average, over guide draws :math:`z_s`, of the exact conditionals
     :math:`p(k \mid x, z_s)` (:func:`~ppl_models.vi.logweights.discrete_conditionals`).
 
     Returns site -> ``probabilities`` ``(*plate_shape, support)``, ``draws`` and ``ess`` (the
-    importance ESS of these draws). Fewer draws are used where a
+    importance ESS of these draws). ``draws`` is at most the diagnosis's own :math:`S`, and
+    :data:`DISCRETE_LOOP_DRAWS` for a model scored one draw at a time; fewer are used where a
     site's conditionals are large (at most :data:`DISCRETE_ELEMENTS` numbers at once).
     """
     discrete = fit.discrete
     per_draw = sum(int(np.prod(shape)) for shape in discrete.supports.values()) * max(
         1, _largest_plate(fit)
     )
-    n = int(max(100, min(draws, DISCRETE_ELEMENTS // max(per_draw, 1))))
+    vectorized = bool(getattr(fit, "vectorized", True))
+    draws = draws if vectorized else min(draws, DISCRETE_LOOP_DRAWS)
+    n = int(max(min(100, draws), min(draws, DISCRETE_ELEMENTS // max(per_draw, 1))))
     log_w, conditionals = discrete_conditionals(
         fit.model,
         fit.guide,
         fit.data,
         discrete,
         draws=n,
-        vectorized=bool(getattr(fit, "vectorized", True)),
+        vectorized=vectorized,
         seed=seed + 1,
     )
     smoothed, _ = diagnostics.psis_smooth(log_w)
@@ -383,7 +390,7 @@ def _diagnosis(
     marginals = None
     if getattr(fit, "discrete", None):
         t = time.perf_counter()
-        marginals = discrete_marginals(fit, seed=seed)
+        marginals = discrete_marginals(fit, draws=min(DISCRETE_DRAWS, s), seed=seed)
         timings["discrete_marginals"] = time.perf_counter() - t
     idata = _inference_data(lw, ref, marginals)
     timings["inference_data"] = time.perf_counter() - t

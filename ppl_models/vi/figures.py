@@ -23,6 +23,19 @@ MAX_MARGINALS = 24
 MAX_PAIRS = 4
 
 
+ANSWER_LABELS = {"psis": "PSIS-resampled draws", "nuts": "NUTS draws"}
+
+
+def _answer_kind(summary: dict) -> str:
+    """What ``posterior`` holds: ``vi`` (draws of q), or an escalation ladder's ``psis``
+    (q's draws resampled by their smoothed weights) or ``nuts`` answer."""
+    return (summary.get("answer") or {}).get("kind", "vi")
+
+
+def _drawn_label(summary: dict) -> str:
+    return ANSWER_LABELS.get(_answer_kind(summary), "q")
+
+
 def _posterior_elements(idata, group: str) -> dict[str, np.ndarray]:
     if group not in idata.groups():
         return {}
@@ -75,7 +88,7 @@ def marginals(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | No
             histtype="stepfilled",
             alpha=0.45,
             color=Q_COLOR,
-            label="q",
+            label=_drawn_label(summary),
         )
         if name in ref:
             ax.hist(
@@ -109,10 +122,17 @@ def marginals(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | No
     return (
         "Marginal posteriors",
         save_figure(fig, Path(fig_dir) / "marginals.png"),
-        "Histogram densities of the variational draws (filled) against the reference draws "
-        "(black line), with the PSIS-corrected mean (dotted); elements the verdict names are "
-        "titled '(off)'." + shown,
+        f"Histogram densities of the {_drawn_words(summary)} (filled) against the reference "
+        "draws (black line), with the PSIS-corrected mean (dotted); elements the verdict names "
+        "are titled '(off)'." + shown,
     )
+
+
+def _drawn_words(summary: dict) -> str:
+    return {
+        "psis": "guide's draws resampled by their Pareto-smoothed importance weights",
+        "nuts": "NUTS draws",
+    }.get(_answer_kind(summary), "variational draws")
 
 
 MAX_FUNNEL_PANELS = 3
@@ -173,6 +193,8 @@ def _psis_resampled(idata, n: int, rng) -> np.ndarray | None:
     if "sample_stats" not in idata.groups() or "posterior" not in idata.groups():
         return None
     stats = idata["sample_stats"]
+    if "log_joint" not in stats or "log_q" not in stats:
+        return None
     per = idata["posterior"].sizes["draw"]
     log_w = (stats["log_joint"] - stats["log_q"]).values[:, :per].ravel()
     if not np.isfinite(log_w).any():
@@ -223,8 +245,9 @@ def pairs(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
         m = len(ref[chosen[0][0]])
         r_idx = rng.choice(m, size=min(PAIR_DRAWS, m), replace=False)
         other, other_label, other_color = ref, "reference", REF_COLOR
-    else:
-        w_idx = _psis_resampled(idata, min(PAIR_DRAWS, n), rng)
+    else:  # an answer resampled already, or NUTS's, has no weights to resample by
+        vi = _answer_kind(summary) == "vi"
+        w_idx = _psis_resampled(idata, min(PAIR_DRAWS, n), rng) if vi else None
         other, other_label, other_color = (q, "q resampled by PSIS weights", PSIS_COLOR)
         r_idx = w_idx
     modes = [m["location"] for m in (summary.get("mode_search") or {}).get("missed") or []]
@@ -242,8 +265,9 @@ def pairs(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
                 label=other_label, rasterized=True,
             )  # fmt: skip
         ax.scatter(
-            q[x][q_idx], q[y][q_idx], s=3, color=Q_COLOR, alpha=0.3, label="q", rasterized=True
-        )
+            q[x][q_idx], q[y][q_idx], s=3, color=Q_COLOR, alpha=0.3, label=_drawn_label(summary),
+            rasterized=True,
+        )  # fmt: skip
         for location in modes:
             if x in location and y in location:
                 ax.scatter(
@@ -274,7 +298,7 @@ def pairs(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
     return (
         title,
         save_figure(fig, Path(fig_dir) / "pairs.png"),
-        f"How the pairs were picked: {how}. q's draws (blue) beside {beside}"
+        f"How the pairs were picked: {how}. The {_drawn_words(summary)} (blue) beside {beside}"
         + ("; red crosses: modes the mode search found outside q's draws" if modes else "")
         + f"; {min(PAIR_DRAWS, n):,} of each. Dependence that q misses (a funnel's neck, a "
         "second mode) shows as a different shape of the clouds.",
@@ -318,9 +342,13 @@ def elbo_trace(fig_dir: Path, summary: dict, metrics: list[dict]) -> tuple[str, 
     )
 
 
-def weights(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str]:
-    """Histogram of log weights and the tail of the normalised weights with k-hat."""
-    stats = idata["sample_stats"]
+def weights(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
+    """Histogram of log weights and the tail of the normalised weights with k-hat (of the
+    guide's draws: for a PSIS answer, those it was resampled from; None for a NUTS answer)."""
+    group = "importance" if _answer_kind(summary) == "psis" else "sample_stats"
+    if group not in idata.groups() or "log_joint" not in idata[group]:
+        return None
+    stats = idata[group]
     log_w = (stats["log_joint"] - stats["log_q"]).values.ravel()
     norm = np.sort(log_w - logsumexp(log_w))[::-1]
     fig, (ax1, ax2) = new_figure(1, 2, figsize=(10, 3.8))
@@ -405,11 +433,12 @@ def all_figures(fig_dir: Path, summary: dict, idata, metrics: list[dict]):
     """Every figure of the report as ``(title, path, caption)``, in the report's order."""
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
+    nuts = _answer_kind(summary) == "nuts"  # no weights, and q's bounds are not its
     out = [
         marginals(fig_dir, summary, idata),
         pairs(fig_dir, summary, idata),
         elbo_trace(fig_dir, summary, metrics),
-        weights(fig_dir, summary, idata),
-        bounds_vs_errors(fig_dir, summary),
+        None if nuts else weights(fig_dir, summary, idata),
+        None if nuts else bounds_vs_errors(fig_dir, summary),
     ]
     return [f for f in out if f is not None]

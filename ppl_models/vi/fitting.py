@@ -7,8 +7,10 @@ the iterates: the fitted parameters are the mean of the iterates
 :math:`\theta_s,\ s \ge \lfloor (1 - w) T \rfloor` over the last fraction :math:`w` of the
 :math:`T` steps, which cancels the gradient noise left in the last iterate.
 
-The fit is checked as it runs by the convergence rule (:mod:`ppl_models.vi.convergence`), and
-particles are vectorized where the model allows it (:mod:`ppl_models.vi.vectorization`).
+The model and guide are checked before the fit (:mod:`ppl_models.vi.checks`), the fit is
+checked as it runs by the convergence rule (:mod:`ppl_models.vi.convergence`), particles are
+vectorized where the model allows it (:mod:`ppl_models.vi.vectorization`), and a fit from a MAP
+start that is in doubt is fitted again from Pyro's start (:mod:`ppl_models.vi.restart`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,10 +26,7 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
-from pyro.poutine.util import site_is_subsample
-from pyro.util import check_site_shape
 
 from ..batches import index_batches
 from ..distributed import Context, rank_seed
@@ -41,22 +39,20 @@ from ..svi import (
     seed_everything,
     train,
 )
+from .checks import declared_plate, inspected_model
 from .convergence import convergence_report
 from .data_plate import (
     DataPlate,
-    check_indexing,
-    find_data_plate,
-    refuse_own_subsampling,
+    resubsampled,
     subsampled,
 )
 from .enumeration import Discrete, enumerated, enumeration_vectorizes, find_discrete
 from .guides import WhitenedGuide, make_guide
-from .initialization import PYRO_INIT_SCALE, ran_to_boundary
-from .logweights import draw_log_weights
+from .local import LocalLatentGuide, LocalVmappedElbo, local_guide_refusal
 from .modules import adopt_local_params, model_modules, module_parameters, point_estimates
+from .restart import better_of, doubt
 from .script import model_data
 from .settings import CUSTOM, GUIDES, FitSettings
-from .traces import max_plate_nesting
 from .unconstrained import check_bounds, dynamic_sites, evaluate, guide_layout
 from .vectorization import vectorization_ok
 from .vmapped import LOOP, PLATE, VMAP, VmappedElbo, evaluation_ok, vmap_ok
@@ -147,7 +143,6 @@ class FitHooks:
 
 
 _HOOKS = frozenset(f.name for f in dataclasses.fields(FitHooks))
-FINAL_ELBO_DRAWS = 2048  # guide draws of each ELBO that decides between two fits
 
 
 def fit_svi(
@@ -236,6 +231,7 @@ def fit_svi(
         adopt_local_params(modules)
         discrete = find_discrete(model, data, dtype)
         dynamic = [] if discrete or guide_name == CUSTOM else dynamic_sites(model, data, dtype)
+        plate = declared_plate(model, data, settings, dtype, device)
         problem = _Problem(
             model,
             guide,
@@ -248,15 +244,16 @@ def fit_svi(
             modules,
             discrete,
             dynamic,
+            plate,
         )
         initial = [copy.deepcopy(m.state_dict()) for m in modules]
         fit = _fit_once(problem, settings)
-        doubt = _doubt(fit)
-        if doubt:  # a MAP start whose fit collapsed or did not converge: try Pyro's start
+        in_doubt = doubt(fit)
+        if in_doubt:  # a MAP start whose fit collapsed or did not converge: try Pyro's start
             trained = [copy.deepcopy(m.state_dict()) for m in modules]
             _load(modules, initial)
             retry = _fit_once(_refitting(problem), settings.replace(init="prior"))
-            fit = _better_of(fit, retry, doubt)
+            fit = better_of(fit, retry, in_doubt)
             if fit is not retry:
                 _load(modules, trained)
         _note_point_estimates(fit)
@@ -281,6 +278,7 @@ class _Problem:
     modules: list
     discrete: Discrete
     dynamic: list[str]
+    plate: DataPlate | None = None
 
     @property
     def fit_model(self) -> Callable:
@@ -326,7 +324,8 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
     start = time.perf_counter()
     seed_everything(settings.seed)
     fitted, notes = _built_guide(problem, settings)
-    prototype, nesting, plate = _inspected_model(model, fitted, data, settings)
+    prototype, nesting = inspected_model(model, fitted, data)
+    plate = problem.plate
     init_seconds = time.perf_counter() - start
     vectorization = _vectorization(problem, fitted, nesting, settings, notes)
     loss_fn = _objective(problem, fitted, settings, vectorization, nesting)
@@ -339,7 +338,7 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
         seed=settings.seed,
         context=context,
     )
-    if plate is not None and (settings.batch_size or context.parallel):
+    if _subsamples(plate, settings, context):
         notes.append(_plate_note(plate, settings.batch_size, context))
     minibatched = plate is not None and 0 < settings.batch_size < plate.size
     if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
@@ -397,95 +396,6 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
 def _unique(params: list) -> list:
     seen = set()
     return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
-
-
-@dataclass(frozen=True)
-class _Doubt:
-    """Why a fit from a MAP start is fitted again from Pyro's start: the bounded coordinates
-    it ran towards their bounds, or its failure to converge."""
-
-    collapsed: list[tuple[str, str]]
-    converged: bool
-
-    def words(self) -> str:
-        if self.collapsed:
-            names = ", ".join(n for n, _ in self.collapsed[:4])
-            more = " ..." if len(self.collapsed) > 4 else ""
-            their = "its" if len(self.collapsed) == 1 else "their"
-            return (
-                f"ran {names}{more} towards {their} bound (a collapsing scale, as in a "
-                "funnel's neck)"
-            )
-        return (
-            "did not meet its convergence rule (the Laplace approximation at the mode was a "
-            "poor start, as at the mode of a funnel's neck)"
-        )
-
-
-def _doubt(fit: SviFit) -> _Doubt | None:
-    """A reason to doubt a fit that began at a MAP, or None: the bounded coordinates whose
-    fitted location lies more than e^5 times nearer their bound than the feasible point the MAP
-    search began from (more than 5 outwards in the unconstrained space), as a group scale
-    collapses to zero in a funnel's neck, or a convergence rule that failed. Fits from other
-    starts began at Pyro's start already: there is nothing else to try."""
-    start = getattr(fit.guide, "start", None)
-    if start is None or start.method != "laplace":
-        return None
-    origin = start.origin if start.origin is not None else start.loc
-    loc = fit.guide.unconstrained_mean().to(origin)
-    collapsed = ran_to_boundary(origin, loc, fit.guide.coordinates())
-    assessed = len(fit.convergence.get("window_means", ())) >= 2  # a rule that could not be
-    if collapsed or (assessed and not fit.converged):  # applied (too few steps) accuses nothing
-        return _Doubt(collapsed, fit.converged)
-    return None
-
-
-def _better_of(first: SviFit, retry: SviFit, doubt: _Doubt) -> SviFit:
-    """The fit with the higher final ELBO (estimated from the same number of guide draws, with
-    its standard error), with a note on both."""
-    draws = FINAL_ELBO_DRAWS if first.vectorized else FINAL_ELBO_DRAWS // 8
-    elbos = [final_elbo(f, draws) for f in (first, retry)]
-    keep = 1 if elbos[1][0] > elbos[0][0] else 0
-    (m0, se0), (m1, se1) = elbos
-    words = "the refit" if keep else "the fit from the MAP start"
-    note = (
-        f"The fit from the MAP start {doubt.words()}, so the guide was fitted again from "
-        f"Pyro's start (the prior's mean or median, scale {PYRO_INIT_SCALE:g}). Final ELBOs "
-        f"({draws} draws each): MAP start {m0:.6g} ± {se0:.2g}, Pyro's start "
-        f"{m1:.6g} ± {se1:.2g}; {words} is kept."
-    )
-    kept = retry if keep else first
-    kept.notes = [note, *kept.notes]
-    kept.init_seconds = first.init_seconds + (retry.init_seconds if keep else 0.0)
-    kept.extras["restart"] = {
-        "collapsed": [name for name, _ in doubt.collapsed],
-        "converged_from_map": doubt.converged,
-        "elbo_map_start": [m0, se0],
-        "elbo_pyro_start": [m1, se1],
-        "kept": "pyro-start" if keep else "map-start",
-    }
-    return kept
-
-
-def final_elbo(fit: SviFit, draws: int = 0, seed: int = 0) -> tuple[float, float]:
-    r"""The ELBO of the fitted guide, :math:`E_q[\log p(x, z) - \log q(z)]`, estimated from
-    ``draws`` guide draws (default :data:`FINAL_ELBO_DRAWS`, an eighth of it for a model run
-    one draw at a time), and its standard error."""
-    draws = draws or (FINAL_ELBO_DRAWS if fit.vectorized else FINAL_ELBO_DRAWS // 8)
-    lw = draw_log_weights(
-        fit.model,
-        fit.guide,
-        fit.data,
-        draws=draws,
-        vectorized=fit.vectorized,
-        unconstrained=fit.vectorization if fit.vectorization == VMAP or fit.dynamic else None,
-        discrete=fit.discrete or None,
-        max_plate_nesting=fit.max_plate_nesting,
-        seed=seed,
-        device=fit.device,
-    )
-    log_w = lw.log_weights
-    return float(log_w.mean()), float(log_w.std(ddof=1) / math.sqrt(len(log_w)))
 
 
 def _guide_name(guide: str | Callable) -> str:
@@ -548,6 +458,22 @@ def _built_guide(problem: _Problem, settings: FitSettings):
         return problem.guide, [
             "The custom guide was fitted as given (no initialisation by the package)."
         ]
+    plate = problem.plate
+    if plate is not None and plate.latents and _subsamples(plate, settings, problem.context):
+        refusal = local_guide_refusal(problem.discrete, problem.dynamic, problem.guide_name, plate)
+        if refusal:
+            raise ValueError(refusal)
+        fitted = LocalLatentGuide(
+            problem.guide_name,
+            problem.model,
+            plate,
+            init=settings.init,
+            dtype=problem.dtype,
+            device=problem.device,
+            **settings.guide_options,
+        )
+        fitted.setup(**problem.data)
+        return fitted, list(fitted.notes)
     fitted = make_guide(
         problem.guide_name,
         problem.model,
@@ -590,77 +516,10 @@ def _discrete_note(discrete: Discrete) -> str:
     )
 
 
-def _inspected_model(model, guide, data, settings: FitSettings):
-    """One trace of the model under the guide: its plate depth, a refusal of plates that draw
-    their own subsample, and the declared data plate (checked, with the model's indexing)."""
-    with poutine.block(), torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(**data)
-        prototype = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
-    nesting = max_plate_nesting(prototype)
-    refuse_own_subsampling(guide_trace, prototype)
-    check_guide_covers_model(guide_trace, prototype)
-    check_site_shapes(prototype, nesting)
-    plate = None
-    if settings.data_plate:
-        plate = find_data_plate(prototype, settings.data_plate)
-        check_indexing(model, _latent_values(prototype), data, plate)
-    return prototype, nesting, plate
-
-
-def check_guide_covers_model(guide_trace, model_trace) -> None:
-    """A guide must draw every latent site of the model that is not summed out, and no site
-    the model lacks: otherwise the ELBO is of another model (Pyro only warns, and the fit
-    would run to the end on the wrong objective).
-
-    Raises
-    ------
-    ValueError
-        Naming the sites missing from the guide, or the guide's sites the model lacks.
-    """
-    latent = {
-        name
-        for name, site in model_trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not site_is_subsample(site)
-        and not site["infer"].get("_deterministic")
-        and site["infer"].get("enumerate") != "parallel"
-    }
-    drawn = {
-        name
-        for name, site in guide_trace.nodes.items()
-        if site["type"] == "sample"
-        and not site_is_subsample(site)
-        and not site["infer"].get("is_auxiliary")
-    }
-    missing, extra = sorted(latent - drawn), sorted(drawn - latent - set(model_trace.nodes))
-    if missing:
-        raise ValueError(
-            f"the guide draws no value for the model's latent sites {missing}: a guide needs a "
-            "pyro.sample statement for every latent site of the model (discrete sites may "
-            "instead be summed out: mark them with infer={'enumerate': 'parallel'})"
-        )
-    if extra:
-        raise ValueError(
-            f"the guide draws sites the model does not have: {extra}; rename them to the "
-            "model's site names"
-        )
-
-
-def check_site_shapes(model_trace, nesting: int) -> None:
-    """Every sample site's batch shape must be that of its plates (Pyro's own check, made here
-    whatever the caller's validation setting): a batch dimension outside any plate would clash
-    with the particle and draw dimensions.
-
-    Raises
-    ------
-    ValueError
-        Pyro's message: the site, the expected and actual shapes, and the fixes it suggests.
-    """
-    model_trace.compute_log_prob()
-    for site in model_trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            check_site_shape(site, nesting)
+def _subsamples(plate: DataPlate | None, settings: FitSettings, context: Context) -> bool:
+    """Whether the fit takes subsamples of the data plate (a batch size, or several
+    processes); otherwise every step sees all the data."""
+    return plate is not None and bool(settings.batch_size or context.parallel)
 
 
 def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, notes) -> str:
@@ -684,7 +543,8 @@ def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, not
             return PLATE
     elif vectorization_ok(model, guide, data, nesting):
         return PLATE
-    if settings.vectorize is None and isinstance(guide, WhitenedGuide) and not problem.discrete:
+    flat = isinstance(guide, WhitenedGuide | LocalLatentGuide)  # a flat unconstrained vector
+    if settings.vectorize is None and flat and not problem.discrete:
         if settings.elbo == "trace" and vmap_ok(model, guide, data):
             notes.append(
                 "The model does not broadcast over a particle dimension (for example it indexes "
@@ -706,7 +566,11 @@ def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, not
 def _objective(problem: _Problem, guide, settings: FitSettings, vectorization: str, nesting):
     """The negative ELBO as a module whose parameters all exist (one warm-up call)."""
     model, data = problem.fit_model, problem.data
-    if vectorization == VMAP or problem.dynamic:
+    if vectorization == VMAP and isinstance(guide, LocalLatentGuide):
+        loss_fn = LocalVmappedElbo(model, guide, settings.particles, problem.modules)
+    elif vectorization == VMAP or problem.dynamic:
+        if problem.plate is not None:  # evaluate() blocks the plate from the fit's subsample
+            model = resubsampled(model, problem.plate.name)
         loss_fn = VmappedElbo(model, guide, settings.particles, problem.modules, vectorization)
     else:
         if problem.discrete:
@@ -780,14 +644,6 @@ class _Recorder:
         return True
 
 
-def _latent_values(trace) -> dict[str, torch.Tensor]:
-    return {
-        name: site["value"]
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-    }
-
-
 def _step_losses(
     loss_fn: Callable,
     data: dict,
@@ -829,10 +685,15 @@ def _plate_note(plate: DataPlate, batch_size: int, context: Context) -> str:
         if context.parallel
         else "at each step"
     )
+    terms = (
+        "its log-likelihood and its latents' log-densities (the model's and the guide's)"
+        if plate.latents
+        else "its log-likelihood"
+    )
     return (
         f"The data plate {plate.name!r} ({plate.size} observations) took a batch of {batch} "
-        f"{where}, its log-likelihood scaled by {plate.size}/{batch}: every step's loss is an "
-        "unbiased estimate of the full-data negative ELBO."
+        f"{where}, {terms} scaled by {plate.size}/{batch}: every step's loss is an unbiased "
+        "estimate of the full-data negative ELBO."
     )
 
 

@@ -88,6 +88,12 @@ class WhitenedGuide(AutoContinuous):
     dynamic
         The sites whose support depends on other latents
         (:func:`~ppl_models.vi.unconstrained.dynamic_sites`).
+    start
+        A start found elsewhere (a :class:`~ppl_models.vi.initialization.LaplaceStart` of this
+        guide's flat vector), used instead of searching one: a previous fit's mean and
+        covariance (:func:`start_from_fit`; the escalation ladder starts each rung from the best
+        fit before it), or the Laplace approximation of the whole model for the global part of a
+        guide for local latents (:mod:`ppl_models.vi.local`).
     """
 
     name = "whitened"
@@ -103,6 +109,7 @@ class WhitenedGuide(AutoContinuous):
         iterations: int = LBFGS_ITERATIONS,
         discrete: Discrete | None = None,
         dynamic: list[str] | None = None,
+        start: LaplaceStart | None = None,
     ):
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
@@ -112,6 +119,7 @@ class WhitenedGuide(AutoContinuous):
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self._iterations = iterations
         self.start: LaplaceStart | None = None
+        self._given_start = start
         self._discrete = discrete
         self._dynamic = list(dynamic or [])
         guided = continuous_part(model, discrete) if discrete else model
@@ -189,12 +197,19 @@ class WhitenedGuide(AutoContinuous):
                 "Hessian-vector products for its start (the most it takes is "
                 f"{FULL_RANK_MAX:,}); use --guide auto-lowrank (--set rank=R) or auto-normal"
             )
-        start = self._init_loc().to(torch.float64)
-        if self._init == "feasible":
-            self.start = feasible_start(start)
+        if self._given_start is not None:
+            if self._given_start.loc.numel() != self.latent_dim:
+                raise ValueError(
+                    f"the given start has {self._given_start.loc.numel()} coordinates, the guide "
+                    f"{self.latent_dim}"
+                )
+            self.start = self._given_start
+        elif self._init == "feasible":
+            self.start = feasible_start(self._init_loc().to(torch.float64))
         elif self._init == "prior":
-            self.start = prior_start(start, "init is 'prior'")
+            self.start = prior_start(self._init_loc().to(torch.float64), "init is 'prior'")
         else:
+            start = self._init_loc().to(torch.float64)
             kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
             self.start = laplace_start(
                 lambda z: self.potential(z, **kwargs64),
@@ -440,6 +455,46 @@ class _LearnedAffine(dist.TransformModule):
 
     def log_abs_det_jacobian(self, x, y):
         return self.log_scale.expand(x.shape).sum(-1)
+
+
+START_DRAWS = 4096  # draws that estimate a flow's mean and covariance for the next start
+
+
+def start_from_fit(guide: WhitenedGuide, draws: int = START_DRAWS) -> LaplaceStart:
+    r"""A start at a fitted guide: its mean :math:`m` and covariance :math:`\Sigma` of the flat
+    unconstrained vector (exact for a Gaussian guide, from ``draws`` draws for a flow, made
+    without disturbing the caller's random state), as :class:`LaplaceStart` with
+    :math:`H = \Sigma^{-1}`: a guide given it starts as the fitted Gaussian (a flow starts as
+    that Gaussian and learns what it lacks). ``method`` is ``"previous-fit"``."""
+    with torch.no_grad():
+        posterior = guide.get_posterior()
+        if isinstance(posterior, dist.Independent) and isinstance(posterior.base_dist, dist.Normal):
+            loc = posterior.base_dist.loc
+            cov = torch.diag(posterior.base_dist.scale.pow(2))
+        elif isinstance(posterior, (dist.MultivariateNormal, dist.LowRankMultivariateNormal)):
+            loc, cov = posterior.loc, posterior.covariance_matrix
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                x = posterior.sample((draws,)).to(torch.float64)
+            loc = x.mean(0)
+            cov = torch.atleast_2d(torch.cov(x.T))
+    loc, cov = loc.to(torch.float64).cpu(), cov.to(torch.float64).cpu()
+    cov = 0.5 * (cov + cov.T)
+    jitter = 1e-12 * cov.diagonal().abs().max().clamp(min=1e-300)
+    tril = torch.linalg.cholesky(cov + jitter * torch.eye(len(loc), dtype=torch.float64))
+    return LaplaceStart(
+        loc,
+        torch.cholesky_inverse(tril),
+        tril,
+        cov.diagonal().sqrt(),
+        "previous-fit",
+        converged=True,
+        notes=[
+            f"Started from the previous fit ({guide.name}): its mean and covariance of the "
+            "unconstrained latents, instead of a new MAP search."
+        ],
+    )
 
 
 GUIDE_CLASSES = {

@@ -51,6 +51,13 @@ def elements(values: dict[str, np.ndarray], sites: list[str]) -> np.ndarray:
     return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
 
 
+def draws_for_khat(khat: float) -> float:
+    r"""PSIS's sample-size requirement :math:`10^{1/(1-\hat k)}` (Vehtari et al. 2024): inf
+    for :math:`\hat k \ge 1`, and where it exceeds a float (:math:`\hat k` within 1/308 of 1)."""
+    exponent = 1 / (1 - khat) if khat < 1 else math.inf
+    return 10.0**exponent if exponent <= 308 else math.inf
+
+
 def resolution(stream: MomentStream, previous_khat: float | None, precision: float) -> dict:
     """Whether the draws so far resolve the verdict's quantities (module docstring), and the
     numbers that say so."""
@@ -68,7 +75,7 @@ def resolution(stream: MomentStream, previous_khat: float | None, precision: flo
         mean_error = np.where(scale > 0, 2 * psis.mcse_mean / scale, 0.0)
         sd_error = np.where(psis.sd > 0, 2 * psis.mcse_sd / psis.sd, 0.0)
     worst = float(max(np.nanmax(mean_error, initial=0.0), np.nanmax(sd_error, initial=0.0)))
-    needed = 10 ** (1 / (1 - khat)) if khat < 1 else math.inf
+    needed = draws_for_khat(khat)
     if not khat <= threshold:  # PSIS is not reliable here: more draws only settle k-hat
         done = stable
     else:

@@ -32,6 +32,7 @@ from .verdict import VerdictRules, reference_checks
 SIDE_BY_SIDE = "side-by-side"  # the anchors that the first screen's numbers link to
 EVIDENCE = "evidence"
 TIMINGS = "timings"
+LADDER = "escalation-ladder"
 WEIGHTS_FIGURE = "figure-importance-weights"
 
 
@@ -163,8 +164,10 @@ def build_report(run_dir: Path, summary: dict, idata) -> Path:
     figs = vf.all_figures(run_dir / "figures", summary, idata, metrics)
     findings = advice.findings_of(summary)
     words, level, meaning = advice.badge_words(summary["verdict"])
+    if (summary.get("answer") or {}).get("kind") in ("psis", "nuts"):  # a ladder's answer
+        meaning = meaning.replace("q's", "the answer's")
     report = Report(
-        title=f"Variational fit ({summary.get('guide', 'custom')} guide): posterior diagnostics",
+        title=_title(summary),
         verdict=verdict_paragraphs(summary),
         badge=Badge(words, level, meaning, advice.headline(findings, summary)),
         next_steps=advice.next_steps(findings, summary),
@@ -172,8 +175,50 @@ def build_report(run_dir: Path, summary: dict, idata) -> Path:
         details=details(summary),
         tables=tables(summary),
         figures=[Figure(t, p, c) for t, p, c in figs],
+        first_screen=[ladder_table(summary)] if summary.get("ladder") else [],
     )
     return write_html(run_dir, report)
+
+
+def _title(s: dict) -> str:
+    if s.get("ladder"):
+        return f"Escalation ladder (answer: {s.get('guide', 'custom')}): posterior diagnostics"
+    return f"Variational fit ({s.get('guide', 'custom')} guide): posterior diagnostics"
+
+
+def ladder_table(s: dict) -> Table:
+    """The escalation ladder's rungs, one row each: what it tried, its time, k-hat and verdict,
+    and why the climb moved on (the answer's row says so)."""
+    ladder = s["ladder"]
+    rows = []
+    for i, r in enumerate(ladder.get("rungs", [])):
+        if r.get("status") == "skipped":
+            verdict = "skipped"
+        elif r.get("status") in ("failed", "cut"):
+            verdict = r["status"]
+        else:
+            verdict = r.get("verdict")
+        rows.append(
+            [
+                i + 1,
+                r["rung"] + ("  ◀ answer" if r.get("answer") else ""),
+                r["method"],
+                Num(r.get("seconds"), unit="s") if r.get("status") != "skipped" else None,
+                _num(r.get("khat"), digits=2),
+                verdict,
+                r.get("stopped", ""),
+            ]
+        )
+    return Table(
+        "Escalation ladder",
+        ["#", "rung", "method", "time", "k-hat", "verdict", "why it stopped"],
+        rows,
+        note=f"{ladder.get('sentence', '')} Each rung starts from the best fit before it; the "
+        f"whole climb took {format_seconds(ladder.get('seconds'))} of a budget of "
+        f"{format_seconds(ladder.get('budget'))}. Every rung's files are in rungs/.",
+        anchor=LADDER,
+        keep_empty=True,
+    )
 
 
 def verdict_paragraphs(s: dict) -> list[str]:
@@ -187,7 +232,15 @@ def verdict_paragraphs(s: dict) -> list[str]:
 def _how(s: dict) -> list[str]:
     """How the verdict was reached: the reference, the convergence rule, the weights."""
     ref = s.get("reference")
-    out = [
+    answer = s.get("answer") or {}
+    out = [f"The answer: {answer['words']}."] if answer.get("words") else []
+    if s.get("mcmc"):
+        m = s["mcmc"]
+        out.append(
+            f"NUTS's checks: {m.get('rules', '')}; "
+            + ("all hold." if m.get("passed") else "failed: " + "; ".join(m.get("failed", [])))
+        )
+    out += [
         f"Reference: {ref}."
         if ref
         else "Reference: none; the fit was judged from its own importance weights and error bounds."
@@ -222,8 +275,40 @@ def _seconds(s: dict) -> tuple[float | None, float | None]:
     return s.get("fit_seconds"), diagnosis
 
 
+def _mcmc_numbers(s: dict) -> list[KeyNumber]:
+    """A NUTS answer's numbers: its chains' checks."""
+    m = s["mcmc"]
+    r_hat, bulk, tail = m.get("max_r_hat"), m.get("min_ess_bulk"), m.get("min_ess_tail")
+    divergences = m.get("divergences", 0)
+    return [
+        KeyNumber(
+            "Split R-hat (max)",
+            "n/a" if r_hat is None else Num(r_hat, digits=3),
+            f"{m.get('max_r_hat_element') or ''}; at most 1.01",
+            f"#{SIDE_BY_SIDE}",
+            "good" if r_hat is not None and r_hat <= 1.01 else "bad",
+        ),
+        KeyNumber(
+            "ESS bulk / tail (min)",
+            "n/a" if bulk is None else f"{bulk:,.0f} / {tail:,.0f}",
+            f"{m.get('chains')} chains x {m.get('draws_per_chain')} draws; at least 400",
+            f"#{SIDE_BY_SIDE}",
+            "good" if bulk is not None and min(bulk, tail) >= 400 else "bad",
+        ),
+        KeyNumber(
+            "Divergences",
+            f"{divergences}",
+            f"after {m.get('warmup')} warm-up iterations",
+            f"#{SIDE_BY_SIDE}",
+            "good" if not divergences else "bad",
+        ),
+    ]
+
+
 def key_numbers(s: dict) -> list[KeyNumber]:
     """The five numbers that matter, each linking down to where it is explained."""
+    if s.get("mcmc"):
+        return [*_mcmc_numbers(s), _worst_element(s), _time_number(s)]
     k, thr = s.get("psis_khat"), s["psis_khat_threshold"]
     if k is None:
         khat = KeyNumber("PSIS k-hat", "n/a", "not finite: see the notes", f"#{WEIGHTS_FIGURE}")
@@ -253,15 +338,31 @@ def key_numbers(s: dict) -> list[KeyNumber]:
         ),
         f"#{EVIDENCE}",
     )
+    return [khat, ess_number, elbo, _worst_element(s), _time_number(s)]
+
+
+def _time_number(s: dict) -> KeyNumber:
+    ladder = s.get("ladder")
+    if ladder:
+        answer = ladder.get("answer")
+        answer = ladder.get("closest") if answer is None else answer
+        rungs = ladder.get("rungs") or []
+        rung = rungs[answer] if answer is not None and answer < len(rungs) else None
+        return KeyNumber(
+            "Time",
+            format_seconds(ladder.get("seconds")),
+            f"{len(rungs)} rungs"
+            + ("" if rung is None else f"; the answer's rung {format_seconds(rung['seconds'])}"),
+            f"#{LADDER}",
+        )
     fit_s, diag_s = _seconds(s)
     total = sum(t for t in (fit_s, diag_s) if t is not None) if fit_s or diag_s else None
-    time = KeyNumber(
+    return KeyNumber(
         "Time",
         format_seconds(total),
         f"fit {format_seconds(fit_s)}, diagnosis {format_seconds(diag_s)}",
         f"#{TIMINGS}",
     )
-    return [khat, ess_number, elbo, _worst_element(s), time]
 
 
 def _worst_element(s: dict) -> KeyNumber:

@@ -183,3 +183,81 @@ class NutsSettings:
     warmup: int = 500
     draws: int = 1000
     chains: int = 2
+
+
+# the rungs of the escalation ladder (ppl_models.vi.ladder), in the order they are climbed
+RUNGS = ("guide", "psis", "reparam", "richer", "flow", "nuts")
+
+
+@dataclass(frozen=True)
+class NutsLadderSettings:
+    """The NUTS rung of the escalation ladder (:func:`ppl_models.vi.neutra.run_nuts`).
+
+    Attributes
+    ----------
+    chains
+        Chains, run together (vectorized): several chains cost little more than one.
+    warmup
+        Warm-up iterations (NeuTra's preconditioning leaves little to adapt).
+    draws, max_draws
+        Kept draws per chain of the first round, and the most the rounds may double to while
+        the R-hat and ESS checks fail.
+    max_tree_depth, target_accept
+        NUTS's depth limit and the step-size adaptation's target acceptance.
+    jit
+        Compile the potential with ``torch.jit.trace`` (checked against the model first).
+    """
+
+    chains: int = 4
+    warmup: int = 300
+    draws: int = 250
+    max_draws: int = 4000
+    max_tree_depth: int = 10
+    target_accept: float = 0.8
+    jit: bool = True
+
+    def __post_init__(self):
+        for key in ("chains", "draws", "max_draws", "max_tree_depth"):
+            value = getattr(self, key)
+            require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+        require(self.chains >= 2, "chains", self.chains, "at least 2 (R-hat needs two chains)")
+        require(isinstance(self.warmup, int) and self.warmup >= 0, "warmup", self.warmup, ">= 0")
+        require(self.max_draws >= self.draws, "max_draws", self.max_draws, f">= {self.draws}")
+        require(0 < self.target_accept < 1, "target_accept", self.target_accept, "in (0, 1)")
+
+
+@dataclass(frozen=True)
+class LadderSettings:
+    """How :func:`ppl_models.vi.ladder.fit_auto` climbs.
+
+    Attributes
+    ----------
+    budget
+        Seconds for the whole climb: a fit or NUTS run still going when they are spent stops,
+        and the ladder ends with the best rung so far.
+    rungs
+        The rungs to climb, a subset of :data:`RUNGS` (always in that order).
+    draws, mode_starts
+        The diagnosis's most guide draws and mode-search starts at each variational rung.
+    nuts
+        The NUTS rung's settings.
+    """
+
+    budget: float = 900.0
+    rungs: tuple[str, ...] = RUNGS
+    draws: int = DiagnosisSettings.draws
+    mode_starts: int = DiagnosisSettings.mode_starts
+    nuts: NutsLadderSettings = field(default_factory=NutsLadderSettings)
+
+    def __post_init__(self):
+        require(
+            isinstance(self.budget, int | float) and self.budget > 0 and math.isfinite(self.budget),
+            "budget",
+            self.budget,
+            "a positive number of seconds",
+        )
+        unknown = [r for r in self.rungs if r not in RUNGS]
+        require(
+            not unknown and bool(self.rungs), "rungs", self.rungs, f"some of {', '.join(RUNGS)}"
+        )
+        require(self.draws >= 100, "draws", self.draws, "an integer >= 100")

@@ -2,8 +2,10 @@
 
 :func:`execute` writes the run-directory contract of :mod:`ppl_models.runs` (``config.toml``,
 ``env.json``, ``metrics.jsonl``, ``posterior.nc``, ``observations.json``, ``figures/``,
-``report.html`` and, last, ``summary.json``); the fit is :mod:`.fitting`'s, the numbers
-:mod:`.analysis`'s and the page :mod:`.report`'s.
+``report.html`` and, last, ``summary.json``); the fit is
+:mod:`ppl_models.jobs.exp_normal.fitting`'s, the numbers
+:mod:`ppl_models.jobs.exp_normal.analysis`'s and the page
+:mod:`ppl_models.jobs.exp_normal.report`'s.
 """
 
 from __future__ import annotations

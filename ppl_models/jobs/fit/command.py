@@ -41,6 +41,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="overrides",
         help="set any configuration key (repeatable), e.g. lr_final=0.001, init=feasible",
     )
+    parser.add_argument(
+        "--auto",
+        action="store_true",
+        default=None,
+        help="climb the escalation ladder until a fit is certified: the guide, its PSIS "
+        "correction, a non-centred model, richer guides, NUTS preconditioned by the best guide",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="time budget of --auto (default 900 s): when it runs out, the best rung so far "
+        "is the answer",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--nproc",
@@ -54,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> FitConfig:
     """The resolved configuration from parsed arguments."""
     flags = ("script", "data", "guide", "reference", "steps", "particles", "lr", "seed")
-    flags += ("device", "draws")
+    flags += ("device", "draws", "auto", "budget")
     overrides = command_line_overrides(args.overrides, {k: getattr(args, k) for k in flags})
     return load_config(FitConfig, None, overrides)
 
@@ -69,6 +83,10 @@ def main(args: argparse.Namespace) -> int:
     from .run import execute
 
     config = config_from_args(args)
+    if config.auto:
+        if args.nproc is not None or distributed.launched():
+            raise ValueError("--auto runs in one process: leave out --nproc and torchrun")
+        return _main_auto(config, args)
     if args.nproc is not None and not distributed.launched():
         return _launch(args, config)
     run, diagnosis = execute(config, out=args.out, progress=not args.quiet)
@@ -81,12 +99,50 @@ def main(args: argparse.Namespace) -> int:
         + ("n/a" if khat is None else f"{khat:.3g}")
         + f", verdict: {s['verdict']}"
     )
+    _print_off(s)
+    print(f"report: {run.file('report.html')}")
+    return 0
+
+
+def _print_off(s: dict) -> None:
     if s["verdict_off"]:
         print(
             f"off: {', '.join(s['verdict_off'][:8])}"
             + (" ..." if len(s["verdict_off"]) > 8 else "")
         )
+
+
+EXIT_INTERRUPTED = 130
+
+
+def _main_auto(config: FitConfig, args: argparse.Namespace) -> int:
+    """``--auto``: climb the ladder, print a line per rung as it finishes and the answer."""
+    import sys
+
+    from .run import execute_auto
+
+    def show(rung, index) -> None:
+        khat = "" if rung.khat is None else f"  k-hat {rung.khat:.2f}"
+        verdict = f"  {rung.verdict}" if rung.verdict else ""
+        print(
+            f"  {index + 1:2d} {rung.rung:8s} {rung.status:8s} {rung.seconds:6.1f} s{khat}"
+            f"{verdict}  {rung.method}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    run, diagnosis, ladder = execute_auto(
+        config, out=args.out, progress=not args.quiet, on_rung=None if args.quiet else show
+    )
+    s = diagnosis.summary
+    print(f"{Path(config.script).name}: {ladder.summary_sentence()} Verdict: {s['verdict']}")
+    _print_off(s)
+    for advice in ladder.advice:
+        print(f"advice: {advice}")
     print(f"report: {run.file('report.html')}")
+    if ladder.stopped == "interrupted":
+        print("ppl-models: interrupted; the rungs finished so far are written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -11,11 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import require
-from ...vi.settings import GUIDE_CHOICES, DiagnosisSettings, FitSettings, NutsSettings
+from ...vi.settings import (
+    GUIDE_CHOICES,
+    RUNGS,
+    DiagnosisSettings,
+    FitSettings,
+    LadderSettings,
+    NutsLadderSettings,
+    NutsSettings,
+)
 
 MODEL = "fit"
 DEFAULT_SCRIPT = "runs/normal_mean.py"
 _FIT, _DIAGNOSIS, _NUTS = FitSettings(), DiagnosisSettings(), NutsSettings()
+_LADDER, _LADDER_NUTS = LadderSettings(), NutsLadderSettings()
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,10 @@ class FitConfig:
     float64 on the CPU and float32 on CUDA; ``data_plate`` empty means the script's
     ``DATA_PLATE`` (if any), and ``batch_size`` 0 all the observations (each process's share
     with several); ``rank`` is ``auto-lowrank``'s (empty: the square root of the dimension).
+
+    ``auto`` climbs the escalation ladder (:func:`ppl_models.vi.ladder.fit_auto`) within
+    ``budget`` seconds, over the rungs ``auto_rungs`` (comma-separated, empty: all of them);
+    ``auto_nuts_*`` set its NUTS rung (the ``nuts_*`` keys are those of ``--reference nuts``).
     """
 
     script: str = DEFAULT_SCRIPT
@@ -49,6 +62,12 @@ class FitConfig:
     nuts_chains: int = _NUTS.chains
     data_plate: str = ""
     batch_size: int = _FIT.batch_size
+    auto: bool = False
+    budget: float = _LADDER.budget
+    auto_rungs: str = ""
+    auto_nuts_chains: int = _LADDER_NUTS.chains
+    auto_nuts_warmup: int = _LADDER_NUTS.warmup
+    auto_nuts_draws: int = _LADDER_NUTS.draws
 
     def __post_init__(self):
         require(bool(str(self.script).strip()), "script", self.script, "a model script path")
@@ -64,6 +83,24 @@ class FitConfig:
         require(self.nuts_warmup >= 0, "nuts_warmup", self.nuts_warmup, "an integer >= 0")
         require(self.nuts_draws >= 1, "nuts_draws", self.nuts_draws, "an integer >= 1")
         require(self.nuts_chains >= 1, "nuts_chains", self.nuts_chains, "an integer >= 1")
+        if self.auto:
+            self.ladder_settings()  # the ladder's own checks
+
+    @property
+    def rungs(self) -> tuple[str, ...]:
+        """The ladder's rungs: ``auto_rungs`` split on commas (all of them when empty)."""
+        names = tuple(r.strip() for r in str(self.auto_rungs).split(",") if r.strip())
+        return names or RUNGS
+
+    def ladder_settings(self) -> LadderSettings:
+        """The escalation ladder's :class:`~ppl_models.vi.settings.LadderSettings`."""
+        nuts = NutsLadderSettings(
+            chains=self.auto_nuts_chains,
+            warmup=self.auto_nuts_warmup,
+            draws=self.auto_nuts_draws,
+            max_draws=max(_LADDER_NUTS.max_draws, self.auto_nuts_draws),
+        )
+        return LadderSettings(budget=self.budget, rungs=self.rungs, draws=self.draws, nuts=nuts)
 
     @property
     def reference_kind(self) -> str:

@@ -139,6 +139,74 @@ def execute(config: FitConfig, out: Path | None = None, progress: bool = True):
     return run, diagnosis
 
 
+def execute_auto(config: FitConfig, out: Path | None = None, progress: bool = True, on_rung=None):
+    """``fit --auto``: climb the escalation ladder (:func:`ppl_models.vi.ladder.fit_auto`) and
+    write the run directory. Returns ``(run, diagnosis, ladder)``: the diagnosis is the answer's
+    (or the closest rung's), its summary holding the climb under ``ladder``.
+
+    Each rung is written to ``rungs/NN-<rung>/`` (``summary.json``, ``posterior.nc``) and the
+    climb so far to ``ladder.json`` as soon as the rung finishes, each file atomically: Ctrl-C
+    or a kill leaves every finished rung on disk. Ctrl-C ends the climb with the best rung so
+    far, which is written as the answer; ``on_rung(rung, index)`` is called after each rung is
+    written (the command prints a line).
+    """
+    from ...runs import atomic_write_json
+    from ...vi.ladder import fit_auto, write_rung
+
+    script, data, source, reference = prepare(config)
+    plate = data_plate(config, script)
+    device = resolve_device(config.device)
+    run = Run.create(Path(config.script).stem, out)
+    with run:
+        run.write_config(config)
+        run.write_env(seed=config.seed, device=str(device))
+        guide = script.guide if config.guide == "custom" else config.guide
+        settings = config.fit_settings(plate).replace(device=device)
+        records: list[dict] = []
+
+        def written(rung, index: int) -> None:
+            write_rung(rung, index, run.path / "rungs")
+            records.append(rung.record())
+            atomic_write_json(
+                run.file("ladder.json"),
+                {"status": "running", "budget": config.budget, "rungs": records},
+            )
+            if on_rung is not None:
+                on_rung(rung, index)
+
+        ref = "nuts" if config.reference_kind == "nuts" else reference
+        try:
+            with default_dtype(run_dtype(config)):
+                ladder = fit_auto(
+                    script.model,
+                    data,
+                    guide=guide,
+                    reference=ref,
+                    settings=settings,
+                    ladder=config.ladder_settings(),
+                    seed=config.seed,
+                    progress=progress,
+                    on_rung=written,
+                )
+        except (ValueError, FileNotFoundError, NonFiniteLossError):
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's model failed: one line
+            raise ValueError(model_failure("fitting", err)) from err
+        diagnosis = ladder.diagnosis
+        if diagnosis is None:
+            reasons = "; ".join(f"{r.rung}: {r.stopped}" for r in ladder.rungs) or "none ran"
+            raise ValueError(f"no rung of the escalation ladder finished ({reasons})")
+        atomic_write_json(run.file("ladder.json"), {"status": "complete", **ladder.to_dict()})
+        diagnosis.summary.update(
+            script=str(script.path),
+            data=source,
+            device=str(device),
+            init_seconds=getattr(diagnosis.fit, "init_seconds", None),
+        )
+        write_run(diagnosis, run.path)
+    return run, diagnosis, ladder
+
+
 def _parameter_digest(guide) -> str | None:
     """The digest of a module guide's parameters (None for a function guide)."""
     return distributed.parameter_digest(guide) if isinstance(guide, torch.nn.Module) else None
