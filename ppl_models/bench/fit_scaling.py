@@ -229,23 +229,22 @@ def run_package(config, out: Path, profile: Path | None = None) -> tuple[dict, o
         )
         return result
 
-    def timed_fit(*args, **kwargs):
-        cpu = time.process_time()
-        try:
-            return originals[0](*args, **kwargs)
-        finally:
-            marks["fit_cpu"] = time.process_time() - cpu
-            marks["peak_rss_fit"] = peak_rss()
+    def marked(original, part: str, rss_part: str):
+        """``original``, recording its CPU seconds and the peak RSS after it in ``marks``."""
 
-    def timed_diagnose(*args, **kwargs):
-        cpu = time.process_time()
-        try:
-            return originals[2](*args, **kwargs)
-        finally:
-            marks["diagnose_cpu"] = time.process_time() - cpu
-            marks["peak_rss_diagnosis"] = peak_rss()
+        def timed(*args, **kwargs):
+            cpu = time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                marks[f"{part}_cpu"] = time.process_time() - cpu
+                marks[f"peak_rss_{rss_part}"] = peak_rss()
 
-    fitting.fit_svi, fitting.train, fit_run.diagnose = timed_fit, timed_train, timed_diagnose
+        return timed
+
+    fitting.fit_svi = marked(originals[0], "fit", "fit")
+    fitting.train = timed_train
+    fit_run.diagnose = marked(originals[2], "diagnose", "diagnosis")
     profiler = None
     try:
         start, cpu = time.perf_counter(), time.process_time()
