@@ -292,14 +292,21 @@ def _sliced_chunk(model, guide, data, n, max_plate_nesting, sites, plate, size, 
                 log_joint = log_joint + sum_per_draw(site["log_prob"], n, dim)
         if first is None:
             first = trace
+    values, unconstrained = _per_draw_values(first, sites, n)
+    return log_joint, log_prob_per_draw(guide_trace, n, dim), values, unconstrained
+
+
+def _per_draw_values(trace, sites, n: int) -> tuple[dict, dict]:
+    """Each site's ``n`` draws in ``trace``, ``(n, *shape)``, and each latent's unconstrained
+    value :math:`T^{-1}(z)` likewise."""
     values, unconstrained = {}, {}
     for s in sites:
-        node = first.nodes[s.name]
+        node = trace.nodes[s.name]
         values[s.name] = per_draw_value(node["value"], n, s.shape, s.name)
         if s.kind == "latent":
             u = biject_to(node["fn"].support).inv(node["value"])
             unconstrained[s.name] = per_draw_value(u, n, s.unconstrained_shape, s.name)
-    return log_joint, log_prob_per_draw(guide_trace, n, dim), values, unconstrained
+    return values, unconstrained
 
 
 def _device(trace) -> torch.device:
@@ -328,13 +335,7 @@ def _vectorized_chunk(model, guide, data, n, max_plate_nesting, sites, discrete=
     else:
         log_joint = log_prob_per_draw(model_trace, n, dim)
     log_q = log_prob_per_draw(guide_trace, n, dim)
-    values, unconstrained = {}, {}
-    for s in sites:
-        node = model_trace.nodes[s.name]
-        values[s.name] = per_draw_value(node["value"], n, s.shape, s.name)
-        if s.kind == "latent":
-            u = biject_to(node["fn"].support).inv(node["value"])
-            unconstrained[s.name] = per_draw_value(u, n, s.unconstrained_shape, s.name)
+    values, unconstrained = _per_draw_values(model_trace, sites, n)
     return log_joint, log_q, values, unconstrained
 
 
