@@ -31,9 +31,22 @@ Both fitted guides are then measured by the same estimators:
   further draws (seed 1), and from them the **maximum absolute mean error** in truth sds over
   the elements and the **range of sd ratios** (q sd / truth sd).
 
-A row states whether the package is never worse: its ELBO at least plain Pyro's minus two
-standard errors of the difference, :math:`\sqrt{se_1^2 + se_2^2}`, and its maximum mean error at
-most plain Pyro's plus 0.05 truth sds.
+Each way is fitted once per seed (``--seeds``, default 5: seeds 0 to 4; the seed of the fit,
+not of the measurements). A single fit's final iterate is itself a random draw: plain Pyro's
+constant step size leaves its last iterate wandering around the optimum, so one seed can land
+nearer the truth or farther from it by more than the rule's 0.05 sd. The rules therefore compare
+the two ways' **means over the seeds**:
+
+- the ELBO: the mean of the seeds' final ELBOs, with the standard error of that mean,
+  :math:`\sqrt{(s^2 + \overline{se^2}) / n}` for :math:`n` seeds whose ELBOs spread with sample
+  variance :math:`s^2` and carry Monte Carlo standard errors :math:`se` (the measurements use
+  common random numbers, so :math:`s^2` alone would understate the noise);
+- the maximum mean error: the mean over the seeds of each fit's maximum, its range beside it;
+  the sd ratios: their range over every seed.
+
+A row states whether the package is never worse: its mean ELBO at least plain Pyro's minus two
+standard errors of the difference, :math:`\sqrt{se_1^2 + se_2^2}`, and its mean maximum mean
+error at most plain Pyro's plus 0.05 truth sds.
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ PYRO_LR = 0.02  # ClippedAdam's step size in the issue's plain-Pyro measurement
 MOMENT_DRAWS = 20_000  # mean errors' Monte Carlo sd: 0.007 truth sds at an sd ratio of 1
 ELBO_SES = 2.0  # "never worse": package ELBO >= plain ELBO - 2 SE of the difference
 MEAN_TOLERANCE = 0.05  # "never worse": package max mean error <= plain's + 0.05 truth sd
+SEEDS = 5  # fits per way and posterior, seeds 0 to 4: the rules compare means over the seeds
 PYRO_GUIDES = {
     "auto-normal": "AutoNormal",
     "auto-mvn": "AutoMultivariateNormal",
@@ -82,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"plain Pyro's ClippedAdam step size (--compare-pyro; default {PYRO_LR})",
     )
     parser.add_argument(
+        "--seeds",
+        type=int,
+        default=SEEDS,
+        help=f"fits per way and posterior, seeds 0 to N-1; the rules compare the means over "
+        f"the seeds (--compare-pyro; default {SEEDS})",
+    )
+    parser.add_argument(
         "--moment-draws",
         type=int,
         default=MOMENT_DRAWS,
@@ -93,11 +114,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- the two fits
 
 
-def fit_package(model, guide: str, data: dict, *, steps: int, particles: int, lr: float):
-    """:func:`ppl_models.vi.fitting.fit_svi` with its defaults but for the budget, on the CPU."""
+def fit_package(
+    model, guide: str, data: dict, *, steps: int, particles: int, lr: float, seed: int = 0
+):
+    """:func:`ppl_models.vi.fitting.fit_svi` with its defaults but for the budget and the seed,
+    on the CPU."""
     from ..vi.fitting import fit_svi
 
-    return fit_svi(model, guide, data, steps=steps, particles=particles, lr=lr, device="cpu")
+    return fit_svi(
+        model, guide, data, steps=steps, particles=particles, lr=lr, seed=seed, device="cpu"
+    )
 
 
 def pyro_init(guide: str) -> str:
@@ -266,8 +292,10 @@ def compare_posterior(
     lr: float,
     pyro_lr: float = PYRO_LR,
     moment_draws: int = MOMENT_DRAWS,
+    seeds: int = 1,
 ) -> dict:
-    """Both fits of one posterior and their measurements, as one row of ``bench.json``.
+    """Both fits of one posterior, once per seed, their measurements pooled over the seeds, as
+    one row of ``bench.json`` (each seed's own in the ways' ``runs``).
 
     Raises
     ------
@@ -283,91 +311,142 @@ def compare_posterior(
         "about": posterior.about,
         "truth": None if truth is None else truth.source,
         "truth_elements": 0 if truth is None else len(truth.moments),
+        "seeds": seeds,
     }
-    print(f"{posterior.name}: package fit ...", file=sys.stderr, flush=True)
-    try:
-        wall, cpu = time.perf_counter(), time.process_time()
-        fit = fit_package(model, posterior.guide, data, steps=steps, particles=particles, lr=lr)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    except Exception as err:  # noqa: BLE001 - a fit that fails is reported in its row
-        row.update(package={"error": _error(err)}, plain_pyro=None)
-        return _judged(row)
-    measured = measure(
-        fit.model,
-        fit.guide,
-        fit.data,
-        vectorized=fit.vectorized,
-        max_plate_nesting=fit.max_plate_nesting,
-        moment_draws=moment_draws,
-        dtype=fit.dtype,
-    )
-    start = getattr(fit.guide, "start", None)
-    row["package"] = {
-        "seconds": wall,  # the whole fit_svi call: its start, the steps, any refit
-        "cpu_seconds": cpu,
+    init = pyro_init(posterior.guide)
+    plain = {"guide": PYRO_GUIDES[posterior.guide], "init": init, "lr": pyro_lr}
+    package_runs, plain_runs = [], []
+    for seed in range(seeds):
+        print(f"{posterior.name}: package fit, seed {seed} ...", file=sys.stderr, flush=True)
+        try:
+            wall, cpu = time.perf_counter(), time.process_time()
+            fit = fit_package(
+                model, posterior.guide, data, steps=steps, particles=particles, lr=lr, seed=seed
+            )
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        except Exception as err:  # noqa: BLE001 - a fit that fails is reported in its row
+            row.update(package={"error": _error(err), "seed": seed}, plain_pyro=None)
+            return _judged(row)
+
+        def measured(guide, fit=fit):
+            return measure(
+                fit.model,
+                guide,
+                fit.data,
+                vectorized=fit.vectorized,
+                max_plate_nesting=fit.max_plate_nesting,
+                moment_draws=moment_draws,
+                dtype=fit.dtype,
+            )
+
+        start = getattr(fit.guide, "start", None)
+        package_runs.append(
+            _run(
+                measured(fit.guide),
+                truth,
+                seed=seed,
+                seconds=wall,  # the whole fit_svi call: its start, the steps, any refit
+                cpu_seconds=cpu,
+                start=fit.settings.get("init") if start is None else start.method,
+                restart=fit.extras.get("restart"),
+                converged=fit.converged,
+                threads=fit.settings.get("threads"),
+                notes=list(fit.notes),
+            )
+        )
+        if "error" in plain:  # plain Pyro could not start: its other seeds cannot either
+            continue
+        print(f"{posterior.name}: plain Pyro fit, seed {seed} ...", file=sys.stderr, flush=True)
+        try:
+            result = fit_plain_pyro(
+                fit.model,
+                posterior.guide,
+                fit.data,
+                steps=steps,
+                particles=particles,
+                lr=pyro_lr,
+                threads=fit.settings.get("threads"),
+                dtype=fit.dtype,
+                seed=seed,
+                then=measured,
+            )
+        except Exception as err:  # noqa: BLE001 - Pyro's initialisers fail on flat priors
+            why = (
+                f"Pyro's {init} samples the prior, and a flat prior (ImproperUniform) cannot be "
+                "sampled: plain Pyro cannot start"
+                if posterior.flat_prior
+                else "plain Pyro's fit failed"
+            )
+            plain["error"] = f"{why} ({_error(err)})"
+            continue
+        if "then_error" in result:  # a guide whose draws cannot be scored
+            plain["error"] = (
+                f"plain Pyro's guide could not be measured ({_error(result['then_error'])})"
+            )
+            continue
+        plain_runs.append(
+            _run(
+                result["then"],
+                truth,
+                seed=seed,
+                seconds=result["seconds"],
+                cpu_seconds=result["cpu_seconds"],
+                final_loss=float(result["losses"][-1]),
+            )
+        )
+    row["package"] = _pooled(package_runs)
+    row["plain_pyro"] = plain if "error" in plain else {**plain, **_pooled(plain_runs)}
+    return _judged(row)
+
+
+def _run(measured: dict, truth, **about) -> dict:
+    """One seed's fit: its final ELBO and standard error, its accuracy against ``truth``."""
+    return {
+        **about,
         "elbo": measured["elbo"],
         "elbo_se": measured["elbo_se"],
         "accuracy": None if truth is None else accuracy(measured["moments"], truth),
-        "start": fit.settings.get("init") if start is None else start.method,
-        "restart": fit.extras.get("restart"),
-        "converged": fit.converged,
-        "threads": fit.settings.get("threads"),
-        "notes": list(fit.notes),
     }
-    print(f"{posterior.name}: plain Pyro fit ...", file=sys.stderr, flush=True)
-    init = pyro_init(posterior.guide)
-    plain = {"guide": PYRO_GUIDES[posterior.guide], "init": init, "lr": pyro_lr}
 
-    def measured_plain(guide):
-        return measure(
-            fit.model,
-            guide,
-            fit.data,
-            vectorized=fit.vectorized,
-            max_plate_nesting=fit.max_plate_nesting,
-            moment_draws=moment_draws,
-            dtype=fit.dtype,
-        )
 
-    try:
-        result = fit_plain_pyro(
-            fit.model,
-            posterior.guide,
-            fit.data,
-            steps=steps,
-            particles=particles,
-            lr=pyro_lr,
-            threads=fit.settings.get("threads"),
-            dtype=fit.dtype,
-            then=measured_plain,
-        )
-    except Exception as err:  # noqa: BLE001 - Pyro's initialisers fail on flat priors
-        why = (
-            f"Pyro's {init} samples the prior, and a flat prior (ImproperUniform) cannot be "
-            "sampled: plain Pyro cannot start"
-            if posterior.flat_prior
-            else "plain Pyro's fit failed"
-        )
-        plain["error"] = f"{why} ({_error(err)})"
-        row["plain_pyro"] = plain
-        return _judged(row)
-    if "then_error" in result:  # a guide whose draws cannot be scored
-        plain["error"] = (
-            f"plain Pyro's guide could not be measured ({_error(result['then_error'])})"
-        )
-        row["plain_pyro"] = plain
-        return _judged(row)
-    measured = result["then"]
-    plain.update(
-        seconds=result["seconds"],
-        cpu_seconds=result["cpu_seconds"],
-        final_loss=float(result["losses"][-1]),
-        elbo=measured["elbo"],
-        elbo_se=measured["elbo_se"],
-        accuracy=None if truth is None else accuracy(measured["moments"], truth),
-    )
-    row["plain_pyro"] = plain
-    return _judged(row)
+def _pooled(runs: list[dict]) -> dict:
+    r"""One way's fits over the seeds: the mean ELBO with the standard error of that mean,
+    :math:`\sqrt{(s^2 + \overline{se^2}) / n}`, the mean of the maximum mean errors (and their
+    range), the range of the sd ratios, the mean seconds per fit, and ``runs``, each seed's own.
+
+    The seeds' ELBOs share the measurements' random numbers, so their spread :math:`s^2`
+    understates the Monte Carlo part of the noise; each fit's :math:`se^2` adds it back.
+    """
+    n = len(runs)
+    elbos = [r["elbo"] for r in runs]
+    pooled = {
+        "seconds": float(np.mean([r["seconds"] for r in runs])),
+        "cpu_seconds": float(np.mean([r["cpu_seconds"] for r in runs])),
+        "elbo": None,
+        "elbo_se": None,
+        "accuracy": None,
+        "runs": runs,
+    }
+    if all(e is not None for e in elbos):
+        spread = float(np.var(elbos, ddof=1)) if n > 1 else 0.0
+        mc = float(np.mean([r["elbo_se"] ** 2 for r in runs]))
+        pooled.update(elbo=float(np.mean(elbos)), elbo_se=math.sqrt((spread + mc) / n))
+    accs = [r["accuracy"] for r in runs]
+    if accs and all(accs):
+        errors = [a["max_mean_error"] for a in accs]
+        worst = int(np.argmax(errors))
+        pooled["accuracy"] = {
+            "elements": accs[0]["elements"],
+            "max_mean_error": float(np.mean(errors)),
+            "max_mean_error_range": [min(errors), max(errors)],
+            "max_mean_error_at": accs[worst]["max_mean_error_at"],
+            "sd_ratio": [min(a["sd_ratio"][0] for a in accs), max(a["sd_ratio"][1] for a in accs)],
+            "missing": accs[0]["missing"],
+        }
+    starts = sorted({r["start"] for r in runs if r.get("start")})
+    if starts:
+        pooled["start"] = "/".join(starts)
+    return pooled
 
 
 def _judged(row: dict) -> dict:
@@ -402,6 +481,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     for flag in ("steps", "particles"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.moment_draws < 100:
         raise ValueError(f"--moment-draws must be >= 100, got {args.moment_draws}")
     for flag in ("lr", "pyro_lr"):
@@ -440,6 +521,7 @@ def main(args: argparse.Namespace) -> int:
                 lr=args.lr,
                 pyro_lr=args.pyro_lr,
                 moment_draws=args.moment_draws,
+                seeds=args.seeds,
             )
         except (FileNotFoundError, ValueError) as err:  # its script, data or reference
             skipped.append(f"{posterior.name}: {(str(err).splitlines() or [''])[0]}")
@@ -461,6 +543,7 @@ def main(args: argparse.Namespace) -> int:
             "pyro_optimizer": "ClippedAdam",
             "elbo_draws": FINAL_ELBO_DRAWS,
             "moment_draws": args.moment_draws,
+            "seeds": args.seeds,
         },
         "rules": {
             "elbo": f"package ELBO >= plain ELBO - {ELBO_SES:g} SE of the difference",
@@ -483,8 +566,8 @@ COLUMNS = (
     ("package ELBO", 20),
     ("plain Pyro ELBO", 20),
     ("ok", 4),
-    ("max|err| pkg", 13),
-    ("plain", 7),
+    ("max|err| pkg", 24),
+    ("plain", 22),
     ("ok", 4),
     ("sd ratio pkg", 14),
     ("plain", 12),
@@ -507,7 +590,9 @@ def _acc(part: dict | None, key: str) -> str:
     if not a:
         return "—"
     if key == "error":
-        return f"{a['max_mean_error']:.3f}"
+        lo, hi = a.get("max_mean_error_range", [a["max_mean_error"]] * 2)
+        spread = f" ({lo:.3f}-{hi:.3f})" if hi > lo else ""
+        return f"{a['max_mean_error']:.3f}{spread}"
     lo, hi = a["sd_ratio"]
     return f"{lo:.2f}-{hi:.2f}"
 
@@ -522,7 +607,8 @@ def print_table(r: dict) -> None:
     print(
         f"package fit (fit_svi defaults) vs plain Pyro (autoguide, default init, ClippedAdam lr "
         f"{s['pyro_lr']:g}): {s['steps']} steps x {s['particles']} particles; final ELBO from "
-        f"{s['elbo_draws']:,} draws, moments from {s['moment_draws']:,}"
+        f"{s['elbo_draws']:,} draws, moments from {s['moment_draws']:,}; means over "
+        f"{s['seeds']} seed(s) per way (max|err|: mean (range))"
     )
     print(
         "".join(
@@ -565,17 +651,18 @@ def print_table(r: dict) -> None:
         for part in ("package", "plain_pyro"):
             if (row.get(part) or {}).get("error"):
                 print(f"{row['posterior']}: {part} failed: {row[part]['error']}")
-        restart = (row.get("package") or {}).get("restart")
-        if restart:
-            why = (
-                f"{', '.join(restart['collapsed'])} collapsed"
-                if restart["collapsed"]
-                else "the fit from the MAP start did not converge"
-            )
-            print(
-                f"{row['posterior']}: the package refitted from Pyro's start ({why}) and kept "
-                f"the {restart['kept']} fit"
-            )
+        for run in (row.get("package") or {}).get("runs", []):
+            restart = run.get("restart")
+            if restart:
+                why = (
+                    f"{', '.join(restart['collapsed'])} collapsed"
+                    if restart["collapsed"]
+                    else "the fit from the MAP start did not converge"
+                )
+                print(
+                    f"{row['posterior']}, seed {run['seed']}: the package refitted from Pyro's "
+                    f"start ({why}) and kept the {restart['kept']} fit"
+                )
     worse = [row["posterior"] for row in r["posteriors"] if row["never_worse"] is False]
     print(f"never worse than plain Pyro: {'VIOLATED by ' + ', '.join(worse) if worse else 'held'}")
     for line in r["skipped"]:
