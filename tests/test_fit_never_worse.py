@@ -192,3 +192,39 @@ def test_plain_pyro_on_a_flat_prior_is_reported_not_raised():
     assert row["plain_pyro"]["guide"] == "AutoMultivariateNormal"
     assert row["package"]["elbo"] is not None and row["never_worse"] is None
     assert torch.get_default_dtype() == torch.float32  # restored after both fits
+
+
+def test_the_ways_are_pooled_over_seeds():
+    def run(elbo, se, err, lo, hi, at):
+        acc = {
+            "elements": 2,
+            "max_mean_error": err,
+            "max_mean_error_at": at,
+            "sd_ratio": [lo, hi],
+            "missing": [],
+        }
+        return {"seconds": 2.0, "cpu_seconds": 1.0, "elbo": elbo, "elbo_se": se, "accuracy": acc}
+
+    pooled = compare_pyro._pooled(
+        [run(-10.0, 0.3, 0.10, 0.9, 1.0, "a"), run(-12.0, 0.4, 0.30, 0.8, 1.1, "b")]
+    )
+    # spread 2 (sample variance of -10, -12) plus the mean squared se (0.09 + 0.16) / 2, over 2
+    assert pooled["elbo"] == pytest.approx(-11.0)
+    assert pooled["elbo_se"] == pytest.approx(math.sqrt((2.0 + 0.125) / 2))
+    acc = pooled["accuracy"]
+    assert acc["max_mean_error"] == pytest.approx(0.2)
+    assert acc["max_mean_error_range"] == [0.10, 0.30] and acc["max_mean_error_at"] == "b"
+    assert acc["sd_ratio"] == [0.8, 1.1]
+    one = compare_pyro._pooled([run(-10.0, 0.3, 0.10, 0.9, 1.0, "a")])
+    assert one["elbo_se"] == pytest.approx(0.3)  # one seed: its Monte Carlo error alone
+
+
+def test_each_seed_is_its_own_fit():
+    row = compare_pyro.compare_posterior(
+        by_name("normal_mean"), RUNS, steps=30, particles=2, lr=0.1, moment_draws=200, seeds=2
+    )
+    pkg, plain = row["package"], row["plain_pyro"]
+    assert [r["seed"] for r in pkg["runs"]] == [0, 1] == [r["seed"] for r in plain["runs"]]
+    assert pkg["runs"][0]["elbo"] != pkg["runs"][1]["elbo"]  # different seeds, different fits
+    assert pkg["elbo"] == pytest.approx(np.mean([r["elbo"] for r in pkg["runs"]]))
+    assert row["seeds"] == 2 and row["never_worse"] is not None
