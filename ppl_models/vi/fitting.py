@@ -50,7 +50,7 @@ from .enumeration import Discrete, enumerated, enumeration_vectorizes, find_disc
 from .guides import WhitenedGuide, make_guide
 from .local import LocalLatentGuide, LocalVmappedElbo, local_guide_refusal
 from .modules import adopt_local_params, model_modules, module_parameters, point_estimates
-from .restart import better_of, doubt
+from .restart import START_ELBO_DRAWS, better_of, doubt, elbo_estimate
 from .script import model_data
 from .settings import CUSTOM, GUIDES, FitSettings
 from .unconstrained import check_bounds, dynamic_sites, evaluate, guide_layout
@@ -343,6 +343,7 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
     minibatched = plate is not None and 0 < settings.batch_size < plate.size
     if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
         seed_everything(rank_seed(settings.seed, context.rank))
+    start_elbo = _start_elbo(problem, fitted, vectorization, nesting)
     params = _unique([*loss_fn.parameters(), *module_parameters(problem.modules)])
     optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
     decay = (settings.lr_final / settings.lr) ** (1.0 / settings.steps)
@@ -386,10 +387,38 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
         device=device,
         dtype=dtype,
         init_seconds=init_seconds,
-        extras={"stopped_early": result.stopped_early, "averaged_steps": recorder.count},
+        extras={
+            "stopped_early": result.stopped_early,
+            "averaged_steps": recorder.count,
+            "start_elbo": start_elbo,
+        },
         vectorization=vectorization,
         discrete=problem.discrete,
         dynamic=problem.dynamic,
+    )
+
+
+def _start_elbo(problem: _Problem, fitted, vectorization: str, nesting: int) -> list | None:
+    """The ELBO of a Laplace start before the first step, with its standard error
+    (:data:`~ppl_models.vi.restart.START_ELBO_DRAWS` draws, an eighth of them for a model run
+    one draw at a time), for the restart guard's :func:`~ppl_models.vi.restart.start_gain`;
+    None for other starts."""
+    start = getattr(fitted, "start", None)
+    if start is None or start.method != "laplace":
+        return None
+    draws = START_ELBO_DRAWS if vectorization != LOOP else START_ELBO_DRAWS // 8
+    return list(
+        elbo_estimate(
+            problem.model,
+            fitted,
+            problem.data,
+            draws=draws,
+            vectorization=vectorization,
+            dynamic=problem.dynamic,
+            discrete=problem.discrete,
+            max_plate_nesting=nesting,
+            device=problem.device,
+        )
     )
 
 

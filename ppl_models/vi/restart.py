@@ -3,8 +3,14 @@ r"""The restart guard: a fit from a MAP start that is in doubt is fitted again f
 A MAP/Laplace start (:mod:`ppl_models.vi.initialization`) can hand SVI the mode of a funnel's
 neck, where a group scale is near zero and the mean-field guide collapses there. A fit from such
 a start is in doubt (:func:`doubt`) when it ran a bounded coordinate more than :math:`e^5`
-towards its bound, or did not converge; it is then fitted again from Pyro's own start, and
-:func:`better_of` keeps the fit with the higher final ELBO
+towards its bound, did not converge, or rose more than :data:`START_GAIN_NATS` above the ELBO of
+the Laplace approximation it started from. Where that approximation describes the posterior
+(a near-Gaussian one), it is already close to q's optimum and the fit gains a fraction of a nat:
+the gain is :math:`\mathrm{KL}(q_0 \| p) - \mathrm{KL}(q \| p)`. A larger gain says the mode
+is not where the mass is (Neal's funnel's mode lies 1.5 sds down its neck), and a fit that
+crept out of the neck on a decaying step size can still look converged: its ELBO is flat along
+the neck. The fit is then fitted again from Pyro's own start, and :func:`better_of` keeps the
+fit with the higher final ELBO
 
 .. math:: \widehat{\mathcal L} = \frac1S \sum_{s=1}^S \big(\log p(x, z_s) - \log q(z_s)\big),
           \qquad z_s \sim q,
@@ -19,14 +25,18 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .initialization import PYRO_INIT_SCALE, ran_to_boundary
 from .logweights import draw_log_weights
-from .vmapped import VMAP
+from .vmapped import LOOP, VMAP
 
 if TYPE_CHECKING:
     from .fitting import SviFit
 
 FINAL_ELBO_DRAWS = 2048  # guide draws of each ELBO that decides between two fits
+START_GAIN_NATS = 1.0  # a fit that rose more above its Laplace start left a poor start
+START_ELBO_DRAWS = 256  # draws of the Laplace start's ELBO (16 steps' worth at 16 particles)
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class Doubt:
 
     collapsed: list[tuple[str, str]]
     converged: bool
+    gain: tuple[float, float] | None = None  # ELBO gained over the start, its standard error
 
     def words(self) -> str:
         if self.collapsed:
@@ -46,9 +57,16 @@ class Doubt:
                 f"ran {names}{more} towards {their} bound (a collapsing scale, as in a "
                 "funnel's neck)"
             )
+        if not self.converged:
+            return (
+                "did not meet its convergence rule (the Laplace approximation at the mode was a "
+                "poor start, as at the mode of a funnel's neck)"
+            )
+        gain, se = self.gain
         return (
-            "did not meet its convergence rule (the Laplace approximation at the mode was a "
-            "poor start, as at the mode of a funnel's neck)"
+            f"rose {gain:.3g} ± {se:.2g} nats above the ELBO of the Laplace approximation it "
+            f"started from (more than {START_GAIN_NATS:g}: the mode is not where the "
+            "posterior's mass is, as at the mode of a funnel's neck)"
         )
 
 
@@ -56,8 +74,9 @@ def doubt(fit: SviFit) -> Doubt | None:
     """A reason to doubt a fit that began at a MAP, or None: the bounded coordinates whose
     fitted location lies more than e^5 times nearer their bound than the feasible point the MAP
     search began from (more than 5 outwards in the unconstrained space), as a group scale
-    collapses to zero in a funnel's neck, or a convergence rule that failed. Fits from other
-    starts began at Pyro's start already: there is nothing else to try."""
+    collapses to zero in a funnel's neck; a convergence rule that failed; or an ELBO gain over
+    the start beyond :data:`START_GAIN_NATS` (:func:`start_gain`). Fits from other starts began
+    at Pyro's start already: there is nothing else to try."""
     start = getattr(fit.guide, "start", None)
     if start is None or start.method != "laplace":
         return None
@@ -67,7 +86,25 @@ def doubt(fit: SviFit) -> Doubt | None:
     assessed = len(fit.convergence.get("window_means", ())) >= 2  # a rule that could not be
     if collapsed or (assessed and not fit.converged):  # applied (too few steps) accuses nothing
         return Doubt(collapsed, fit.converged)
+    gain = start_gain(fit)
+    if gain is not None and gain[0] - 2 * gain[1] > START_GAIN_NATS:
+        return Doubt([], True, gain)
     return None
+
+
+def start_gain(fit: SviFit) -> tuple[float, float] | None:
+    r"""The ELBO the fit gained over its Laplace start, with its standard error: the mean of
+    the last ``eval_every`` recorded ELBO estimates less the start's own
+    (``fit.extras["start_elbo"]``, :data:`START_ELBO_DRAWS` draws of the start before the first
+    step), :math:`\bar L_{\rm end} - \hat L_0`, standard error
+    :math:`\sqrt{s_{\rm end}^2 / n + se_0^2}`. None without a start's ELBO or enough finite
+    losses."""
+    start, window = fit.extras.get("start_elbo"), fit.convergence.get("eval_every", 0)
+    last = -np.asarray(fit.losses[-window:], dtype=np.float64) if window else np.empty(0)
+    if start is None or len(last) < 2 or not np.isfinite(last).all():
+        return None
+    se = math.hypot(last.std(ddof=1) / math.sqrt(len(last)), start[1])
+    return float(last.mean() - start[0]), float(se)
 
 
 def better_of(first: SviFit, retry: SviFit, doubt: Doubt) -> SviFit:
@@ -90,6 +127,7 @@ def better_of(first: SviFit, retry: SviFit, doubt: Doubt) -> SviFit:
     kept.extras["restart"] = {
         "collapsed": [name for name, _ in doubt.collapsed],
         "converged_from_map": doubt.converged,
+        "start_gain": None if doubt.gain is None else list(doubt.gain),
         "elbo_map_start": [m0, se0],
         "elbo_pyro_start": [m1, se1],
         "kept": "pyro-start" if keep else "map-start",
@@ -102,17 +140,46 @@ def final_elbo(fit: SviFit, draws: int = 0, seed: int = 0) -> tuple[float, float
     ``draws`` guide draws (default :data:`FINAL_ELBO_DRAWS`, an eighth of it for a model run
     one draw at a time), and its standard error."""
     draws = draws or (FINAL_ELBO_DRAWS if fit.vectorized else FINAL_ELBO_DRAWS // 8)
-    lw = draw_log_weights(
+    return elbo_estimate(
         fit.model,
         fit.guide,
         fit.data,
         draws=draws,
-        vectorized=fit.vectorized,
-        unconstrained=fit.vectorization if fit.vectorization == VMAP or fit.dynamic else None,
-        discrete=fit.discrete or None,
+        vectorization=fit.vectorization,
+        dynamic=fit.dynamic,
+        discrete=fit.discrete,
         max_plate_nesting=fit.max_plate_nesting,
-        seed=seed,
         device=fit.device,
+        seed=seed,
+    )
+
+
+def elbo_estimate(
+    model,
+    guide,
+    data,
+    *,
+    draws: int,
+    vectorization: str,
+    dynamic: bool,
+    discrete,
+    max_plate_nesting: int,
+    device,
+    seed: int = 0,
+) -> tuple[float, float]:
+    r"""The mean of :math:`\log p(x, z_s) - \log q(z_s)` over ``draws`` draws of ``guide`` as
+    it stands, and its standard error; the caller's random state is left as it was."""
+    lw = draw_log_weights(
+        model,
+        guide,
+        data,
+        draws=draws,
+        vectorized=vectorization != LOOP,
+        unconstrained=vectorization if vectorization == VMAP or dynamic else None,
+        discrete=discrete or None,
+        max_plate_nesting=max_plate_nesting,
+        seed=seed,
+        device=device,
     )
     log_w = lw.log_weights
     return float(log_w.mean()), float(log_w.std(ddof=1) / math.sqrt(len(log_w)))
