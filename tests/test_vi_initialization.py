@@ -164,3 +164,38 @@ def test_centred_eight_schools_starts_where_pyro_starts():
     fit = fit_svi(script.model, "auto-normal", script.load_data(), steps=200, device="cpu")
     assert fit.guide.start.method == "prior"
     assert "tau runs towards its lower bound" in fit.notes[0]
+
+
+def test_a_funnel_fit_that_crept_out_of_the_neck_and_looked_converged_is_redone():
+    # seed 1: from the mode (y = -4.5) the decaying step size lets the fit creep to y = -1.4
+    # and meet the convergence rule, 0.46 sd from the truth y ~ N(0, 3); its rise above the
+    # Laplace start's ELBO (tens of nats, where a near-Gaussian posterior's fit gains a
+    # fraction of one) is what gives the start away, and the refit from Pyro's start is kept
+    from ppl_models.vi.restart import START_GAIN_NATS, start_gain
+
+    fit = fit_svi(neals_funnel, "auto-normal", {}, steps=1000, seed=1, device="cpu")
+    restart = fit.extras["restart"]
+    assert restart["converged_from_map"] and restart["kept"] == "pyro-start"
+    gain, se = restart["start_gain"]
+    assert gain - 2 * se > START_GAIN_NATS
+    assert "above the ELBO of the Laplace approximation" in fit.notes[0]
+    y_mean = float(fit.guide.unconstrained_mean()[0])
+    assert abs(y_mean) <= 0.25 * 3.0  # y's mean within a quarter of its sd of 0
+    assert start_gain(fit) is None  # the kept fit began at Pyro's start: no Laplace ELBO
+
+
+def test_a_gaussian_posteriors_fit_gains_nothing_over_its_laplace_start():
+    # y_i ~ N(mu, 1), mu ~ N(0, 10): the posterior is Gaussian, so the Laplace approximation is
+    # the mean-field optimum and the fit's ELBO matches the start's within noise
+    from ppl_models.vi.restart import start_gain
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("obs", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    y = torch.tensor([0.3, -1.2, 2.2, 0.8], dtype=torch.float64)
+    fit = fit_svi(model, "auto-normal", {"y": y}, steps=300, device="cpu")
+    assert "restart" not in fit.extras and fit.guide.start.method == "laplace"
+    gain, se = start_gain(fit)
+    assert abs(gain) <= 3 * se + 0.01
