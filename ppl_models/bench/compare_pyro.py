@@ -654,11 +654,15 @@ def print_table(r: dict) -> None:
         for run in (row.get("package") or {}).get("runs", []):
             restart = run.get("restart")
             if restart:
-                why = (
-                    f"{', '.join(restart['collapsed'])} collapsed"
-                    if restart["collapsed"]
-                    else "the fit from the MAP start did not converge"
-                )
+                if restart["collapsed"]:
+                    why = f"{', '.join(restart['collapsed'])} collapsed"
+                elif not restart["converged_from_map"]:
+                    why = "the fit from the MAP start did not converge"
+                else:
+                    why = (
+                        f"the fit from the MAP start rose {restart['start_gain'][0]:.3g} nats "
+                        "above its start's ELBO"
+                    )
                 print(
                     f"{row['posterior']}, seed {run['seed']}: the package refitted from Pyro's "
                     f"start ({why}) and kept the {restart['kept']} fit"
