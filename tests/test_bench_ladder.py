@@ -128,7 +128,7 @@ def test_auto_certifies_the_lighthouses_only_at_nuts_agreeing_with_quadrature():
     """Cauchy flashes give polynomial posterior tails: every variational rung (auto-normal,
     auto-mvn, the flow) is refused for its k-hat above 0.7 and so is each PSIS correction, the
     reparametrisation has no funnel to non-centre, and NeuTra NUTS certifies an answer within
-    0.1 sd and 10% of each alpha_j's quadrature moments (about 15 s)."""
+    0.1 sd and 10% of each alpha_j's quadrature moments (about 17 CPU s)."""
     script = load_script(DEFAULT_SCRIPTS / "lighthouses.py")
     ladder = fit_auto(script.model, script.load_data(), seed=0)
     assert ladder.answer is ladder.rungs[-1] and ladder.answer.rung == "nuts"
