@@ -12,8 +12,8 @@ Source: Gull (1988), "Bayesian inductive inference and maximum entropy", in Maxi
 Bayesian Methods in Science and Engineering, vol. 1, pp. 53-74; Sivia and Skilling (2006),
 Data Analysis: A Bayesian Tutorial, 2nd ed., section 2.4. Change: eight lighthouses at once,
 alpha_j's flat prior made Normal(0, 10). Data: positions ~ Normal(0, 2), flashes Cauchy around
-them (seed 0); two lighthouses have a stray flash 5 and 7 km from the others, which gives
-their posteriors a shoulder (a second, lower mode 2.6 to 3.1 nats down).
+them (seed 0); two lighthouses have a stray flash about 5 km from the nearest other, which
+gives their posteriors a shoulder (a second, lower mode 2.6 to 3.1 nats down).
 
 Truth: exact. The alpha_j are independent a posteriori, each with a one-dimensional density
 (``log_posterior``, written with scipy.stats): its moments by quadrature
