@@ -5,7 +5,8 @@ posteriordb script, without a reference, must end ``trustworthy`` with every ele
 0.1 sd in mean and 10% in sd of posteriordb's reference draws. Centred eight schools (a funnel
 that needs the non-centred model and its PSIS correction) is the quick representative; the
 other scripts are marked slow (``-m "not slow"`` leaves them out; docs/benchmarks.md records
-all of them).
+all of them). On Gull's lighthouses (``runs/lighthouses.py``, slow) only the NUTS rung may
+certify, and its answer must agree with the exact quadrature moments.
 """
 
 import numpy as np
@@ -120,3 +121,30 @@ def test_auto_certifies_each_posteriordb_script_within_01_sd_and_10_percent(mode
     assert errors["elements"], "no element matched the reference"
     assert errors["max_mean_error_sd"] <= 0.1, errors
     assert errors["max_sd_error"] <= 0.1, errors
+
+
+@pytest.mark.slow
+def test_auto_certifies_the_lighthouses_only_at_nuts_agreeing_with_quadrature():
+    """Cauchy flashes give polynomial posterior tails: every variational rung (auto-normal,
+    auto-mvn, the flow) is refused for its k-hat above 0.7 and so is each PSIS correction, the
+    reparametrisation has no funnel to non-centre, and NeuTra NUTS certifies an answer within
+    0.1 sd and 10% of each alpha_j's quadrature moments (about 17 CPU s)."""
+    script = load_script(DEFAULT_SCRIPTS / "lighthouses.py")
+    ladder = fit_auto(script.model, script.load_data(), seed=0)
+    assert ladder.answer is ladder.rungs[-1] and ladder.answer.rung == "nuts"
+    assert ladder.verdict == "trustworthy", ladder.summary_sentence()
+    rungs = {r.rung: [] for r in ladder.rungs}
+    for r in ladder.rungs[:-1]:
+        rungs[r.rung].append(r)
+        assert not r.certified, r.record()
+    for name in ("guide", "richer", "flow"):
+        [r] = rungs[name]
+        assert r.status == "done" and r.verdict == "not-trustworthy" and r.khat > 0.7, r.record()
+    assert all(r.status == "skipped" and "k-hat" in r.stopped for r in rungs["psis"])
+    assert "no location-scale latent site" in rungs["reparam"][0].stopped
+    truth = script.module.posterior_moments()
+    rows = {r["name"]: r for r in ladder.diagnosis.summary["parameters"]}
+    assert set(rows) == set(truth)
+    for name, (mean, sd) in truth.items():
+        assert abs(rows[name]["mean"] - mean) <= 0.1 * sd, (name, rows[name], mean, sd)
+        assert abs(rows[name]["sd"] / sd - 1) <= 0.1, (name, rows[name], mean, sd)

@@ -1,8 +1,9 @@
 """Benchmark the escalation ladder: ``fit --auto`` against its NUTS rung alone and NumPyro.
 
 For each shipped posteriordb script (``runs/eight_schools_*.py``, ``runs/kidiq_kidscore_momiq.py``,
-``runs/sblri_blr.py``) and Neal's funnel (``runs/neals_funnel.py``, exact reference draws), on
-the same machine, one after the other:
+``runs/sblri_blr.py``), Neal's funnel (``runs/neals_funnel.py``) and Gull's lighthouses
+(``runs/lighthouses.py``: Cauchy data, polynomial tails, a posterior only NUTS certifies), the
+last two with exact reference draws, on the same machine, one after the other:
 
 (a) ``auto``: :func:`ppl_models.fit_auto` with the posterior's reference draws, so that each
     rung's verdict compares with them (the climb, not the report: writing the report takes the
@@ -55,12 +56,13 @@ MODELS = (
     LadderModel("kidiq_kidscore_momiq", "posteriordb:kidiq-kidscore_momiq"),
     LadderModel("sblri_blr", "posteriordb:sblri-blr"),
     LadderModel("neals_funnel", "references/neals_funnel.json.zip"),
+    LadderModel("lighthouses", "references/lighthouses.json.zip"),
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``ppl-models bench ladder``; sizes left out are ``fit --auto``'s."""
-    parser.add_argument("--models", help="comma-separated subset (default: all five)")
+    parser.add_argument("--models", help="comma-separated subset (default: all six)")
     parser.add_argument("--scripts", type=Path, default=DEFAULT_SCRIPTS, help="model scripts")
     parser.add_argument("--budget", type=float, default=900.0, help="--auto's budget (s)")
     parser.add_argument("--steps", type=int, help="SVI steps of every fit (default fit's)")
@@ -205,7 +207,7 @@ def run_nuts_alone(script, data, reference, guide: str, ladder, settings) -> dic
 
 
 def numpyro_twins():
-    """The five models written again for NumPyro (same priors, likelihoods and site names)."""
+    """The six models written again for NumPyro (same priors, likelihoods and site names)."""
     import jax.numpy as jnp
     import numpyro
     import numpyro.distributions as nd
@@ -240,12 +242,19 @@ def numpyro_twins():
         with numpyro.plate("dims", dim):
             numpyro.sample("x", nd.Normal(0.0, jnp.exp(y / 2)))
 
+    def lighthouses(x):
+        with numpyro.plate("lighthouses", x.shape[-1]):
+            alpha = numpyro.sample("alpha", nd.Normal(0.0, 10.0))
+            with numpyro.plate("flashes", x.shape[-2], dim=-2):
+                numpyro.sample("x", nd.Cauchy(alpha, 1.0), obs=x)
+
     return {
         "eight_schools_centered": eight_schools_centered,
         "eight_schools_noncentered": eight_schools_noncentered,
         "kidiq_kidscore_momiq": kidiq_kidscore_momiq,
         "sblri_blr": sblri_blr,
         "neals_funnel": neals_funnel,
+        "lighthouses": lighthouses,
     }
 
 

@@ -13,7 +13,7 @@ a constant, at random points (``tests/test_model_suite.py``, from the values rec
 Where the twin's own geometry defeats NUTS, the sampler runs a reparametrized twin with the
 same posterior (``Spec.sampler``), whose draws of the script's sites come back as deterministic
 sites: the non-centred baseball model, and GARCH's ``beta1 = (1 - alpha1) u``. Neal's funnel
-needs no sampler at all: its reference is exact independent draws.
+and the lighthouses need no sampler at all: their references are exact independent draws.
 
 Every NUTS reference is 4 chains of 1,000 warm-up and 1,000 kept draws (more where the spec
 says), in float64. The run stops, writing nothing, unless every element's rank-normalized split
@@ -261,6 +261,29 @@ def neals_funnel_exact(d, s, rng, chains, draws):
     return {"y": y, "x": x}
 
 
+def lighthouses(d, s):
+    _, _, numpyro, nd, _ = _np()
+    x = d["x"]
+    with numpyro.plate("lighthouses", x.shape[-1]):
+        alpha = numpyro.sample("alpha", nd.Normal(0.0, s.PRIOR_SD))
+        with numpyro.plate("flashes", x.shape[-2], dim=-2):
+            numpyro.sample("x", nd.Cauchy(alpha, s.BETA), obs=x)
+
+
+def lighthouses_exact(d, s, rng, chains, draws, points=400_001):
+    """Independent draws of each alpha_j (independent a posteriori): the inverse of its CDF,
+    the script's ``log_posterior`` integrated by the trapezoid rule on +/-10 prior sds."""
+    grid = np.linspace(-10 * s.PRIOR_SD, 10 * s.PRIOR_SD, points)
+    x = np.asarray(d["x"])
+    alpha = np.empty((chains, draws, x.shape[-1]))
+    for j in range(x.shape[-1]):
+        log_p = s.log_posterior(grid, x[:, j])
+        p = np.exp(log_p - log_p.max())
+        cdf = np.concatenate([[0.0], np.cumsum((p[1:] + p[:-1]) / 2)])
+        alpha[..., j] = np.interp(rng.uniform(size=(chains, draws)) * cdf[-1], cdf, grid)
+    return {"alpha": alpha}
+
+
 def baseball_logit(d, s):
     _, _, numpyro, nd, _ = _np()
     at_bats, hits = d["at_bats"], d["hits"]
@@ -393,6 +416,9 @@ SUITE: dict[str, Spec] = {
     ),
     "lkj_mvn": Spec(lkj_mvn),
     "neals_funnel": Spec(neals_funnel, exact=neals_funnel_exact, note="exact independent draws"),
+    "lighthouses": Spec(
+        lighthouses, exact=lighthouses_exact, note="exact independent draws (inverse CDF)"
+    ),
     "baseball_logit": Spec(
         baseball_logit,
         sampler=baseball_logit_noncentred,
