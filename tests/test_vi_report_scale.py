@@ -85,3 +85,28 @@ def test_marginals_read_only_the_elements_they_draw(tmp_path):
     rows = _rows(WORST)
     _, _, caption = vf.marginals(tmp_path, {"parameters": rows}, idata)
     assert f"Shown: {vf.MAX_MARGINALS} of the {J + 2} elements" in caption
+
+
+def test_the_per_element_tables_show_a_chosen_set_and_say_where_the_rest_are():
+    """The report's tables held a row for each of d elements and d coordinates."""
+    from ppl_models.vi.report import TABLE_ROWS, tables
+
+    rows = _rows(WORST)
+    coords = [
+        {"name": r["name"], "site": r["site"], "sd": 2.0, "mean_error": 1.0, "sd_error": 1.0}
+        for r in rows
+    ]
+    summary = {
+        "parameters": rows, "error_bounds_per_coordinate": coords, "draws": 1000,
+        "elbo": -1.0, "elbo_se": 0.1, "iw_bounds": {}, "cubo2": 0.0, "d2": 0.1,
+        "psis_khat": 0.3, "psis_khat_threshold": 0.7, "importance_ess": 900.0,
+        "error_bounds": {"w1": 1.0, "w2": 1.0, "mean_error": 1.0, "sd_error": 1.0},
+    }  # fmt: skip
+    side, _, bounds = tables(summary)[:3]
+    for table in (side, bounds):
+        names = [row[0] for row in table.rows]
+        assert len(names) == TABLE_ROWS
+        assert {"mu", "tau", *(f"alpha[{j}]" for j in WORST)} <= set(names)
+        assert names == sorted(names, key=[r["name"] for r in rows].index)  # the summary's order
+        assert f"Shown: {TABLE_ROWS} of the {J + 2}" in table.note
+        assert "summary.json holds every one" in table.note

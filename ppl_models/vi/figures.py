@@ -101,6 +101,14 @@ def shown_words(shown: list[dict], items: list[dict], what: str) -> str:
     )
 
 
+def chosen_coordinates(summary: dict, cap: int) -> list[dict]:
+    """At most ``cap`` of the unconstrained coordinates in ``summary``, chosen by
+    :func:`globals_and_furthest_off` with the score of the element of the same name."""
+    score = {row["name"]: error_score(row) for row in summary["parameters"]}
+    every = summary.get("error_bounds_per_coordinate") or []
+    return globals_and_furthest_off(every, lambda c: score.get(c["name"], 0.0), cap)
+
+
 def marginals(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
     """Histogram densities of q's draws against the reference's, one panel per element."""
     rows = summary["parameters"]
@@ -420,8 +428,7 @@ def bounds_vs_errors(fig_dir: Path, summary: dict) -> tuple[str, Path, str] | No
     every = summary.get("error_bounds_per_coordinate") or []
     if not every:
         return None
-    score = {row["name"]: error_score(row) for row in summary["parameters"]}
-    coords = globals_and_furthest_off(every, lambda c: score.get(c["name"], 0.0), MAX_COORDINATES)
+    coords = chosen_coordinates(summary, MAX_COORDINATES)
     names = [c["name"] for c in coords]
     sd = np.array([c["sd"] or np.nan for c in coords], dtype=float)
 
