@@ -451,15 +451,16 @@ def bounds_vs_errors(fig_dir: Path, summary: dict) -> tuple[str, Path, str] | No
         if np.isfinite(measured).any():
             ax.bar(x + 0.2, measured, 0.4, color="tab:red", label="measured vs reference")
         shown = np.concatenate([bound, measured])
-        if (np.isfinite(shown) & (shown > 0)).any():  # a log axis needs a positive value
+        positive = shown[np.isfinite(shown) & (shown > 0)]
+        if positive.size:  # a log axis needs a positive value
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(f"|{kind} error| / sd_q")
         lo, hi = ax.get_ylim()
-        if ax.get_yscale() == "log":
-            ax.set_ylim(lo, hi * 30)  # room for the legend above the bars
+        if ax.get_yscale() == "log":  # bars a decade tall at least, room for the legend
+            ax.set_ylim(min(lo, positive.min() / 10), hi * 30)
         ax.set_title(f"{kind} error, unconstrained space", fontsize=10)
         ax.legend(fontsize=8)
     return (
