@@ -38,10 +38,10 @@ def test_the_globals_and_the_elements_furthest_off_are_kept_in_order():
     kept = vf.globals_and_furthest_off(rows, vf.error_score, 4)
     assert [r["name"] for r in kept] == ["mu", "tau", "alpha[17]", "alpha[101]"]
     assert vf.globals_and_furthest_off(rows[:5], vf.error_score, 6) == rows[:5]
-    words = vf.shown_words(kept, rows, "elements")
+    words = vf.shown_words(kept, rows, "elements", "the file holds the rest")
     assert "4 of the 202 elements" in words and "scalar sites (2)" in words
-    assert "the 2 furthest off" in words
-    assert vf.shown_words(rows, rows, "elements") == ""
+    assert "the 2 furthest off" in words and words.endswith("; the file holds the rest.")
+    assert vf.shown_words(rows, rows, "elements", "the file holds the rest") == ""
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -60,7 +60,7 @@ def test_the_bounds_figure_draws_a_bounded_chosen_set_of_coordinates(tmp_path):
     summary = {"parameters": rows, "error_bounds_per_coordinate": coords, "d2": 0.1}
     _, path, caption = vf.bounds_vs_errors(tmp_path, summary)
     assert f"Shown: {vf.MAX_COORDINATES} of the {J + 2} coordinates" in caption
-    assert "scalar sites (2)" in caption
+    assert "scalar sites (2)" in caption and "summary.json holds every coordinate's" in caption
     width, _ = _png_size(path)
     small = {"parameters": rows[:12], "error_bounds_per_coordinate": coords[:12], "d2": 0.1}
     (tmp_path / "small").mkdir()
@@ -85,6 +85,7 @@ def test_marginals_read_only_the_elements_they_draw(tmp_path):
     rows = _rows(WORST)
     _, _, caption = vf.marginals(tmp_path, {"parameters": rows}, idata)
     assert f"Shown: {vf.MAX_MARGINALS} of the {J + 2} elements" in caption
+    assert "posterior.nc holds every element's draws" in caption
 
 
 def test_the_per_element_tables_show_a_chosen_set_and_say_where_the_rest_are():
@@ -109,4 +110,4 @@ def test_the_per_element_tables_show_a_chosen_set_and_say_where_the_rest_are():
         assert {"mu", "tau", *(f"alpha[{j}]" for j in WORST)} <= set(names)
         assert names == sorted(names, key=[r["name"] for r in rows].index)  # the summary's order
         assert f"Shown: {TABLE_ROWS} of the {J + 2}" in table.note
-        assert "summary.json holds every one" in table.note
+        assert "summary.json holds every row" in table.note

@@ -88,16 +88,17 @@ def globals_and_furthest_off(items: list[dict], score, cap: int) -> list[dict]:
     return [items[i] for i in sorted(scalar + others[: cap - len(scalar)])]
 
 
-def shown_words(shown: list[dict], items: list[dict], what: str) -> str:
-    """What :func:`globals_and_furthest_off` kept, as a sentence with a leading space ('' when
-    it kept every item)."""
+def shown_words(shown: list[dict], items: list[dict], what: str, rest: str) -> str:
+    """What :func:`globals_and_furthest_off` kept and why, and ``rest`` (where the others
+    are), as a sentence with a leading space; '' when it kept every item."""
     if len(shown) == len(items):
         return ""
     size = Counter(item["site"] for item in items)
     scalar = sum(size[item["site"]] == 1 for item in shown)
     return (
-        f" Shown: {len(shown)} of the {len(items):,} {what}, those of the scalar sites "
-        f"({scalar}) and the {len(shown) - scalar} furthest off ({FURTHEST_OFF})."
+        f" Shown: {len(shown)} of the {len(items):,} {what}, too many to read at once: those of "
+        f"the scalar sites ({scalar}) and the {len(shown) - scalar} furthest off "
+        f"({FURTHEST_OFF}); {rest}."
     )
 
 
@@ -170,7 +171,8 @@ def marginals(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | No
         save_figure(fig, Path(fig_dir) / "marginals.png"),
         f"Histogram densities of the {_drawn_words(summary)} (filled) against the reference "
         "draws (black line), with the PSIS-corrected mean (dotted); elements the verdict names "
-        "are titled '(off)'." + shown_words(order, rows, "elements"),
+        "are titled '(off)'."
+        + shown_words(order, rows, "elements", "posterior.nc holds every element's draws"),
     )
 
 
@@ -471,7 +473,7 @@ def bounds_vs_errors(fig_dir: Path, summary: dict) -> tuple[str, Path, str] | No
         "site mapped by the inverse of its support's bijection), in units of q's sd there; "
         "where a reference exists, its measured errors in the same space. A bound below a "
         "measured error would be a bug: a bound holds whenever k-hat is below 0.5."
-        + shown_words(coords, every, "coordinates"),
+        + shown_words(coords, every, "coordinates", "summary.json holds every coordinate's bounds"),
     )
 
 

@@ -541,7 +541,7 @@ def tables(s: dict) -> list[Table]:
             "Monte Carlo error)"
             + ("" if has_reference else "; without a reference, to the PSIS moments")
             + "."
-            + _shown(rows, every, "elements"),
+            + vf.shown_words(rows, every, "elements", HELD),
             anchor=SIDE_BY_SIDE,
         ),
         Table(
@@ -569,7 +569,9 @@ def tables(s: dict) -> list[Table]:
             f"{_fmt(eb.get('sd_error'))}. Coordinates are the latent sites mapped by the "
             "inverse of biject_to(support); 'measured' compares with the reference mapped "
             "the same way."
-            + _shown(coordinates, s.get("error_bounds_per_coordinate") or [], "coordinates"),
+            + vf.shown_words(
+                coordinates, s.get("error_bounds_per_coordinate") or [], "coordinates", HELD
+            ),
         ),
         Table(
             "Fit",
@@ -584,12 +586,7 @@ def tables(s: dict) -> list[Table]:
 
 
 TABLE_ROWS = 60  # rows of a per-element table before the rest is left to summary.json
-
-
-def _shown(shown: list[dict], every: list[dict], what: str) -> str:
-    """Which rows a capped table shows, and where the rest are ('' when it shows them all)."""
-    words = vf.shown_words(shown, every, what)
-    return words and f"{words} summary.json holds every one."
+HELD = "summary.json holds every row"
 
 
 def _discrete_tables(s: dict) -> list[Table]:
