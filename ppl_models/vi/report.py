@@ -541,7 +541,7 @@ def tables(s: dict) -> list[Table]:
             "Monte Carlo error)"
             + ("" if has_reference else "; without a reference, to the PSIS moments")
             + "."
-            + vf.shown_words(rows, every, "elements", HELD),
+            + vf.shown_words(rows, every, "elements", ROWS_HELD),
             anchor=SIDE_BY_SIDE,
         ),
         Table(
@@ -570,7 +570,7 @@ def tables(s: dict) -> list[Table]:
             "inverse of biject_to(support); 'measured' compares with the reference mapped "
             "the same way."
             + vf.shown_words(
-                coordinates, s.get("error_bounds_per_coordinate") or [], "coordinates", HELD
+                coordinates, s.get("error_bounds_per_coordinate") or [], "coordinates", ROWS_HELD
             ),
         ),
         Table(
@@ -586,7 +586,7 @@ def tables(s: dict) -> list[Table]:
 
 
 TABLE_ROWS = 60  # rows of a per-element table before the rest is left to summary.json
-HELD = "summary.json holds every row"
+ROWS_HELD = "summary.json holds every row"
 
 
 def _discrete_tables(s: dict) -> list[Table]:
