@@ -8,6 +8,7 @@ Every builder takes ``summary`` (``summary.json``), ``idata`` (``posterior.nc``)
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,12 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from scipy.special import logsumexp
 
 from ..plots import new_figure, save_figure
-from .compare import flatten_sites
+from .logweights import element_names
 
 Q_COLOR, REF_COLOR, PSIS_COLOR = "tab:blue", "black", "tab:orange"
 MAX_MARGINALS = 24
 MAX_PAIRS = 4
+MAX_COORDINATES = 40  # bars of the error-bounds figure; summary.json holds every coordinate
 
 
 ANSWER_LABELS = {"psis": "PSIS-resampled draws", "nuts": "NUTS draws"}
@@ -36,12 +38,24 @@ def _drawn_label(summary: dict) -> str:
     return ANSWER_LABELS.get(_answer_kind(summary), "q")
 
 
-def _posterior_elements(idata, group: str) -> dict[str, np.ndarray]:
+def _element_draws(idata, group: str, names) -> dict[str, np.ndarray]:
+    """The draws of the elements ``names`` (Stan-style) in ``idata[group]``, each flattened over
+    chains and draws; names the group lacks are left out. Only these elements are copied: a
+    copy of every element would cost as much memory as the draws themselves."""
     if group not in idata.groups():
         return {}
+    wanted = set(names)
     ds = idata[group]
-    values = {name: np.asarray(ds[name].values) for name in ds.data_vars}
-    return {k: v.ravel() for k, v in flatten_sites(values, lead=2).items()}
+    out = {}
+    for site in ds.data_vars:
+        shape = ds[site].shape
+        columns = [
+            (j, name) for j, name in enumerate(element_names(site, shape[2:])) if name in wanted
+        ]
+        if columns:
+            flat = np.asarray(ds[site].values).reshape(shape[0] * shape[1], -1)
+            out |= {name: flat[:, j].copy() for j, name in columns}
+    return out
 
 
 def error_score(row: dict) -> float:
@@ -55,16 +69,56 @@ def error_score(row: dict) -> float:
     return 0.0
 
 
+FURTHEST_OFF = (
+    "|standardised mean error| + |log sd ratio| against the reference, else against the "
+    "PSIS-corrected moments"
+)
+
+
+def globals_and_furthest_off(items: list[dict], score, cap: int) -> list[dict]:
+    """At most ``cap`` of ``items`` (dicts with ``name`` and ``site``), in their order: all of
+    them when there are no more; else the elements of scalar sites (the globals) first, then
+    the items of larger sites with the highest ``score(item)``."""
+    if len(items) <= cap:
+        return list(items)
+    size = Counter(item["site"] for item in items)
+    scalar = [i for i, item in enumerate(items) if size[item["site"]] == 1][:cap]
+    others = [i for i, item in enumerate(items) if size[item["site"]] > 1]
+    others.sort(key=lambda i: score(items[i]), reverse=True)
+    return [items[i] for i in sorted(scalar + others[: cap - len(scalar)])]
+
+
+def shown_words(shown: list[dict], items: list[dict], what: str, rest: str) -> str:
+    """What :func:`globals_and_furthest_off` kept and why, and ``rest`` (where the others
+    are), as a sentence with a leading space; '' when it kept every item."""
+    if len(shown) == len(items):
+        return ""
+    size = Counter(item["site"] for item in items)
+    scalar = sum(size[item["site"]] == 1 for item in shown)
+    return (
+        f" Shown: {len(shown)} of the {len(items):,} {what}, too many to read at once: those of "
+        f"the scalar sites ({scalar}) and the {len(shown) - scalar} furthest off "
+        f"({FURTHEST_OFF}); {rest}."
+    )
+
+
+def chosen_coordinates(summary: dict, cap: int) -> list[dict]:
+    """At most ``cap`` of the unconstrained coordinates in ``summary``, chosen by
+    :func:`globals_and_furthest_off` with the score of the element of the same name."""
+    score = {row["name"]: error_score(row) for row in summary["parameters"]}
+    every = summary.get("error_bounds_per_coordinate") or []
+    return globals_and_furthest_off(every, lambda c: score.get(c["name"], 0.0), cap)
+
+
 def marginals(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
     """Histogram densities of q's draws against the reference's, one panel per element."""
-    q = _posterior_elements(idata, "posterior")
-    ref = _posterior_elements(idata, "reference_posterior")
     rows = summary["parameters"]
     if not rows:
         return None
-    order = rows
-    if len(rows) > MAX_MARGINALS:
-        order = sorted(rows, key=error_score, reverse=True)[:MAX_MARGINALS]
+    order = globals_and_furthest_off(rows, error_score, MAX_MARGINALS)
+    names = [row["name"] for row in order]
+    q = _element_draws(idata, "posterior", names)
+    ref = _element_draws(idata, "reference_posterior", names)
     n = len(order)
     ncols = min(4, n)
     nrows = math.ceil(n / ncols)
@@ -112,19 +166,13 @@ def marginals(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | No
     for ax in axes[n:]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7, loc="best")
-    shown = (
-        ""
-        if len(rows) <= MAX_MARGINALS
-        else f" Shown: the {MAX_MARGINALS} of {len(rows)} elements furthest off (|standardised "
-        "mean error| + |log sd ratio| against the reference, else against the PSIS-corrected "
-        "moments), furthest first."
-    )
     return (
         "Marginal posteriors",
         save_figure(fig, Path(fig_dir) / "marginals.png"),
         f"Histogram densities of the {_drawn_words(summary)} (filled) against the reference "
         "draws (black line), with the PSIS-corrected mean (dotted); elements the verdict names "
-        "are titled '(off)'." + shown,
+        "are titled '(off)'."
+        + shown_words(order, rows, "elements", "posterior.nc holds every element's draws"),
     )
 
 
@@ -224,19 +272,16 @@ def pairs(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
     chosen = funnel
     if not chosen:
         chosen, how = _mode_pairs(summary)
-    q = _posterior_elements(idata, "posterior")
+    top = [r["name"] for r in sorted(rows, key=error_score, reverse=True)[:MAX_PAIRS]]
+    q = _element_draws(idata, "posterior", [*top, *(n for pair in chosen for n in pair)])
     chosen = [(a, b) for a, b in chosen if a in q and b in q]
     if not chosen:
-        top = [r["name"] for r in sorted(rows, key=error_score, reverse=True)[:MAX_PAIRS]]
         top = [n for n in top if n in q]
         if len(top) < 2:
             return None
         chosen = [(top[j], top[i]) for i in range(len(top)) for j in range(i)]
-        how = (
-            f"the {len(top)} elements furthest off (|standardised mean error| + |log sd ratio| "
-            "against the reference, else against the PSIS-corrected moments), in pairs"
-        )
-    ref = _posterior_elements(idata, "reference_posterior")
+        how = f"the {len(top)} elements furthest off ({FURTHEST_OFF}), in pairs"
+    ref = _element_draws(idata, "reference_posterior", [n for pair in chosen for n in pair])
     rng = np.random.default_rng(0)
     n = len(next(iter(q.values())))
     q_idx = rng.choice(n, size=min(PAIR_DRAWS, n), replace=False)
@@ -382,9 +427,10 @@ def weights(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None
 def bounds_vs_errors(fig_dir: Path, summary: dict) -> tuple[str, Path, str] | None:
     """Per unconstrained coordinate: VIABEL's mean and sd error bounds, and (with a reference)
     the measured errors, all in units of q's sd."""
-    coords = summary.get("error_bounds_per_coordinate") or []
-    if not coords:
+    every = summary.get("error_bounds_per_coordinate") or []
+    if not every:
         return None
+    coords = chosen_coordinates(summary, MAX_COORDINATES)
     names = [c["name"] for c in coords]
     sd = np.array([c["sd"] or np.nan for c in coords], dtype=float)
 
@@ -407,15 +453,16 @@ def bounds_vs_errors(fig_dir: Path, summary: dict) -> tuple[str, Path, str] | No
         if np.isfinite(measured).any():
             ax.bar(x + 0.2, measured, 0.4, color="tab:red", label="measured vs reference")
         shown = np.concatenate([bound, measured])
-        if (np.isfinite(shown) & (shown > 0)).any():  # a log axis needs a positive value
+        positive = shown[np.isfinite(shown) & (shown > 0)]
+        if positive.size:  # a log axis needs a positive value
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(f"|{kind} error| / sd_q")
         lo, hi = ax.get_ylim()
-        if ax.get_yscale() == "log":
-            ax.set_ylim(lo, hi * 30)  # room for the legend above the bars
+        if ax.get_yscale() == "log":  # bars a decade tall at least, room for the legend
+            ax.set_ylim(min(lo, positive.min() / 10), hi * 30)
         ax.set_title(f"{kind} error, unconstrained space", fontsize=10)
         ax.legend(fontsize=8)
     return (
@@ -425,7 +472,8 @@ def bounds_vs_errors(fig_dir: Path, summary: dict) -> tuple[str, Path, str] | No
         f"{summary['d2']:.3g}, per coordinate of the guide's unconstrained space (each latent "
         "site mapped by the inverse of its support's bijection), in units of q's sd there; "
         "where a reference exists, its measured errors in the same space. A bound below a "
-        "measured error would be a bug: a bound holds whenever k-hat is below 0.5.",
+        "measured error would be a bug: a bound holds whenever k-hat is below 0.5."
+        + shown_words(coords, every, "coordinates", "summary.json holds every coordinate's bounds"),
     )
 
 

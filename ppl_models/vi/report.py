@@ -440,8 +440,9 @@ def _num(value, se=None, digits=3):
 def tables(s: dict) -> list[Table]:
     """The report's tables from ``summary.json``'s contents; numbers rounded to their Monte
     Carlo errors where known, columns empty in every row left out."""
-    rows = s["parameters"]
-    has_reference = any(r.get("ref_mean") is not None for r in rows)
+    every = s["parameters"]
+    has_reference = any(r.get("ref_mean") is not None for r in every)
+    rows = vf.globals_and_furthest_off(every, vf.error_score, TABLE_ROWS)
     side = [
         [
             r["name"],
@@ -480,6 +481,7 @@ def tables(s: dict) -> list[Table]:
         ["draws S", s["draws"], None],
     ]
     eb = s["error_bounds"]
+    coordinates = vf.chosen_coordinates(s, TABLE_ROWS)
     coords = [
         [
             c["name"],
@@ -490,7 +492,7 @@ def tables(s: dict) -> list[Table]:
             _num(c.get("sd_error")),
             _num(c.get("measured_sd_error")),
         ]
-        for c in s.get("error_bounds_per_coordinate", [])
+        for c in coordinates
     ]
     start = (s.get("fit_start") or {}).get("method")
     fit = [
@@ -538,7 +540,8 @@ def tables(s: dict) -> list[Table]:
             "scipy on the draws. Status applies the verdict's tolerances (which allow for the "
             "Monte Carlo error)"
             + ("" if has_reference else "; without a reference, to the PSIS moments")
-            + ".",
+            + "."
+            + vf.shown_words(rows, every, "elements", ROWS_HELD),
             anchor=SIDE_BY_SIDE,
         ),
         Table(
@@ -565,7 +568,10 @@ def tables(s: dict) -> list[Table]:
             f"||mean_q - mean_p|| <= {_fmt(eb.get('mean_error'))}, every |sd_q - sd_p| <= "
             f"{_fmt(eb.get('sd_error'))}. Coordinates are the latent sites mapped by the "
             "inverse of biject_to(support); 'measured' compares with the reference mapped "
-            "the same way.",
+            "the same way."
+            + vf.shown_words(
+                coordinates, s.get("error_bounds_per_coordinate") or [], "coordinates", ROWS_HELD
+            ),
         ),
         Table(
             "Fit",
@@ -580,6 +586,7 @@ def tables(s: dict) -> list[Table]:
 
 
 TABLE_ROWS = 60  # rows of a per-element table before the rest is left to summary.json
+ROWS_HELD = "summary.json holds every row"
 
 
 def _discrete_tables(s: dict) -> list[Table]:
