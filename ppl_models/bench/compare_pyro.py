@@ -349,6 +349,7 @@ def compare_posterior(
         are recorded in the row instead).
     """
     from ..vi.diagnose import unconstrained_mode
+    from ..vi.vmapped import PLATE
 
     model, data = posterior.build(scripts)
     truth = posterior.truth(scripts) if posterior.truth is not None else None
@@ -375,15 +376,17 @@ def compare_posterior(
             row.update(package={"error": _error(err), "seed": seed}, plain_pyro=None)
             return _judged(row)
 
-        def measured(guide, fit=fit, unconstrained=None):
+        def measured(guide, fit=fit, flat=False):
+            # the package's flat guide as its fit evaluates it; Pyro's autoguide from traces,
+            # one draw at a time where the model does not broadcast under a plate of draws
             return measure(
                 fit.model,
                 guide,
                 fit.data,
-                vectorized=fit.vectorized,
+                vectorized=fit.vectorized if flat else fit.vectorization == PLATE,
                 max_plate_nesting=fit.max_plate_nesting,
                 discrete=fit.discrete,
-                unconstrained=unconstrained,
+                unconstrained=unconstrained_mode(fit) if flat else None,
                 moment_draws=moment_draws,
                 dtype=fit.dtype,
             )
@@ -391,7 +394,7 @@ def compare_posterior(
         start = getattr(fit.guide, "start", None)
         package_runs.append(
             _run(
-                measured(fit.guide, unconstrained=unconstrained_mode(fit)),
+                measured(fit.guide, flat=True),
                 truth,
                 seed=seed,
                 seconds=wall,  # the whole fit_svi call: its start, the steps, any refit
