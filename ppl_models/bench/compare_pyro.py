@@ -11,7 +11,15 @@ particles):
   ``init_loc_fn``, ``pyro.infer.SVI`` with ``Trace_ELBO(num_particles, vectorize_particles=True)``
   and ``pyro.optim.ClippedAdam({"lr": 0.02})``, the last iterate kept, as a ten-line script
   would fit it. Pyro's initialisers sample the prior, which a flat prior (``ImproperUniform``)
-  cannot do; such a row says that plain Pyro could not start.
+  cannot do; such a row says that plain Pyro could not start. What the model scripts hold is
+  fitted as Pyro documents it: discrete latent sites (the sites the package sums out,
+  :func:`ppl_models.vi.enumeration.find_discrete`) are enumerated in parallel, with
+  ``TraceEnum_ELBO`` at the model's plate depth and the autoguide built on the model with them
+  hidden (``poutine.block``); a ``PyroModule`` is the model itself, its ``PyroSample`` sites
+  the guide's and any parameters of its own learned alongside; a model that does not broadcast
+  over a particle dim (a first step raises) is fitted again with Pyro's default,
+  ``vectorize_particles=False``. Plain Pyro fixes each site's transform once, at set-up, so a
+  support that depends on another latent (``garch11``) is plain Pyro's as it stands.
 
 Both run on the same data tensors in the same float dtype (float64, torch's default within
 each fit and restored after), on the same number of CPU threads, with Pyro's validation off in
@@ -22,7 +30,11 @@ posterior) pays the one-off imports and first-call costs first, unless ``--no-wa
 seconds and the process's CPU seconds are both recorded; on a machine shared with other work
 the CPU seconds are the figure that travels (both fits run on the same torch thread count).
 
-Both fitted guides are then measured by the same estimators:
+Both fitted guides are then measured by the same estimators, the discrete sites summed out of
+:math:`\log p(x, z)`; the package's flat guide is evaluated as its fit evaluates it (at its
+unconstrained draws, for a model with dynamic supports or fitted under ``vmap``), Pyro's
+autoguide from the traces of its draws, one at a time where the model does not broadcast under
+a plate of draws:
 
 - the **final ELBO**: the mean of :math:`\log p(x, z_s) - \log q(z_s)` over 2,048 guide draws
   (:data:`ppl_models.vi.restart.FINAL_ELBO_DRAWS`, seed 0, as
