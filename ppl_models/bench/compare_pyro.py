@@ -17,7 +17,7 @@ particles):
   ``TraceEnum_ELBO`` at the model's plate depth and the autoguide built on the model with them
   hidden (``poutine.block``); a ``PyroModule`` is the model itself, its ``PyroSample`` sites
   the guide's and any parameters of its own learned alongside; a model that does not broadcast
-  over a particle dim (a first step raises) is fitted again with Pyro's default,
+  over a particle dim (a step raises) is fitted again with Pyro's default,
   ``vectorize_particles=False``. Plain Pyro fixes each site's transform once, at set-up, so a
   support that depends on another latent (``garch11``) is plain Pyro's as it stands.
 
@@ -168,7 +168,7 @@ def fit_plain_pyro(
     with its discrete sites marked for parallel enumeration (``config_enumerate``, which keeps
     the script's own marks), the autoguide built on ``poutine.block(model, hide=those sites)``,
     and ``TraceEnum_ELBO(max_plate_nesting, num_particles, vectorize_particles=True)``.
-    A model whose first steps fail under vectorized particles (it does not broadcast over a
+    A model whose steps fail under vectorized particles (it does not broadcast over a
     particle dim: ``locs[assignment]``) is fitted again from the start with Pyro's default,
     ``vectorize_particles=False``, as its user would have to; ``vectorized`` says which.
 
