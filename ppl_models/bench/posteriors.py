@@ -94,7 +94,9 @@ def _from_script(name: str) -> Callable[[Path], tuple[Callable, dict]]:
 
 def reference_truth(path: str | Path, sites: tuple[str, ...] | None = None) -> Truth:
     """The sample means and sds of every element of reference draws (a file, or
-    ``posteriordb:NAME``), over all chains; ``sites`` keeps only those sites."""
+    ``posteriordb:NAME``), over all chains; ``sites`` keeps only those sites. Elements that
+    never vary (a Cholesky factor's fixed zeros and leading one) have no sd to measure an error
+    in, and are left out."""
     from ..vi.compare import flatten_sites
     from ..vi.references import load_reference
 
@@ -103,6 +105,7 @@ def reference_truth(path: str | Path, sites: tuple[str, ...] | None = None) -> T
     moments = {
         name: (float(np.mean(x)), float(np.std(x)))
         for name, x in flatten_sites(draws, lead=2).items()
+        if np.ptp(x) > 0
     }
     chains, per_chain = reference.chains, reference.draws_per_chain
     return Truth(moments, f"{reference.source} ({chains} chains x {per_chain} draws)")
