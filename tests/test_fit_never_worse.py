@@ -13,8 +13,10 @@ from scipy import integrate, stats
 
 from ppl_models.bench import compare_pyro, posteriors
 from ppl_models.vi.compare import flatten_sites
+from ppl_models.vi.enumeration import find_discrete
 from ppl_models.vi.fitting import fit_svi
 from ppl_models.vi.logweights import draw_log_weights
+from ppl_models.vi.script import load_script
 
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 
@@ -26,18 +28,29 @@ def by_name(name):
 # ----------------------------------------------------------------------------- the registry
 
 
-def test_every_shipped_script_is_a_registered_posterior_or_in_the_model_suite():
-    # the model suite's scripts (a KIND each) carry their own NUTS references and tests
-    # (tests/test_model_suite.py); every other shipped script is in the bench's registry
+def test_every_shipped_script_is_a_registered_posterior():
     shipped = {p.stem for p in RUNS.glob("*.py")}
-    suite = {p.stem for p in RUNS.glob("*.py") if "\nKIND = " in p.read_text()}
-    assert shipped - suite == set(posteriors.SCRIPTS)
+    assert set(posteriors.SCRIPTS) == shipped
     names = {p.name for p in posteriors.POSTERIORS}
-    assert set(posteriors.SCRIPTS) <= names
+    assert {posteriors.SUITE_NAMES.get(n, n) for n in shipped} <= names
     assert {"hierarchical_logistic_J1000", "hierarchical_normal", "neals_funnel"} <= names
     assert {"conjugate_gaussian", "flat_regression", "bimodal"} <= names
     for p in posteriors.POSTERIORS:
         assert p.guide in compare_pyro.PYRO_GUIDES and p.truth is not None
+
+
+def test_the_model_suite_is_fitted_with_its_guide_against_its_nuts_reference():
+    # the scripts with a KIND (tests/test_model_suite.py), each with the guide it declares
+    suite = {p.stem for p in RUNS.glob("*.py") if "\nKIND = " in p.read_text()}
+    assert {name for name, _, _ in posteriors.MODEL_SUITE} == suite
+    for name, guide, _ in posteriors.MODEL_SUITE:
+        module = load_script(RUNS / f"{name}.py").module
+        assert guide == module.GUIDE, name
+        truth = by_name(posteriors.SUITE_NAMES.get(name, name)).truth(RUNS)
+        assert "NumPyro NUTS" in truth.source and truth.moments, name
+        assert all(sd > 0 for _, sd in truth.moments.values()), name  # lkj_mvn's fixed 0s, 1s
+    funnel = by_name("neals_funnel_9d").truth(RUNS).moments  # its closed form, every element
+    assert len(funnel) == 10 and funnel["x[9]"] == (0.0, math.exp(9 / 4)) and funnel["y"][1] == 3
 
 
 def test_the_hierarchical_normal_truth_matches_explicit_gaussian_algebra():
@@ -228,3 +241,41 @@ def test_each_seed_is_its_own_fit():
     assert pkg["runs"][0]["elbo"] != pkg["runs"][1]["elbo"]  # different seeds, different fits
     assert pkg["elbo"] == pytest.approx(np.mean([r["elbo"] for r in pkg["runs"]]))
     assert row["seeds"] == 2 and row["never_worse"] is not None
+
+
+def test_plain_pyro_sums_a_mixtures_assignments_out(monkeypatch):
+    """gmm_enum's assignments: plain Pyro's guide is built on the model with them hidden, the
+    objective is TraceEnum_ELBO at the model's plate depth, and the fit's ELBO is finite."""
+    import pyro.infer
+
+    made = []
+
+    class Recorded(pyro.infer.TraceEnum_ELBO):
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(pyro.infer, "TraceEnum_ELBO", Recorded)
+    model, data = by_name("gmm_enum").build(RUNS)
+    discrete = find_discrete(model, data)
+    assert discrete.sites == ("assignment",) and discrete.max_plate_nesting == 1
+
+    def measured(guide):
+        return compare_pyro.measure(
+            model,
+            guide,
+            data,
+            vectorized=False,
+            max_plate_nesting=1,
+            discrete=discrete,
+            moment_draws=100,
+        )
+
+    result = compare_pyro.fit_plain_pyro(
+        model, "auto-normal", data, steps=5, particles=2, discrete=discrete, then=measured
+    )
+    assert made and made[0]["max_plate_nesting"] == 1 and made[-1]["num_particles"] == 2
+    assert np.isfinite(result["losses"]).all()
+    assert math.isfinite(result["then"]["elbo"])
+    assert "assignment" not in result["then"]["moments"]
+    assert {"weights[1]", "scale", "locs[2]"} <= set(result["then"]["moments"])

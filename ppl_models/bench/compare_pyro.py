@@ -11,7 +11,15 @@ particles):
   ``init_loc_fn``, ``pyro.infer.SVI`` with ``Trace_ELBO(num_particles, vectorize_particles=True)``
   and ``pyro.optim.ClippedAdam({"lr": 0.02})``, the last iterate kept, as a ten-line script
   would fit it. Pyro's initialisers sample the prior, which a flat prior (``ImproperUniform``)
-  cannot do; such a row says that plain Pyro could not start.
+  cannot do; such a row says that plain Pyro could not start. What the model scripts hold is
+  fitted as Pyro documents it: discrete latent sites (the sites the package sums out,
+  :func:`ppl_models.vi.enumeration.find_discrete`) are enumerated in parallel, with
+  ``TraceEnum_ELBO`` at the model's plate depth and the autoguide built on the model with them
+  hidden (``poutine.block``); a ``PyroModule`` is the model itself, its ``PyroSample`` sites
+  the guide's and any parameters of its own learned alongside; a model that does not broadcast
+  over a particle dim (a step raises) is fitted again with Pyro's default,
+  ``vectorize_particles=False``. Plain Pyro fixes each site's transform once, at set-up, so a
+  support that depends on another latent (``garch11``) is plain Pyro's as it stands.
 
 Both run on the same data tensors in the same float dtype (float64, torch's default within
 each fit and restored after), on the same number of CPU threads, with Pyro's validation off in
@@ -22,7 +30,11 @@ posterior) pays the one-off imports and first-call costs first, unless ``--no-wa
 seconds and the process's CPU seconds are both recorded; on a machine shared with other work
 the CPU seconds are the figure that travels (both fits run on the same torch thread count).
 
-Both fitted guides are then measured by the same estimators:
+Both fitted guides are then measured by the same estimators, the discrete sites summed out of
+:math:`\log p(x, z)`; the package's flat guide is evaluated as its fit evaluates it (at its
+unconstrained draws, for a model with dynamic supports or fitted under ``vmap``), Pyro's
+autoguide from the traces of its draws, one at a time where the model does not broadcast under
+a plate of draws:
 
 - the **final ELBO**: the mean of :math:`\log p(x, z_s) - \log q(z_s)` over 2,048 guide draws
   (:data:`ppl_models.vi.restart.FINAL_ELBO_DRAWS`, seed 0, as
@@ -145,10 +157,20 @@ def fit_plain_pyro(
     threads: int | None = None,
     dtype=None,
     seed: int = 0,
+    discrete=None,
     then: Callable | None = None,
 ) -> dict:
     """Plain Pyro's fit: its autoguide (default init), ``SVI``, ``Trace_ELBO`` with vectorized
     particles, ``ClippedAdam``; the last iterate.
+
+    A model with discrete latent sites (``discrete``: their names and the model's plate depth,
+    a :class:`ppl_models.vi.enumeration.Discrete`) is fitted as Pyro documents it: the model
+    with its discrete sites marked for parallel enumeration (``config_enumerate``, which keeps
+    the script's own marks), the autoguide built on ``poutine.block(model, hide=those sites)``,
+    and ``TraceEnum_ELBO(max_plate_nesting, num_particles, vectorize_particles=True)``.
+    A model whose steps fail under vectorized particles (it does not broadcast over a
+    particle dim: ``locs[assignment]``) is fitted again from the start with Pyro's default,
+    ``vectorize_particles=False``, as its user would have to; ``vectorized`` says which.
 
     The fit keeps its parameters in Pyro's global parameter store, as a plain script does, in
     a scope of its own (:meth:`pyro.params.param_store.ParamStoreDict.scope`): the caller's
@@ -160,27 +182,53 @@ def fit_plain_pyro(
     -------
     dict
         ``losses``, ``seconds`` and ``cpu_seconds`` (the guide built and every step: wall
-        clock, and this process's CPU time), and ``then``: what
+        clock, and this process's CPU time), ``vectorized`` (whether the particles were), and
+        ``then``: what
         ``then(guide)`` returned (or ``then_error``: the exception it raised).
     """
     import pyro
-    from pyro.infer import SVI, Trace_ELBO, autoguide
+    from pyro import poutine
+    from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, autoguide, config_enumerate
 
     from ..svi import default_dtype
 
     cls = getattr(autoguide, PYRO_GUIDES[guide])
+    guided = model
+    if discrete:
+        model = config_enumerate(model)
+        guided = poutine.block(model, hide=list(discrete.sites))
+    elbo_class = TraceEnum_ELBO if discrete else Trace_ELBO
+    nesting = {"max_plate_nesting": discrete.max_plate_nesting} if discrete else {}
+
+    def fitted_with(vectorize: bool):
+        """A new autoguide and its losses, from a clear parameter store."""
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        auto = cls(guided)
+        elbo = elbo_class(num_particles=particles, vectorize_particles=vectorize, **nesting)
+        svi = SVI(model, auto, pyro.optim.ClippedAdam({"lr": lr}), elbo)
+        with pyro.validation_enabled(False):  # as the package's loop runs; no number changes
+            return auto, [svi.step(**data) for _ in range(steps)]
+
     plain_store = pyro.settings.context(module_local_params=False)
     with plain_store, pyro.get_param_store().scope(), default_dtype(dtype):
         with _torch_threads(threads):
-            pyro.set_rng_seed(seed)
             start, cpu = time.perf_counter(), time.process_time()
-            auto = cls(model)
-            elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True)
-            svi = SVI(model, auto, pyro.optim.ClippedAdam({"lr": lr}), elbo)
-            with pyro.validation_enabled(False):  # as the package's loop runs; no number changes
-                losses = [svi.step(**data) for _ in range(steps)]
+            vectorized = particles > 1
+            try:
+                auto, losses = fitted_with(vectorized)
+            except (RuntimeError, ValueError, IndexError):
+                if not vectorized:
+                    raise
+                vectorized = False  # the model does not broadcast over a particle dim
+                auto, losses = fitted_with(vectorized)
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        result = {"losses": np.asarray(losses), "seconds": seconds, "cpu_seconds": cpu}
+        result = {
+            "losses": np.asarray(losses),
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "vectorized": vectorized,
+        }
         if then is not None:
 
             def fitted(*args, **kwargs):
@@ -217,12 +265,19 @@ def measure(
     *,
     vectorized: bool,
     max_plate_nesting: int,
+    discrete=None,
+    unconstrained: str | None = None,
     moment_draws: int = MOMENT_DRAWS,
     dtype=None,
 ) -> dict:
-    """The final ELBO of a fitted guide with its standard error (2,048 draws, seed 0: the
+    r"""The final ELBO of a fitted guide with its standard error (2,048 draws, seed 0: the
     estimator of :func:`ppl_models.vi.restart.final_elbo`), and every element's mean and sd
-    from ``moment_draws`` draws (seed 1)."""
+    from ``moment_draws`` draws (seed 1).
+
+    ``discrete`` sites are summed out of :math:`\log p(x, z)`; ``unconstrained`` evaluates the
+    model at a flat guide's unconstrained draws as the package's fit does (for a model with
+    dynamic supports or one fitted under ``vmap``), None from the traces of guide and model
+    (:func:`ppl_models.vi.logweights.draw_log_weights`)."""
     import torch
 
     from ..svi import default_dtype
@@ -237,7 +292,9 @@ def measure(
             data,
             draws=n,
             vectorized=vectorized,
+            unconstrained=unconstrained,
             max_plate_nesting=max_plate_nesting,
+            discrete=discrete or None,
             seed=seed,
             device=torch.device("cpu"),
         )
@@ -303,6 +360,9 @@ def compare_posterior(
         When the posterior's script, data or reference cannot be read (the fits' own failures
         are recorded in the row instead).
     """
+    from ..vi.diagnose import unconstrained_mode
+    from ..vi.vmapped import PLATE
+
     model, data = posterior.build(scripts)
     truth = posterior.truth(scripts) if posterior.truth is not None else None
     row = {
@@ -328,13 +388,17 @@ def compare_posterior(
             row.update(package={"error": _error(err), "seed": seed}, plain_pyro=None)
             return _judged(row)
 
-        def measured(guide, fit=fit):
+        def measured(guide, fit=fit, flat=False):
+            # the package's flat guide as its fit evaluates it; Pyro's autoguide from traces,
+            # one draw at a time where the model does not broadcast under a plate of draws
             return measure(
                 fit.model,
                 guide,
                 fit.data,
-                vectorized=fit.vectorized,
+                vectorized=fit.vectorized if flat else fit.vectorization == PLATE,
                 max_plate_nesting=fit.max_plate_nesting,
+                discrete=fit.discrete,
+                unconstrained=unconstrained_mode(fit) if flat else None,
                 moment_draws=moment_draws,
                 dtype=fit.dtype,
             )
@@ -342,7 +406,7 @@ def compare_posterior(
         start = getattr(fit.guide, "start", None)
         package_runs.append(
             _run(
-                measured(fit.guide),
+                measured(fit.guide, flat=True),
                 truth,
                 seed=seed,
                 seconds=wall,  # the whole fit_svi call: its start, the steps, any refit
@@ -368,6 +432,7 @@ def compare_posterior(
                 threads=fit.settings.get("threads"),
                 dtype=fit.dtype,
                 seed=seed,
+                discrete=fit.discrete,
                 then=measured,
             )
         except Exception as err:  # noqa: BLE001 - Pyro's initialisers fail on flat priors
@@ -392,6 +457,7 @@ def compare_posterior(
                 seconds=result["seconds"],
                 cpu_seconds=result["cpu_seconds"],
                 final_loss=float(result["losses"][-1]),
+                vectorized=result["vectorized"],
             )
         )
     row["package"] = _pooled(package_runs)

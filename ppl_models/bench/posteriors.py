@@ -9,8 +9,11 @@ are named as :func:`ppl_models.vi.logweights.element_names` names them: ``mu``, 
 
 Two kinds of entry:
 
-- the **shipped model scripts** of ``runs/`` (:data:`SCRIPTS`): read from a scripts folder
-  (default ``runs/``, from the repository's root), with their posteriordb or NUTS reference;
+- the **shipped model scripts** of ``runs/`` (:data:`SCRIPTS`, every one): read from a scripts
+  folder (default ``runs/``, from the repository's root), with their posteriordb or NUTS
+  reference; the model suite's scripts (:data:`MODEL_SUITE`, those with a ``KIND``) are
+  imported and their data converted in float64, as ``ppl-models fit`` does on the CPU, and
+  fitted with the guide family the suite names (their ``GUIDE``);
 - the **package's own test posteriors**, written here after the tests that use them: the
   conjugate Gaussian of ``tests/vi_helpers.py``, the flat-prior linear regression of
   ``tests/test_vi_guides.py``, the hierarchical normal model of
@@ -91,7 +94,9 @@ def _from_script(name: str) -> Callable[[Path], tuple[Callable, dict]]:
 
 def reference_truth(path: str | Path, sites: tuple[str, ...] | None = None) -> Truth:
     """The sample means and sds of every element of reference draws (a file, or
-    ``posteriordb:NAME``), over all chains; ``sites`` keeps only those sites."""
+    ``posteriordb:NAME``), over all chains; ``sites`` keeps only those sites. Elements that
+    never vary (a Cholesky factor's fixed zeros and leading one) have no sd to measure an error
+    in, and are left out."""
     from ..vi.compare import flatten_sites
     from ..vi.references import load_reference
 
@@ -100,6 +105,7 @@ def reference_truth(path: str | Path, sites: tuple[str, ...] | None = None) -> T
     moments = {
         name: (float(np.mean(x)), float(np.std(x)))
         for name, x in flatten_sites(draws, lead=2).items()
+        if np.ptp(x) > 0
     }
     chains, per_chain = reference.chains, reference.draws_per_chain
     return Truth(moments, f"{reference.source} ({chains} chains x {per_chain} draws)")
@@ -119,13 +125,52 @@ def _hierarchical_logistic(groups: int) -> Callable[[Path], tuple[Callable, dict
     return build
 
 
-def _nuts_truth(groups: int) -> Callable[[Path], Truth]:
+def _nuts_truth(reference: str) -> Callable[[Path], Truth]:
+    """The moments of ``runs/references/<reference>.json.zip``, NumPyro NUTS draws."""
+
     def truth(scripts: Path):
-        path = Path(scripts) / "references" / f"hierarchical_logistic_J{groups}.json.zip"
-        found = reference_truth(path)
+        found = reference_truth(Path(scripts) / "references" / f"{reference}.json.zip")
         return Truth(found.moments, found.source.replace("posteriordb", "NumPyro NUTS", 1))
 
     return truth
+
+
+def _suite_truth(name: str) -> Callable[[Path], Truth]:
+    """The moments of the script's NUTS reference, with those of any site whose exact moments
+    the script states (``TRUTH``: site -> mean and sd, the same for every element) replaced."""
+
+    def truth(scripts: Path):
+        found = _nuts_truth(name)(scripts)
+        exact = getattr(_script(scripts, name).module, "TRUTH", {})
+        if not exact:
+            return found
+        moments = {
+            element: (exact[site]["mean"], exact[site]["sd"]) if site in exact else moment
+            for element, moment in found.moments.items()
+            for site in [element.split("[")[0]]
+        }
+        return Truth(moments, f"closed form for {', '.join(exact)}; else {found.source}")
+
+    return truth
+
+
+def _from_suite_script(name: str) -> Callable[[Path], tuple[Callable, dict]]:
+    """A model-suite script and its data, imported and converted with float64 as torch's
+    default dtype, as ``ppl-models fit`` imports a script on the CPU: a ``PyroModule`` built at
+    import then has its priors in float64, and a model that casts its data to the default
+    dtype sees float64 (both fits then run in float64)."""
+
+    def build(scripts: Path):
+        import torch
+
+        from ..svi import default_dtype
+        from ..vi.script import model_data
+
+        with default_dtype(torch.float64):
+            script = _script(scripts, name)
+            return script.model, model_data(script.model, script.load_data())
+
+    return build
 
 
 def normal_mean_truth(x, sigma: float = 0.8, mu0: float = 0.0, tau0: float = 10.0) -> Truth:
@@ -380,14 +425,14 @@ POSTERIORS = (
         "hierarchical_logistic",
         "auto-normal",
         _hierarchical_logistic(100),
-        _nuts_truth(100),
+        _nuts_truth("hierarchical_logistic_J100"),
         "runs/hierarchical_logistic.py, 100 groups; NumPyro NUTS reference (all sites)",
     ),
     Posterior(
         "hierarchical_logistic_J1000",
         "auto-normal",
         _hierarchical_logistic(1000),
-        _nuts_truth(1000),
+        _nuts_truth("hierarchical_logistic_J1000"),
         "runs/hierarchical_logistic.py, 1,000 groups; NumPyro NUTS reference (mu, sigma, beta)",
     ),
     Posterior(
@@ -428,13 +473,47 @@ POSTERIORS = (
     ),
 )
 
-SCRIPTS = (  # the shipped model scripts the registry covers
+MODEL_SUITE = (  # runs/ scripts with a KIND: name, the guide the suite fits (GUIDE), about
+    ("baseball_logit", "auto-normal", "Efron-Morris baseball, centred logit pooling (a funnel)"),
+    ("baseball_pooled", "auto-normal", "Efron-Morris baseball, pooled through a Beta prior"),
+    ("bayesian_regression_module", "auto-normal", "linear regression as a PyroModule[nn.Linear]"),
+    ("bnn_module", "auto-normal", "a 1-4-1 tanh Bayesian neural network of PyroModule layers"),
+    ("cjs_dipper", "auto-normal", "Cormack-Jolly-Seber dippers, alive states enumerated"),
+    ("garch11", "auto-normal", "GARCH(1,1), beta1's upper bound is 1 - alpha1 (dynamic support)"),
+    ("gmm_enum", "auto-normal", "two-component Gaussian mixture, assignments enumerated"),
+    ("gp_regression", "auto-normal", "GP regression, kernel hyperparameters latent, torch.eye(N)"),
+    ("hmm_enum", "auto-normal", "HMM of binary tones, hidden states enumerated (pyro.markov)"),
+    ("lighthouses", "auto-normal", "Gull's lighthouses, Cauchy data (polynomial tails)"),
+    ("neals_funnel", "auto-normal", "Neal's funnel in 10 dimensions, y and 9 x's"),
+    ("lkj_mvn", "auto-mvn", "multivariate normal with an LKJ correlation prior"),
+    ("logistic_regression", "auto-normal", "logistic regression, (X @ beta[..., None])[..., 0]"),
+    ("negbin_glm", "auto-normal", "negative-binomial regression, coefficients share a scale"),
+    ("poisson_lognormal", "auto-normal", "Poisson regression with a normal effect per count"),
+    ("regression_default_dtype", "auto-normal", "regression casting its data to the default dtype"),
+    ("robust_regression", "auto-normal", "Student-t regression as a scale mixture of normals"),
+)
+
+SUITE_NAMES = {"neals_funnel": "neals_funnel_9d"}  # a suite script whose name is taken above
+
+POSTERIORS += tuple(
+    Posterior(
+        SUITE_NAMES.get(name, name),
+        guide,
+        _from_suite_script(name),
+        _suite_truth(name),
+        f"runs/{name}.py: {about}; NumPyro NUTS reference",
+    )
+    for name, guide, about in MODEL_SUITE
+)
+
+SCRIPTS = (  # the shipped model scripts the registry covers: every runs/*.py
     "normal_mean",
     "eight_schools_noncentered",
     "eight_schools_centered",
     "kidiq_kidscore_momiq",
     "sblri_blr",
     "hierarchical_logistic",
+    *(name for name, _, _ in MODEL_SUITE),
 )
 
 
