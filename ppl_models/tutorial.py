@@ -27,6 +27,7 @@ MODES = ("smoke", "full")
 MODE_ENV = "PPL_MODELS_DOCS_MODE"
 DATA_ENV = "PPL_MODELS_DATA"  # as ppl_models.vae.data.DATA_ENV
 RUNS_ENV = "PPL_MODELS_RUNS"  # the folder of the run configurations the tutorials start from
+MNIST_MISSING = "MNIST not found: the MNIST cells of this page were not run"  # a note's title
 
 
 def mode() -> str:
@@ -110,7 +111,7 @@ def setup(mnist: bool = False) -> Page:
         looked = ", ".join(f"<code>{html.escape(str(p))}</code>" for p in mnist_candidates())
         notes.append(
             (
-                "MNIST not found: the MNIST cells of this page were not run",
+                MNIST_MISSING,
                 f"No MNIST images were found (looked in {looked}). Download them with "
                 "<code>ppl-models vae --download --data-dir data/mnist</code> from the "
                 "repository, or set <code>PPL_MODELS_DATA</code> to a folder in torchvision's "
