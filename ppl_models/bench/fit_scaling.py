@@ -888,6 +888,11 @@ def _ratio(x) -> str:
     return "—" if x is None else f"{x:.2f}x"
 
 
+def _num(x, spec: str) -> str:
+    """``x`` formatted by ``spec``, or a dash where it was not measured."""
+    return "—" if x is None else format(x, spec)
+
+
 def print_tables(result: dict) -> None:
     """Print a scaling ``bench.json``: the package's times per size, then its peers'."""
     s = result["settings"]
@@ -911,7 +916,7 @@ def print_tables(result: dict) -> None:
             _sec(p.get("fit")),
             _sec(p.get("fit_init")),
             _sec(p.get("fit_steps")),
-            "—" if p.get("step_ms") is None else f"{p['step_ms']:.2f}",
+            _num(p.get("step_ms"), ".2f"),
             _sec(p.get("diagnose")),
             _sec(p.get("diagnose_draws")),
             _sec(p.get("diagnose_weights_and_bounds")),
@@ -919,7 +924,7 @@ def print_tables(result: dict) -> None:
             _sec(p.get("diagnose_mode_search")),
             _sec(_diagnose_other(p)),
             _sec(p.get("report_and_files")),
-            "—" if p.get("draws") is None else f"{p['draws']:,}",
+            _num(p.get("draws"), ","),
             "—" if peak is None else f"{peak / 2**20:,.0f}",
             "/".join("—" if v is None else f"{v[0]:.1f}" for v in load),
         ]
@@ -933,18 +938,18 @@ def print_tables(result: dict) -> None:
         pyro, svi, nuts = (r.get(k) or {} for k in ("plain_pyro", "numpyro_svi", "numpyro_nuts"))
         cells = [
             f"{r['groups']:,}",
-            "—" if p.get("step_ms") is None else f"{p['step_ms']:.2f}",
-            "—" if pyro.get("step_ms") is None else f"{pyro['step_ms']:.2f}",
+            _num(p.get("step_ms"), ".2f"),
+            _num(pyro.get("step_ms"), ".2f"),
             _ratio(r.get("step_over_pyro")),
             _ratio(r.get("step_over_pyro_cpu")),
-            "—" if svi.get("step_ms") is None else f"{svi['step_ms']:.3f}",
+            _num(svi.get("step_ms"), ".3f"),
             _ratio(r.get("step_over_numpyro")),
             _sec(svi.get("run_seconds")),
             _sec(nuts.get("seconds")),
             _ratio(r.get("run_over_nuts")),
-            "—" if nuts.get("max_rhat") is None else f"{nuts['max_rhat']:.3f}",
-            "—" if nuts.get("min_ess") is None else f"{nuts['min_ess']:.0f}",
-            "—" if nuts.get("divergences") is None else str(nuts["divergences"]),
+            _num(nuts.get("max_rhat"), ".3f"),
+            _num(nuts.get("min_ess"), ".0f"),
+            _num(nuts.get("divergences"), ""),
         ]
         print(_line(cells, PEER_COLUMNS))
     print("pyro, npyro: ms per step (NumPyro's jitted update, compiled; 'npyro run' is svi.run")
