@@ -114,6 +114,7 @@ def test_bench_fit_compare_pyro_writes_both_fits_per_row(tmp_path, capsys):
         (["--moment-draws", "10"], "--moment-draws must be >= 100"),
         (["--pyro-lr", "0"], "--pyro-lr must be > 0"),
         (["--particles", "0"], "--particles must be >= 1"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
     ],
 )
 def test_bench_fit_compare_pyro_bad_options_are_one_line_errors(extra, message, tmp_path, capsys):
