@@ -94,12 +94,16 @@ def iw_bounds(
 
 @dataclass(frozen=True)
 class WeightedMoments:
-    """Self-normalised importance-sampling estimates of means and sds, with Monte Carlo errors."""
+    r"""Self-normalised importance-sampling estimates of means and sds, with Monte Carlo errors,
+    and where known the Pareto :math:`\hat k` that says whether each mean's and each sd's
+    estimate is reliable (:meth:`ppl_models.vi.stream.MomentStream.function_khats`)."""
 
     mean: np.ndarray
     sd: np.ndarray
     mcse_mean: np.ndarray
     mcse_sd: np.ndarray
+    khat_mean: np.ndarray | None = None
+    khat_sd: np.ndarray | None = None
 
 
 def weighted_moments(values: np.ndarray, log_weights_normalised: np.ndarray) -> WeightedMoments:

@@ -46,6 +46,8 @@ RULES = (
     (r"are off the reference|differ from the reference|constant or not finite", "reference"),
     (r"cannot resolve|within the\s+Monte Carlo error", "reference too noisy"),
     (r"though within their Monte Carlo error", "PSIS unresolved"),
+    (r"PSIS cannot check the means", "PSIS mean tails"),
+    (r"PSIS cannot check the sds", "PSIS sd tails"),
     (r"moves the means", "PSIS means"),
     (r"changes the sds", "PSIS sds"),
     (r"mean-error bounds are too wide", "VIABEL mean bounds"),

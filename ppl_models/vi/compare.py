@@ -38,6 +38,15 @@ def _finite(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _khat(psis, field: str, j: int) -> float | None:
+    """Element ``j``'s function-specific k-hat, or None where it was not estimated or the tail
+    is flat (no variation: nothing for the estimate to be unreliable about)."""
+    k = None if psis is None else getattr(psis, field)
+    if k is None or k[j] == -math.inf:
+        return None
+    return float(k[j])
+
+
 def flatten_sites(values: dict[str, np.ndarray], lead: int = 1) -> dict[str, np.ndarray]:
     """Site arrays ``(*lead_dims, *shape)`` -> element name -> ``(*lead_dims,)`` arrays."""
     out = {}
@@ -93,9 +102,10 @@ def compare(
     list of dict
         Keys ``name``, ``site``, ``kind``, ``mean``, ``sd``, ``mcse_mean``, ``mcse_sd``,
         ``hdi_low``, ``hdi_high``, ``ess_bulk``, ``psis_mean``, ``psis_sd``,
-        ``psis_mcse_mean``, ``psis_mcse_sd``, ``ref_mean``, ``ref_sd``, ``ref_mcse_mean``,
-        ``ref_mcse_sd``, ``ref_ess``, ``ref_r_hat``, ``std_mean_error``, ``sd_ratio``,
-        ``w1_over_sd``, ``ks`` (``None`` where not defined).
+        ``psis_mcse_mean``, ``psis_mcse_sd``, ``psis_khat_mean``, ``psis_khat_sd``,
+        ``ref_mean``, ``ref_sd``, ``ref_mcse_mean``, ``ref_mcse_sd``, ``ref_ess``,
+        ``ref_r_hat``, ``std_mean_error``, ``sd_ratio``, ``w1_over_sd``, ``ks`` (``None`` where
+        not defined).
     """
     elements = flatten_sites(values)
     site_of = {}
@@ -132,6 +142,8 @@ def compare(
             "psis_sd": None if psis is None else _finite(psis.sd[j]),
             "psis_mcse_mean": None if psis is None else _finite(psis.mcse_mean[j]),
             "psis_mcse_sd": None if psis is None else _finite(psis.mcse_sd[j]),
+            "psis_khat_mean": _khat(psis, "khat_mean", j),
+            "psis_khat_sd": _khat(psis, "khat_sd", j),
             "ref_mean": None,
             "ref_sd": None,
             "ref_mcse_mean": None,

@@ -10,6 +10,7 @@ bounds (:mod:`ppl_models.vi.bounds`), the per-element comparison with a referenc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -361,7 +362,10 @@ def _diagnosis(
     coords, joint = _coordinates(lw, d2)
     if ref is not None:
         _measured_unconstrained_errors(coords, lw, ref)
-    psis = lw.moments.psis_moments(smoothed)
+    khat_mean, khat_sd = lw.moments.function_khats(khat)
+    psis = dataclasses.replace(
+        lw.moments.psis_moments(smoothed), khat_mean=khat_mean, khat_sd=khat_sd
+    )
     timings["weights_and_bounds"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -10,12 +10,25 @@ Keeping every draw costs :math:`S \times d` numbers; :class:`MomentStream` keeps
   weight), :math:`A_k = \sum_s w_s (f_s - c)^k` for :math:`k \le 2` and
   :math:`B_k = \sum_s w_s^2 (f_s - c)^k` for :math:`k \le 4`;
 - the draws with the :math:`M` largest weights, where :math:`M` bounds PSIS's tail
-  :math:`\min(0.2 S, 3\sqrt S)` (ArviZ's ``psislw`` with relative efficiency 1).
+  :math:`\min(0.2 S, 3\sqrt S)` (ArviZ's ``psislw`` with relative efficiency 1);
+- per element, the :math:`M` largest values of :math:`\log w_s + \log (f_s - c)_+`,
+  :math:`\log w_s + \log (c - f_s)_+` and :math:`\log w_s + 2 \log |f_s - c|`: the tails from
+  which :meth:`MomentStream.function_khats` estimates how reliable each element's PSIS mean and
+  variance are.
 
 PSIS replaces the tail's weights by smoothed ones and leaves the others as they were, up to one
 normalising constant :math:`\kappa`: so every PSIS sum is :math:`\kappa (A_k - A_k^{tail}) +
 \sum_{tail} \tilde w_s (f_s - c)^k` (and likewise for :math:`B_k`), exactly as if every draw had
 been kept. Memory is :math:`O(d (M + \text{chunk}))`, independent of :math:`S`.
+
+**How reliable each estimate is.** :math:`\hat k` of the weights alone says whether PSIS
+can estimate expectations of bounded functions. An expectation :math:`E_p[h]` of an unbounded
+:math:`h` is estimated from :math:`w_s h(z_s)`, whose tail is heavier than the weights' when
+:math:`p`'s tails are heavier than :math:`q`'s: its own :math:`\hat k` decides (Vehtari et al.
+2024, section 2.4; loo's ``E_loo_khat``), the larger of the weights' and of both tails of
+:math:`w\,h`. For the mean :math:`h = f - c`, for the variance :math:`h = (f - c)^2`, with
+:math:`c` the first chunk's mean of :math:`f` (near q's mean: the tails, not :math:`c`, set
+:math:`\hat k`).
 """
 
 from __future__ import annotations
@@ -25,11 +38,22 @@ import math
 import numpy as np
 
 from ..importance import WeightedMoments
+from ..pareto import tail_khat
+
+_LOG_ZERO = math.log(np.finfo(float).tiny)  # log 0 for the tails: below any cutoff PSIS uses
+_FUNCTIONS = 3  # the tails of w (f - c)_+, w (c - f)_+ and w (f - c)^2
 
 
 def tail_size(draws: int) -> int:
     """The number of largest weights PSIS smooths for ``draws`` draws (ArviZ's ``psislw``)."""
     return int(math.ceil(min(0.2 * draws, 3 * math.sqrt(draws))))
+
+
+def _largest(rows: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` largest entries of each column of ``rows`` (all of them if fewer), unordered."""
+    if len(rows) <= n:
+        return rows
+    return np.partition(rows, len(rows) - n, axis=0)[len(rows) - n :]
 
 
 class MomentStream:
@@ -53,6 +77,7 @@ class MomentStream:
         self._b = None  # sum w^2 (f - c)^k, k = 0..4 (w^2 scaled by e^-2 shift)
         self._tail_logw = np.empty(0)
         self._tail_f = None
+        self._function_tails = None  # 3 x (M + 1, E): the largest log w + log h, per element
 
     def add(self, log_w: np.ndarray, f: np.ndarray) -> None:
         """Add ``n`` draws: their log weights ``(n,)`` and elements ``(n, E)``."""
@@ -65,6 +90,7 @@ class MomentStream:
             self._a = np.zeros((3, e))
             self._b = np.zeros((5, e))
             self._tail_f = np.empty((0, e))
+            self._function_tails = [np.empty((0, e))] * _FUNCTIONS
         self.log_w.append(log_w)
         self.count += len(log_w)
         top = float(log_w.max()) if len(log_w) else -math.inf
@@ -85,6 +111,33 @@ class MomentStream:
             keep = np.argpartition(both, len(both) - self._tail_capacity)[-self._tail_capacity :]
             both, rows = both[keep], rows[keep]
         self._tail_logw, self._tail_f = both, rows
+        self._add_function_tails(log_w, g)
+
+    def _add_function_tails(self, log_w: np.ndarray, g: np.ndarray) -> None:
+        r"""Keep, per element, the largest values of :math:`\log w + \log h` for the three
+        functions :math:`h` of the module docstring."""
+        with np.errstate(divide="ignore"):
+            log_abs = np.log(np.abs(g))
+        lw = log_w[:, None]
+        makers = (  # made one at a time: the peak is one (M + n, E) array
+            lambda: np.where(g > 0, lw + log_abs, _LOG_ZERO),
+            lambda: np.where(g < 0, lw + log_abs, _LOG_ZERO),
+            lambda: np.maximum(lw + 2 * log_abs, _LOG_ZERO),
+        )
+        self._function_tails = [
+            _largest(np.concatenate([kept, make()]), self._tail_capacity)
+            for kept, make in zip(self._function_tails, makers, strict=True)
+        ]
+
+    def function_khats(self, khat: float) -> tuple[np.ndarray, np.ndarray]:
+        r"""Per element, the :math:`\hat k` that decides whether its PSIS mean and its PSIS
+        variance are reliable (module docstring): the largest of the weights' ``khat`` and of
+        the tails of :math:`w\,(f - c)` (both signs), resp. :math:`w\,(f - c)^2`, over all the
+        draws added."""
+        tail = tail_size(self.count) + 1
+        k = [tail_khat(_largest(top, tail).T) for top in self._function_tails]
+        floor = -np.inf if khat is None or math.isnan(khat) else khat
+        return np.maximum(floor, np.maximum(k[0], k[1])), np.maximum(floor, k[2])
 
     @property
     def all_log_w(self) -> np.ndarray:

@@ -28,6 +28,10 @@ outline:
   2024), enough importance ESS, and every element's PSIS-corrected mean and sd, which then
   measure the posterior's, agreeing with q's within the tolerances (the diagnosis makes draws
   until their Monte Carlo error is a quarter of the tolerance: :mod:`ppl_models.vi.precision`).
+  Each of those estimates must itself be reliable: the :math:`\hat k` of the tail of
+  :math:`w\,(f - c)` (a mean) or :math:`w\,(f - c)^2` (a variance) within the same threshold
+  (Vehtari et al. 2024, section 2.4): where the posterior's tails are heavier than q's, the
+  weights' :math:`\hat k` can pass while the PSIS sd still falls short of the posterior's;
   VIABEL's mean- and sd-error bounds (Huggins et al. 2020) are worst cases, far looser than the
   errors they bound at many dimensions: they are reported, not required;
 - **modes q never visits**: a multi-start mode search (:mod:`ppl_models.vi.modes`) adds the
@@ -271,6 +275,26 @@ def _psis_agreement(rows, rules: VerdictRules) -> dict[str, list[str]]:
     return out
 
 
+def _psis_unreliable(rows, threshold: float) -> dict[str, list[str]]:
+    r"""Elements whose PSIS-corrected mean (``mean``) or sd (``sd``) is not a reliable
+    estimate: the Pareto :math:`\hat k` of :math:`w\,(f - c)`, resp. :math:`w\,(f - c)^2`
+    (:meth:`ppl_models.vi.stream.MomentStream.function_khats`), above ``threshold``. The
+    weights' own :math:`\hat k` can be within it while these are not, where the posterior's
+    tails are heavier than q's: the PSIS sd then falls short of the posterior's."""
+    out: dict[str, list[str]] = {"mean": [], "sd": []}
+    for r in rows:
+        for key in ("mean", "sd"):
+            k = r.get(f"psis_khat_{key}")
+            if k is not None and not k <= threshold:  # NaN is unreliable too
+                out[key].append(r["name"])
+    return out
+
+
+def _tail_facts(rows, names: list[str], key: str, threshold: float) -> dict:
+    khats = {r["name"]: r[f"psis_khat_{key}"] for r in rows if r["name"] in names}
+    return {"names": names, "khat": max(khats.values()), "threshold": threshold}
+
+
 def _self_findings(
     rows, coords, *, khat, khat_threshold, d2, importance_ess, draws, rules
 ) -> tuple[list[Finding], dict]:
@@ -289,11 +313,14 @@ def _self_findings(
         facts = {"ess": importance_ess, "min_ess": min_ess}
         return [Finding("self_ess", NOT_TRUSTWORTHY, (), facts)], checks
     agreement = _psis_agreement(rows, rules)
+    unreliable = _psis_unreliable(rows, khat_threshold)
     checks.update(
         psis_mean_off=agreement["mean_off"],
         psis_sd_off=agreement["sd_off"],
         psis_mean_unsettled=agreement["mean_unsettled"],
         psis_sd_unsettled=agreement["sd_unsettled"],
+        psis_mean_unreliable=unreliable["mean"],
+        psis_sd_unreliable=unreliable["sd"],
         bound_mean_loose=[
             c["name"] for c in coords if not c["mean_error"] <= rules.bound_mean_tolerance * c["sd"]
         ],
@@ -303,15 +330,26 @@ def _self_findings(
     def details(names, key):
         return [(n, by_name[n][key], by_name[n].get(f"psis_{key}")) for n in names[:8]]
 
-    findings = []
+    # estimates too unreliable to check q by, where they did not already measure it off
+    tails = {
+        key: [n for n in unreliable[key] if n not in agreement[f"{key}_off"]]
+        for key in ("mean", "sd")
+    }
+    findings = []  # the worst first: what condemns the means, then what withholds the sds
     if agreement["mean_off"]:
         names = agreement["mean_off"]
         facts = {"names": names, "details": details(names, "mean")}
         findings.append(Finding("psis_means", NOT_TRUSTWORTHY, tuple(names), facts))
+    if tails["mean"]:
+        facts = _tail_facts(rows, tails["mean"], "mean", khat_threshold)
+        findings.append(Finding("psis_mean_tails", NOT_TRUSTWORTHY, (), facts))
     if agreement["sd_off"]:
         names = agreement["sd_off"]
         facts = {"names": names, "details": details(names, "sd")}
         findings.append(Finding("psis_sds", MEANS_ONLY, tuple(names), facts))
+    if tails["sd"]:
+        facts = _tail_facts(rows, tails["sd"], "sd", khat_threshold)
+        findings.append(Finding("psis_sd_tails", MEANS_ONLY, (), facts))
     unsettled = agreement["mean_unsettled"] + agreement["sd_unsettled"]
     if unsettled and not findings:
         facts = {
@@ -332,6 +370,9 @@ def _self_findings(
             default=0.0,
         ),
         "worst_sd": max((abs(r["sd"] / r["psis_sd"] - 1) for r in measured), default=0.0),
+        "khat_sd": max(
+            (r["psis_khat_sd"] for r in rows if r.get("psis_khat_sd") is not None), default=None
+        ),
         "d2": d2,
         "bound_mean": max((c["mean_error"] / c["sd"] for c in coords if c["sd"] > 0), default=0.0),
     }

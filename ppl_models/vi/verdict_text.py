@@ -163,6 +163,24 @@ def _psis_sds(x: dict) -> str:
     return f"Importance sampling changes the sds of {names(x['names'])}: {detail}."
 
 
+def _psis_mean_tails(x: dict) -> str:
+    return (
+        f"PSIS cannot check the means of {names(x['names'])}: the tail of w (theta - c) has "
+        f"k-hat up to {_fmt(x['khat'])}, above the threshold {x['threshold']:.2g} (the "
+        "posterior's tails are heavier than q's there), so their PSIS-corrected means are not "
+        "reliable and q's cannot be certified."
+    )
+
+
+def _psis_sd_tails(x: dict) -> str:
+    return (
+        f"PSIS cannot check the sds of {names(x['names'])}: the tail of w (theta - c)^2 has "
+        f"k-hat up to {_fmt(x['khat'])}, above the threshold {x['threshold']:.2g} (the "
+        "posterior's tails are heavier than q's there), so their PSIS-corrected sds are not "
+        "reliable and q's cannot be certified; the means can be used."
+    )
+
+
 def _psis_unsettled(x: dict) -> str:
     return (
         f"The PSIS-corrected moments of {names(x['names'])} differ from q's by more than "
@@ -171,12 +189,17 @@ def _psis_unsettled(x: dict) -> str:
     )
 
 
+def _khat_sd(k: float | None) -> str:
+    return "" if k is None else f"; the sds' estimates have k-hat at most {k:.2g}"
+
+
 def _self_certified(x: dict) -> str:
     return (
         f"Where q puts mass, its own draws certify it: k-hat = {x['khat']:.3g} (threshold "
         f"{x['threshold']:.2g}), and the PSIS-corrected means and sds of all {x['elements']} "
         f"elements agree with q's (largest differences {x['worst_mean']:.2g} sd in a mean and "
-        f"{x['worst_sd']:.1%} in an sd). VIABEL's worst-case bound on a mean error is "
+        f"{x['worst_sd']:.1%} in an sd{_khat_sd(x.get('khat_sd'))}). VIABEL's worst-case bound "
+        "on a mean error is "
         f"{x['bound_mean']:.2g} sd (d_2 = {x['d2']:.3g})."
     )
 
@@ -233,6 +256,8 @@ _SENTENCES: dict[str, Callable[[dict], str]] = {
     "self_ess": _self_ess,
     "psis_means": _psis_means,
     "psis_sds": _psis_sds,
+    "psis_mean_tails": _psis_mean_tails,
+    "psis_sd_tails": _psis_sd_tails,
     "psis_unsettled": _psis_unsettled,
     "self_certified": _self_certified,
 }
@@ -265,8 +290,10 @@ def describe_rules(rules: VerdictRules) -> list[str]:
         f"PSIS-corrected mean within {rules.mean_tolerance:g} sd + {f:g} MCSE of q's, else "
         f"not-trustworthy; every PSIS-corrected sd within {rules.sd_tolerance:g} + {f:g} relative "
         "MCSE of q's, else means-only; trustworthy needs the measured differences within "
-        f"{rules.mean_tolerance:g} sd and {rules.sd_tolerance:g} themselves. VIABEL's error "
-        "bounds are reported, not required.",
+        f"{rules.mean_tolerance:g} sd and {rules.sd_tolerance:g} themselves. Each PSIS estimate "
+        "must be reliable: the k-hat of the tail of w (theta - c) for a mean (else "
+        "not-trustworthy) and of w (theta - c)^2 for an sd (else means-only) within the same "
+        "threshold. VIABEL's error bounds are reported, not required.",
         "With or without a reference: posterior modes that a multi-start L-BFGS search finds "
         "and q never visits are added to q with their Laplace masses; if that moves an "
         f"unconstrained coordinate's mean by more than {rules.mean_tolerance:g} sd -> "

@@ -1,0 +1,83 @@
+r"""Pareto :math:`\hat k` of many tails at once, from their largest values alone.
+
+PSIS (Vehtari et al. 2024) fits a generalised Pareto distribution to the :math:`M =
+\lceil\min(S/5, 3\sqrt S)\rceil` largest of :math:`S` weights, as exceedances over the
+:math:`(M+1)`-th largest, by the empirical-Bayes method of Zhang & Stephens (2009), then shrinks
+the shape towards 0.5 with the weight of ten observations: :math:`\hat k = (M \hat k_{ZS} + 5) /
+(M + 10)`. Only those :math:`M + 1` values enter, so a stream that keeps each row's largest
+values can estimate :math:`\hat k` for thousands of rows (the tail of :math:`w \cdot h` for
+every element :math:`h` of a posterior) without keeping the draws. :func:`tail_khat` is
+ArviZ's ``psislw`` estimate (``reff = 1``) row by row, vectorized.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_LOG_TINY = math.log(np.finfo(float).tiny)  # ArviZ's floor for the cutoff
+_PRIOR_K, _PRIOR_WEIGHT, _PRIOR_BS = 0.5, 10, 3
+_BLOCK = 2**22  # numbers per block of the vectorized fit
+
+
+def tail_khat(top_log_values: np.ndarray) -> np.ndarray:
+    r""":math:`\hat k` per row from the row's :math:`M + 1` largest log values.
+
+    Parameters
+    ----------
+    top_log_values
+        ``(rows, M + 1)``: for each row, the :math:`M + 1` largest of its :math:`S` log values
+        (any order), :math:`M` = :func:`ppl_models.vi.stream.tail_size` of :math:`S`; entries may
+        be ``-inf``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows,)``: the shape of the generalised Pareto fitted to the :math:`M` largest values'
+        exceedances of the :math:`(M+1)`-th, as ArviZ's ``psislw`` gives it; ``-inf`` for a row
+        whose largest values are all equal (a flat tail, as
+        :func:`ppl_models.diagnostics.psis_khat` reports it) and ``inf`` for one with at most
+        four exceedances (too few to fit).
+    """
+    x = np.sort(np.asarray(top_log_values, dtype=np.float64), axis=1)
+    rows, width = x.shape
+    khat = np.full(rows, np.inf)
+    if width < 2:
+        return khat
+    x = x - x[:, -1:]
+    cutoff = np.maximum(x[:, 0], _LOG_TINY)
+    exceed = np.exp(x[:, 1:]) - np.exp(cutoff)[:, None]  # sorted, >= 0 where above the cutoff
+    strict = (x[:, 1:] > cutoff[:, None]).sum(axis=1)
+    flat = np.ptp(x, axis=1) <= 1e-12 * np.maximum(1.0, np.abs(x[:, 0]))
+    full = (strict == width - 1) & ~flat
+    index = np.flatnonzero(full)
+    step = max(1, _BLOCK // ((width - 1) * (30 + int(math.sqrt(width - 1)))))
+    for start in range(0, len(index), step):
+        block = index[start : start + step]
+        khat[block] = _gpd_shape(exceed[block])
+    for i in np.flatnonzero(~full & ~flat & (strict > 4)):  # ties at the cutoff: a shorter tail
+        tail = exceed[i][x[i, 1:] > cutoff[i]]
+        khat[i] = _gpd_shape(tail[None, :])[0]
+    khat[flat] = -np.inf
+    return khat
+
+
+def _gpd_shape(exceedances: np.ndarray) -> np.ndarray:
+    """Zhang & Stephens' posterior-mean shape of each row of sorted positive exceedances
+    ``(rows, n)``, shrunk by PSIS's prior (ArviZ's ``_gpdfit``, vectorized)."""
+    y = exceedances
+    n = y.shape[1]
+    m = 30 + int(math.sqrt(n))
+    grid = 1.0 - np.sqrt(m / (np.arange(1, m + 1, dtype=np.float64) - 0.5))
+    quartile = y[:, int(n / 4 + 0.5) - 1]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        b = grid[None, :] / (_PRIOR_BS * quartile[:, None]) + 1.0 / y[:, -1:]  # (rows, m)
+        k = np.log1p(-b[:, :, None] * y[:, None, :]).mean(axis=2)
+        profile = n * (np.log(-(b / k)) - k - 1.0)
+        weights = 1.0 / np.exp(profile[:, None, :] - profile[:, :, None]).sum(axis=2)
+        weights = np.where(weights >= 10 * np.finfo(float).eps, weights, 0.0)
+        weights /= weights.sum(axis=1, keepdims=True)
+        b_post = (b * weights).sum(axis=1)
+        k_post = np.log1p(-b_post[:, None] * y).mean(axis=1)
+    return (n * k_post + _PRIOR_WEIGHT * _PRIOR_K) / (n + _PRIOR_WEIGHT)

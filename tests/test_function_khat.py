@@ -1,0 +1,98 @@
+"""Pareto k-hat of w h for each element: whether a PSIS mean or sd can be trusted.
+
+Where the posterior's tails are heavier than q's, the weights' k-hat can be within its threshold
+while the tail of w (theta - c)^2 is not: the PSIS-corrected sd then falls short of the
+posterior's, and agreeing with it certified an sd 17% too small (a Cauchy likelihood)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_vi_verdict import _decide, _row
+
+from ppl_models.bench.adversarial import CAUCHY_Y, cauchy_location_model, cauchy_location_truth
+from ppl_models.diagnostics import psis_khat
+from ppl_models.pareto import tail_khat
+from ppl_models.vi.stream import MomentStream, tail_size
+from ppl_models.vi.verdict import MEANS_ONLY, NOT_TRUSTWORTHY, TRUSTWORTHY
+
+LOG_TINY = math.log(np.finfo(float).tiny)
+
+
+@pytest.mark.parametrize("draws", [100, 4000, 20_000])
+def test_tail_khat_from_the_largest_values_alone_is_arviz_psislw(draws):
+    rng = np.random.default_rng(draws)
+    rows = [np.log(rng.pareto(1 / k, draws) + 1) for k in (0.1, 0.5, 0.9, 1.5)]
+    rows += [
+        rng.normal(size=draws),
+        np.where(rng.random(draws) < 0.5, LOG_TINY, rng.normal(size=draws)),
+    ]
+    x = np.array(rows)
+    top = -np.sort(-x, axis=1)[:, : tail_size(draws) + 1]
+    rng.shuffle(top, axis=1)  # any order
+    np.testing.assert_allclose(tail_khat(top), psis_khat(x), rtol=0, atol=1e-12)
+    assert tail_khat(np.full((1, 20), 2.0))[0] == -math.inf  # a flat tail, as psis_khat says
+
+
+def test_the_stream_estimates_each_elements_khat_as_if_every_draw_were_kept():
+    rng = np.random.default_rng(0)
+    n, chunks = 3000, 4
+    # q = N(0, 1) against p = Student-t(5) in element 0; element 1 is exact
+    z = rng.normal(size=(n * chunks, 2))
+    t = torch.distributions.StudentT(5.0, 0.0, 1.0).log_prob(torch.tensor(z[:, 0]))
+    log_w = t.numpy() + 0.5 * z[:, 0] ** 2
+    stream = MomentStream(n * chunks)
+    for i in range(chunks):
+        part = slice(i * n, (i + 1) * n)
+        stream.add(log_w[part], z[part])
+    khat = float(psis_khat(log_w))
+    k_mean, k_sd = stream.function_khats(khat)
+    g = z - z[:n].mean(axis=0)  # the stream's centre: its first chunk's mean
+    with np.errstate(divide="ignore"):
+        plus = np.maximum(np.log(np.where(g > 0, g, 0)), LOG_TINY)
+        minus = np.maximum(np.log(np.where(g < 0, -g, 0)), LOG_TINY)
+    for j in range(2):
+        expect_mean = max(khat, psis_khat(log_w + plus[:, j]), psis_khat(log_w + minus[:, j]))
+        expect_sd = max(khat, psis_khat(log_w + 2 * np.log(np.abs(g[:, j]))))
+        assert k_mean[j] == pytest.approx(float(expect_mean), abs=1e-12)
+        assert k_sd[j] == pytest.approx(float(expect_sd), abs=1e-12)
+    # the t's tails weigh more in w (theta - c) and w (theta - c)^2 than in the weights alone
+    assert khat < 0.7 and min(k_mean[0], k_sd[0]) > khat + 0.05
+    assert k_sd[1] == k_mean[1] == khat  # an element that does not enter the weights
+
+
+def _self_row(**khats):
+    row = _row("a", 0.0)
+    for key in ("ref_mean", "ref_sd", "std_mean_error", "sd_ratio", "ks"):
+        row[key] = None
+    return dict(row, **khats)
+
+
+def test_an_estimate_whose_own_khat_is_too_high_certifies_nothing():
+    base = dict(has_reference=False, coordinates=[], khat=0.6)
+    assert _decide([_self_row(psis_khat_mean=0.6, psis_khat_sd=0.65)], **base).label == TRUSTWORTHY
+    sd_tails = _decide([_self_row(psis_khat_mean=0.6, psis_khat_sd=0.8)], **base)
+    assert sd_tails.label == MEANS_ONLY
+    assert any("PSIS cannot check the sds of a" in r for r in sd_tails.reasons)
+    mean_tails = _decide([_self_row(psis_khat_mean=0.75, psis_khat_sd=0.8)], **base)
+    assert mean_tails.label == NOT_TRUSTWORTHY
+    assert any("PSIS cannot check the means of a" in r for r in mean_tails.reasons)
+    nan = _decide([_self_row(psis_khat_mean=0.6, psis_khat_sd=float("nan"))], **base)
+    assert nan.label == MEANS_ONLY
+
+
+def test_a_gaussian_fit_of_a_cauchy_likelihood_is_not_certified_on_the_weights_khat_alone():
+    from ppl_models.vi.diagnose import diagnose
+    from ppl_models.vi.fitting import fit_svi
+
+    y = torch.tensor(CAUCHY_Y, dtype=torch.float64)
+    fit = fit_svi(cauchy_location_model, "auto-normal", {"y": y}, seed=1)
+    s = diagnose(fit, None, progress=False).summary
+    (row,) = s["parameters"]
+    _, truth_sd = cauchy_location_truth(CAUCHY_Y).moments["mu"]
+    assert row["sd"] / truth_sd < 0.9  # the truth (quadrature): q's sd is too small
+    assert s["psis_khat"] <= s["psis_khat_threshold"]  # the weights' k-hat would certify it
+    assert row["psis_khat_sd"] > s["psis_khat_threshold"]
+    assert s["verdict"] != TRUSTWORTHY
+    assert any("PSIS cannot check" in r for r in s["verdict_reasons"])
