@@ -723,6 +723,90 @@ def _flat_normal_fit(scripts: Path) -> Built:
     return Built(fit, truth, None, reference)
 
 
+# Cauchy-tailed likelihoods: q's Gaussian tails fall short while the weights' k-hat may pass
+CAUCHY_Y = (-0.5, 0.5)
+T_REGRESSION_X, T_REGRESSION_Y = (-1.0, 0.0, 1.0, 2.0), (0.2, 0.9, 2.4, 2.8)
+HEAVY_PRIOR_SD, T_REGRESSION_SCALE = 10.0, 0.5
+
+
+def cauchy_location_model(y):
+    """mu ~ N(0, 10^2), y_i ~ Cauchy(mu, 1)."""
+    import pyro
+    import pyro.distributions as dist
+
+    mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), HEAVY_PRIOR_SD))
+    with pyro.plate("obs", y.shape[-1]):
+        pyro.sample("y", dist.Cauchy(mu, 1.0), obs=y)
+
+
+def cauchy_location_truth(y, half_width: float = 300.0) -> Truth:
+    """The posterior mean and sd of mu by adaptive quadrature (scipy)."""
+    from scipy import integrate
+
+    def density(m):
+        return math.exp(-0.5 * (m / HEAVY_PRIOR_SD) ** 2 - sum(math.log1p((v - m) ** 2) for v in y))
+
+    def moment(f):
+        return integrate.quad(lambda m: f(m) * density(m), -half_width, half_width, points=[0])[0]
+
+    mass = moment(lambda m: 1.0)
+    mean = moment(lambda m: m) / mass
+    sd = math.sqrt(moment(lambda m: (m - mean) ** 2) / mass)
+    return Truth({"mu": (mean, sd)}, "quadrature (scipy, over +/-300)")
+
+
+def _cauchy_location_fit(seed: int) -> Callable[[Path], Built]:
+    def build(scripts: Path) -> Built:
+        import torch
+
+        y = torch.tensor(CAUCHY_Y, dtype=torch.float64)
+        fit = _fit(cauchy_location_model, "auto-normal", {"y": y}, seed)
+        return Built(fit, cauchy_location_truth(CAUCHY_Y))
+
+    return build
+
+
+def t_regression_model(x, y):
+    """a, b ~ N(0, 10^2), y_i ~ Student-t(1, a + b x_i, 0.5): a Cauchy regression line."""
+    import pyro
+    import pyro.distributions as dist
+
+    a = pyro.sample("a", dist.Normal(y.new_tensor(0.0), HEAVY_PRIOR_SD))
+    b = pyro.sample("b", dist.Normal(y.new_tensor(0.0), HEAVY_PRIOR_SD))
+    with pyro.plate("obs", y.shape[-1]):
+        pyro.sample("y", dist.StudentT(1.0, a + b * x, T_REGRESSION_SCALE), obs=y)
+
+
+def t_regression_truth(points: int = 4001, half_width: float = 60.0) -> Truth:
+    """Means and sds of a and b on a ``points``-square grid over +/-``half_width`` (float64)."""
+    grid = np.linspace(-half_width, half_width, points)
+    a, b = grid[:, None], grid[None, :]
+    log_p = -0.5 * (a**2 + b**2) / HEAVY_PRIOR_SD**2
+    for xi, yi in zip(T_REGRESSION_X, T_REGRESSION_Y, strict=True):
+        log_p = log_p - np.log1p(((yi - a - b * xi) / T_REGRESSION_SCALE) ** 2)
+    p = np.exp(log_p - log_p.max())
+    p /= p.sum()
+    pa, pb = p.sum(axis=1), p.sum(axis=0)
+    moments = {}
+    for name, marginal in (("a", pa), ("b", pb)):
+        mean = float(marginal @ grid)
+        moments[name] = (mean, math.sqrt(float(marginal @ (grid - mean) ** 2)))
+    return Truth(moments, f"a {points}^2 grid over +/-{half_width:g} (float64)")
+
+
+def _t_regression_fit(seed: int) -> Callable[[Path], Built]:
+    def build(scripts: Path) -> Built:
+        import torch
+
+        data = {
+            "x": torch.tensor(T_REGRESSION_X, dtype=torch.float64),
+            "y": torch.tensor(T_REGRESSION_Y, dtype=torch.float64),
+        }
+        return Built(_fit(t_regression_model, "auto-normal", data, seed), t_regression_truth())
+
+    return build
+
+
 POISSON_Y, GAMMA_PRIOR = (0.0, 1.0, 0.0), (2.0, 1.0)
 
 
@@ -1004,6 +1088,12 @@ CASES = (
     Case("student_t5_moments", "heavy-tail", "designed",
          "Student-t (5 d.o.f.), the Gaussian with its mean and sd (tails wrong)",
          _student_t(5.0, "moments")),
+    Case("cauchy_location_fit", "heavy-tail", "fit auto-normal",
+         "mu ~ N(0, 10^2), two Cauchy(mu, 1) observations; auto-normal, seed 1; quadrature",
+         _cauchy_location_fit(1)),
+    Case("t_regression_fit", "heavy-tail", "fit auto-normal",
+         "a Cauchy regression line, 4 points, N(0, 10^2) priors; auto-normal; a 4001^2 grid",
+         _t_regression_fit(0)),
     Case("flat_normal_t3", "heavy-tail", "fit auto-normal",
          "normal mean and sd with flat priors, n 5: mu is t with 3 d.o.f.; closed form",
          _flat_normal_fit),
