@@ -8,17 +8,46 @@ the shape towards 0.5 with the weight of ten observations: :math:`\hat k = (M \h
 values can estimate :math:`\hat k` for thousands of rows (the tail of :math:`w \cdot h` for
 every element :math:`h` of a posterior) without keeping the draws. :func:`tail_khat` is
 ArviZ's ``psislw`` estimate (``reff = 1``) row by row, vectorized.
+
+**The largest of many estimates.** Each :math:`\hat k` has a standard error of about
+:math:`(1 + k)/\sqrt M` (the asymptotic variance :math:`(1 + k)^2 / M` of the generalised
+Pareto shape's maximum-likelihood estimate). Held one by one to a threshold :math:`t`, the
+largest of :math:`E` estimates whose true :math:`k` sits just below it exceeds it by noise alone
+far more often than one estimate does: by about :math:`(z_{1-\alpha/E} - z_{1-\alpha})(1 + t)
+/ \sqrt M` more at the same rate :math:`\alpha` (Bonferroni's bound, a little generous since the
+estimates share their weights). :func:`family_threshold` adds that allowance, so that a
+1,000-element posterior q fits well is not refused for its noisiest element, while one or two
+elements are held to :math:`t` itself.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 
 _LOG_TINY = math.log(np.finfo(float).tiny)  # ArviZ's floor for the cutoff
 _PRIOR_K, _PRIOR_WEIGHT, _PRIOR_BS = 0.5, 10, 3
 _BLOCK = 2**22  # numbers per block of the vectorized fit
+FAMILY_ALPHA = 0.05  # the rate at which one estimate, or the largest of many, passes by noise
+
+
+def tail_size(draws: int) -> int:
+    """:math:`M`, the number of largest weights PSIS smooths for ``draws`` draws (ArviZ's
+    ``psislw`` with relative efficiency 1)."""
+    return int(math.ceil(min(0.2 * draws, 3 * math.sqrt(draws))))
+
+
+def family_threshold(threshold: float, elements: int, draws: int) -> float:
+    r"""The threshold for the largest of ``elements`` :math:`\hat k` estimates from ``draws``
+    draws: ``threshold`` plus :math:`(z_{1-\alpha/E} - z_{1-\alpha})(1 + t)/\sqrt M` (module
+    docstring), ``threshold`` itself for one element."""
+    if elements <= 1 or draws < 2:
+        return threshold
+    z = NormalDist().inv_cdf
+    gain = z(1 - FAMILY_ALPHA / elements) - z(1 - FAMILY_ALPHA)
+    return threshold + gain * (1 + threshold) / math.sqrt(tail_size(draws))
 
 
 def tail_khat(top_log_values: np.ndarray) -> np.ndarray:
@@ -28,7 +57,7 @@ def tail_khat(top_log_values: np.ndarray) -> np.ndarray:
     ----------
     top_log_values
         ``(rows, M + 1)``: for each row, the :math:`M + 1` largest of its :math:`S` log values
-        (any order), :math:`M` = :func:`ppl_models.vi.stream.tail_size` of :math:`S`; entries may
+        (any order), :math:`M` = :func:`tail_size` of :math:`S`; entries may
         be ``-inf``.
 
     Returns

@@ -13,8 +13,8 @@ from test_vi_verdict import _decide, _row
 
 from ppl_models.bench.adversarial import CAUCHY_Y, cauchy_location_model, cauchy_location_truth
 from ppl_models.diagnostics import psis_khat
-from ppl_models.pareto import tail_khat
-from ppl_models.vi.stream import MomentStream, tail_size
+from ppl_models.pareto import family_threshold, tail_khat, tail_size
+from ppl_models.vi.stream import MomentStream
 from ppl_models.vi.verdict import MEANS_ONLY, NOT_TRUSTWORTHY, TRUSTWORTHY
 
 LOG_TINY = math.log(np.finfo(float).tiny)
@@ -96,3 +96,24 @@ def test_a_gaussian_fit_of_a_cauchy_likelihood_is_not_certified_on_the_weights_k
     assert row["psis_khat_sd"] > s["psis_khat_threshold"]
     assert s["verdict"] != TRUSTWORTHY
     assert any("PSIS cannot check" in r for r in s["verdict_reasons"])
+
+
+def test_one_element_is_held_to_the_threshold_and_many_get_the_noise_of_their_largest():
+    assert family_threshold(0.7, 1, 100_000) == 0.7
+    assert 0.7 < family_threshold(0.7, 2, 100_000) < family_threshold(0.7, 1000, 100_000)
+    assert family_threshold(0.7, 1000, 100_000) < family_threshold(0.7, 1000, 8000)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_allowance_covers_the_noise_of_the_largest_of_a_thousand_estimates(seed):
+    # q is the posterior (equal weights): every element's function k-hat estimates the same
+    # light tail, and only noise sets the largest of 1,000 apart from the typical one
+    rng = np.random.default_rng(seed)
+    draws, d = 8000, 1000
+    z = rng.normal(size=(draws, d))
+    stream = MomentStream(draws)
+    stream.add(np.zeros(draws), z)
+    k_mean, k_sd = stream.function_khats(-math.inf)
+    allowance = family_threshold(0.7, d, draws) - 0.7
+    for k in (k_mean, k_sd):
+        assert k.max() - np.median(k) < allowance

@@ -38,15 +38,10 @@ import math
 import numpy as np
 
 from ..importance import WeightedMoments
-from ..pareto import tail_khat
+from ..pareto import tail_khat, tail_size
 
 _LOG_ZERO = math.log(np.finfo(float).tiny)  # log 0 for the tails: below any cutoff PSIS uses
 _FUNCTIONS = 3  # the tails of w (f - c)_+, w (c - f)_+ and w (f - c)^2
-
-
-def tail_size(draws: int) -> int:
-    """The number of largest weights PSIS smooths for ``draws`` draws (ArviZ's ``psislw``)."""
-    return int(math.ceil(min(0.2 * draws, 3 * math.sqrt(draws))))
 
 
 def _largest(rows: np.ndarray, n: int) -> np.ndarray:

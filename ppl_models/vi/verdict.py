@@ -30,8 +30,10 @@ outline:
   until their Monte Carlo error is a quarter of the tolerance: :mod:`ppl_models.vi.precision`).
   Each of those estimates must itself be reliable: the :math:`\hat k` of the tail of
   :math:`w\,(f - c)` (a mean) or :math:`w\,(f - c)^2` (a variance) within the same threshold
-  (Vehtari et al. 2024, section 2.4): where the posterior's tails are heavier than q's, the
-  weights' :math:`\hat k` can pass while the PSIS sd still falls short of the posterior's;
+  (Vehtari et al. 2024, section 2.4), plus an allowance for the largest of many noisy
+  estimates (:func:`ppl_models.pareto.family_threshold`): where the posterior's tails are
+  heavier than q's, the weights' :math:`\hat k` can pass while the PSIS sd still falls short of
+  the posterior's;
   VIABEL's mean- and sd-error bounds (Huggins et al. 2020) are worst cases, far looser than the
   errors they bound at many dimensions: they are reported, not required;
 - **modes q never visits**: a multi-start mode search (:mod:`ppl_models.vi.modes`) adds the
@@ -55,6 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..pareto import family_threshold
 from . import verdict_text
 
 TRUSTWORTHY = "trustworthy"
@@ -278,9 +281,11 @@ def _psis_agreement(rows, rules: VerdictRules) -> dict[str, list[str]]:
 def _psis_unreliable(rows, threshold: float) -> dict[str, list[str]]:
     r"""Elements whose PSIS-corrected mean (``mean``) or sd (``sd``) is not a reliable
     estimate: the Pareto :math:`\hat k` of :math:`w\,(f - c)`, resp. :math:`w\,(f - c)^2`
-    (:meth:`ppl_models.vi.stream.MomentStream.function_khats`), above ``threshold``. The
-    weights' own :math:`\hat k` can be within it while these are not, where the posterior's
-    tails are heavier than q's: the PSIS sd then falls short of the posterior's."""
+    (:meth:`ppl_models.vi.stream.MomentStream.function_khats`), above ``threshold`` (the
+    sample-size threshold with :func:`ppl_models.pareto.family_threshold`'s allowance for the
+    largest of many estimates). The weights' own :math:`\hat k` can be within it while these
+    are not, where the posterior's tails are heavier than q's: the PSIS sd then falls short of
+    the posterior's."""
     out: dict[str, list[str]] = {"mean": [], "sd": []}
     for r in rows:
         for key in ("mean", "sd"):
@@ -292,7 +297,12 @@ def _psis_unreliable(rows, threshold: float) -> dict[str, list[str]]:
 
 def _tail_facts(rows, names: list[str], key: str, threshold: float) -> dict:
     khats = {r["name"]: r[f"psis_khat_{key}"] for r in rows if r["name"] in names}
-    return {"names": names, "khat": max(khats.values()), "threshold": threshold}
+    return {
+        "names": names,
+        "khat": max(khats.values()),
+        "threshold": threshold,
+        "elements": len(rows),
+    }
 
 
 def _self_findings(
@@ -313,7 +323,8 @@ def _self_findings(
         facts = {"ess": importance_ess, "min_ess": min_ess}
         return [Finding("self_ess", NOT_TRUSTWORTHY, (), facts)], checks
     agreement = _psis_agreement(rows, rules)
-    unreliable = _psis_unreliable(rows, khat_threshold)
+    tail_threshold = family_threshold(khat_threshold, len(rows), draws)
+    unreliable = _psis_unreliable(rows, tail_threshold)
     checks.update(
         psis_mean_off=agreement["mean_off"],
         psis_sd_off=agreement["sd_off"],
@@ -341,14 +352,14 @@ def _self_findings(
         facts = {"names": names, "details": details(names, "mean")}
         findings.append(Finding("psis_means", NOT_TRUSTWORTHY, tuple(names), facts))
     if tails["mean"]:
-        facts = _tail_facts(rows, tails["mean"], "mean", khat_threshold)
+        facts = _tail_facts(rows, tails["mean"], "mean", tail_threshold)
         findings.append(Finding("psis_mean_tails", NOT_TRUSTWORTHY, (), facts))
     if agreement["sd_off"]:
         names = agreement["sd_off"]
         facts = {"names": names, "details": details(names, "sd")}
         findings.append(Finding("psis_sds", MEANS_ONLY, tuple(names), facts))
     if tails["sd"]:
-        facts = _tail_facts(rows, tails["sd"], "sd", khat_threshold)
+        facts = _tail_facts(rows, tails["sd"], "sd", tail_threshold)
         findings.append(Finding("psis_sd_tails", MEANS_ONLY, (), facts))
     unsettled = agreement["mean_unsettled"] + agreement["sd_unsettled"]
     if unsettled and not findings:

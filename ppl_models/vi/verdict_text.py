@@ -163,10 +163,17 @@ def _psis_sds(x: dict) -> str:
     return f"Importance sampling changes the sds of {names(x['names'])}: {detail}."
 
 
+def _tail_threshold(x: dict) -> str:
+    many = x.get("elements", 1) > 1
+    return f"{x['threshold']:.2g}" + (
+        f" for the largest of {x['elements']} elements" if many else ""
+    )
+
+
 def _psis_mean_tails(x: dict) -> str:
     return (
         f"PSIS cannot check the means of {names(x['names'])}: the tail of w (theta - c) has "
-        f"k-hat up to {_fmt(x['khat'])}, above the threshold {x['threshold']:.2g} (the "
+        f"k-hat up to {_fmt(x['khat'])}, above the threshold {_tail_threshold(x)} (the "
         "posterior's tails are heavier than q's there), so their PSIS-corrected means are not "
         "reliable and q's cannot be certified."
     )
@@ -175,7 +182,7 @@ def _psis_mean_tails(x: dict) -> str:
 def _psis_sd_tails(x: dict) -> str:
     return (
         f"PSIS cannot check the sds of {names(x['names'])}: the tail of w (theta - c)^2 has "
-        f"k-hat up to {_fmt(x['khat'])}, above the threshold {x['threshold']:.2g} (the "
+        f"k-hat up to {_fmt(x['khat'])}, above the threshold {_tail_threshold(x)} (the "
         "posterior's tails are heavier than q's there), so their PSIS-corrected sds are not "
         "reliable and q's cannot be certified; the means can be used."
     )
@@ -293,7 +300,9 @@ def describe_rules(rules: VerdictRules) -> list[str]:
         f"{rules.mean_tolerance:g} sd and {rules.sd_tolerance:g} themselves. Each PSIS estimate "
         "must be reliable: the k-hat of the tail of w (theta - c) for a mean (else "
         "not-trustworthy) and of w (theta - c)^2 for an sd (else means-only) within the same "
-        "threshold. VIABEL's error bounds are reported, not required.",
+        "threshold, plus (z(1 - 0.05/E) - z(0.95)) (1 + threshold) / sqrt(M) for the largest of "
+        "E elements' estimates from M tail draws. VIABEL's error bounds are reported, not "
+        "required.",
         "With or without a reference: posterior modes that a multi-start L-BFGS search finds "
         "and q never visits are added to q with their Laplace masses; if that moves an "
         f"unconstrained coordinate's mean by more than {rules.mean_tolerance:g} sd -> "
