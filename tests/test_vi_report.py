@@ -204,6 +204,17 @@ def test_without_a_reference_no_column_is_dashes_and_no_row_says_not_compared(
     ]
     assert "ref mean" not in side and "KS" not in side and "not compared" not in side
     assert "PSIS mean" in side and "PSIS agrees" in side
+    assert "PSIS k-hat: mean / sd" in side  # each estimate's own k-hat, beside it
+
+
+def test_an_element_whose_psis_estimate_is_unreliable_does_not_read_as_agreeing():
+    from ppl_models.vi.report import _status
+
+    summary = {"draws": 4000, "verdict_checks": {"self": {"psis_sd_unreliable": ["a"]}}}
+    row = {"name": "a", "ref_mean": None, "psis_khat_mean": 0.5, "psis_khat_sd": 0.9}
+    assert _status(row, summary) == "PSIS cannot check the sd"
+    summary["verdict_checks"]["self"]["psis_mean_off"] = ["a"]
+    assert _status(row, summary) == "PSIS moves the mean; PSIS cannot check the sd"
 
 
 def test_the_fit_notes_how_it_started_and_which_sites_scale_which(run):

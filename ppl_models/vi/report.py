@@ -408,12 +408,27 @@ def _status(row: dict, s: dict) -> str | None:
     self_checks = (s.get("verdict_checks") or {}).get("self") or {}
     if not self_checks:
         return None
-    bad = [
-        what
-        for what, key in (("mean", "psis_mean_off"), ("sd", "psis_sd_off"))
-        if row["name"] in (self_checks.get(key) or [])
-    ]
-    return "PSIS agrees" if not bad else "PSIS moves the " + " and ".join(bad)
+
+    def listed(kind: str) -> list[str]:
+        return [
+            w for w in ("mean", "sd") if row["name"] in (self_checks.get(f"psis_{w}_{kind}") or [])
+        ]
+
+    bad = listed("off")
+    unreliable = [w for w in listed("unreliable") if w not in bad]
+    words = [f"PSIS moves the {' and '.join(bad)}"] if bad else []
+    if unreliable:  # its estimate's own k-hat is too high: it cannot check q there
+        words.append(f"PSIS cannot check the {' and '.join(unreliable)}")
+    return "; ".join(words) or "PSIS agrees"
+
+
+def _tail_khats(row: dict) -> str | None:
+    """The k-hats of the element's PSIS mean and sd estimates (the tails of w (theta - c) and
+    w (theta - c)^2), as one cell."""
+    k = [row.get("psis_khat_mean"), row.get("psis_khat_sd")]
+    if all(v is None for v in k):
+        return None
+    return " / ".join("-" if v is None else f"{v:.2f}" for v in k)
 
 
 def _ratio_se(r: dict) -> float | None:
@@ -452,6 +467,7 @@ def tables(s: dict) -> list[Table]:
             _num(r.get("hdi_high")),
             _num(r.get("psis_mean"), r.get("psis_mcse_mean")),
             _num(r.get("psis_sd"), r.get("psis_mcse_sd")),
+            _tail_khats(r),
             _num(r.get("ref_mean"), r.get("ref_mcse_mean")),
             _num(r.get("ref_sd"), r.get("ref_mcse_sd")),
             _num(r.get("std_mean_error"), _error_se(r)),
@@ -524,6 +540,7 @@ def tables(s: dict) -> list[Table]:
                 "hdi 97%",
                 "PSIS mean",
                 "PSIS sd",
+                "PSIS k-hat: mean / sd",
                 "ref mean",
                 "ref sd",
                 "(mean - ref) / ref sd",
@@ -536,7 +553,9 @@ def tables(s: dict) -> list[Table]:
             note="mean and sd from all S draws of q, rounded to their Monte Carlo standard "
             "errors (as are the PSIS and reference moments and the errors); HDI: 94% "
             "highest-density interval, 3 significant digits; PSIS: the posterior moments "
-            "re-estimated by Pareto-smoothed importance sampling from q's draws; KS and W1 from "
+            "re-estimated by Pareto-smoothed importance sampling from q's draws, and the k-hat "
+            "of each estimate's own tail (w (theta - c) for the mean, w (theta - c)^2 for the "
+            "variance: above the threshold, the estimate cannot check q); KS and W1 from "
             "scipy on the draws. Status applies the verdict's tolerances (which allow for the "
             "Monte Carlo error)"
             + ("" if has_reference else "; without a reference, to the PSIS moments")
