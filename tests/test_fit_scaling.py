@@ -273,6 +273,9 @@ def test_a_failed_package_run_is_a_row_and_the_baselines_still_run(tmp_path, cap
     [row] = read_json(out / "bench.json")["rows"]
     assert row["package"] is None and "Traceback" in row["package_traceback"]
     assert row["plain_pyro"]["step_ms"] > 0 and row["step_over_pyro"] is None
+    # on by default, the alternating comparison has no package to time: said, not a crash
+    assert row["alternating"] == {"skipped": "the package's run or plain Pyro failed"}
+    assert row["step_over_pyro_alternating"] is None
 
 
 def test_without_numpyro_its_columns_say_so_and_the_rest_is_measured(monkeypatch, capsys):
