@@ -1,5 +1,6 @@
 """``ppl-models bench fit --scaling``: end to end on tiny sizes it writes every column of its
-table and bench.json (timings are never asserted), its log-log slopes agree with closed forms,
+table and bench.json (timings are never asserted), its log-log slopes and its alternating
+ratio of medians agree with closed forms and known numbers,
 NumPyro's timings have their documented shape, the baselines are reported when the package's run
 fails and NumPyro's absence is a row's note, not an error, and bad flags are one-line errors."""
 
@@ -44,7 +45,7 @@ def test_scaling_mode_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
     args = ["bench", "fit", "--scaling", "--groups", "4", "--per-group", "3", "--steps", "12"]
     args += ["--particles", "2", "--draws", "100", "--no-numpyro", "--threads", "1"]
-    args += ["--out", str(out)]
+    args += ["--alternate-rounds", "2", "--alternate-steps", "3", "--out", str(out)]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     lines = printed.splitlines()
@@ -75,6 +76,18 @@ def test_scaling_mode_runs_end_to_end(tmp_path, capsys):
     )
     assert row["numpyro_svi"] == {"skipped": "--no-numpyro"}
     assert row["step_over_numpyro"] is None and row["run_over_nuts"] is None
+    # the steps timed in turns: two rounds, each side first once, the first step of each not timed
+    alt = row["alternating"]
+    assert alt["steps"] == 3 and [r["first"] for r in alt["rounds"]] == ["package", "pyro"]
+    for r in alt["rounds"]:
+        assert r["pyro"]["steps"] == 2 and r["pyro"]["loops"] == 1
+        assert r["package"]["steps"] == 2 * r["package"]["loops"]  # a refit is a second loop
+    assert row["step_over_pyro_alternating"] == pytest.approx(alt["package_ms"] / alt["pyro_ms"])
+    assert row["step_over_pyro_alternating_cpu"] == alt["ratio_cpu"]
+    assert result["alternate"] == {"rounds": 2, "steps": 3}
+    assert "J = 4: alternating, 2 rounds of 3 steps" in printed
+    [step] = [t for t in result["targets"] if t["name"] == "fit_step_over_pyro"]
+    assert step["measured"] == row["step_over_pyro_alternating"] and step["basis"] == "alternating"
     assert set(result["slopes"]) >= {"total", "fit_steps", "diagnose", "peak_rss"}
     assert result["slopes"]["total"]["d"] is None  # one size: no slope
     assert [t["name"] for t in result["targets"]] == list(scaling.TARGETS)
@@ -113,6 +126,52 @@ def test_joint_slopes_separate_d_and_n():
     assert result["d"] == pytest.approx(scaling.loglog_slope(d, t))
 
 
+def test_step_times_leave_each_loops_first_step_out():
+    # (step, wall, cpu) after each step; the step index falling back to 0 starts a refit's loop
+    stamps = [(0, 10.0, 5.0), (1, 10.5, 5.25), (2, 11.0, 5.5), (0, 20.0, 9.0), (1, 20.5, 9.25)]
+    times = scaling.step_times(stamps)
+    assert times["steps"] == 3 and times["loops"] == 2  # 2 + 1 steps after each loop's first
+    assert times["seconds"] == pytest.approx(1.5) and times["cpu_seconds"] == pytest.approx(0.75)
+    assert times["step_ms"] == pytest.approx(500.0) and times["step_cpu_ms"] == pytest.approx(250.0)
+    assert scaling.step_times([(0, 1.0, 1.0)])["step_ms"] is None  # one step: nothing timed
+
+
+def test_alternating_ratio_is_the_ratio_of_the_medians():
+    def side(ms, cpu_ms):
+        return {"step_ms": ms, "step_cpu_ms": cpu_ms}
+
+    package = [(16.0, 15.0), (30.0, 16.0), (17.0, 15.5), (18.0, 14.0)]
+    pyro = [(15.0, 14.0), (16.0, 15.0), (40.0, 16.5), (15.5, 15.0)]
+    rounds = [
+        {"first": first, "package": side(*a), "pyro": side(*b)}
+        for first, a, b in zip(["package", "pyro"] * 2, package, pyro, strict=True)
+    ]
+    summary = scaling.alternating_summary(rounds)
+    # medians of four: the mean of the middle two, so one slow round on either side weighs little
+    assert summary["package_ms"] == 17.5 and summary["pyro_ms"] == 15.75
+    assert summary["ratio"] == pytest.approx(17.5 / 15.75)
+    assert summary["package_cpu_ms"] == 15.25 and summary["pyro_cpu_ms"] == 15.0
+    assert summary["ratio_cpu"] == pytest.approx(15.25 / 15.0)
+    assert summary["round_ratios"] == pytest.approx([16 / 15, 30 / 16, 17 / 40, 18 / 15.5])
+    assert summary["rounds"] is rounds
+    rounds[0]["pyro"] = side(None, None)  # a side with no timed step
+    summary = scaling.alternating_summary(rounds)
+    assert summary["pyro_ms"] == 16.0 and summary["round_ratios"][0] is None
+
+
+def test_alternate_flags_parse_into_the_sizes_spec(tmp_path):
+    def checked(*extra):
+        args = cli.build_parser().parse_args(["bench", "fit", "--scaling", *extra])
+        return scaling.check_args(args)["alternate"]
+
+    assert checked() == {"rounds": scaling.ALTERNATE_ROUNDS, "steps": None}  # on by default
+    assert checked("--alternate-rounds", "5", "--alternate-steps", "80") == {
+        "rounds": 5,
+        "steps": 80,
+    }
+    assert checked("--alternate-rounds", "0") is None  # off: the back-to-back ratio only
+
+
 def test_targets_are_checked_against_their_sizes():
     gb = 10**9
     rows = [
@@ -140,6 +199,12 @@ def test_targets_are_checked_against_their_sizes():
     # the worst size's ratio counts
     assert checked["fit_step_over_pyro"]["measured"] == 1.5
     assert checked["fit_step_over_pyro"]["met"] is False
+    assert checked["fit_step_over_pyro"]["basis"] == "back to back"
+    # the ratio timed in turns replaces a size's back-to-back one where it was measured
+    rows[0]["step_over_pyro_alternating"] = 1.05
+    step = {t["name"]: t for t in scaling.against_targets(rows)}["fit_step_over_pyro"]
+    assert step["measured"] == 1.1 and step["met"] is True
+    assert step["basis"] == "J = 100: alternating, J = 1,000: back to back"
     # a size that did not finish is not measured, neither met nor missed
     assert checked["J10000_run_seconds"]["measured"] is None
     assert checked["J10000_peak_gb"]["met"] is None
@@ -167,6 +232,8 @@ def test_numpyro_timings_have_their_shape():
         (["--memory-limit", "0"], "--memory-limit must be a positive number"),
         (["--threads", "0"], "--threads must be >= 1"),
         (["--nuts-chains", "0"], "--nuts-chains >= 1"),
+        (["--alternate-rounds", "-1"], "--alternate-rounds must be >= 0"),
+        (["--alternate-steps", "1"], "--alternate-steps must be >= 2"),
         (["--set", "nope=1"], "unknown config key 'nope'"),
         (["--set", "batch_size=-5"], "batch_size must be"),
         (["--set", "data=x.json"], "--set data is fixed by the scaling benchmark"),
@@ -206,6 +273,9 @@ def test_a_failed_package_run_is_a_row_and_the_baselines_still_run(tmp_path, cap
     [row] = read_json(out / "bench.json")["rows"]
     assert row["package"] is None and "Traceback" in row["package_traceback"]
     assert row["plain_pyro"]["step_ms"] > 0 and row["step_over_pyro"] is None
+    # on by default, the alternating comparison has no package to time: said, not a crash
+    assert row["alternating"] == {"skipped": "the package's run or plain Pyro failed"}
+    assert row["step_over_pyro_alternating"] is None
 
 
 def test_without_numpyro_its_columns_say_so_and_the_rest_is_measured(monkeypatch, capsys):

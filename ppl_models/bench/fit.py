@@ -360,6 +360,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="profile each size's package run (cProfile) into --out/profile-J<J>-P<P>.txt",
     )
+    from . import fit_scaling
+
+    fit_scaling.add_arguments(scaling)  # the alternating comparison of the steps
 
 
 def _out_dir(out: Path) -> Path:

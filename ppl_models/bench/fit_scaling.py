@@ -29,10 +29,21 @@ Ratios are of times measured in the same process, back to back on the same data:
         {t_\text{Pyro} / n_\text{steps}}, \qquad
     \frac{\text{run}}{\text{NUTS}} = \frac{t_\text{run}}{t_\text{NUTS}},
 
-the first also in CPU seconds (on one thread, what an idle machine's clock would read), and
-across the sizes, the log-log slope of each time (and of the peak memory) against :math:`d`
-and against :math:`N`, the least-squares :math:`b` of :math:`\log t = a + b \log x`; when the
-sizes vary :math:`d` and :math:`N` apart (several ``--per-group``), also the joint fit
+the first also in CPU seconds (on one thread, what an idle machine's clock would read). Timed
+so, seconds to minutes apart, a load that moves between the two moves the ratio; so, by
+default, (d) right after (b), before NumPyro is imported (with JAX loaded, Pyro's steps were
+measured slower), the two are timed alternately: ``--alternate-rounds`` R rounds (default 4),
+each the package's own fit for :math:`k` steps and plain Pyro's for :math:`k` steps, the one
+that goes first taking turns, :math:`k` (``--alternate-steps``) chosen from the CPU time of the
+run's steps so that a block takes about ``ALTERNATE_BLOCK_SECONDS`` (at least
+``ALTERNATE_MIN_STEPS``).
+Only the steps are timed: from the end of each side's first step to the end of its last (the
+package's start and Pyro's guide, built in its first step, left out), in wall and CPU seconds;
+the ratio is of the medians over the rounds (:func:`alternating_summary`), and the targets'
+line uses it where it was measured. Across the sizes, the log-log slope of each time (and of
+the peak memory) against :math:`d` and against :math:`N`, the least-squares :math:`b` of
+:math:`\log t = a + b \log x`; when the sizes vary :math:`d` and :math:`N` apart (several
+``--per-group``), also the joint fit
 :math:`\log t = a + b_d \log d + b_N \log N`. The machine's load average is recorded before and
 after every size: on a shared machine wall times stretch, and CPU seconds are given beside them.
 """
@@ -68,6 +79,10 @@ TARGETS = {
     "J10000_peak_gb": 4.0,
     "fit_step_over_pyro": 1.3,
 }
+# the alternating comparison of the package's steps with plain Pyro's (d)
+ALTERNATE_ROUNDS = 4
+ALTERNATE_BLOCK_SECONDS = 3.0
+ALTERNATE_MIN_STEPS = 50
 TIMED_SLOPES = ("total", "fit", "fit_steps", "diagnose", "diagnose_draws", "diagnose_mode_search")
 
 
@@ -176,7 +191,13 @@ def against_targets(rows: list[dict]) -> list[dict]:
 
     j1000, j10000 = size(1000), size(10000)
     p1000 = j1000["package"]
-    steps = [r["step_over_pyro"] for r in rows if r.get("step_over_pyro") is not None]
+    steps, bases = [], []
+    for r in rows:  # the alternating ratio where it was measured, else the back-to-back one
+        for key, basis in (("step_over_pyro_alternating", "alternating"), ("step_over_pyro", "")):
+            if r.get(key) is not None:
+                steps.append(r[key])
+                bases.append((r["groups"], basis or "back to back"))
+                break
     measured = {
         "J1000_run_seconds_idle": p1000.get("total"),
         "J1000_run_over_nuts": j1000.get("run_over_nuts"),
@@ -186,7 +207,7 @@ def against_targets(rows: list[dict]) -> list[dict]:
         "J10000_peak_gb": gb(j10000["package"].get("peak_rss")),
         "fit_step_over_pyro": max(steps) if steps else None,
     }
-    return [
+    checked = [
         {
             "name": name,
             "target": target,
@@ -195,6 +216,16 @@ def against_targets(rows: list[dict]) -> list[dict]:
         }
         for name, target in TARGETS.items()
     ]
+    kinds = {basis for _, basis in bases}
+    step = next(t for t in checked if t["name"] == "fit_step_over_pyro")
+    step["basis"] = (
+        None
+        if not bases
+        else kinds.pop()
+        if len(kinds) == 1
+        else ", ".join(f"J = {groups:,}: {basis}" for groups, basis in bases)
+    )
+    return checked
 
 
 # --------------------------------------------------------------------------- one size (worker)
@@ -348,6 +379,131 @@ def time_plain_pyro(script, data: dict, dtype, run: dict | None, settings: dict)
     return result
 
 
+def step_times(stamps: list[tuple[int, float, float]]) -> dict:
+    """The steps' wall and CPU seconds from ``(step, wall clock, CPU clock)`` stamps taken at
+    the end of every step. A step index that does not grow starts a new loop (the package's
+    refit from Pyro's start); each loop is timed from the end of its first step to the end of
+    its last, so that its first step (where Pyro builds its guide) is left out: a loop of
+    :math:`n` stamps times :math:`n - 1` steps."""
+    loops: list[list[tuple[int, float, float]]] = []
+    for stamp in stamps:
+        if not loops or stamp[0] <= loops[-1][-1][0]:
+            loops.append([])
+        loops[-1].append(stamp)
+    steps = sum(len(loop) - 1 for loop in loops)
+    seconds = sum(loop[-1][1] - loop[0][1] for loop in loops)
+    cpu = sum(loop[-1][2] - loop[0][2] for loop in loops)
+    return {
+        "steps": steps,
+        "loops": len(loops),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "step_ms": 1000 * seconds / steps if steps else None,
+        "step_cpu_ms": 1000 * cpu / steps if steps else None,
+    }
+
+
+def _stamp(stamps: list, step: int) -> None:
+    stamps.append((step, time.perf_counter(), time.process_time()))
+
+
+def package_steps(script, data, config, steps: int, folder: Path) -> dict:
+    """``steps`` steps of the package's own fit, as ``ppl-models fit`` runs it
+    (:func:`ppl_models.vi.fitting.fit_svi` with the run's settings, its metrics logged to a run
+    folder's ``metrics.jsonl``), but ``steps`` of them; only the steps are timed
+    (:func:`step_times` of stamps taken by the fit's ``on_step`` hook, after each step's
+    recording and logging), not the fit's start nor what follows its loop."""
+    from ..jobs.fit.run import data_plate
+    from ..runs import Run
+    from ..vi import fitting
+
+    settings = config.fit_settings(data_plate(config, script)).replace(steps=steps)
+    guide = script.guide if config.guide == "custom" else config.guide
+    stamps: list = []
+    run = Run.create("alternating", out=folder)
+    hooks = fitting.FitHooks(
+        on_log=lambda record: run.log_metrics(**record),
+        on_step=lambda step, loss, guide: _stamp(stamps, step),
+    )
+    fitting.fit_svi(script.model, guide, data, settings, hooks=hooks)
+    return step_times(stamps)
+
+
+def pyro_steps(script, data: dict, dtype, run: dict, steps: int, settings: dict) -> dict:
+    """``steps`` steps of plain Pyro's SVI as :func:`time_plain_pyro` takes them, only the
+    steps timed (:func:`step_times` of stamps taken after each ``SVI.step``, the first of which,
+    building the guide, is left out)."""
+    from pyro.infer import SVI
+
+    stamps: list = []
+    step = SVI.step
+
+    def stamped(self, *args, **kwargs):
+        loss = step(self, *args, **kwargs)
+        _stamp(stamps, len(stamps))
+        return loss
+
+    SVI.step = stamped
+    try:
+        time_plain_pyro(script, data, dtype, run, settings | {"steps": steps})
+    finally:
+        SVI.step = step
+    return step_times(stamps)
+
+
+def alternating_steps(script, data, config, dtype, run: dict, settings: dict, spec: dict, folder):
+    """The package's steps and plain Pyro's, timed alternately in this process (``spec``'s
+    ``rounds`` rounds of ``steps`` steps each, None: chosen from the CPU time of the run's
+    steps), the one that goes first taking turns; :func:`alternating_summary` of the rounds."""
+    rounds = int(spec["rounds"])
+    # the CPU time of a step where it was measured: a crowded machine stretches the wall clock
+    cpu = run.get("fit_steps_cpu")
+    step_ms = 1000 * cpu / run["steps"] if cpu else run["step_ms"]
+    steps = spec.get("steps") or max(
+        ALTERNATE_MIN_STEPS, math.ceil(1000 * ALTERNATE_BLOCK_SECONDS / step_ms)
+    )
+    timed = []
+    for i in range(rounds):
+        order = ("package", "pyro") if i % 2 == 0 else ("pyro", "package")
+        result = {"first": order[0]}
+        for side in order:
+            if side == "package":
+                result[side] = package_steps(script, data, config, steps, folder / f"round{i}")
+            else:
+                result[side] = pyro_steps(script, data, dtype, run, steps, settings)
+        timed.append(result)
+    return {"steps": steps, **alternating_summary(timed)}
+
+
+def alternating_summary(rounds: list[dict]) -> dict:
+    r"""Rounds of ``{"first", "package", "pyro"}`` (each side a :func:`step_times`) summed up:
+    every round's ratio of the package's time per step to Pyro's, and the ratio of the
+    medians over the rounds, in wall and in CPU seconds,
+
+    .. math:: \frac{\operatorname{median}_r t^{\rm package}_r}
+        {\operatorname{median}_r t^{\rm Pyro}_r};
+
+    a ratio is None where a side took no timed step."""
+    import statistics
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    def over(a, b):
+        return a / b if a is not None and b else None
+
+    summary: dict = {"rounds": rounds}
+    for unit, key in (("", "step_ms"), ("_cpu", "step_cpu_ms")):
+        package = median(r["package"][key] for r in rounds)
+        pyro = median(r["pyro"][key] for r in rounds)
+        summary[f"package{unit}_ms"] = package
+        summary[f"pyro{unit}_ms"] = pyro
+        summary[f"ratio{unit}"] = over(package, pyro)
+        summary[f"round_ratios{unit}"] = [over(r["package"][key], r["pyro"][key]) for r in rounds]
+    return summary
+
+
 def numpyro_available() -> bool:
     """Whether NumPyro and JAX can be imported (the ``bench`` extra)."""
     return all(importlib.util.find_spec(name) is not None for name in ("numpyro", "jax"))
@@ -470,9 +626,10 @@ def measure(spec: dict, partial: Path | None = None) -> dict:
     """Everything of one size: simulate its data, run the package, plain Pyro and NumPyro on
     it. ``spec`` holds ``groups``, ``per_group``, ``seed``, ``script`` (the model script),
     ``settings`` (steps, particles, lr, draws), ``overrides`` (``--set`` pairs), ``nuts``,
-    ``baselines``, ``numpyro``, ``numpyro_x64``, ``threads`` (torch's, or None) and ``profile``
-    (a file or None). After each part the row so far is written to ``partial`` (when given), so
-    that a size stopped by a time limit keeps what it finished."""
+    ``baselines``, ``numpyro``, ``numpyro_x64``, ``threads`` (torch's, or None), ``profile``
+    (a file or None) and ``alternate`` (``rounds`` and ``steps``, None for steps chosen from the
+    run's; None: no alternating comparison). After each part the row so far is written to
+    ``partial`` (when given), so that a size stopped by a time limit keeps what it finished."""
     row: dict = {
         "groups": spec["groups"],
         "per_group": spec["per_group"],
@@ -553,6 +710,29 @@ def measure(spec: dict, partial: Path | None = None) -> dict:
             except Exception as err:  # noqa: BLE001 - a baseline that fails is reported
                 row["plain_pyro"] = _failure(err)
         save("plain Pyro")
+        # before NumPyro: with JAX loaded in the process, Pyro's steps measured slower
+        alternate = spec.get("alternate")
+        if alternate is None:
+            row["alternating"] = {"skipped": "--alternate-rounds 0"}
+        elif skip is not None:
+            row["alternating"] = {"skipped": skip}
+        elif not (row["package"] and row["plain_pyro"].get("step_ms")):
+            row["alternating"] = {"skipped": "the package's run or plain Pyro failed"}
+        else:
+            try:
+                row["alternating"] = alternating_steps(
+                    script,
+                    data,
+                    config,
+                    run_dtype(config),
+                    row["package"],
+                    baseline,
+                    alternate,
+                    Path(tmp) / "alternating",
+                )
+            except Exception as err:  # noqa: BLE001 - a comparison that fails is reported
+                row["alternating"] = _failure(err)
+        save("alternating")
         if skip is None and not spec.get("numpyro", True):
             skip = "--no-numpyro"
         if skip is None and not numpyro_available():
@@ -599,6 +779,9 @@ def _ratios(row: dict) -> None:
     )
     row["step_over_numpyro"] = over(p.get("step_ms"), row.get("numpyro_svi", {}).get("step_ms"))
     row["run_over_nuts"] = over(p.get("total"), row.get("numpyro_nuts", {}).get("seconds"))
+    alternating = row.get("alternating") or {}  # timed in turns: the robust ratio
+    row["step_over_pyro_alternating"] = alternating.get("ratio")
+    row["step_over_pyro_alternating_cpu"] = alternating.get("ratio_cpu")
 
 
 def _json_default(value):
@@ -668,7 +851,8 @@ def _next_stage(row: dict) -> str:
     return {
         "start": "the package's run",
         "package": "plain Pyro",
-        "plain Pyro": "NumPyro SVI",
+        "plain Pyro": "the alternating comparison of the steps",
+        "alternating": "NumPyro SVI",
         "NumPyro SVI": "NumPyro NUTS",
     }.get(row.get("stage", "start"), "its last writes")
 
@@ -709,6 +893,28 @@ def resident_bytes(pid: int) -> int | None:
     return None
 
 
+def add_arguments(group) -> None:
+    """Add the options of the alternating comparison (d) to the scaling mode's ``group`` of
+    ``bench fit``'s parser."""
+    group.add_argument(
+        "--alternate-rounds",
+        type=int,
+        default=ALTERNATE_ROUNDS,
+        dest="alternate_rounds",
+        metavar="R",
+        help="rounds of the package's steps and plain Pyro's timed in turns in each size's "
+        f"process (default {ALTERNATE_ROUNDS}; 0: none, the back-to-back ratio only)",
+    )
+    group.add_argument(
+        "--alternate-steps",
+        type=int,
+        dest="alternate_steps",
+        metavar="K",
+        help="steps of each side in each round (default: about "
+        f"{ALTERNATE_BLOCK_SECONDS:g} s of the run's steps, at least {ALTERNATE_MIN_STEPS})",
+    )
+
+
 def check_args(args: argparse.Namespace) -> dict:
     """Check the scaling mode's flags before anything runs; returns the resolved settings.
 
@@ -741,6 +947,14 @@ def check_args(args: argparse.Namespace) -> dict:
         raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    rounds = getattr(args, "alternate_rounds", ALTERNATE_ROUNDS)
+    steps = getattr(args, "alternate_steps", None)
+    if rounds < 0:
+        raise ValueError(
+            f"--alternate-rounds must be >= 0 (0: no alternating comparison), got {rounds}"
+        )
+    if steps is not None and steps < 2:
+        raise ValueError(f"--alternate-steps must be >= 2 (the first is not timed), got {steps}")
     if args.memory_limit is not None and not args.memory_limit > 0:
         raise ValueError(f"--memory-limit must be a positive number of GB, got {args.memory_limit}")
     overrides = parse_overrides(args.overrides)
@@ -763,6 +977,7 @@ def check_args(args: argparse.Namespace) -> dict:
         "overrides": overrides,
         "nuts": None if args.no_nuts else nuts,
         "script": script,
+        "alternate": {"rounds": rounds, "steps": steps} if rounds else None,
     }
 
 
@@ -792,6 +1007,7 @@ def main(args: argparse.Namespace) -> int:
                     "numpyro": not args.no_numpyro,
                     "numpyro_x64": args.numpyro_x64,
                     "threads": args.threads,
+                    "alternate": checked["alternate"],
                     "profile": (
                         str((out / f"profile-J{groups}-P{per_group}.txt").resolve())
                         if args.profile
@@ -811,6 +1027,7 @@ def main(args: argparse.Namespace) -> int:
         "settings": checked["settings"],
         "overrides": checked["overrides"],
         "nuts": checked["nuts"],
+        "alternate": checked["alternate"],
         "numpyro": _numpyro_versions() if numpyro else None,
         "numpyro_x64": bool(args.numpyro_x64),
         "torch_threads": args.threads,  # None: torch's default in each process
@@ -861,6 +1078,8 @@ PEER_COLUMNS = (
     ("ms/step", 8),
     ("pyro", 8),
     ("/pyro", 7),
+    ("(cpu)", 7),
+    ("alt", 7),
     ("(cpu)", 7),
     ("npyro", 8),
     ("/npyro", 7),
@@ -942,6 +1161,8 @@ def print_tables(result: dict) -> None:
             _num(pyro.get("step_ms"), ".2f"),
             _ratio(r.get("step_over_pyro")),
             _ratio(r.get("step_over_pyro_cpu")),
+            _ratio(r.get("step_over_pyro_alternating")),
+            _ratio(r.get("step_over_pyro_alternating_cpu")),
             _num(svi.get("step_ms"), ".3f"),
             _ratio(r.get("step_over_numpyro")),
             _sec(svi.get("run_seconds")),
@@ -954,12 +1175,21 @@ def print_tables(result: dict) -> None:
         print(_line(cells, PEER_COLUMNS))
     print("pyro, npyro: ms per step (NumPyro's jitted update, compiled; 'npyro run' is svi.run")
     print("with its compilation); nuts: NumPyro's NUTS run, seconds; (cpu): /pyro in CPU seconds,")
-    print("which reads as an idle machine's wall clock only on one thread (see --threads)")
+    print("which reads as an idle machine's wall clock only on one thread (see --threads);")
+    print("/pyro times the two one after the other, alt in turns (the ratio of the medians of")
+    print("rounds of the steps alone, the starts left out; its rounds below)")
+    for r in result["rows"]:
+        alternating = r.get("alternating") or {}
+        if alternating.get("rounds"):
+            print(_alternating_line(r["groups"], alternating))
     for r in result["rows"]:
         for part in ("plain_pyro", "numpyro_svi", "numpyro_nuts"):
             value = r.get(part) or {}
             if value.get("error"):
                 print(f"J = {r['groups']:,}: {part} failed: {value['error']}")
+        if (r.get("alternating") or {}).get("error"):
+            print(f"J = {r['groups']:,}: the alternating comparison failed: ", end="")
+            print(r["alternating"]["error"])
         skipped = {(r.get(k) or {}).get("skipped") for k in ("plain_pyro", "numpyro_svi")}
         for reason in sorted(s for s in skipped if s):
             print(f"J = {r['groups']:,}: skipped: {reason}")
@@ -983,7 +1213,26 @@ def print_tables(result: dict) -> None:
     for t in result["targets"]:
         fate = "not measured" if t["met"] is None else "met" if t["met"] else "MISSED"
         value = "—" if t["measured"] is None else f"{t['measured']:.3g}"
-        print(f"  {t['name']:<26} {value:>8} (target {t['target']:g}): {fate}")
+        basis = f", {t['basis']}" if t.get("basis") else ""
+        print(f"  {t['name']:<26} {value:>8} (target {t['target']:g}{basis}): {fate}")
+
+
+def _alternating_line(groups: int, alternating: dict) -> str:
+    """One size's rounds: each side's ms per step (wall, then CPU), who went first, the ratio of
+    the medians."""
+    rounds = alternating["rounds"]
+    cells = "; ".join(
+        f"{'P' if r['first'] == 'package' else 'pyro'} first "
+        f"{_num(r['package']['step_ms'], '.2f')}/{_num(r['pyro']['step_ms'], '.2f')} "
+        f"(cpu {_num(r['package']['step_cpu_ms'], '.2f')}/{_num(r['pyro']['step_cpu_ms'], '.2f')})"
+        for r in rounds
+    )
+    return (
+        f"J = {groups:,}: alternating, {len(rounds)} rounds of {alternating['steps']} steps, "
+        f"ms per step package/pyro: {cells}; medians "
+        f"{_num(alternating['package_ms'], '.2f')}/{_num(alternating['pyro_ms'], '.2f')} = "
+        f"{_ratio(alternating['ratio'])} (cpu {_ratio(alternating['ratio_cpu'])})"
+    )
 
 
 def _slope(b) -> str:
