@@ -104,6 +104,8 @@ class WeightedMoments:
     mcse_sd: np.ndarray
     khat_mean: np.ndarray | None = None
     khat_sd: np.ndarray | None = None
+    own_khat_mean: np.ndarray | None = None  # the same with unit weights: q's draws alone
+    own_khat_sd: np.ndarray | None = None
 
 
 def weighted_moments(values: np.ndarray, log_weights_normalised: np.ndarray) -> WeightedMoments:

@@ -18,6 +18,14 @@ far more often than one estimate does: by about :math:`(z_{1-\alpha/E} - z_{1-\a
 estimates share their weights). :func:`family_threshold` adds that allowance, so that a
 1,000-element posterior q fits well is not refused for its noisiest element, while one or two
 elements are held to :math:`t` itself.
+
+**What the weights add.** A function with heavy tails under q itself (a funnel's
+:math:`x = e^{y/2} z`) has a heavy tail in :math:`w\,h` even where q is exact and the weights are
+equal: that tail is the Monte Carlo noise of any sampler's draws of :math:`h`, not a failure of
+importance sampling, and it leaves q's and the PSIS estimate equal. So the tail of :math:`w\,h`
+condemns an estimate only where it is heavier than the tail of :math:`h` over q's own draws by
+more than the noise of the two estimates, :func:`weights_margin`: two standard errors of their
+difference, :math:`2\sqrt 2\,(1 + k)/\sqrt M`.
 """
 
 from __future__ import annotations
@@ -37,6 +45,12 @@ def tail_size(draws: int) -> int:
     """:math:`M`, the number of largest weights PSIS smooths for ``draws`` draws (ArviZ's
     ``psislw`` with relative efficiency 1)."""
     return int(math.ceil(min(0.2 * draws, 3 * math.sqrt(draws))))
+
+
+def weights_margin(khat: float, draws: int) -> float:
+    r"""How much heavier than :math:`h`'s own tail the tail of :math:`w\,h` must be before the
+    weights are said to make it so: :math:`2\sqrt 2\,(1 + \hat k)/\sqrt M` (module docstring)."""
+    return 2 * math.sqrt(2) * (1 + max(khat, 0.0)) / math.sqrt(tail_size(max(draws, 2)))
 
 
 def family_threshold(threshold: float, elements: int, draws: int) -> float:

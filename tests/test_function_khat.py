@@ -117,3 +117,44 @@ def test_the_allowance_covers_the_noise_of_the_largest_of_a_thousand_estimates(s
     allowance = family_threshold(0.7, d, draws) - 0.7
     for k in (k_mean, k_sd):
         assert k.max() - np.median(k) < allowance
+
+
+def test_a_tail_that_q_own_draws_share_is_not_the_weights_doing():
+    base = dict(has_reference=False, coordinates=[], khat=0.3)
+    shared = _self_row(psis_khat_mean=0.5, psis_khat_sd=0.95, q_khat_mean=0.5, q_khat_sd=0.93)
+    assert _decide([shared], **base).label == TRUSTWORTHY
+    added = dict(shared, q_khat_sd=0.1)  # the weights made the tail heavy
+    assert _decide([added], **base).label == MEANS_ONLY
+
+
+def _funnel(scale_sd=3.0):
+    import pyro
+    import pyro.distributions as dist
+
+    y = pyro.sample("y", dist.Normal(torch.tensor(0.0, dtype=torch.float64), scale_sd))
+    with pyro.plate("k", 9):
+        z = pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+    pyro.deterministic("x", torch.exp(y / 2) * z)
+
+
+def _exact_funnel_guide():
+    import pyro
+    import pyro.distributions as dist
+
+    pyro.sample("y", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 3.0))
+    with pyro.plate("k", 9):
+        pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+
+
+def test_an_exact_guide_of_the_non_centred_funnel_is_trustworthy_though_x_has_heavy_tails():
+    # q is the posterior (the prior: no data), so every weight is equal; x = e^(y/2) z has
+    # kurtosis about 3 e^9, so the tails of w x and w x^2 are heavy, as over any sampler's draws
+    from vi_helpers import FakeFit
+
+    from ppl_models.vi.diagnose import diagnose
+
+    fit = FakeFit(_funnel, _exact_funnel_guide, {}, max_plate_nesting=1)
+    s = diagnose(fit, None, draws=20_000, progress=False, mode_starts=0).summary
+    x = [r for r in s["parameters"] if r["name"].startswith("x")]
+    assert max(r["psis_khat_sd"] for r in x) > s["psis_khat_threshold"]
+    assert s["verdict"] == TRUSTWORTHY

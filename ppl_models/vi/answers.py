@@ -100,6 +100,8 @@ def psis_diagnosis(diagnosis, *, draws: int = PSIS_DRAWS, seed: int = 0):
             psis_mcse_sd=q.get("psis_mcse_sd"),
             psis_khat_mean=q.get("psis_khat_mean"),
             psis_khat_sd=q.get("psis_khat_sd"),
+            q_khat_mean=q.get("q_khat_mean"),
+            q_khat_sd=q.get("q_khat_sd"),
         )
         if row.get("ref_mean") is not None and row["ref_sd"]:
             row.update(

@@ -103,9 +103,9 @@ def compare(
         Keys ``name``, ``site``, ``kind``, ``mean``, ``sd``, ``mcse_mean``, ``mcse_sd``,
         ``hdi_low``, ``hdi_high``, ``ess_bulk``, ``psis_mean``, ``psis_sd``,
         ``psis_mcse_mean``, ``psis_mcse_sd``, ``psis_khat_mean``, ``psis_khat_sd``,
-        ``ref_mean``, ``ref_sd``, ``ref_mcse_mean``, ``ref_mcse_sd``, ``ref_ess``,
-        ``ref_r_hat``, ``std_mean_error``, ``sd_ratio``, ``w1_over_sd``, ``ks`` (``None`` where
-        not defined).
+        ``q_khat_mean``, ``q_khat_sd``, ``ref_mean``, ``ref_sd``, ``ref_mcse_mean``,
+        ``ref_mcse_sd``, ``ref_ess``, ``ref_r_hat``, ``std_mean_error``, ``sd_ratio``,
+        ``w1_over_sd``, ``ks`` (``None`` where not defined).
     """
     elements = flatten_sites(values)
     site_of = {}
@@ -144,6 +144,8 @@ def compare(
             "psis_mcse_sd": None if psis is None else _finite(psis.mcse_sd[j]),
             "psis_khat_mean": _khat(psis, "khat_mean", j),
             "psis_khat_sd": _khat(psis, "khat_sd", j),
+            "q_khat_mean": _khat(psis, "own_khat_mean", j),
+            "q_khat_sd": _khat(psis, "own_khat_sd", j),
             "ref_mean": None,
             "ref_sd": None,
             "ref_mcse_mean": None,

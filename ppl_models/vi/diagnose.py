@@ -26,9 +26,10 @@ from .compare import SUMMARY_DRAWS, compare
 from .enumeration import enumerated
 from .logweights import LogWeights, discrete_conditionals, element_names
 from .modes import search_modes
-from .precision import draw_by_precision
+from .precision import draw_by_precision, elements
 from .references import Reference, load_reference, match_sites, nuts_reference
 from .settings import DiagnosisSettings
+from .stream import own_khats
 from .verdict import VerdictRules, decide
 
 POSTERIOR_DRAWS = 10_000
@@ -363,8 +364,13 @@ def _diagnosis(
     if ref is not None:
         _measured_unconstrained_errors(coords, lw, ref)
     khat_mean, khat_sd = lw.moments.function_khats(khat)
+    own_mean, own_sd = own_khats(elements(lw.values, list(lw.values)))
     psis = dataclasses.replace(
-        lw.moments.psis_moments(smoothed), khat_mean=khat_mean, khat_sd=khat_sd
+        lw.moments.psis_moments(smoothed),
+        khat_mean=khat_mean,
+        khat_sd=khat_sd,
+        own_khat_mean=own_mean,
+        own_khat_sd=own_sd,
     )
     timings["weights_and_bounds"] = time.perf_counter() - t
 

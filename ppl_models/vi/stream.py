@@ -51,6 +51,15 @@ def _largest(rows: np.ndarray, n: int) -> np.ndarray:
     return np.partition(rows, len(rows) - n, axis=0)[len(rows) - n :]
 
 
+def own_khats(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The k-hats of :meth:`MomentStream.function_khats` with every weight 1: the tails of
+    :math:`f - c` and :math:`(f - c)^2` over q's own draws ``f`` ``(n, E)``, which any sampler's
+    estimate of those moments shares."""
+    stream = MomentStream(len(f))
+    stream.add(np.zeros(len(f)), f)
+    return stream.function_khats(-math.inf)
+
+
 class MomentStream:
     """Accumulates the statistics of the module docstring for the columns of chunks ``(n, E)``.
 

@@ -31,7 +31,8 @@ outline:
   Each of those estimates must itself be reliable: the :math:`\hat k` of the tail of
   :math:`w\,(f - c)` (a mean) or :math:`w\,(f - c)^2` (a variance) within the same threshold
   (Vehtari et al. 2024, section 2.4), plus an allowance for the largest of many noisy
-  estimates (:func:`ppl_models.pareto.family_threshold`): where the posterior's tails are
+  estimates (:func:`ppl_models.pareto.family_threshold`), unless q's own draws of the function
+  have as heavy a tail (:func:`ppl_models.pareto.weights_margin`): where the posterior's tails are
   heavier than q's, the weights' :math:`\hat k` can pass while the PSIS sd still falls short of
   the posterior's;
   VIABEL's mean- and sd-error bounds (Huggins et al. 2020) are worst cases, far looser than the
@@ -57,7 +58,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..pareto import family_threshold
+from ..pareto import family_threshold, weights_margin
 from . import verdict_text
 
 TRUSTWORTHY = "trustworthy"
@@ -278,19 +279,23 @@ def _psis_agreement(rows, rules: VerdictRules) -> dict[str, list[str]]:
     return out
 
 
-def _psis_unreliable(rows, threshold: float) -> dict[str, list[str]]:
+def _psis_unreliable(rows, threshold: float, draws: int) -> dict[str, list[str]]:
     r"""Elements whose PSIS-corrected mean (``mean``) or sd (``sd``) is not a reliable
     estimate: the Pareto :math:`\hat k` of :math:`w\,(f - c)`, resp. :math:`w\,(f - c)^2`
     (:meth:`ppl_models.vi.stream.MomentStream.function_khats`), above ``threshold`` (the
     sample-size threshold with :func:`ppl_models.pareto.family_threshold`'s allowance for the
-    largest of many estimates). The weights' own :math:`\hat k` can be within it while these
-    are not, where the posterior's tails are heavier than q's: the PSIS sd then falls short of
-    the posterior's."""
+    largest of many estimates) and heavier than the same tail over q's own draws by more than
+    :func:`ppl_models.pareto.weights_margin`: the weights, not :math:`f`'s own tails, make it
+    so. The weights' own :math:`\hat k` can be within its threshold while these are not, where
+    the posterior's tails are heavier than q's: the PSIS sd then falls short of the
+    posterior's."""
     out: dict[str, list[str]] = {"mean": [], "sd": []}
     for r in rows:
         for key in ("mean", "sd"):
-            k = r.get(f"psis_khat_{key}")
-            if k is not None and not k <= threshold:  # NaN is unreliable too
+            k, own = r.get(f"psis_khat_{key}"), r.get(f"q_khat_{key}")
+            if k is None or k <= threshold:
+                continue
+            if own is None or not k - own <= weights_margin(k, draws):  # NaN: unreliable
                 out[key].append(r["name"])
     return out
 
@@ -324,7 +329,7 @@ def _self_findings(
         return [Finding("self_ess", NOT_TRUSTWORTHY, (), facts)], checks
     agreement = _psis_agreement(rows, rules)
     tail_threshold = family_threshold(khat_threshold, len(rows), draws)
-    unreliable = _psis_unreliable(rows, tail_threshold)
+    unreliable = _psis_unreliable(rows, tail_threshold, draws)
     checks.update(
         psis_mean_off=agreement["mean_off"],
         psis_sd_off=agreement["sd_off"],

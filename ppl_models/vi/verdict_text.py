@@ -301,8 +301,9 @@ def describe_rules(rules: VerdictRules) -> list[str]:
         "must be reliable: the k-hat of the tail of w (theta - c) for a mean (else "
         "not-trustworthy) and of w (theta - c)^2 for an sd (else means-only) within the same "
         "threshold, plus (z(1 - 0.05/E) - z(0.95)) (1 + threshold) / sqrt(M) for the largest of "
-        "E elements' estimates from M tail draws. VIABEL's error bounds are reported, not "
-        "required.",
+        "E elements' estimates from M tail draws, unless the same tail over q's own draws is "
+        "as heavy (within 2 sqrt(2) (1 + k) / sqrt(M)): then the weights add nothing to it. "
+        "VIABEL's error bounds are reported, not required.",
         "With or without a reference: posterior modes that a multi-start L-BFGS search finds "
         "and q never visits are added to q with their Laplace masses; if that moves an "
         f"unconstrained coordinate's mean by more than {rules.mean_tolerance:g} sd -> "
