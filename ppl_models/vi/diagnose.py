@@ -26,7 +26,7 @@ from .compare import SUMMARY_DRAWS, compare
 from .enumeration import enumerated
 from .logweights import LogWeights, discrete_conditionals, element_names
 from .modes import search_modes
-from .precision import draw_by_precision, elements
+from .precision import draw_by_precision
 from .references import Reference, load_reference, match_sites, nuts_reference
 from .settings import DiagnosisSettings
 from .stream import own_khats
@@ -364,7 +364,8 @@ def _diagnosis(
     if ref is not None:
         _measured_unconstrained_errors(coords, lw, ref)
     khat_mean, khat_sd = lw.moments.function_khats(khat)
-    own_mean, own_sd = own_khats(elements(lw.values, list(lw.values)))
+    own = [own_khats(v.reshape(len(v), -1)) for v in lw.values.values()] or [(np.empty(0),) * 2]
+    own_mean, own_sd = (np.concatenate([k[i] for k in own]) for i in (0, 1))
     psis = dataclasses.replace(
         lw.moments.psis_moments(smoothed),
         khat_mean=khat_mean,

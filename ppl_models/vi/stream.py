@@ -51,13 +51,37 @@ def _largest(rows: np.ndarray, n: int) -> np.ndarray:
     return np.partition(rows, len(rows) - n, axis=0)[len(rows) - n :]
 
 
-def own_khats(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _function_logs(log_w: np.ndarray, g: np.ndarray):
+    r""":math:`\log w + \log h` for the three functions :math:`h` of the module docstring, one
+    ``(n, E)`` array at a time (:math:`\log 0` floored to ``_LOG_ZERO``)."""
+    with np.errstate(divide="ignore"):
+        log_abs = np.log(np.abs(g))
+    lw = log_w[:, None]
+    yield np.where(g > 0, lw + log_abs, _LOG_ZERO)
+    yield np.where(g < 0, lw + log_abs, _LOG_ZERO)
+    yield np.maximum(lw + 2 * log_abs, _LOG_ZERO)
+
+
+def _khats(tops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The mean's k-hat (the heavier of its two tails) and the variance's, per column."""
+    k = [tail_khat(top.T) for top in tops]
+    return np.maximum(k[0], k[1]), k[2]
+
+
+def own_khats(f: np.ndarray, block: int = 2**20) -> tuple[np.ndarray, np.ndarray]:
     """The k-hats of :meth:`MomentStream.function_khats` with every weight 1: the tails of
     :math:`f - c` and :math:`(f - c)^2` over q's own draws ``f`` ``(n, E)``, which any sampler's
-    estimate of those moments shares."""
-    stream = MomentStream(len(f))
-    stream.add(np.zeros(len(f)), f)
-    return stream.function_khats(-math.inf)
+    estimate of those moments shares; ``block`` numbers of ``f`` at a time."""
+    n, e = f.shape
+    tail = tail_size(n) + 1
+    k_mean, k_sd = np.empty(e), np.empty(e)
+    step = max(1, block // max(n, 1))
+    for start in range(0, e, step):
+        cols = slice(start, start + step)
+        g = f[:, cols] - f[:, cols].mean(axis=0)
+        tops = [_largest(logs, tail) for logs in _function_logs(np.zeros(n), g)]
+        k_mean[cols], k_sd[cols] = _khats(tops)
+    return k_mean, k_sd
 
 
 class MomentStream:
@@ -119,18 +143,11 @@ class MomentStream:
 
     def _add_function_tails(self, log_w: np.ndarray, g: np.ndarray) -> None:
         r"""Keep, per element, the largest values of :math:`\log w + \log h` for the three
-        functions :math:`h` of the module docstring."""
-        with np.errstate(divide="ignore"):
-            log_abs = np.log(np.abs(g))
-        lw = log_w[:, None]
-        makers = (  # made one at a time: the peak is one (M + n, E) array
-            lambda: np.where(g > 0, lw + log_abs, _LOG_ZERO),
-            lambda: np.where(g < 0, lw + log_abs, _LOG_ZERO),
-            lambda: np.maximum(lw + 2 * log_abs, _LOG_ZERO),
-        )
+        functions :math:`h` of the module docstring (made one at a time: the peak is one
+        ``(M + n, E)`` array)."""
         self._function_tails = [
-            _largest(np.concatenate([kept, make()]), self._tail_capacity)
-            for kept, make in zip(self._function_tails, makers, strict=True)
+            _largest(np.concatenate([kept, new]), self._tail_capacity)
+            for kept, new in zip(self._function_tails, _function_logs(log_w, g), strict=True)
         ]
 
     def function_khats(self, khat: float) -> tuple[np.ndarray, np.ndarray]:
@@ -139,9 +156,9 @@ class MomentStream:
         the tails of :math:`w\,(f - c)` (both signs), resp. :math:`w\,(f - c)^2`, over all the
         draws added."""
         tail = tail_size(self.count) + 1
-        k = [tail_khat(_largest(top, tail).T) for top in self._function_tails]
+        k_mean, k_sd = _khats([_largest(top, tail) for top in self._function_tails])
         floor = -np.inf if khat is None or math.isnan(khat) else khat
-        return np.maximum(floor, np.maximum(k[0], k[1])), np.maximum(floor, k[2])
+        return np.maximum(floor, k_mean), np.maximum(floor, k_sd)
 
     @property
     def all_log_w(self) -> np.ndarray:
