@@ -106,6 +106,8 @@ class MomentStream:
         self._tail_logw = np.empty(0)
         self._tail_f = None
         self._function_tails = None  # 3 x (M + 1, E): the largest log w + log h, per element
+        self._pending: list[list[np.ndarray]] = []  # chunks not yet merged into them
+        self._pending_draws = 0
 
     def add(self, log_w: np.ndarray, f: np.ndarray) -> None:
         """Add ``n`` draws: their log weights ``(n,)`` and elements ``(n, E)``."""
@@ -143,18 +145,31 @@ class MomentStream:
 
     def _add_function_tails(self, log_w: np.ndarray, g: np.ndarray) -> None:
         r"""Keep, per element, the largest values of :math:`\log w + \log h` for the three
-        functions :math:`h` of the module docstring (made one at a time: the peak is one
-        ``(M + n, E)`` array)."""
+        functions :math:`h` of the module docstring. Chunks wait until they hold :math:`M + 1`
+        draws and are then merged at once, so that many small chunks (a large data plate makes
+        them a few dozen draws) cost :math:`O(S\,E)` in all, not :math:`O(S M E / n)`."""
+        self._pending.append(list(_function_logs(log_w, g)))
+        self._pending_draws += len(log_w)
+        if self._pending_draws >= self._tail_capacity:
+            self._merge_pending()
+
+    def _merge_pending(self) -> None:
+        if not self._pending:
+            return
         self._function_tails = [
-            _largest(np.concatenate([kept, new]), self._tail_capacity)
-            for kept, new in zip(self._function_tails, _function_logs(log_w, g), strict=True)
+            _largest(
+                np.concatenate([kept, *(chunk[i] for chunk in self._pending)]), self._tail_capacity
+            )
+            for i, kept in enumerate(self._function_tails)
         ]
+        self._pending, self._pending_draws = [], 0
 
     def function_khats(self, khat: float) -> tuple[np.ndarray, np.ndarray]:
         r"""Per element, the :math:`\hat k` that decides whether its PSIS mean and its PSIS
         variance are reliable (module docstring): the largest of the weights' ``khat`` and of
         the tails of :math:`w\,(f - c)` (both signs), resp. :math:`w\,(f - c)^2`, over all the
         draws added."""
+        self._merge_pending()
         tail = tail_size(self.count) + 1
         k_mean, k_sd = _khats([_largest(top, tail) for top in self._function_tails])
         floor = -np.inf if khat is None or math.isnan(khat) else khat
