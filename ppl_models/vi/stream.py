@@ -62,9 +62,16 @@ def _function_logs(log_w: np.ndarray, g: np.ndarray):
     yield np.maximum(lw + 2 * log_abs, _LOG_ZERO)
 
 
-def _khats(tops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The mean's k-hat (the heavier of its two tails) and the variance's, per column."""
-    k = [tail_khat(top.T) for top in tops]
+def _khats(tops: list[np.ndarray], tail: int, block: int = 2**20) -> tuple[np.ndarray, np.ndarray]:
+    """The mean's k-hat (the heavier of its two tails) and the variance's, per column, from the
+    ``tail`` largest of each column of ``tops``; ``block`` numbers of a tail at a time."""
+    rows, e = tops[0].shape
+    k = np.empty((len(tops), e))
+    step = max(1, block // max(rows, 1))
+    for start in range(0, e, step):
+        cols = slice(start, start + step)
+        for i, top in enumerate(tops):
+            k[i, cols] = tail_khat(_largest(top[:, cols], tail).T)
     return np.maximum(k[0], k[1]), k[2]
 
 
@@ -80,7 +87,7 @@ def own_khats(f: np.ndarray, block: int = 2**20) -> tuple[np.ndarray, np.ndarray
         cols = slice(start, start + step)
         g = f[:, cols] - f[:, cols].mean(axis=0)
         tops = [_largest(logs, tail) for logs in _function_logs(np.zeros(n), g)]
-        k_mean[cols], k_sd[cols] = _khats(tops)
+        k_mean[cols], k_sd[cols] = _khats(tops, tail)
     return k_mean, k_sd
 
 
@@ -145,12 +152,13 @@ class MomentStream:
 
     def _add_function_tails(self, log_w: np.ndarray, g: np.ndarray) -> None:
         r"""Keep, per element, the largest values of :math:`\log w + \log h` for the three
-        functions :math:`h` of the module docstring. Chunks wait until they hold :math:`M + 1`
-        draws and are then merged at once, so that many small chunks (a large data plate makes
-        them a few dozen draws) cost :math:`O(S\,E)` in all, not :math:`O(S M E / n)`."""
+        functions :math:`h` of the module docstring. Chunks wait until they hold a quarter of
+        :math:`M + 1` draws and are then merged at once, so that many small chunks (a large data
+        plate makes them a few dozen draws) cost :math:`O(S\,E)` in all, not
+        :math:`O(S M E / n)`, while what waits stays a quarter of the tails' memory."""
         self._pending.append(list(_function_logs(log_w, g)))
         self._pending_draws += len(log_w)
-        if self._pending_draws >= self._tail_capacity:
+        if 4 * self._pending_draws >= self._tail_capacity:
             self._merge_pending()
 
     def _merge_pending(self) -> None:
@@ -171,7 +179,7 @@ class MomentStream:
         draws added."""
         self._merge_pending()
         tail = tail_size(self.count) + 1
-        k_mean, k_sd = _khats([_largest(top, tail) for top in self._function_tails])
+        k_mean, k_sd = _khats(self._function_tails, tail)
         floor = -np.inf if khat is None or math.isnan(khat) else khat
         return np.maximum(floor, k_mean), np.maximum(floor, k_sd)
 
