@@ -35,7 +35,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-_LOG_TINY = math.log(np.finfo(float).tiny)  # ArviZ's floor for the cutoff
+LOG_TINY = math.log(np.finfo(float).tiny)  # ArviZ's floor for the cutoff: log 0 below it
 _PRIOR_K, _PRIOR_WEIGHT, _PRIOR_BS = 0.5, 10, 3
 _BLOCK = 2**22  # numbers per block of the vectorized fit
 FAMILY_ALPHA = 0.05  # the rate at which one estimate, or the largest of many, passes by noise
@@ -89,7 +89,7 @@ def tail_khat(top_log_values: np.ndarray) -> np.ndarray:
     if width < 2:
         return khat
     x = x - x[:, -1:]
-    cutoff = np.maximum(x[:, 0], _LOG_TINY)
+    cutoff = np.maximum(x[:, 0], LOG_TINY)
     exceed = np.exp(x[:, 1:]) - np.exp(cutoff)[:, None]  # sorted, >= 0 where above the cutoff
     strict = (x[:, 1:] > cutoff[:, None]).sum(axis=1)
     flat = np.ptp(x, axis=1) <= 1e-12 * np.maximum(1.0, np.abs(x[:, 0]))

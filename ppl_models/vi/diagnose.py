@@ -364,8 +364,7 @@ def _diagnosis(
     if ref is not None:
         _measured_unconstrained_errors(coords, lw, ref)
     khat_mean, khat_sd = lw.moments.function_khats(khat)
-    own = [own_khats(v.reshape(len(v), -1)) for v in lw.values.values()] or [(np.empty(0),) * 2]
-    own_mean, own_sd = (np.concatenate([k[i] for k in own]) for i in (0, 1))
+    own_mean, own_sd = own_khats(lw.values)
     psis = dataclasses.replace(
         lw.moments.psis_moments(smoothed),
         khat_mean=khat_mean,

@@ -38,9 +38,8 @@ import math
 import numpy as np
 
 from ..importance import WeightedMoments
-from ..pareto import tail_khat, tail_size
+from ..pareto import LOG_TINY, tail_khat, tail_size
 
-_LOG_ZERO = math.log(np.finfo(float).tiny)  # log 0 for the tails: below any cutoff PSIS uses
 _FUNCTIONS = 3  # the tails of w (f - c)_+, w (c - f)_+ and w (f - c)^2
 
 
@@ -53,13 +52,13 @@ def _largest(rows: np.ndarray, n: int) -> np.ndarray:
 
 def _function_logs(log_w: np.ndarray, g: np.ndarray):
     r""":math:`\log w + \log h` for the three functions :math:`h` of the module docstring, one
-    ``(n, E)`` array at a time (:math:`\log 0` floored to ``_LOG_ZERO``)."""
+    ``(n, E)`` array at a time (:math:`\log 0` floored to PSIS's ``LOG_TINY``)."""
     with np.errstate(divide="ignore"):
         log_abs = np.log(np.abs(g))
     lw = log_w[:, None]
-    yield np.where(g > 0, lw + log_abs, _LOG_ZERO)
-    yield np.where(g < 0, lw + log_abs, _LOG_ZERO)
-    yield np.maximum(lw + 2 * log_abs, _LOG_ZERO)
+    yield np.where(g > 0, lw + log_abs, LOG_TINY)
+    yield np.where(g < 0, lw + log_abs, LOG_TINY)
+    yield np.maximum(lw + 2 * log_abs, LOG_TINY)
 
 
 def _khats(tops: list[np.ndarray], tail: int, block: int = 2**20) -> tuple[np.ndarray, np.ndarray]:
@@ -75,10 +74,19 @@ def _khats(tops: list[np.ndarray], tail: int, block: int = 2**20) -> tuple[np.nd
     return np.maximum(k[0], k[1]), k[2]
 
 
-def own_khats(f: np.ndarray, block: int = 2**20) -> tuple[np.ndarray, np.ndarray]:
-    """The k-hats of :meth:`MomentStream.function_khats` with every weight 1: the tails of
-    :math:`f - c` and :math:`(f - c)^2` over q's own draws ``f`` ``(n, E)``, which any sampler's
-    estimate of those moments shares; ``block`` numbers of ``f`` at a time."""
+def own_khats(values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The k-hats of :meth:`MomentStream.function_khats` with every weight 1, for every element
+    of ``values`` (site -> ``(n, *shape)`` draws of q, in the stream's order): the tails of
+    :math:`f - c` and :math:`(f - c)^2` over q's own draws, which any sampler's estimate of
+    those moments shares. Site by site, so that no ``(n, E)`` copy of all of them is made."""
+    parts = [_own_khats(v.reshape(len(v), -1)) for v in values.values()]
+    if not parts:
+        return np.empty(0), np.empty(0)
+    return np.concatenate([k for k, _ in parts]), np.concatenate([k for _, k in parts])
+
+
+def _own_khats(f: np.ndarray, block: int = 2**20) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`own_khats` of one site's draws ``f`` ``(n, E)``, ``block`` numbers at a time."""
     n, e = f.shape
     tail = tail_size(n) + 1
     k_mean, k_sd = np.empty(e), np.empty(e)
