@@ -1,11 +1,13 @@
 """The per-element summaries of q's draws: the vectorized HDI against ArviZ's and a normal's
-closed form."""
+closed form; a constant element against a constant reference."""
 
 import arviz as az
 import numpy as np
 from scipy import stats
 
-from ppl_models.vi.compare import hdi
+from ppl_models.vi.compare import compare, hdi
+from ppl_models.vi.references import Reference
+from ppl_models.vi.verdict import VerdictRules, reference_checks
 
 
 def test_the_hdi_of_every_column_at_once_is_arvizs_and_a_normals_closed_form():
@@ -16,3 +18,23 @@ def test_the_hdi_of_every_column_at_once_is_arvizs_and_a_normals_closed_form():
         np.testing.assert_allclose([low[j], high[j]], az.hdi(draws[:, j], hdi_prob=0.94))
     z = stats.norm.ppf(0.97)  # a symmetric density's HDI is its central interval
     np.testing.assert_allclose([low[0], high[0]], [-z, z], atol=0.03)
+
+
+def test_an_element_constant_in_both_q_and_the_reference_agrees_and_is_not_standardised():
+    """Data that a deterministic site passes through (``obs_mask``'s observed entries): equal
+    constants in q's and the reference's draws, whose rounded means and sds must not turn into
+    a "1 sd" error or an sd ratio of 0."""
+    rng = np.random.default_rng(1)
+    constant = 2.448105346  # a value whose sum over many copies is not exact
+    q = np.column_stack([np.full(20_000, constant), rng.normal(1.0, 2.0, 20_000)])
+    ref = np.stack([np.column_stack([np.full(500, constant), rng.normal(1.0, 2.0, 500)])] * 4)
+    rows = compare(
+        {"y": q}, {"y": "deterministic"}, None, Reference(draws={"y": ref}, source="test")
+    )
+    fixed, varying = rows
+    assert fixed["ref_sd"] == 0.0 and fixed["ref_mean"] == constant
+    assert fixed["std_mean_error"] is None and fixed["sd_ratio"] is None
+    assert reference_checks(fixed, 20_000, VerdictRules())["certified"]
+    assert abs(varying["std_mean_error"]) < 0.3 and varying["sd_ratio"] > 0.8
+    off = fixed | {"mean": constant + 1e-3}
+    assert not reference_checks(off, 20_000, VerdictRules())["certified"]

@@ -162,7 +162,10 @@ def compare(
             ref = ref_elements[name]
             rs = ref_summaries[name]
             flat_ref = ref.ravel()
-            ref_mean, ref_sd = float(np.mean(flat_ref)), float(np.std(flat_ref))
+            if np.ptp(flat_ref) == 0:  # a constant (data a deterministic site passes through):
+                ref_mean, ref_sd = float(flat_ref[0]), 0.0  # exact, not rounded sums
+            else:
+                ref_mean, ref_sd = float(np.mean(flat_ref)), float(np.std(flat_ref))
             ess = [e for e in (rs["ess_bulk"], rs["ess_tail"]) if math.isfinite(e)]
             row.update(
                 ref_mean=ref_mean,

@@ -141,7 +141,12 @@ def reference_checks(row: dict, draws: int, rules: VerdictRules) -> dict | None:
     f = rules.mcse_factor
     ref_sd, sd = row["ref_sd"], row["sd"]
     if not (ref_sd > 0 and math.isfinite(ref_sd) and math.isfinite(row["ref_mean"])):
-        same = ref_sd == 0 and sd == 0 and row["mean"] == row["ref_mean"]
+        scale = max(1.0, abs(row["ref_mean"]))  # q's moments of a constant: sums of S copies
+        same = (
+            ref_sd == 0
+            and sd <= 1e-9 * scale
+            and abs(row["mean"] - row["ref_mean"]) <= 1e-9 * scale
+        )
         return {
             "degenerate": True,
             "resolved": same,
