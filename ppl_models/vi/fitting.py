@@ -49,6 +49,7 @@ from .data_plate import (
 from .enumeration import Discrete, enumerated, enumeration_vectorizes, find_discrete
 from .guides import WhitenedGuide, make_guide
 from .local import LocalLatentGuide, LocalVmappedElbo, local_guide_refusal
+from .masked import masked_imputations, stand_in_note, with_stand_ins
 from .modules import adopt_local_params, model_modules, module_parameters, point_estimates
 from .restart import START_ELBO_DRAWS, better_of, doubt, elbo_estimate
 from .script import model_data
@@ -229,6 +230,9 @@ def fit_svi(
     with local_params(), _torch_threads(threads), default_dtype(dtype):
         modules = model_modules(model)
         adopt_local_params(modules)
+        stand_ins = masked_imputations(model, data)
+        if stand_ins:  # obs_mask's observed entries: a density, so that the posterior is proper
+            model = with_stand_ins(model, stand_ins)
         discrete = find_discrete(model, data, dtype)
         dynamic = [] if discrete or guide_name == CUSTOM else dynamic_sites(model, data, dtype)
         plate = declared_plate(model, data, settings, dtype, device)
@@ -257,6 +261,8 @@ def fit_svi(
             if fit is not retry:
                 _load(modules, trained)
         _note_point_estimates(fit)
+        if stand_ins:
+            fit.notes.append(stand_in_note(stand_ins))
     fit.settings = _settings_record(fit, settings, threads, context)
     fit.seconds = time.perf_counter() - start
     return fit

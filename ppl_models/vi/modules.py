@@ -28,6 +28,7 @@ def model_modules(model: Callable) -> list[torch.nn.Module]:
         if isinstance(value, torch.nn.Module) and all(value is not m for m in found):
             found.append(value)
 
+    model = getattr(model, "__wrapped__", model)  # through a functools.wraps wrapper
     add(model)
     add(getattr(model, "__self__", None))
     function = getattr(model, "__func__", model)
