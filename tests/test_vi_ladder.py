@@ -4,7 +4,8 @@
 - the PSIS rung corrects a mean-field fit's sds on a correlated Gaussian (closed form);
 - Neal's funnel (y ~ N(0, 3) marginally, exactly) is reached by the non-centred or NUTS rung;
 - a banana (moments by quadrature on a grid) by a flow or a later rung;
-- the NUTS sampler on a correlated Gaussian and a Student-t (closed forms);
+- the NUTS sampler on a correlated Gaussian and a Student-t (closed forms), and the NUTS rung
+  on a Poisson mixture whose components are summed out (quadrature);
 - a budget that runs out, Ctrl-C and a kill leave the finished rungs and say so;
 - ``ppl-models fit --auto`` end to end.
 
@@ -33,7 +34,9 @@ from scipy import stats
 from ppl_models import cli, diagnostics
 from ppl_models.vi import ladder as vl
 from ppl_models.vi.answers import mcmc_verdict
+from ppl_models.vi.fitting import fit_svi
 from ppl_models.vi.ladder import fit_auto
+from ppl_models.vi.neutra import run_nuts
 from ppl_models.vi.nuts import VectorizedNuts, compiled_potential
 from ppl_models.vi.references import Reference
 from ppl_models.vi.reparam import noncentred
@@ -239,6 +242,41 @@ def test_vectorized_nuts_samples_a_correlated_gaussian_and_a_student_t():
     assert abs(x[:, :2].mean(0)).max() < 0.1
     # the t's tail mass beyond 2: 10.2%
     assert abs(np.mean(np.abs(x[:, 2]) > 2) - 2 * stats.t(5).sf(2)) < 0.025
+
+
+COUNTS = (0, 0, 3, 5, 1, 0, 4, 6, 2, 0, 0, 7, 3, 0, 5, 4, 0, 1, 6, 0)
+OTHER_RATE, OTHER_WEIGHT = 1.0, 0.3
+
+
+def _poisson_mixture(y):
+    """Each count from Poisson(lam) or, with probability 0.3, from Poisson(1), its component
+    a discrete latent summed out by enumeration."""
+    lam = pyro.sample("lam", dist.Gamma(torch.tensor(2.0, dtype=y.dtype), 0.5))
+    with pyro.plate("obs", y.shape[-1]):
+        other = pyro.sample("other", dist.Bernoulli(OTHER_WEIGHT), infer={"enumerate": "parallel"})
+        pyro.sample("y", dist.Poisson(torch.where(other.bool(), OTHER_RATE, lam)), obs=y)
+
+
+def test_nuts_rung_sums_out_discrete_latents():
+    """NeuTra NUTS on a Poisson mixture with its components enumerated: lam's posterior mean
+    and sd by quadrature of the marginal likelihood on a grid."""
+    y = np.asarray(COUNTS, dtype=float)
+    grid = np.linspace(1e-3, 15.0, 30_001)
+    mixture = (1 - OTHER_WEIGHT) * stats.poisson(grid[:, None]).pmf(
+        y
+    ) + OTHER_WEIGHT * stats.poisson(OTHER_RATE).pmf(y)
+    log_post = stats.gamma(2.0, scale=2.0).logpdf(grid) + np.log(mixture).sum(1)
+    w = np.exp(log_post - log_post.max())
+    w /= w.sum()
+    mean = float((w * grid).sum())
+    sd = math.sqrt(float((w * (grid - mean) ** 2).sum()))
+    fit = fit_svi(_poisson_mixture, "auto-normal", {"y": torch.tensor(y, dtype=F64)}, steps=300)
+    assert fit.discrete
+    draws = run_nuts(fit, FAST_NUTS, seed=0)
+    assert draws.checks["passed"], draws.checks
+    lam = draws.values["lam"].ravel()
+    assert abs(lam.mean() - mean) < 0.1 * sd, (lam.mean(), mean, sd)
+    assert abs(lam.std() / sd - 1) < 0.12, (lam.std(), sd)
 
 
 def test_mcmc_verdict_refuses_failing_chains():

@@ -37,7 +37,7 @@ import pyro.distributions as dist
 import torch
 
 from .. import diagnostics
-from ..svi import local_params
+from ..svi import default_dtype, local_params
 from .compare import flatten_sites
 from .guides import FULL_RANK_MAX
 from .logweights import element_names
@@ -144,6 +144,9 @@ def batched_log_joint(fit, mode: str | None = None) -> Callable:
     """:func:`~ppl_models.vi.vmapped.log_joint_fn` for ``fit``'s model, with the draws under a
     plate at the fit's own plate depth (the guide's prototype trace may not show it: a plate
     holding only observed sites)."""
+    discrete = getattr(fit, "discrete", None)
+    if discrete:  # summed out, one point at a time
+        return log_joint_fn(fit.model, fit.guide, fit.data, LOOP, discrete=discrete)
     mode = mode or evaluation_mode(fit)
     if mode == PLATE:
         layout = guide_layout(fit.guide)
@@ -277,7 +280,8 @@ def run_nuts(
     ----------
     fit
         An :class:`~ppl_models.vi.fitting.SviFit` with a package autoguide (a Gaussian or
-        ``auto-iaf``) and no discrete latent sites.
+        ``auto-iaf``); its model's discrete latent sites, if any, are summed out of the
+        potential (one chain's point at a time).
     settings
         Chains, warm-up, first and largest draws per chain, tree depth, target acceptance,
         whether to compile the potential.
@@ -288,12 +292,14 @@ def run_nuts(
     Raises
     ------
     ValueError
-        For a model with discrete latent sites, a guide NeuTra cannot use, or a potential that
+        For a guide NeuTra cannot use, or a potential that
         is not finite at the starting points.
     """
-    settings = settings or NutsLadderSettings()
-    if getattr(fit, "discrete", None):
-        raise ValueError("the NUTS rung does not sum out discrete latent sites")
+    with default_dtype(fit.dtype):  # constants the model makes agree with its latents
+        return _run_nuts(fit, settings or NutsLadderSettings(), seed, deadline)
+
+
+def _run_nuts(fit, settings: NutsLadderSettings, seed: int, deadline: float | None) -> NutsDraws:
     start = time.perf_counter()
     notes = []
     move = transport(fit.guide)

@@ -28,6 +28,7 @@ import torch
 from torch.func import vmap
 
 from ..svi import Objective
+from .enumeration import log_joint_at
 from .traces import max_plate_nesting
 from .unconstrained import evaluate, evaluate_draws, guide_layout
 
@@ -48,22 +49,30 @@ PLATE, VMAP, LOOP = "plate", "vmap", "loop"  # how a batch of draws is evaluated
 
 
 def log_joint_fn(
-    model: Callable, guide, data: Mapping[str, Any], mode: str = VMAP
+    model: Callable, guide, data: Mapping[str, Any], mode: str = VMAP, discrete=None
 ) -> Callable[[torch.Tensor], tuple]:
     r"""``f(u)`` for a batch ``u`` of flat unconstrained vectors ``(n, D)``: the model's
     :math:`\log p(x, T(u))` ``(n,)``, :math:`\log\lvert\det J_T(u)\rvert` ``(n,)``, and dicts
     of the latent sites' and of the ``pyro.deterministic`` sites' values, batched over the
     draws: :func:`~ppl_models.vi.unconstrained.evaluate` at each vector, vmapped (``"vmap"``),
     one vector at a time (``"loop"``), or under a plate of the draws (``"plate"``,
-    :func:`~ppl_models.vi.unconstrained.evaluate_draws`, for a model that broadcasts)."""
+    :func:`~ppl_models.vi.unconstrained.evaluate_draws`, for a model that broadcasts). With the
+    model's ``discrete`` sites (:class:`~ppl_models.vi.enumeration.Discrete`), one vector at a
+    time, its log joint the marginal over them (:func:`~ppl_models.vi.enumeration.log_joint_at`).
+    """
     layout = guide_layout(guide)
+    if discrete:
+        mode = LOOP
     if mode == PLATE:
         nesting = max_plate_nesting(guide.prototype_trace)
         return lambda u: evaluate_draws(model, layout, u, data, nesting)
 
     def single(u):
         point = evaluate(model, layout, u, data)
-        return point.log_joint, point.log_jacobian, point.values, point.deterministic
+        log_joint = point.log_joint
+        if discrete:  # the discrete sites' prior draws in point's trace, summed out instead
+            log_joint = log_joint_at(model, point.values, data, discrete)
+        return log_joint, point.log_jacobian, point.values, point.deterministic
 
     if mode == LOOP:
 
