@@ -22,7 +22,7 @@ from scipy import stats
 from ppl_models.svi import local_params
 from ppl_models.vi.fitting import fit_svi
 from ppl_models.vi.masked import StandInWhereMasked, masked_imputations, with_stand_ins
-from ppl_models.vi.reparam import loc_scale
+from ppl_models.vi.reparam import funnel_sites, loc_scale
 
 F64 = torch.float64
 PRIOR_SD = 10.0
@@ -120,3 +120,15 @@ def test_wrapped_model_keeps_its_name_and_leaves_other_sites_alone():
     assert isinstance(trace.nodes["y_unobserved"]["fn"], StandInWhereMasked)
     assert trace.nodes["y_unobserved"]["mask"] is None
     assert not isinstance(trace.nodes["mu"]["fn"], StandInWhereMasked)
+
+
+def test_the_non_centring_rung_leaves_the_imputation_site_as_written():
+    y, observed = _data()
+
+    def unknown_scale(y, observed):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=y.dtype), PRIOR_SD))
+        sigma = pyro.sample("sigma", dist.HalfNormal(torch.ones((), dtype=y.dtype)))
+        with pyro.plate("obs", y.shape[-1]):
+            pyro.sample("y", dist.Normal(mu, sigma), obs=y, obs_mask=observed)
+
+    assert "y_unobserved" not in funnel_sites(unknown_scale, {"y": y, "observed": observed})

@@ -230,7 +230,7 @@ def fit_svi(
     with local_params(), _torch_threads(threads), default_dtype(dtype):
         modules = model_modules(model)
         adopt_local_params(modules)
-        stand_ins = masked_imputations(model, data)
+        stand_ins = masked_imputations(model, data, dtype)
         if stand_ins:  # obs_mask's observed entries: a density, so that the posterior is proper
             model = with_stand_ins(model, stand_ins)
         discrete = find_discrete(model, data, dtype)

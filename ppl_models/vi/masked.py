@@ -24,11 +24,12 @@ import math
 from collections.abc import Callable
 
 import torch
-from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.distributions.util import broadcast_shape
 from pyro.poutine.messenger import Messenger
 from torch.distributions import biject_to, constraints
+
+from .initialization import prior_trace
 
 UNOBSERVED, OBSERVED = "_unobserved", "_observed"
 
@@ -75,12 +76,10 @@ class StandInWhereMasked(TorchDistribution):
         return torch.where(self._mask, self.model_dist.log_prob(value), standin - jacobian)
 
 
-def masked_imputations(model: Callable, data: dict) -> list[str]:
+def masked_imputations(model: Callable, data: dict, dtype: torch.dtype | None = None) -> list[str]:
     """The ``obs_mask`` imputation sites of ``model(**data)`` with observed entries: latent
     ``{name}_unobserved`` beside an observed ``{name}_observed`` and a deterministic ``name``."""
-    with poutine.block(), torch.no_grad():
-        trace = poutine.trace(model).get_trace(**data)
-    nodes = trace.nodes
+    nodes = prior_trace(model, data, dtype or torch.get_default_dtype()).nodes
     found = []
     for name, site in nodes.items():
         if site["type"] != "sample" or site["is_observed"] or not name.endswith(UNOBSERVED):

@@ -39,7 +39,9 @@ def loc_scale(fn) -> bool:
 
 def funnel_sites(model: Callable, data: dict, guide=None) -> dict[str, list[str]]:
     """The latent location-scale sites whose scale is another latent site, each with its scale
-    parents (from :func:`ppl_models.vi.advice.model_structure`): where a funnel can form."""
+    parents (from :func:`ppl_models.vi.advice.model_structure`): where a funnel can form. A site
+    the model masks in part (``obs_mask``'s imputation site) is left as written: its masked
+    entries have no density to non-centre (:mod:`ppl_models.vi.masked`)."""
     from .advice import model_structure
 
     scales = model_structure(model, data, guide).get("scale_parents") or {}
@@ -49,7 +51,9 @@ def funnel_sites(model: Callable, data: dict, guide=None) -> dict[str, list[str]
     return {
         site: parents
         for site, parents in scales.items()
-        if site in trace.nodes and loc_scale(trace.nodes[site]["fn"])
+        if site in trace.nodes
+        and loc_scale(trace.nodes[site]["fn"])
+        and not isinstance(trace.nodes[site]["mask"], torch.Tensor)
     }
 
 
