@@ -26,7 +26,9 @@ time budget.
 5. ``nuts``: NUTS preconditioned by the best guide (NeuTra, :mod:`ppl_models.vi.neutra`), its
    chains vectorized and its potential compiled, with its own checks (split R-hat at most 1.01,
    bulk and tail ESS at least 400, no divergence) and a verdict
-   (:func:`~ppl_models.vi.answers.nuts_diagnosis`).
+   (:func:`~ppl_models.vi.answers.nuts_diagnosis`). A model's discrete latent sites are summed
+   out of its potential, one chain's point at a time, as the diagnosis sums them out of
+   :math:`\log p`.
 
 The answer is the first certified rung; where none is, the rung that came closest (best verdict,
 then fewest elements off, then the highest ELBO), with advice derived from the checks
