@@ -143,3 +143,55 @@ def test_the_report_lists_the_assignments_posterior_probabilities(tmp_path):
 
     idata = az.from_netcdf(tmp_path / "run" / "posterior.nc")
     assert idata.discrete_marginals["z"].shape == (1, 1, len(x), 2)
+
+
+TORCH_DISTRIBUTION = """
+import pyro, torch
+def model(y):
+    m = pyro.sample("m", torch.distributions.Normal(0.0, 1.0))
+    pyro.sample("y", torch.distributions.Normal(m, 1.0), obs=torch.tensor(y))
+def data():
+    return {"y": 0.5}
+"""
+
+STOCHASTIC_SITES = """
+import pyro, pyro.distributions as dist, torch
+def model(y):
+    s = pyro.sample("s", dist.Normal(0.0, 1.0))
+    name = "a" if s.item() > 0 else "b"  # which site exists depends on a random value
+    m = pyro.sample(name, dist.Normal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(m, 1.0), obs=torch.tensor(y))
+def data():
+    return {"y": 0.5}
+"""
+
+
+@pytest.mark.parametrize(
+    "source, words",
+    [
+        (TORCH_DISTRIBUTION, "site 'm' draws from torch.distributions.Normal"),
+        (STOCHASTIC_SITES, "the model's latent sites change from one run to the next"),
+    ],
+)
+def test_models_pyro_cannot_fit_as_written_are_refused_in_one_line(tmp_path, capsys, source, words):
+    script = tmp_path / "model.py"
+    script.write_text(source)
+    for seed in range(4):  # whichever branch the guide is built from, some seed takes the other
+        code = cli.main(
+            [
+                "fit",
+                str(script),
+                "--out",
+                str(tmp_path / f"run{seed}"),
+                "--quiet",
+                "--seed",
+                str(seed),
+                "--steps",
+                "20",
+            ]
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        if code != 0:
+            break
+    assert code == 2 and len(err) == 1, err
+    assert words in err[0]

@@ -29,7 +29,7 @@ def inspected_model(model, guide, data):
         prototype = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
     nesting = max_plate_nesting(prototype)
     refuse_own_subsampling(guide_trace, prototype)
-    check_guide_covers_model(guide_trace, prototype)
+    check_guide_covers_model(guide_trace, prototype, autoguide=hasattr(guide, "prototype_trace"))
     check_site_shapes(prototype, nesting)
     return prototype, nesting
 
@@ -47,10 +47,12 @@ def declared_plate(model, data, settings: FitSettings, dtype, device) -> DataPla
     return plate
 
 
-def check_guide_covers_model(guide_trace, model_trace) -> None:
+def check_guide_covers_model(guide_trace, model_trace, *, autoguide: bool = False) -> None:
     """A guide must draw every latent site of the model that is not summed out, and no site
     the model lacks: otherwise the ELBO is of another model (Pyro only warns, and the fit
-    would run to the end on the wrong objective).
+    would run to the end on the wrong objective). An ``autoguide`` draws the sites of the model
+    run it was built from, so a site it misses means that the model's sites change from run to
+    run.
 
     Raises
     ------
@@ -74,6 +76,14 @@ def check_guide_covers_model(guide_trace, model_trace) -> None:
         and not site["infer"].get("is_auxiliary")
     }
     missing, extra = sorted(latent - drawn), sorted(drawn - latent - set(model_trace.nodes))
+    if missing and autoguide:
+        raise ValueError(
+            f"the model's latent sites change from one run to the next: {missing} appeared in "
+            "a run after the guide was built from another (a sample statement inside a branch "
+            "on a random value); a guide covers a fixed set of sites, so draw every site in "
+            "every run and let the branch choose between their values, or make the switch a "
+            "discrete site summed out with infer={'enumerate': 'parallel'}"
+        )
     if missing:
         raise ValueError(
             f"the guide draws no value for the model's latent sites {missing}: a guide needs a "

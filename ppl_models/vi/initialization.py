@@ -101,11 +101,26 @@ def prior_or_feasible(dtype: torch.dtype, device=None) -> Callable:
 
 def prior_trace(model: Callable, data: dict, dtype: torch.dtype, device=None):
     """One trace of ``model(**data)`` at a draw of its prior (:func:`prior_or_feasible`), every
-    site's value as the model holds it, nothing recorded outside."""
+    site's value as the model holds it, nothing recorded outside; a site drawn from a plain
+    ``torch.distributions`` object is refused in words (Pyro fails on it with an
+    ``AttributeError``)."""
+    at_prior = InitMessenger(prior_or_feasible(dtype, device))(_PyroDistributionsOnly()(model))
     with poutine.block(), torch.no_grad():
-        return poutine.trace(InitMessenger(prior_or_feasible(dtype, device))(model)).get_trace(
-            **data
-        )
+        return poutine.trace(at_prior).get_trace(**data)
+
+
+class _PyroDistributionsOnly(poutine.messenger.Messenger):
+    def _process_message(self, msg):
+        fn = msg["fn"] if msg["type"] == "sample" else None
+        if isinstance(fn, torch.distributions.Distribution) and not isinstance(
+            fn, dist.torch_distribution.TorchDistributionMixin
+        ):
+            name = type(fn).__name__
+            raise ValueError(
+                f"site {msg['name']!r} draws from torch.distributions.{name}: Pyro's sample "
+                f"statements need Pyro's distributions (pyro.distributions.{name}), which carry "
+                "the batch and event shapes Pyro's plates and guides use"
+            )
 
 
 def _prior_mean(fn) -> torch.Tensor | None:
