@@ -199,6 +199,19 @@ def test_a_reference_whose_chains_disagree_cannot_certify():
     assert _decide([stuck], coordinates=certified).label == TRUSTWORTHY  # q certifies itself
 
 
+def test_an_element_off_a_reference_whose_chains_disagree_stays_off_and_says_why():
+    """A reference chain stuck in a negligible mode makes q look off: the verdict keeps the
+    finding (the modes may be real) and says that the reference's chains disagree there."""
+    stuck = dict(_row("a", 0.02, ratio=0.1), ref_r_hat=1.83)
+    v = _decide([stuck, dict(_row("b", 0.01), ref_r_hat=1.001)])
+    assert v.label == MEANS_ONLY and v.off == ["a"]
+    assert "The reference's own chains disagree for a (split R-hat up to 1.83" in " ".join(
+        v.reasons
+    )
+    mixed = dict(stuck, ref_r_hat=1.002)  # the same error from converged chains: no such words
+    assert "chains disagree" not in " ".join(_decide([mixed]).reasons)
+
+
 def test_never_trustworthy_while_any_element_is_outside_its_band():
     rules = VerdictRules()
     rng = np.random.default_rng(0)

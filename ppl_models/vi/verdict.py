@@ -232,6 +232,14 @@ def _reference_findings(rows, draws, rules) -> tuple[list[Finding], dict]:
     if bad_ks:
         facts = {"names": bad_ks, "details": details(bad_ks, "ks", "ks_tolerance")}
         findings.append(Finding("reference_shapes", MEANS_ONLY, tuple(bad_ks), facts))
+    unmixed = {  # off, where the reference's own chains disagree: say so, and keep the finding
+        n: checked[n][0]["ref_r_hat"]
+        for n in dict.fromkeys(bad_mean + bad_sd + bad_ks)
+        if (checked[n][0].get("ref_r_hat") or 0.0) > rules.max_r_hat
+    }
+    if unmixed:
+        facts = {"names": list(unmixed), "r_hat": max(unmixed.values()), "max": rules.max_r_hat}
+        findings.append(Finding("reference_unmixed", TRUSTWORTHY, (), facts))
     if not findings:
         facts = {"count": len(checked), "worst_mean": None, "worst_sd": None}
         if measured:

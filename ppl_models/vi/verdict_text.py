@@ -80,6 +80,15 @@ def _reference_shapes(x: dict) -> str:
     return f"The marginal shapes of {names(x['names'])} differ from the reference: {detail}."
 
 
+def _reference_unmixed(x: dict) -> str:
+    return (
+        f"The reference's own chains disagree for {names(x['names'])} (split R-hat up to "
+        f"{x['r_hat']:.3g}, above {x['max']:g}): they may be stuck in different modes, so "
+        "these elements may be off because of the reference, not q; a longer reference run "
+        "from several starts would tell."
+    )
+
+
 def _reference_agrees(x: dict) -> str:
     text = f"All {x['count']} compared elements are within their bands"
     if x.get("worst_mean") is not None:
@@ -253,6 +262,7 @@ _SENTENCES: dict[str, Callable[[dict], str]] = {
     "reference_sds": _reference_sds,
     "reference_shapes": _reference_shapes,
     "reference_agrees": _reference_agrees,
+    "reference_unmixed": _reference_unmixed,
     "no_shared_element": _no_shared_element,
     "uncompared_off": _uncompared_off,
     "uncompared_uncertified": _uncompared_uncertified,
