@@ -79,6 +79,33 @@ def test_conjugate_model_stops_at_the_first_rung():
     assert set(record["rungs"][0]) >= {"method", "seconds", "khat", "verdict", "stopped"}
 
 
+def test_a_rung_whose_loss_became_nan_is_fitted_again_at_a_tenth_of_the_step(monkeypatch):
+    """The retry's mechanics (a NaN is simulated above lr 0.05); the answer against the closed
+    form."""
+    from ppl_models.svi import NonFiniteLossError
+    from ppl_models.vi import fitting
+
+    real = fitting.fit_svi
+    tried = []
+
+    def nan_at_large_steps(model, guide, data, settings, **kw):
+        tried.append(settings.lr)
+        if settings.lr > 0.05:
+            raise NonFiniteLossError("loss became nan at step 7")
+        return real(model, guide, data, settings, **kw)
+
+    monkeypatch.setattr(fitting, "fit_svi", nan_at_large_steps)
+    ladder = fit_auto(_normal_mean, {"x": NORMAL_X}, ladder=FAST, steps=300, lr=0.1)
+    assert tried == [0.1, 0.01]
+    first = ladder.rungs[0]
+    assert first.status == "done" and "a tenth of the step size" in first.facts["retried"]
+    assert any("a tenth of the step size" in n for n in first.fit.notes)
+    precision = 1 / 10.0**2 + len(NORMAL_X)
+    sd, mean = 1 / math.sqrt(precision), float(NORMAL_X.sum()) / precision
+    row = _rows(ladder)["mu"]
+    assert abs(row["mean"] - mean) < 0.05 * sd and abs(row["sd"] / sd - 1) < 0.05
+
+
 def _correlated_regression(rho: float = 0.5, n: int = 20, seed: int = 0):
     """beta ~ N(0, 10^2 I), y ~ N(X beta, 1) with X's columns correlated rho: the posterior is
     N(m, S), S = (X'X + I/100)^-1, m = S X'y, with correlation -rho (closed form)."""

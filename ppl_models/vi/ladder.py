@@ -30,6 +30,9 @@ time budget.
    out of its potential, one chain's point at a time, as the diagnosis sums them out of
    :math:`\log p`.
 
+A variational rung whose loss becomes NaN or infinite is fitted once more at a tenth of the
+step size before it counts as failed.
+
 The answer is the first certified rung; where none is, the rung that came closest (best verdict,
 then fewest elements off, then the highest ELBO), with advice derived from the checks
 (:func:`advise`). :class:`Ladder` holds every rung, and its :attr:`~Ladder.diagnosis` is the
@@ -65,6 +68,7 @@ from .reparam import funnel_sites, model_trace, noncentred
 from .settings import RUNGS, FitSettings, LadderSettings
 
 _RANK = {TRUSTWORTHY: 2, MEANS_ONLY: 1, NOT_TRUSTWORTHY: 0}
+RETRY_LR_DIVISOR = 10  # a variational rung whose loss became NaN is fitted once more at lr / 10
 DONE, SKIPPED, FAILED, CUT = "done", "skipped", "failed", "cut"
 METHODS = {
     "guide": "the requested guide",
@@ -432,8 +436,9 @@ def _vi_rung(
     settings = climb.settings
     if options:
         settings = settings.replace(guide_options={**settings.guide_options, **options})
-    try:
-        fit = fit_svi(
+
+    def fitted(settings):
+        return fit_svi(
             model,
             guide,
             climb.data,
@@ -441,6 +446,23 @@ def _vi_rung(
             on_step=_deadline_hook(climb),
             progress=climb.progress,
         )
+
+    retried = None
+    try:
+        try:
+            fit = fitted(settings)
+        except NonFiniteLossError as err:  # a second attempt at a tenth of the step size
+            if time.perf_counter() > climb.deadline:
+                raise
+            retried = (
+                f"The first attempt failed ({_one_line(err)}); this fit is a second one at a "
+                f"tenth of the step size (lr {settings.lr / RETRY_LR_DIVISOR:g})."
+            )
+            settings = settings.replace(
+                lr=settings.lr / RETRY_LR_DIVISOR, lr_final=settings.lr_final / RETRY_LR_DIVISOR
+            )
+            fit = fitted(settings)
+            fit.notes.append(retried)
         cut = time.perf_counter() > climb.deadline
         if cut and climb.rungs:  # the first rung is always diagnosed: there is an answer
             rung.status, rung.fit = CUT, fit
@@ -462,6 +484,8 @@ def _vi_rung(
     rung.khat, rung.verdict, rung.elbo = s.get("psis_khat"), s["verdict"], s.get("elbo")
     rung.off = list(s.get("verdict_off") or [])
     rung.facts = {"khat_threshold": s.get("psis_khat_threshold"), "draws": s.get("draws")}
+    if retried:
+        rung.facts["retried"] = retried
     if time.perf_counter() > climb.deadline:
         rung.facts["cut"] = True
     rung.stopped = _why(s)
