@@ -292,13 +292,17 @@ def from_dict(**groups) -> az.InferenceData:
     """``arviz.from_dict`` for the package's modules that must not import ArviZ themselves.
 
     Groups other than ArviZ's standard ones (``reference_posterior``) are added as extra groups.
+    The arrays are the package's own, chains first: ArviZ's guess that an array with fewer
+    draws than chains is transposed (a NUTS run cut in its warm-up keeps none) is silenced.
     """
     standard = {"posterior", "sample_stats", "observed_data", "prior", "posterior_predictive"}
     dims = groups.pop("dims", None)
     extra = {k: v for k, v in groups.items() if k not in standard and v is not None}
     base = {k: v for k, v in groups.items() if k in standard and v is not None}
-    idata = az.from_dict(**base, dims=dims)
-    for name, values in extra.items():
-        ds = az.from_dict(posterior=values).posterior
-        idata.add_groups({name: ds}, warn_on_custom_groups=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="More chains .* than draws")
+        idata = az.from_dict(**base, dims=dims)
+        for name, values in extra.items():
+            ds = az.from_dict(posterior=values).posterior
+            idata.add_groups({name: ds}, warn_on_custom_groups=False)
     return idata

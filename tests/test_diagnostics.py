@@ -128,3 +128,16 @@ def test_two_normals_have_closed_form_distances():
     assert diagnostics.wasserstein1(a, b) == pytest.approx(1.0, rel=1e-6)
     ks = 2 * float(torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(0.5))) - 1
     assert diagnostics.ks_distance(a, b) == pytest.approx(ks, rel=1e-5)
+
+
+def test_from_dict_takes_chains_with_no_draws_without_a_warning():
+    """A NUTS run cut in its warm-up keeps no draws: no ArviZ guess that the array is
+    transposed reaches the user."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idata = diagnostics.from_dict(
+            posterior={"a": np.zeros((4, 0))}, reference_posterior={"a": np.zeros((4, 0))}
+        )
+    assert idata.posterior["a"].shape == (4, 0)
