@@ -121,7 +121,6 @@ def with_stand_ins(model: Callable, sites: list[str]) -> Callable:
         with _StandIn(chosen):
             return model(*args, **kwargs)
 
-    standing_in.stand_in_sites = sorted(chosen)
     return standing_in
 
 

@@ -292,8 +292,7 @@ def run_nuts(
     Raises
     ------
     ValueError
-        For a guide NeuTra cannot use, or a potential that
-        is not finite at the starting points.
+        For a guide NeuTra cannot use, or a potential that is not finite at the starting points.
     """
     with default_dtype(fit.dtype):  # constants the model makes agree with its latents
         return _run_nuts(fit, settings or NutsLadderSettings(), seed, deadline)
