@@ -242,6 +242,56 @@ def test_banana_is_reached_by_a_flow_or_later_with_its_moments():
         assert abs(rows[name]["sd"] / sd - 1) < 0.1, name
 
 
+def test_nuts_rung_runs_again_from_the_best_gaussian_where_the_flows_run_fails(monkeypatch):
+    """The flow's NUTS run is made to fail its checks (simulated); the rung's second run,
+    preconditioned by the Gaussian fit, is its answer, with the banana's moments by quadrature."""
+    import dataclasses
+
+    from ppl_models.vi import neutra
+    from ppl_models.vi.settings import FitSettings
+
+    moments, _ = _banana_truth()
+    data = {"y": BANANA_Y}
+    fits = fit_auto(
+        _banana, data, ladder=dataclasses.replace(FAST, rungs=("guide", "flow")), steps=300
+    )
+    assert [r.fit.guide_name for r in fits.rungs if r.fit is not None] == [
+        "auto-normal",
+        "auto-iaf",
+    ]
+    real, preconditioners = neutra.run_nuts, []
+
+    def flow_fails(fit, settings, **kw):
+        preconditioners.append(fit.guide_name)
+        draws = real(fit, settings, **kw)
+        if fit.guide_name == "auto-iaf":
+            draws.checks = dict(draws.checks, passed=False, failed=["3 divergent transitions"])
+        return draws
+
+    monkeypatch.setattr(neutra, "run_nuts", flow_fails)
+    climb = vl._Climb(
+        _banana,
+        data,
+        "auto-normal",
+        FitSettings(steps=500),
+        FAST,
+        None,
+        0,
+        time.perf_counter() + 600,
+        False,
+        None,
+        rungs=[r for r in fits.rungs if r.fit is not None],
+    )
+    rung = vl._nuts_rung(climb)
+    assert preconditioners == ["auto-iaf", "auto-normal"]
+    assert rung.fit.guide_name == "auto-normal" and "the flow's run failed" in rung.method
+    assert "3 divergent transitions" in " ".join(rung.diagnosis.summary["notes"])
+    rows = {r["name"]: r for r in rung.diagnosis.summary["parameters"]}
+    for name, (mean, sd) in moments.items():
+        assert abs(rows[name]["mean"] - mean) < 0.1 * sd, name
+        assert abs(rows[name]["sd"] / sd - 1) < 0.1, name
+
+
 # ----------------------------------------------------------------------------- the NUTS sampler
 
 

@@ -26,7 +26,9 @@ time budget.
 5. ``nuts``: NUTS preconditioned by the best guide (NeuTra, :mod:`ppl_models.vi.neutra`), its
    chains vectorized and its potential compiled, with its own checks (split R-hat at most 1.01,
    bulk and tail ESS at least 400, no divergence) and a verdict
-   (:func:`~ppl_models.vi.answers.nuts_diagnosis`). A model's discrete latent sites are summed
+   (:func:`~ppl_models.vi.answers.nuts_diagnosis`). Where that guide is a flow and its run
+   fails its checks, a second run is preconditioned by the best Gaussian fit, whose affine map
+   cannot bend the geometry as a poorly fitted flow can. A model's discrete latent sites are summed
    out of its potential, one chain's point at a time, as the diagnosis sums them out of
    :math:`\log p`.
 
@@ -68,6 +70,7 @@ from .reparam import funnel_sites, model_trace, noncentred
 from .settings import RUNGS, FitSettings, LadderSettings
 
 _RANK = {TRUSTWORTHY: 2, MEANS_ONLY: 1, NOT_TRUSTWORTHY: 0}
+GAUSSIAN_GUIDES = ("auto-normal", "auto-mvn", "auto-lowrank")  # affine NeuTra maps
 RETRY_LR_DIVISOR = 10  # a variational rung whose loss became NaN is fitted once more at lr / 10
 DONE, SKIPPED, FAILED, CUT = "done", "skipped", "failed", "cut"
 METHODS = {
@@ -665,15 +668,27 @@ def _nuts_rung(climb: _Climb) -> Rung:
     if not fits:
         return _skip(climb, "nuts", method, "no fitted autoguide to precondition NUTS with")
     base = max(fits, key=lambda r: r.elbo)
-    method += f", preconditioned by {base.method}"
-    rung = Rung("nuts", method, model=base.model, fit=base.fit)
+    rung = Rung("nuts", f"{method}, preconditioned by {base.method}", model=base.model)
     t = time.perf_counter()
     try:
         draws = run_nuts(base.fit, climb.ladder.nuts, seed=climb.seed, deadline=climb.deadline)
+        gaussian = _gaussian_preconditioner(fits, base)
+        if not draws.checks.get("passed") and gaussian is not None and not draws.run.stopped_early:
+            # a flow can bend the geometry where it fits poorly: the Gaussian's affine map cannot
+            first = "; ".join(draws.checks.get("failed") or [])
+            base = gaussian
+            draws = run_nuts(base.fit, climb.ladder.nuts, seed=climb.seed, deadline=climb.deadline)
+            draws.notes.insert(
+                0,
+                f"The run preconditioned by the flow failed its checks ({first}); these draws "
+                f"are a second run, preconditioned by {base.method}.",
+            )
+            rung.method = f"{method}, preconditioned by {base.method} (the flow's run failed)"
         diagnosis = nuts_diagnosis(base.diagnosis, draws, climb.reference)
     except (ValueError, RuntimeError) as err:
         rung.status, rung.stopped = FAILED, f"failed: {_one_line(err)}"
         return _finish(climb, rung, t)
+    rung.model, rung.fit = base.model, base.fit
     ds = diagnosis.summary
     rung.diagnosis = diagnosis
     rung.verdict, rung.elbo, rung.khat = ds["verdict"], base.elbo, None
@@ -683,6 +698,14 @@ def _nuts_rung(climb: _Climb) -> Rung:
         rung.status = CUT if not draws.run.kept else DONE
     rung.stopped = _why(ds)
     return _finish(climb, rung, t)
+
+
+def _gaussian_preconditioner(fits: list[Rung], base: Rung) -> Rung | None:
+    """The best Gaussian fit, where ``base`` (the NUTS rung's first preconditioner) is a flow."""
+    if base.fit.guide_name in GAUSSIAN_GUIDES:
+        return None
+    gaussian = [r for r in fits if r.fit.guide_name in GAUSSIAN_GUIDES]
+    return max(gaussian, key=lambda r: r.elbo) if gaussian else None
 
 
 def advise(climb: _Climb, result: Ladder) -> list[str]:
