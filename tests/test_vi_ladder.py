@@ -243,8 +243,9 @@ def test_banana_is_reached_by_a_flow_or_later_with_its_moments():
 
 
 def test_nuts_rung_runs_again_from_the_best_gaussian_where_the_flows_run_fails(monkeypatch):
-    """The flow's NUTS run is made to fail its checks (simulated); the rung's second run,
-    preconditioned by the Gaussian fit, is its answer, with the banana's moments by quadrature."""
+    """A flow preconditions NUTS only where its ELBO is a nat above the Gaussian's (set here);
+    its run is made to fail its checks (simulated), and the rung's second run, preconditioned by
+    the Gaussian fit, is its answer, with the banana's moments by quadrature."""
     import dataclasses
 
     from ppl_models.vi import neutra
@@ -259,6 +260,11 @@ def test_nuts_rung_runs_again_from_the_best_gaussian_where_the_flows_run_fails(m
         "auto-normal",
         "auto-iaf",
     ]
+    gaussian, flow = [r for r in fits.rungs if r.fit is not None]
+    flow.elbo = gaussian.elbo + 0.5  # within a nat: the flow's extra cost buys too little
+    assert vl._preconditioner([gaussian, flow]) is gaussian
+    flow.elbo = gaussian.elbo + 5.0  # a flow that clearly fits better preconditions first
+    assert vl._preconditioner([gaussian, flow]) is flow
     real, preconditioners = neutra.run_nuts, []
 
     def flow_fails(fit, settings, **kw):

@@ -23,14 +23,14 @@ time budget.
    :data:`~ppl_models.vi.guides.FULL_RANK_MAX`), ``auto-lowrank`` above; then ``flow``: an
    inverse autoregressive flow (``auto-iaf``). Each starts from the best Gaussian fit so far
    (:func:`~ppl_models.vi.guides.start_from_fit`): the flow starts as that Gaussian.
-5. ``nuts``: NUTS preconditioned by the best guide (NeuTra, :mod:`ppl_models.vi.neutra`), its
-   chains vectorized and its potential compiled, with its own checks (split R-hat at most 1.01,
-   bulk and tail ESS at least 400, no divergence) and a verdict
-   (:func:`~ppl_models.vi.answers.nuts_diagnosis`). Where that guide is a flow and its run
-   fails its checks, a second run is preconditioned by the best Gaussian fit, whose affine map
-   cannot bend the geometry as a poorly fitted flow can. A model's discrete latent sites are summed
-   out of its potential, one chain's point at a time, as the diagnosis sums them out of
-   :math:`\log p`.
+5. ``nuts``: NUTS preconditioned by the best guide (NeuTra, :mod:`ppl_models.vi.neutra`; a flow
+   only where its ELBO beats the best Gaussian's by more than a nat), its chains vectorized and
+   its potential compiled, with its own checks (split R-hat at most 1.01, bulk and tail ESS at
+   least 400, no divergence) and a verdict (:func:`~ppl_models.vi.answers.nuts_diagnosis`).
+   Where that guide is a flow and its run fails its checks, a second run is preconditioned by
+   the best Gaussian fit, whose affine map cannot bend the geometry as a poorly fitted flow
+   can. A model's discrete latent sites are summed out of its potential, one chain's point at
+   a time, as the diagnosis sums them out of :math:`\log p`.
 
 A variational rung whose loss becomes NaN or infinite is fitted once more at a tenth of the
 step size before it counts as failed.
@@ -71,6 +71,7 @@ from .settings import RUNGS, FitSettings, LadderSettings
 
 _RANK = {TRUSTWORTHY: 2, MEANS_ONLY: 1, NOT_TRUSTWORTHY: 0}
 GAUSSIAN_GUIDES = ("auto-normal", "auto-mvn", "auto-lowrank")  # affine NeuTra maps
+FLOW_ELBO_MARGIN = 1.0  # nats a flow must gain over the best Gaussian to precondition NUTS
 RETRY_LR_DIVISOR = 10  # a variational rung whose loss became NaN is fitted once more at lr / 10
 DONE, SKIPPED, FAILED, CUT = "done", "skipped", "failed", "cut"
 METHODS = {
@@ -667,7 +668,7 @@ def _nuts_rung(climb: _Climb) -> Rung:
     method = f"NeuTra NUTS, {climb.ladder.nuts.chains} chains"
     if not fits:
         return _skip(climb, "nuts", method, "no fitted autoguide to precondition NUTS with")
-    base = max(fits, key=lambda r: r.elbo)
+    base = _preconditioner(fits)
     rung = Rung("nuts", f"{method}, preconditioned by {base.method}", model=base.model)
     t = time.perf_counter()
     try:
@@ -698,6 +699,17 @@ def _nuts_rung(climb: _Climb) -> Rung:
         rung.status = CUT if not draws.run.kept else DONE
     rung.stopped = _why(ds)
     return _finish(climb, rung, t)
+
+
+def _preconditioner(fits: list[Rung]) -> Rung:
+    """The fit with the highest ELBO; a flow only where it beats the best Gaussian by more than
+    :data:`FLOW_ELBO_MARGIN` nats, since each of its gradients costs several of an affine map's
+    and a fraction of a nat of KL divergence is not worth that."""
+    best = max(fits, key=lambda r: r.elbo)
+    gaussian = _gaussian_preconditioner(fits, best)
+    if gaussian is not None and best.elbo - gaussian.elbo <= FLOW_ELBO_MARGIN:
+        return gaussian
+    return best
 
 
 def _gaussian_preconditioner(fits: list[Rung], base: Rung) -> Rung | None:
