@@ -458,12 +458,12 @@ def _vi_rung(
         except NonFiniteLossError as err:  # a second attempt at a tenth of the step size
             if time.perf_counter() > climb.deadline:
                 raise
-            retried = (
-                f"The first attempt failed ({_one_line(err)}); this fit is a second one at a "
-                f"tenth of the step size (lr {settings.lr / RETRY_LR_DIVISOR:g})."
-            )
             settings = settings.replace(
                 lr=settings.lr / RETRY_LR_DIVISOR, lr_final=settings.lr_final / RETRY_LR_DIVISOR
+            )
+            retried = (
+                f"The first attempt failed ({_one_line(err)}); this fit is a second one at a "
+                f"tenth of the step size (lr {settings.lr:g})."
             )
             fit = fitted(settings)
             fit.notes.append(retried)

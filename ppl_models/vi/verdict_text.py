@@ -179,22 +179,21 @@ def _tail_threshold(x: dict) -> str:
     )
 
 
-def _psis_mean_tails(x: dict) -> str:
+def _psis_tails(x: dict, moments: str, function: str, after: str = "") -> str:
     return (
-        f"PSIS cannot check the means of {names(x['names'])}: the tail of w (theta - c) has "
+        f"PSIS cannot check the {moments} of {names(x['names'])}: the tail of {function} has "
         f"k-hat up to {_fmt(x['khat'])}, above the threshold {_tail_threshold(x)} (the "
-        "posterior's tails are heavier than q's there), so their PSIS-corrected means are not "
-        "reliable and q's cannot be certified."
+        f"posterior's tails are heavier than q's there), so their PSIS-corrected {moments} are "
+        f"not reliable and q's cannot be certified{after}."
     )
+
+
+def _psis_mean_tails(x: dict) -> str:
+    return _psis_tails(x, "means", "w (theta - c)")
 
 
 def _psis_sd_tails(x: dict) -> str:
-    return (
-        f"PSIS cannot check the sds of {names(x['names'])}: the tail of w (theta - c)^2 has "
-        f"k-hat up to {_fmt(x['khat'])}, above the threshold {_tail_threshold(x)} (the "
-        "posterior's tails are heavier than q's there), so their PSIS-corrected sds are not "
-        "reliable and q's cannot be certified; the means can be used."
-    )
+    return _psis_tails(x, "sds", "w (theta - c)^2", "; the means can be used")
 
 
 def _psis_unsettled(x: dict) -> str:
