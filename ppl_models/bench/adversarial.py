@@ -723,6 +723,18 @@ def _flat_normal_fit(scripts: Path) -> Built:
     return Built(fit, truth, None, reference)
 
 
+def _normalised(log_p: np.ndarray) -> np.ndarray:
+    """Quadrature weights from log densities on a grid: exp(log_p - max), summing to one."""
+    w = np.exp(log_p - log_p.max())
+    return w / w.sum()
+
+
+def _weighted_mean_sd(w: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and sd of ``values`` ``(n,)`` or ``(n, d)`` under weights ``w`` ``(n,)``."""
+    mean = w @ values
+    return mean, np.sqrt(w @ (values - mean) ** 2)
+
+
 # Cauchy-tailed likelihoods: q's Gaussian tails fall short while the weights' k-hat may pass
 CAUCHY_Y = (-0.5, 0.5)
 T_REGRESSION_X, T_REGRESSION_Y = (-1.0, 0.0, 1.0, 2.0), (0.2, 0.9, 2.4, 2.8)
@@ -784,13 +796,11 @@ def t_regression_truth(points: int = 4001, half_width: float = 60.0) -> Truth:
     log_p = -0.5 * (a**2 + b**2) / HEAVY_PRIOR_SD**2
     for xi, yi in zip(T_REGRESSION_X, T_REGRESSION_Y, strict=True):
         log_p = log_p - np.log1p(((yi - a - b * xi) / T_REGRESSION_SCALE) ** 2)
-    p = np.exp(log_p - log_p.max())
-    p /= p.sum()
-    pa, pb = p.sum(axis=1), p.sum(axis=0)
+    p = _normalised(log_p)
     moments = {}
-    for name, marginal in (("a", pa), ("b", pb)):
-        mean = float(marginal @ grid)
-        moments[name] = (mean, math.sqrt(float(marginal @ (grid - mean) ** 2)))
+    for name, marginal in (("a", p.sum(axis=1)), ("b", p.sum(axis=0))):
+        mean, sd = _weighted_mean_sd(marginal, grid)
+        moments[name] = (float(mean), float(sd))
     return Truth(moments, f"a {points}^2 grid over +/-{half_width:g} (float64)")
 
 
@@ -911,10 +921,7 @@ def logistic_truth(X: np.ndarray, y: np.ndarray, points: int = 81, width: float 
     b = mode + z @ L.T
     eta = b @ X.T
     log_p = -(np.logaddexp(0, eta).sum(1) - eta @ y + (b * b).sum(1) / (2 * LOGISTIC_PRIOR_SD**2))
-    w = np.exp(log_p - log_p.max())
-    w /= w.sum()
-    mean = w @ b
-    sd = np.sqrt(w @ (b - mean) ** 2)
+    mean, sd = _weighted_mean_sd(_normalised(log_p), b)
     return Truth(
         {f"beta[{j + 1}]": (float(mean[j]), float(sd[j])) for j in range(d)},
         f"quadrature ({points}^{d} grid over +-{width:g} Laplace sds)",
@@ -967,12 +974,8 @@ def mixture_truth(x: np.ndarray) -> Truth:
     w0, w1 = MIXTURE_WEIGHTS
     mix = w0 * stats.norm.pdf(x, -grid[:, None], 1) + w1 * stats.norm.pdf(x, grid[:, None], 1)
     lp = stats.norm.logpdf(grid, 0, 5) + np.log(mix).sum(1)
-    w = np.exp(lp - lp.max())
-    w /= w.sum()
-    mean = float(w @ grid)
-    return Truth(
-        {"mu": (mean, float(np.sqrt(w @ (grid - mean) ** 2)))}, "quadrature (24,001 points)"
-    )
+    mean, sd = _weighted_mean_sd(_normalised(lp), grid)
+    return Truth({"mu": (float(mean), float(sd))}, "quadrature (24,001 points)")
 
 
 def _mixture_fit(seed: int) -> Callable[[Path], Built]:
