@@ -124,3 +124,24 @@ def _gpd_shape(exceedances: np.ndarray) -> np.ndarray:
         b_post = (b * weights).sum(axis=1)
         k_post = np.log1p(-b_post[:, None] * y).mean(axis=1)
     return (n * k_post + _PRIOR_WEIGHT * _PRIOR_K) / (n + _PRIOR_WEIGHT)
+
+
+def squared_deviation_khat(draws: np.ndarray) -> np.ndarray:
+    r""":math:`\hat k` of the upper tail of each row's squared deviations from its mean.
+
+    The sample variance of :math:`x` is the mean of :math:`(x - \bar x)^2`; its own variance
+    is finite only where that tail's shape :math:`k < 1/2` (a fourth moment), so at and above
+    one half the sd's Monte Carlo error, :math:`\sqrt{(\mu_4 - \sigma^4)/\mathrm{ESS}}/(2\sigma)`
+    as ArviZ estimates it, is a lower bound that more draws do not make honest (Vehtari et
+    al. 2024, section 3 on the Pareto :math:`\hat k` of any Monte Carlo estimate).
+
+    Parameters
+    ----------
+    draws
+        ``(rows, S)``: each row the draws of one element, chains pooled.
+    """
+    x = np.asarray(draws, dtype=np.float64)
+    m = tail_size(x.shape[1])
+    with np.errstate(divide="ignore"):
+        log_c2 = 2 * np.log(np.abs(x - x.mean(axis=1, keepdims=True)))
+    return tail_khat(np.partition(log_c2, -(m + 1), axis=1)[:, -(m + 1) :])

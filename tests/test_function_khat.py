@@ -13,7 +13,7 @@ from test_vi_verdict import _decide, _row
 
 from ppl_models.bench.adversarial import CAUCHY_Y, cauchy_location_model, cauchy_location_truth
 from ppl_models.diagnostics import psis_khat
-from ppl_models.pareto import family_threshold, tail_khat, tail_size
+from ppl_models.pareto import family_threshold, squared_deviation_khat, tail_khat, tail_size
 from ppl_models.vi.stream import MomentStream
 from ppl_models.vi.verdict import MEANS_ONLY, NOT_TRUSTWORTHY, TRUSTWORTHY
 
@@ -158,3 +158,14 @@ def test_an_exact_guide_of_the_non_centred_funnel_is_trustworthy_though_x_has_he
     x = [r for r in s["parameters"] if r["name"].startswith("x")]
     assert max(r["psis_khat_sd"] for r in x) > s["psis_khat_threshold"]
     assert s["verdict"] == TRUSTWORTHY
+
+
+def test_squared_deviations_khat_is_two_over_the_degrees_of_freedom():
+    """Student's t with nu degrees of freedom has tail index nu, so (x - mean)^2 has k = 2/nu;
+    a normal's squared deviations have an exponential tail, k = 0."""
+    rng = np.random.default_rng(3)
+    draws = 40_000
+    x = np.stack([rng.standard_t(nu, draws) for nu in (3, 5, 8)] + [rng.normal(size=draws)])
+    k = squared_deviation_khat(x)
+    np.testing.assert_allclose(k[:3], [2 / 3, 2 / 5, 2 / 8], atol=0.1)
+    assert abs(k[3]) < 0.1

@@ -36,8 +36,8 @@ from ppl_models.vi import ladder as vl
 from ppl_models.vi.answers import mcmc_verdict
 from ppl_models.vi.fitting import fit_svi
 from ppl_models.vi.ladder import fit_auto
-from ppl_models.vi.neutra import run_nuts
-from ppl_models.vi.nuts import VectorizedNuts, compiled_potential
+from ppl_models.vi.neutra import mcmc_checks, run_nuts
+from ppl_models.vi.nuts import NutsRun, VectorizedNuts, compiled_potential
 from ppl_models.vi.references import Reference
 from ppl_models.vi.reparam import noncentred
 from ppl_models.vi.settings import LadderSettings, NutsLadderSettings
@@ -392,6 +392,40 @@ def test_mcmc_verdict_refuses_failing_chains():
     assert mcmc_verdict([row], checks)[0] == "not-trustworthy"
     good = row | {"ref_mean": 1.0, "std_mean_error": 0.0, "ks": 0.01}
     assert mcmc_verdict([good], checks)[0] == "trustworthy"
+
+
+def _iid_run(draws: np.ndarray) -> NutsRun:
+    """A NUTS run whose kept states are ``draws`` ``(C, N, D)``, without a divergence."""
+    c, n, _ = draws.shape
+    zeros = np.zeros((c, n))
+    return NutsRun(
+        draws=draws,
+        diverging=zeros.astype(bool),
+        tree_depth=zeros + 3,
+        steps=zeros + 7,
+        accept=zeros + 0.8,
+        energy=zeros,
+        step_size=np.ones(c),
+        inverse_mass=np.ones(draws.shape[2]),
+        warmup=100,
+    )
+
+
+def test_an_sd_resting_on_a_tail_with_no_fourth_moment_is_said_to_be_imprecise():
+    """Student's t with 3 degrees of freedom has no fourth moment (k of the squared deviations
+    is 2/3): its sd's Monte Carlo error is a lower bound, and the verdict says so; a normal
+    element beside it is not named."""
+    rng = np.random.default_rng(0)
+    c, n = 4, 4000
+    values = {"t": rng.standard_t(3, (c, n)), "z": rng.normal(size=(c, n))}
+    run = _iid_run(np.stack([values["t"], values["z"]], axis=-1))
+    checks, _ = mcmc_checks(values, run)
+    assert checks["passed"] and checks["heavy_tails"] == ["t"], checks
+    assert checks["max_sd_tail_khat_element"] == "t"
+    label, reasons, _ = mcmc_verdict([], checks)
+    assert label == "trustworthy" and "lower bounds" in reasons[1] and "of t rests" in reasons[1]
+    light, _ = mcmc_checks({"z": values["z"]}, _iid_run(values["z"][..., None]))
+    assert light["heavy_tails"] == [] and light["max_sd_tail_khat"] < 0.3
 
 
 # ------------------------------------------------------------------------ budget, interruptions

@@ -302,6 +302,8 @@ def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[s
         f"at least {checks['min_ess_tail']:.0f}, no divergent transition."
     )
     label, reasons, off = TRUSTWORTHY, [held], []
+    if checks.get("heavy_tails"):
+        reasons.append(_heavy_tails_reason(checks))
     mean_off, sd_off = [], []
     compared = 0
     for row in rows:
@@ -325,6 +327,19 @@ def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[s
         reasons.append(f"All {compared} compared elements agree with the reference.")
     off = mean_off + sd_off
     return label, reasons, off
+
+
+def _heavy_tails_reason(checks: dict) -> str:
+    """What the sds of ``checks["heavy_tails"]`` lack (:mod:`ppl_models.vi.neutra`)."""
+    heavy = checks["heavy_tails"]
+    return (
+        f"The sd{'s' if len(heavy) > 1 else ''} of {', '.join(heavy[:8])}"
+        f"{' and others' if len(heavy) > 8 else ''} rest{'' if len(heavy) > 1 else 's'} on a "
+        f"tail too heavy for its Monte Carlo error to be known (Pareto k-hat of the squared "
+        f"deviations {checks['max_sd_tail_khat']:.2f}, at least {checks['sd_tail_khat_limit']:.2f}"
+        f", after {checks['chains']} x {checks['draws_per_chain']} draws): the reported sd "
+        "errors are lower bounds. Means, quantiles and intervals are not affected."
+    )
 
 
 # ----------------------------------------------------------------------------- advice

@@ -21,6 +21,13 @@ doubles the kept draws until the checks hold or the draws or the time run out:
 - every element's bulk and tail ESS at least 400;
 - no divergent transition after warm-up (a divergence means a region the integrator cannot
   follow, and its absence from the draws a bias).
+
+The rounds also double while an element's squared deviations have a Pareto tail
+:math:`\hat k \ge 1/2` (:func:`ppl_models.pareto.squared_deviation_khat`): its sd's Monte
+Carlo error is then a lower bound (a heavy tail is visited too rarely for the draws to show its
+weight), and only more draws shrink the sd's real error. Where the largest draws leave such a
+tail, the answer says so; it is not a failed check, since the draws are right, only less
+precise than their errors claim.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from .. import diagnostics
+from .. import diagnostics, pareto
 from ..svi import default_dtype, local_params
 from .compare import flatten_sites
 from .guides import FULL_RANK_MAX
@@ -50,6 +57,7 @@ from .vmapped import LOOP, PLATE, VMAP, log_joint_fn
 RETRY_TARGET = 0.95  # the target acceptance of the second warm-up after divergences
 MAX_R_HAT = 1.01
 MIN_ESS = 400.0
+SD_TAIL_KHAT = 0.5  # at and above it an sd's estimator has no finite variance (module docstring)
 VALUE_CHUNK = 1000  # NUTS draws mapped back to the model's sites per batched call
 
 
@@ -216,7 +224,9 @@ def mcmc_checks(
     """R-hat, bulk and tail ESS of every element (ArviZ, through
     :func:`ppl_models.diagnostics.summarize_draws`), divergences and saturated trees; ``passed``
     says whether every check holds. Elements constant in every draw have no R-hat or ESS and are
-    left out."""
+    left out. ``heavy_tails`` names the elements whose sds' Monte Carlo errors are lower bounds
+    (module docstring), against :data:`SD_TAIL_KHAT` raised for the largest of many estimates
+    (:func:`ppl_models.pareto.family_threshold`)."""
     elements = flatten_sites(values, lead=2)
     summaries = diagnostics.summarize_draws(elements)
     varying = {
@@ -234,6 +244,14 @@ def mcmc_checks(
     t_name, tail = worst("ess_tail", min)
     divergences = int(run.diverging.sum())
     saturated = int((run.tree_depth >= max_tree_depth).sum())
+    names = list(varying)
+    pooled = run.chains * run.kept
+    tail_k = (
+        pareto.squared_deviation_khat(np.stack([elements[k].ravel() for k in names]))
+        if names and pooled >= 2
+        else np.zeros(0)
+    )
+    tail_limit = pareto.family_threshold(SD_TAIL_KHAT, len(names), pooled)
     checks = {
         "chains": run.chains,
         "draws_per_chain": run.kept,
@@ -247,6 +265,10 @@ def mcmc_checks(
         "divergences": divergences,
         "max_tree_depth_hits": saturated,
         "mean_tree_depth": float(run.tree_depth.mean()) if run.kept else None,
+        "max_sd_tail_khat": float(tail_k.max()) if len(tail_k) else None,
+        "max_sd_tail_khat_element": names[int(tail_k.argmax())] if len(tail_k) else None,
+        "sd_tail_khat_limit": tail_limit,
+        "heavy_tails": [n for n, k in zip(names, tail_k, strict=True) if not k < tail_limit],
         "step_size": [float(e) for e in run.step_size],
         "gradient_calls": run.gradient_calls,
         "rules": f"split R-hat <= {MAX_R_HAT}, bulk and tail ESS >= {MIN_ESS:g}, no divergence",
@@ -387,7 +409,8 @@ def _run_nuts(fit, settings: NutsLadderSettings, seed: int, deadline: float | No
 
 def _rounds(sampler, fit, move, settings, finished, deadline):
     """Draw rounds after warm-up: a first round of ``settings.draws`` per chain, doubled while
-    the checks fail for want of draws (too few effective draws, a noisy R-hat), never past
+    the checks fail for want of draws (too few effective draws, a noisy R-hat) or an element's
+    tail is heavy (:func:`mcmc_checks`), never past
     ``max_draws`` or the deadline. Returns the rounds' sizes, the checks, the ArviZ summaries,
     the site values, their kinds, the unconstrained draws, and whether the deadline cut in."""
     c, d = sampler.z.shape
@@ -410,8 +433,10 @@ def _rounds(sampler, fit, move, settings, finished, deadline):
         if got < need:
             stopped_early = True
             break
-        # more draws cure too few effective draws and a noisy R-hat, never a divergence
-        if checks["passed"] or want >= settings.max_draws or checks["divergences"]:
+        # more draws cure too few effective draws, a noisy R-hat and an sd's error hidden in a
+        # heavy tail; never a divergence
+        settled = checks["passed"] and not checks["heavy_tails"]
+        if settled or want >= settings.max_draws or checks["divergences"]:
             break
         want = min(2 * want, settings.max_draws)
     return rounds, checks, summaries, values, kinds, z, stopped_early

@@ -215,9 +215,9 @@ class NutsRun:
     ----------
     draws
         ``(C, N, D)``: the kept states of each chain.
-    diverging, tree_depth, steps, accept
+    diverging, tree_depth, steps, accept, energy
         ``(C, N)`` per kept iteration: a divergent trajectory, its depth, its leapfrog steps,
-        its mean acceptance statistic.
+        its mean acceptance statistic, its energy (potential plus kinetic).
     step_size, inverse_mass
         ``(C,)`` and ``(D,)``: the adapted step sizes and diagonal inverse mass matrix.
     warmup_seconds, sampling_seconds, gradient_calls
@@ -231,6 +231,7 @@ class NutsRun:
     tree_depth: np.ndarray
     steps: np.ndarray
     accept: np.ndarray
+    energy: np.ndarray
     step_size: np.ndarray
     inverse_mass: np.ndarray
     warmup: int
@@ -316,9 +317,10 @@ class VectorizedNuts:
         r_new = r_half - 0.5 * step[:, None] * g_new
         return z_new, r_new, u_new, g_new
 
-    def transition(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def transition(self) -> tuple[np.ndarray, ...]:
         """One NUTS iteration of every chain; returns per chain the mean acceptance statistic,
-        whether it diverged, the tree depth and the number of leapfrog steps."""
+        whether it diverged, the tree depth, the number of leapfrog steps and the trajectory's
+        energy (the Hamiltonian at its start, after the momentum is drawn)."""
         rng, where = self.rng, np.where
         z0, u0, g0 = self.z, self.u, self.g
         c, d = z0.shape
@@ -415,7 +417,7 @@ class VectorizedNuts:
             active = m & ~turning & ~diverging
         self.z, self.u, self.g = zp, up, gp
         accept = accept_sum / np.maximum(leaves, 1)
-        return accept, diverging, depth, leaves
+        return accept, diverging, depth, leaves, h0
 
     def _initial_step_size(self) -> float:
         """The largest power-of-two step (from 1) whose single leapfrog step keeps the mean
@@ -477,9 +479,9 @@ class VectorizedNuts:
         for i in range(iterations):
             if deadline is not None and time.perf_counter() > deadline:
                 return i
-            accept, diverging, depth, steps = self.transition()
+            accept, diverging, depth, steps, energy = self.transition()
             self._draws.append(self.z.copy())
-            self._stats.append((diverging, depth, steps, accept))
+            self._stats.append((diverging, depth, steps, accept, energy))
         return iterations
 
     def discard(self) -> None:
@@ -492,16 +494,17 @@ class VectorizedNuts:
         if self._draws:
             draws = np.stack(self._draws, axis=1)
             columns = zip(*self._stats, strict=True)
-            div, depth, steps, accept = (np.stack(s, axis=1) for s in columns)
+            div, depth, steps, accept, energy = (np.stack(s, axis=1) for s in columns)
         else:
             draws = np.zeros((c, 0, d))
-            div = depth = steps = accept = np.zeros((c, 0))
+            div = depth = steps = accept = energy = np.zeros((c, 0))
         return NutsRun(
             draws=draws,
             diverging=div.astype(bool),
             tree_depth=depth,
             steps=steps,
             accept=accept,
+            energy=energy,
             step_size=self.eps.copy(),
             inverse_mass=self.inverse_mass.copy(),
             warmup=self.warmed,
