@@ -32,6 +32,7 @@ import torch
 from scipy import stats
 
 from ppl_models import cli, diagnostics
+from ppl_models.bench.adversarial import CAUCHY_Y, cauchy_location_model
 from ppl_models.vi import ladder as vl
 from ppl_models.vi.answers import mcmc_verdict
 from ppl_models.vi.fitting import fit_svi
@@ -145,6 +146,32 @@ def test_psis_rung_corrects_a_mean_field_fits_sds():
     # the answer's posterior is the resampled draws: their moments are the corrected ones
     beta = ladder.diagnosis.idata.posterior["beta"].values.reshape(-1, 2)
     assert abs(beta[:, 1].std() / sd[1] - 1) < 0.08
+
+
+def test_a_richer_family_goes_on_where_it_gains_and_stops_where_it_cannot():
+    """Full rank against mean field: on a Gaussian posterior with correlation -0.95 it gains
+    -log(1 - rho^2) / 2 = 1.16 nats (closed form), runs its whole fit and is exact; in one
+    dimension it is the same family as its start, gains nothing, and stops at NO_GAIN_STEP."""
+    rho = 0.95
+    model, data, mean, sd, reference = _correlated_regression(rho=rho)
+    settings = LadderSettings(draws=8000, mode_starts=0, rungs=("guide", "richer"))
+    ladder = fit_auto(model, data, reference=reference, ladder=settings, steps=1000)
+    guide, richer = ladder.rungs
+    gain = -0.5 * math.log(1 - rho**2)
+    assert abs(richer.elbo - guide.elbo - gain) < 0.1, (richer.elbo, guide.elbo, gain)
+    assert "no_gain" not in richer.facts and len(richer.fit.losses) == 1000
+    assert ladder.answer is richer
+    rows = _rows(ladder)
+    for j, name in enumerate(["beta[1]", "beta[2]"]):
+        assert abs(rows[name]["mean"] - mean[j]) < 0.1 * sd[j]
+        assert abs(rows[name]["sd"] / sd[j] - 1) < 0.05
+
+    y = torch.tensor(CAUCHY_Y, dtype=F64)
+    ladder = fit_auto(cauchy_location_model, {"y": y}, ladder=settings, steps=1000)
+    richer = ladder.rungs[-1]
+    assert richer.rung == "richer" and richer.status == "done"
+    assert len(richer.fit.losses) == vl.NO_GAIN_STEP
+    assert "found nothing its start lacked" in richer.facts["no_gain"] in richer.stopped
 
 
 def test_noncentred_model_maps_draws_back_to_the_users_site():

@@ -22,7 +22,12 @@ time budget.
 4. ``richer``: a full-rank Gaussian (``auto-mvn``) where the dimension allows it (at most
    :data:`~ppl_models.vi.guides.FULL_RANK_MAX`), ``auto-lowrank`` above; then ``flow``: an
    inverse autoregressive flow (``auto-iaf``). Each starts from the best Gaussian fit so far
-   (:func:`~ppl_models.vi.guides.start_from_fit`): the flow starts as that Gaussian.
+   (:func:`~ppl_models.vi.guides.start_from_fit`): the flow starts as that Gaussian. A richer
+   fit whose ELBO, averaged over the steps before step :data:`NO_GAIN_STEP`, has not risen
+   above its start's by :data:`NO_GAIN_NATS` plus twice its noise stops there: the richer family
+   found nothing its start lacked, and the climb moves on (its fit is still diagnosed). A gain,
+   however small, goes on: a banana's flow gains a fifth of a nat on the Gaussian, and that fifth
+   is the tails that certify it.
 5. ``nuts``: NUTS preconditioned by the best guide (NeuTra, :mod:`ppl_models.vi.neutra`; a flow
    only where its ELBO beats the best Gaussian's by more than a nat), its chains vectorized and
    its potential compiled, with its own checks (split R-hat at most 1.01, bulk and tail ESS at
@@ -52,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 
@@ -72,6 +78,8 @@ from .settings import RUNGS, FitSettings, LadderSettings
 _RANK = {TRUSTWORTHY: 2, MEANS_ONLY: 1, NOT_TRUSTWORTHY: 0}
 GAUSSIAN_GUIDES = ("auto-normal", "auto-mvn", "auto-lowrank")  # affine NeuTra maps
 FLOW_ELBO_MARGIN = 1.0  # nats a flow must gain over the best Gaussian to precondition NUTS
+NO_GAIN_STEP = 300  # where a richer fit's ELBO is first compared with its start's
+NO_GAIN_NATS = 0.05  # what it must have gained there, beyond twice its noise, to go on
 RETRY_LR_DIVISOR = 10  # a variational rung whose loss became NaN is fitted once more at lr / 10
 DONE, SKIPPED, FAILED, CUT = "done", "skipped", "failed", "cut"
 METHODS = {
@@ -419,6 +427,34 @@ def _deadline_hook(climb: _Climb):
     return on_step
 
 
+class _GainWatch:
+    """``on_step`` of a fit started from another whose ELBO is ``start_elbo``: stops it at
+    :data:`NO_GAIN_STEP` where the mean of :math:`-\text{loss}` over the last ``window`` steps
+    is below ``start_elbo`` + :data:`NO_GAIN_NATS` + two standard errors (and, like
+    :func:`_deadline_hook`, when the budget is spent)."""
+
+    def __init__(self, climb: _Climb, start_elbo: float, window: int):
+        self.climb, self.start_elbo, self.window = climb, start_elbo, window
+        self.elbos: list[float] = []
+        self.note: str | None = None
+
+    def __call__(self, step, loss, guide) -> bool:
+        self.elbos.append(-loss)
+        if step + 1 == NO_GAIN_STEP and math.isfinite(self.start_elbo):
+            recent = np.asarray(self.elbos[-self.window :])
+            noise = 2 * recent.std(ddof=1) / math.sqrt(len(recent)) if len(recent) > 1 else 0.0
+            gain = float(recent.mean()) - self.start_elbo
+            if not gain >= NO_GAIN_NATS + noise:
+                self.note = (
+                    f"stopped at step {NO_GAIN_STEP}: its ELBO over the last {len(recent)} steps "
+                    f"had gained {gain:+.2f} nats on its start's, less than {NO_GAIN_NATS:g} + "
+                    f"{noise:.2f} (twice its noise), so the richer family found nothing its start "
+                    "lacked"
+                )
+                return True
+        return time.perf_counter() > self.climb.deadline
+
+
 def _vi_rung(
     climb: _Climb,
     name: str,
@@ -428,8 +464,11 @@ def _vi_rung(
     *,
     method: str | None = None,
     options: dict | None = None,
+    start_elbo: float | None = None,
 ) -> Rung:
-    """Fit ``guide`` to ``model`` and diagnose it; the rung records what happened."""
+    """Fit ``guide`` to ``model`` and diagnose it; the rung records what happened. A fit
+    started from one whose ELBO is ``start_elbo`` stops where it gains nothing on it
+    (:class:`_GainWatch`)."""
     from ..svi import NonFiniteLossError
     from .diagnose import diagnose
     from .fitting import fit_svi
@@ -441,13 +480,18 @@ def _vi_rung(
     if options:
         settings = settings.replace(guide_options={**settings.guide_options, **options})
 
+    watch = None
+
     def fitted(settings):
+        nonlocal watch
+        if start_elbo is not None and settings.steps > NO_GAIN_STEP:
+            watch = _GainWatch(climb, start_elbo, settings.eval_every)
         return fit_svi(
             model,
             guide,
             climb.data,
             settings,
-            on_step=_deadline_hook(climb),
+            on_step=watch or _deadline_hook(climb),
             progress=climb.progress,
         )
 
@@ -493,6 +537,9 @@ def _vi_rung(
     if time.perf_counter() > climb.deadline:
         rung.facts["cut"] = True
     rung.stopped = _why(s)
+    if watch is not None and watch.note:
+        rung.facts["no_gain"] = watch.note
+        rung.stopped += f" (its fit {watch.note})"
     return _finish(climb, rung, t)
 
 
@@ -590,6 +637,7 @@ def _richer_rung(climb: _Climb, family: str) -> Rung | None:
         name,
         method=method,
         options={"start": start} if start is not None else None,
+        start_elbo=best.elbo if start is not None else None,
     )
 
 
@@ -617,6 +665,7 @@ def _flow_rung(climb: _Climb) -> Rung | None:
         "auto-iaf",
         method=method,
         options={"start": start_from_fit(best.fit.guide)},
+        start_elbo=best.elbo,
     )
 
 
