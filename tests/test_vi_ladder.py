@@ -422,7 +422,8 @@ def test_mcmc_verdict_refuses_failing_chains():
 
 
 def _iid_run(draws: np.ndarray) -> NutsRun:
-    """A NUTS run whose kept states are ``draws`` ``(C, N, D)``, without a divergence."""
+    """A NUTS run whose kept states are ``draws`` ``(C, N, D)``, without a divergence, its
+    energies independent draws."""
     c, n, _ = draws.shape
     zeros = np.zeros((c, n))
     return NutsRun(
@@ -431,7 +432,7 @@ def _iid_run(draws: np.ndarray) -> NutsRun:
         tree_depth=zeros + 3,
         steps=zeros + 7,
         accept=zeros + 0.8,
-        energy=zeros,
+        energy=np.random.default_rng(1).chisquare(draws.shape[2], (c, n)),
         step_size=np.ones(c),
         inverse_mass=np.ones(draws.shape[2]),
         warmup=100,
@@ -449,6 +450,8 @@ def test_an_sd_resting_on_a_tail_with_no_fourth_moment_is_said_to_be_imprecise()
     checks, _ = mcmc_checks(values, run)
     assert checks["passed"] and checks["heavy_tails"] == ["t"], checks
     assert checks["max_sd_tail_khat_element"] == "t"
+    # independent energies: E (e_n - e_n-1)^2 = 2 var e, so the E-BFMI is 2
+    assert abs(checks["min_e_bfmi"] - 2) < 0.15
     label, reasons, _ = mcmc_verdict([], checks)
     assert label == "trustworthy" and "lower bounds" in reasons[1] and "of t rests" in reasons[1]
     light, _ = mcmc_checks({"z": values["z"]}, _iid_run(values["z"][..., None]))

@@ -252,6 +252,12 @@ def mcmc_checks(
         else np.zeros(0)
     )
     tail_limit = pareto.family_threshold(SD_TAIL_KHAT, len(names), pooled)
+    energy = run.energy
+    e_bfmi = (  # Betancourt's energy Bayesian fraction of missing information, per chain
+        (np.diff(energy, axis=1) ** 2).mean(axis=1) / energy.var(axis=1)
+        if run.kept > 2 and np.all(energy.var(axis=1) > 0)
+        else None
+    )
     checks = {
         "chains": run.chains,
         "draws_per_chain": run.kept,
@@ -265,6 +271,7 @@ def mcmc_checks(
         "divergences": divergences,
         "max_tree_depth_hits": saturated,
         "mean_tree_depth": float(run.tree_depth.mean()) if run.kept else None,
+        "min_e_bfmi": None if e_bfmi is None else float(e_bfmi.min()),
         "max_sd_tail_khat": float(tail_k.max()) if len(tail_k) else None,
         "max_sd_tail_khat_element": names[int(tail_k.argmax())] if len(tail_k) else None,
         "sd_tail_khat_limit": tail_limit,
