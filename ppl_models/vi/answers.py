@@ -282,7 +282,7 @@ def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[s
     """The NUTS rung's verdict: ``not-trustworthy`` unless the chains' own checks hold; then,
     against a reference, the variational verdict's bands
     (:func:`~ppl_models.vi.verdict.reference_checks`) with the chains' Monte Carlo errors."""
-    from .verdict import VerdictRules, reference_checks
+    from .verdict import VerdictRules, reference_checks, worse_label
 
     if not checks.get("passed"):
         failed = checks.get("failed") or ["the checks did not run"]
@@ -302,7 +302,27 @@ def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[s
         f"at least {checks['min_ess_tail']:.0f}, no divergent transition."
     )
     label, reasons, off = TRUSTWORTHY, [held], []
-    if checks.get("heavy_tails"):
+    no_means, no_sds = checks.get("unreliable_means") or [], checks.get("unreliable_sds") or []
+    if no_means or no_sds:
+        tails = (
+            f"Pareto k-hat of the squared deviations up to {checks['max_sd_tail_khat']:.2f}; an "
+            f"sd needs less than {checks['estimable_khat_limit']:.2f}, a mean half of it, from "
+            f"{checks['chains'] * checks['draws_per_chain']:,} draws"
+        )
+    if no_means:
+        label = NOT_TRUSTWORTHY
+        reasons.append(
+            f"The draws cannot estimate the means of {_listed(no_means)}: their tails are too "
+            f"heavy ({tails}), as a Cauchy's are, and more draws do not cure a tail. A more "
+            "informative prior, or a reparametrisation that lightens the tail, would."
+        )
+    elif no_sds:
+        reasons.append(
+            f"The sds of {_listed(no_sds)} cannot be estimated from any practical number of "
+            f"draws ({tails}): the draws follow the posterior, but an sd computed from them, by "
+            "this sampler or another, may be far from the posterior's. Use their quantiles."
+        )
+    elif checks.get("heavy_tails"):
         reasons.append(_heavy_tails_reason(checks))
     mean_off, sd_off = [], []
     compared = 0
@@ -319,7 +339,7 @@ def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[s
         label = NOT_TRUSTWORTHY
         reasons.append(f"The means of {', '.join(mean_off[:8])} are off the reference.")
     if sd_off:
-        label = NOT_TRUSTWORTHY if mean_off else MEANS_ONLY
+        label = worse_label(label, MEANS_ONLY)
         reasons.append(
             f"The sds or marginal shapes of {', '.join(sd_off[:8])} are off the reference."
         )
@@ -329,12 +349,16 @@ def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[s
     return label, reasons, off
 
 
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
 def _heavy_tails_reason(checks: dict) -> str:
     """What the sds of ``checks["heavy_tails"]`` lack (:mod:`ppl_models.vi.neutra`)."""
     heavy = checks["heavy_tails"]
     return (
-        f"The sd{'s' if len(heavy) > 1 else ''} of {', '.join(heavy[:8])}"
-        f"{' and others' if len(heavy) > 8 else ''} rest{'' if len(heavy) > 1 else 's'} on a "
+        f"The sd{'s' if len(heavy) > 1 else ''} of {_listed(heavy)} "
+        f"rest{'' if len(heavy) > 1 else 's'} on a "
         f"tail too heavy for its Monte Carlo error to be known (Pareto k-hat of the squared "
         f"deviations {checks['max_sd_tail_khat']:.2f}, at least {checks['sd_tail_khat_limit']:.2f}"
         f", after {checks['chains']} x {checks['draws_per_chain']} draws): the reported sd "

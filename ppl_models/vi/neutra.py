@@ -22,12 +22,17 @@ doubles the kept draws until the checks hold or the draws or the time run out:
 - no divergent transition after warm-up (a divergence means a region the integrator cannot
   follow, and its absence from the draws a bias).
 
-The rounds also double while an element's squared deviations have a Pareto tail
-:math:`\hat k \ge 1/2` (:func:`ppl_models.pareto.squared_deviation_khat`): its sd's Monte
-Carlo error is then a lower bound (a heavy tail is visited too rarely for the draws to show its
-weight), and only more draws shrink the sd's real error. Where the largest draws leave such a
-tail, the answer says so; it is not a failed check, since the draws are right, only less
-precise than their errors claim.
+Each element's squared deviations from its mean have a Pareto tail :math:`\hat k`
+(:func:`ppl_models.pareto.squared_deviation_khat`), twice the :math:`\hat k` of its own tails.
+Where it is at least 1/2, the sd's estimator has no finite variance: its Monte Carlo error is a
+lower bound (a heavy tail is visited too rarely for the draws to show its weight), and the
+verdict says so. Where it is above the sample-size threshold :math:`\min(1 - 1/\log_{10} S,
+0.7)` (Vehtari et al. 2024, the one PSIS uses), no sd can be estimated from the :math:`S` draws
+(``unreliable_sds``: the verdict says so, as the variational verdict does for a tail that q's
+own draws share, and does not condemn draws that follow the posterior); where half of it is, no
+mean can (``unreliable_means``): a Cauchy-like posterior mixes well in rank, and passes R-hat
+and ESS, yet has no mean, and the verdict is ``not-trustworthy``. More draws do not cure either
+(the threshold is 0.7 from 2,154 draws on), so they do not lengthen the rounds.
 """
 
 from __future__ import annotations
@@ -224,8 +229,9 @@ def mcmc_checks(
     """R-hat, bulk and tail ESS of every element (ArviZ, through
     :func:`ppl_models.diagnostics.summarize_draws`), divergences and saturated trees; ``passed``
     says whether every check holds. Elements constant in every draw have no R-hat or ESS and are
-    left out. ``heavy_tails`` names the elements whose sds' Monte Carlo errors are lower bounds
-    (module docstring), against :data:`SD_TAIL_KHAT` raised for the largest of many estimates
+    left out. ``heavy_tails`` names the elements whose sds' Monte Carlo errors are lower bounds,
+    ``unreliable_sds`` and ``unreliable_means`` those whose sds or means the draws cannot
+    estimate (module docstring), each threshold raised for the largest of many estimates
     (:func:`ppl_models.pareto.family_threshold`)."""
     elements = flatten_sites(values, lead=2)
     summaries = diagnostics.summarize_draws(elements)
@@ -252,6 +258,7 @@ def mcmc_checks(
         else np.zeros(0)
     )
     tail_limit = pareto.family_threshold(SD_TAIL_KHAT, len(names), pooled)
+    estimable = pareto.family_threshold(diagnostics.khat_threshold(pooled), len(names), pooled)
     energy = run.energy
     e_bfmi = (  # Betancourt's energy Bayesian fraction of missing information, per chain
         (np.diff(energy, axis=1) ** 2).mean(axis=1) / energy.var(axis=1)
@@ -276,6 +283,11 @@ def mcmc_checks(
         "max_sd_tail_khat_element": names[int(tail_k.argmax())] if len(tail_k) else None,
         "sd_tail_khat_limit": tail_limit,
         "heavy_tails": [n for n, k in zip(names, tail_k, strict=True) if not k < tail_limit],
+        "estimable_khat_limit": estimable,
+        "unreliable_sds": [n for n, k in zip(names, tail_k, strict=True) if not k < estimable],
+        "unreliable_means": [
+            n for n, k in zip(names, tail_k, strict=True) if not k / 2 < estimable
+        ],
         "step_size": [float(e) for e in run.step_size],
         "gradient_calls": run.gradient_calls,
         "rules": f"split R-hat <= {MAX_R_HAT}, bulk and tail ESS >= {MIN_ESS:g}, no divergence",
@@ -416,8 +428,7 @@ def _run_nuts(fit, settings: NutsLadderSettings, seed: int, deadline: float | No
 
 def _rounds(sampler, fit, move, settings, finished, deadline):
     """Draw rounds after warm-up: a first round of ``settings.draws`` per chain, doubled while
-    the checks fail for want of draws (too few effective draws, a noisy R-hat) or an element's
-    tail is heavy (:func:`mcmc_checks`), never past
+    the checks fail for want of draws (too few effective draws, a noisy R-hat), never past
     ``max_draws`` or the deadline. Returns the rounds' sizes, the checks, the ArviZ summaries,
     the site values, their kinds, the unconstrained draws, and whether the deadline cut in."""
     c, d = sampler.z.shape
@@ -440,10 +451,8 @@ def _rounds(sampler, fit, move, settings, finished, deadline):
         if got < need:
             stopped_early = True
             break
-        # more draws cure too few effective draws, a noisy R-hat and an sd's error hidden in a
-        # heavy tail; never a divergence
-        settled = checks["passed"] and not checks["heavy_tails"]
-        if settled or want >= settings.max_draws or checks["divergences"]:
+        # more draws cure too few effective draws and a noisy R-hat, never a divergence
+        if checks["passed"] or want >= settings.max_draws or checks["divergences"]:
             break
         want = min(2 * want, settings.max_draws)
     return rounds, checks, summaries, values, kinds, z, stopped_early

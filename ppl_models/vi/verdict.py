@@ -120,7 +120,7 @@ class Verdict:
         }
 
 
-def _worse(a: str, b: str) -> str:
+def worse_label(a: str, b: str) -> str:
     return a if _ORDER[a] <= _ORDER[b] else b
 
 
@@ -411,7 +411,7 @@ def _self_findings(
 def _label(findings: list[Finding]) -> str:
     label = TRUSTWORTHY
     for f in findings:
-        label = _worse(label, f.allows)
+        label = worse_label(label, f.allows)
     return label
 
 
