@@ -317,10 +317,12 @@ def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[s
             "informative prior, or a reparametrisation that lightens the tail, would."
         )
     elif no_sds:
+        label = MEANS_ONLY
         reasons.append(
-            f"The sds of {_listed(no_sds)} cannot be estimated from any practical number of "
-            f"draws ({tails}): the draws follow the posterior, but an sd computed from them, by "
-            "this sampler or another, may be far from the posterior's. Use their quantiles."
+            f"The sds of {_listed(no_sds)} cannot be estimated from these draws ({tails}): an sd "
+            "computed from them may be far from the posterior's, and only their means and "
+            "quantiles are certified. More draws do not cure a tail; a more informative prior, "
+            "or a reparametrisation that lightens it, would."
         )
     elif checks.get("heavy_tails"):
         reasons.append(_heavy_tails_reason(checks))

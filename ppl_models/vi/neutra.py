@@ -28,11 +28,12 @@ Where it is at least 1/2, the sd's estimator has no finite variance: its Monte C
 lower bound (a heavy tail is visited too rarely for the draws to show its weight), and the
 verdict says so. Where it is above the sample-size threshold :math:`\min(1 - 1/\log_{10} S,
 0.7)` (Vehtari et al. 2024, the one PSIS uses), no sd can be estimated from the :math:`S` draws
-(``unreliable_sds``: the verdict says so, as the variational verdict does for a tail that q's
-own draws share, and does not condemn draws that follow the posterior); where half of it is, no
-mean can (``unreliable_means``): a Cauchy-like posterior mixes well in rank, and passes R-hat
-and ESS, yet has no mean, and the verdict is ``not-trustworthy``. More draws do not cure either
-(the threshold is 0.7 from 2,154 draws on), so they do not lengthen the rounds.
+(``unreliable_sds``: the verdict is ``means-only``); where half of it is, no mean can
+(``unreliable_means``: ``not-trustworthy``). A Cauchy mixes well in rank, and passes R-hat and
+ESS, yet has neither (NUTS visits its tails too rarely for the draws to show more than
+:math:`\hat k \approx 1` for the squared deviations, so it is the sd rule that catches it); the
+sds of Neal's funnel's :math:`x` exist, but its draws cannot estimate them. More draws do not
+cure either (the threshold is 0.7 from 2,154 draws on), so they do not lengthen the rounds.
 """
 
 from __future__ import annotations
