@@ -31,7 +31,8 @@ time budget.
 5. ``nuts``: NUTS preconditioned by the best guide (NeuTra, :mod:`ppl_models.vi.neutra`; a flow
    only where its ELBO beats the best Gaussian's by more than a nat), its chains vectorized and
    its potential compiled, with its own checks (split R-hat at most 1.01, bulk and tail ESS at
-   least 400, no divergence) and a verdict (:func:`~ppl_models.vi.answers.nuts_diagnosis`).
+   least 400, no divergence, tails from which its draws can estimate each sd) and a verdict
+   (:func:`~ppl_models.vi.answers.nuts_diagnosis`).
    Where that guide is a flow and its run fails its checks, a second run is preconditioned by
    the best Gaussian fit, whose affine map cannot bend the geometry as a poorly fitted flow
    can. A model's discrete latent sites are summed out of its potential, one chain's point at
