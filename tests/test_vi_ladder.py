@@ -467,9 +467,9 @@ def test_the_chains_tails_decide_which_moments_their_draws_can_estimate(nu, heav
     if nu == 10 / 3:
         assert "lower bounds" in reasons[1] and "of x rests" in reasons[1]
     if nu == 2.0:
-        assert "sds of x cannot be estimated" in reasons[1]
+        assert "sds of x cannot be estimated" in reasons[0]
     if nu == 1.0:
-        assert "cannot estimate the means of x" in reasons[1]
+        assert "cannot estimate the means of x" in reasons[0]
     # independent energies: E (e_n - e_n-1)^2 = 2 var e, so the E-BFMI is 2
     assert abs(checks["min_e_bfmi"] - 2) < 0.1
 
@@ -487,7 +487,7 @@ def test_nuts_draws_of_a_cauchy_pass_their_rank_checks_and_are_still_refused():
     assert checks["max_r_hat"] <= 1.01 and checks["divergences"] == 0, checks["failed"]
     assert checks["unreliable_sds"] == ["theta"], checks["max_sd_tail_khat"]
     label, reasons, _ = mcmc_verdict([], checks)
-    assert label != "trustworthy" and "sds of theta cannot be estimated" in reasons[-1]
+    assert label != "trustworthy" and "sds of theta cannot be estimated" in reasons[0]
 
 
 # ------------------------------------------------------------------------ budget, interruptions

@@ -353,6 +353,8 @@ def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[s
     if compared and not (mean_off or sd_off):
         reasons.append(f"All {compared} compared elements agree with the reference.")
     off = mean_off + sd_off
+    if label != TRUSTWORTHY:  # what decided it first, then the checks that held
+        reasons = [*reasons[1:], held]
     return label, reasons, off
 
 
