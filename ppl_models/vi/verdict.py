@@ -121,6 +121,7 @@ class Verdict:
 
 
 def worse_label(a: str, b: str) -> str:
+    """The less trusting of two verdict labels."""
     return a if _ORDER[a] <= _ORDER[b] else b
 
 
