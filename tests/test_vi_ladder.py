@@ -458,10 +458,12 @@ def test_the_chains_tails_decide_which_moments_their_draws_can_estimate(nu, heav
     rng = np.random.default_rng(0)
     c, n = 4, 50_000
     x = rng.normal(size=(c, n)) if nu is None else rng.standard_t(nu, (c, n))
-    values = {"x": x}
-    checks, _ = mcmc_checks(values, _iid_run(x[..., None]))
+    flip = (rng.random((c, n)) < 0.3).astype(float)  # two values: too few to fit a tail to
+    values = {"x": x, "flip": flip}
+    checks, _ = mcmc_checks(values, _iid_run(np.stack([x, flip], axis=-1)))
     assert checks["passed"], checks
     assert (checks["heavy_tails"] == ["x"]) is heavy, checks["max_sd_tail_khat"]
+    assert "flip" not in checks["unreliable_sds"]
     got, reasons, _ = mcmc_verdict([], checks)
     assert got == label, (checks["max_sd_tail_khat"], reasons)
     if nu == 10 / 3:

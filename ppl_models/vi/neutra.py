@@ -260,6 +260,13 @@ def mcmc_checks(
     )
     tail_limit = pareto.family_threshold(SD_TAIL_KHAT, len(names), pooled)
     estimable = pareto.family_threshold(diagnostics.khat_threshold(pooled), len(names), pooled)
+    fitted = np.isfinite(tail_k)  # inf: too few distinct large values to fit (a discrete one)
+
+    def above(limit: float, scale: float = 1.0) -> list[str]:
+        return [
+            n for n, k, f in zip(names, tail_k, fitted, strict=True) if f and k / scale >= limit
+        ]
+
     energy = run.energy
     e_bfmi = (  # Betancourt's energy Bayesian fraction of missing information, per chain
         (np.diff(energy, axis=1) ** 2).mean(axis=1) / energy.var(axis=1)
@@ -280,15 +287,15 @@ def mcmc_checks(
         "max_tree_depth_hits": saturated,
         "mean_tree_depth": float(run.tree_depth.mean()) if run.kept else None,
         "min_e_bfmi": None if e_bfmi is None else float(e_bfmi.min()),
-        "max_sd_tail_khat": float(tail_k.max()) if len(tail_k) else None,
-        "max_sd_tail_khat_element": names[int(tail_k.argmax())] if len(tail_k) else None,
+        "max_sd_tail_khat": float(tail_k[fitted].max()) if fitted.any() else None,
+        "max_sd_tail_khat_element": (
+            names[int(np.where(fitted, tail_k, -np.inf).argmax())] if fitted.any() else None
+        ),
         "sd_tail_khat_limit": tail_limit,
-        "heavy_tails": [n for n, k in zip(names, tail_k, strict=True) if not k < tail_limit],
+        "heavy_tails": above(tail_limit),
         "estimable_khat_limit": estimable,
-        "unreliable_sds": [n for n, k in zip(names, tail_k, strict=True) if not k < estimable],
-        "unreliable_means": [
-            n for n, k in zip(names, tail_k, strict=True) if not k / 2 < estimable
-        ],
+        "unreliable_sds": above(estimable),
+        "unreliable_means": above(estimable, scale=2.0),
         "step_size": [float(e) for e in run.step_size],
         "gradient_calls": run.gradient_calls,
         "rules": f"split R-hat <= {MAX_R_HAT}, bulk and tail ESS >= {MIN_ESS:g}, no divergence",
