@@ -201,7 +201,10 @@ class NutsLadderSettings:
         Warm-up iterations (NeuTra's preconditioning leaves little to adapt).
     draws, max_draws
         Kept draws per chain of the first round, and the most the rounds may double to while
-        the R-hat and ESS checks fail.
+        the R-hat and ESS checks fail. The first round is Stan's and NumPyro's 1,000: where a
+        scale's posterior has a heavy tail (a variance component with few groups), rounds of
+        250 and 500 passed every check with sds 12 to 16% small, the tail not yet visited,
+        and no check on the draws can see a tail they have not visited.
     max_tree_depth, target_accept
         NUTS's depth limit and the step-size adaptation's target acceptance.
     jit
@@ -210,7 +213,7 @@ class NutsLadderSettings:
 
     chains: int = 4
     warmup: int = 300
-    draws: int = 250
+    draws: int = 1000
     max_draws: int = 4000
     max_tree_depth: int = 10
     target_accept: float = 0.8
