@@ -274,9 +274,9 @@ def mcmc_rules() -> list[str]:
         f"{MIN_ESS:g}, and no transition diverged after warm-up (Vehtari et al. 2021).",
         "Those checks work on ranks, so the tails are checked too: where an element's squared "
         "deviations have a Pareto k-hat above the sample-size threshold min(1 - 1/log10 S, 0.7), "
-        "the draws cannot estimate its sd (means only), and where its deviations do, its mean "
-        "(not trustworthy) (Vehtari et al. 2024). Between 0.5 and that threshold its sd's Monte "
-        "Carlo error is a lower bound, which the verdict says.",
+        "the draws cannot estimate its sd (means only), and where half that k-hat (its own "
+        "tails') is, its mean (not trustworthy) (Vehtari et al. 2024). Between 0.5 and that "
+        "threshold its sd's Monte Carlo error is a lower bound, which the verdict says.",
         "With a reference, each element's mean must lie within 0.1 reference sd plus twice "
         "the Monte Carlo error of both sides (else not trustworthy), and its sd and marginal "
         "shape within their bands (else means only), the bands of the variational verdict.",

@@ -430,8 +430,8 @@ def _deadline_hook(climb: _Climb):
 
 class _GainWatch:
     """``on_step`` of a fit started from another whose ELBO is ``start_elbo``: stops it at
-    :data:`NO_GAIN_STEP` where the mean of :math:`-\text{loss}` over the last ``window`` steps
-    is below ``start_elbo`` + :data:`NO_GAIN_NATS` + two standard errors (and, like
+    :data:`NO_GAIN_STEP` where the mean ELBO estimate (minus the loss) over the last ``window``
+    steps is below ``start_elbo`` + :data:`NO_GAIN_NATS` + two standard errors (and, like
     :func:`_deadline_hook`, when the budget is spent)."""
 
     def __init__(self, climb: _Climb, start_elbo: float, window: int):
