@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,22 @@ def test_a_richer_family_goes_on_where_it_gains_and_stops_where_it_cannot():
     assert richer.rung == "richer" and richer.status == "done"
     assert len(richer.fit.losses) == vl.NO_GAIN_STEP
     assert "found nothing its start lacked" in richer.facts["no_gain"] in richer.stopped
+
+
+@pytest.mark.parametrize(
+    ("offset", "stops"), [(-2.0, False), (-0.1, True), (0.02, True), (0.3, False)]
+)
+def test_a_richer_fit_stops_only_where_it_is_back_at_its_starts_elbo(offset, stops):
+    """At step 300 a fit whose ELBO sits at its start's (within -0.5 and +0.05 nats, widened by
+    its noise) stops; one still 2 nats below (recovering from its first steps) or 0.3 above
+    (gaining) goes on."""
+    climb = types.SimpleNamespace(deadline=time.perf_counter() + 3600)
+    watch = vl._GainWatch(climb, start_elbo=-50.0, window=100)
+    rng = np.random.default_rng(0)
+    losses = 50.0 - offset + 0.05 * rng.standard_normal(vl.NO_GAIN_STEP)
+    asked = [watch(step, float(loss), None) for step, loss in enumerate(losses)]
+    assert asked[-1] is stops and not any(asked[:-1])
+    assert (watch.note is not None) is stops
 
 
 def test_noncentred_model_maps_draws_back_to_the_users_site():
