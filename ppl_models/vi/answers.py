@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import diagnostics
 from .compare import compare
+from .verdict_text import names
 
 # the verdict labels (as ppl_models.vi.verdict names them)
 TRUSTWORTHY, MEANS_ONLY, NOT_TRUSTWORTHY = "trustworthy", "means-only", "not-trustworthy"
@@ -317,14 +318,14 @@ def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[s
     if no_means:
         label = NOT_TRUSTWORTHY
         reasons.append(
-            f"The draws cannot estimate the means of {_listed(no_means)}: their tails are too "
+            f"The draws cannot estimate the means of {names(no_means)}: their tails are too "
             f"heavy ({tails}), as a Cauchy's are, and more draws do not cure a tail. A more "
             "informative prior, or a reparametrisation that lightens the tail, would."
         )
     elif no_sds:
         label = MEANS_ONLY
         reasons.append(
-            f"The sds of {_listed(no_sds)} cannot be estimated from these draws ({tails}): an sd "
+            f"The sds of {names(no_sds)} cannot be estimated from these draws ({tails}): an sd "
             "computed from them may be far from the posterior's, and only their means and "
             "quantiles are certified. More draws do not cure a tail; a more informative prior, "
             "or a reparametrisation that lightens it, would."
@@ -358,15 +359,11 @@ def mcmc_verdict(rows: list[dict], checks: dict) -> tuple[str, list[str], list[s
     return label, reasons, off
 
 
-def _listed(names: list[str]) -> str:
-    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-
-
 def _heavy_tails_reason(checks: dict) -> str:
     """What the sds of ``checks["heavy_tails"]`` lack (:mod:`ppl_models.vi.neutra`)."""
     heavy = checks["heavy_tails"]
     return (
-        f"The sd{'s' if len(heavy) > 1 else ''} of {_listed(heavy)} "
+        f"The sd{'s' if len(heavy) > 1 else ''} of {names(heavy)} "
         f"rest{'' if len(heavy) > 1 else 's'} on a "
         f"tail too heavy for its Monte Carlo error to be known (Pareto k-hat of the squared "
         f"deviations {checks['max_sd_tail_khat']:.2f}, at least {checks['sd_tail_khat_limit']:.2f}"

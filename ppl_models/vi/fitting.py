@@ -56,6 +56,7 @@ from .script import model_data
 from .settings import CUSTOM, GUIDES, FitSettings
 from .unconstrained import check_bounds, dynamic_sites, evaluate, guide_layout
 from .vectorization import vectorization_ok
+from .verdict_text import names
 from .vmapped import LOOP, PLATE, VMAP, VmappedElbo, evaluation_ok, vmap_ok
 
 
@@ -314,12 +315,10 @@ def _note_point_estimates(fit: SviFit) -> None:
     if not estimates:
         return
     fit.extras["point_estimates"] = {k: v.tolist() for k, v in estimates.items()}
-    names = list(estimates)
-    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     fit.notes.append(
-        f"The model's own parameters ({shown}) were fitted as point estimates alongside the "
-        "guide (type-II maximum likelihood): the posterior, and every check of it, is "
-        "conditional on their values."
+        f"The model's own parameters ({names(list(estimates))}) were fitted as point "
+        "estimates alongside the guide (type-II maximum likelihood): the posterior, and every "
+        "check of it, is conditional on their values."
     )
 
 
