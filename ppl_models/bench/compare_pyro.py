@@ -722,13 +722,13 @@ def print_table(r: dict) -> None:
             if restart:
                 if restart["collapsed"]:
                     why = f"{', '.join(restart['collapsed'])} collapsed"
-                elif not restart["converged_from_map"]:
-                    why = "the fit from the MAP start did not converge"
-                else:
+                elif restart["start_gain"] is not None:
                     why = (
                         f"the fit from the MAP start rose {restart['start_gain'][0]:.3g} nats "
                         "above its start's ELBO"
                     )
+                else:
+                    why = "the fit from the MAP start did not converge"
                 print(
                     f"{row['posterior']}, seed {run['seed']}: the package refitted from Pyro's "
                     f"start ({why}) and kept the {restart['kept']} fit"

@@ -51,7 +51,15 @@ from .guides import WhitenedGuide, make_guide
 from .local import LocalLatentGuide, LocalVmappedElbo, local_guide_refusal
 from .masked import masked_imputations, stand_in_note, with_stand_ins
 from .modules import adopt_local_params, model_modules, module_parameters, point_estimates
-from .restart import START_ELBO_DRAWS, better_of, doubt, elbo_estimate
+from .restart import (
+    START_ELBO_DRAWS,
+    better_of,
+    doubt,
+    elbo_estimate,
+    gain_over_start,
+    higher_elbo,
+    left_its_start,
+)
 from .script import model_data
 from .settings import CUSTOM, GUIDES, FitSettings
 from .unconstrained import check_bounds, dynamic_sites, evaluate, guide_layout
@@ -255,18 +263,37 @@ def fit_svi(
         fit = _fit_once(problem, settings)
         in_doubt = doubt(fit)
         if in_doubt:  # a MAP start whose fit collapsed or did not converge: try Pyro's start
-            trained = [copy.deepcopy(m.state_dict()) for m in modules]
-            _load(modules, initial)
-            retry = _fit_once(_refitting(problem), settings.replace(init="prior"))
-            fit = better_of(fit, retry, in_doubt)
-            if fit is not retry:
-                _load(modules, trained)
+            fit = _refitted(problem, settings, fit, in_doubt, initial)
         _note_point_estimates(fit)
         if stand_ins:
             fit.notes.append(stand_in_note(stand_ins))
     fit.settings = _settings_record(fit, settings, threads, context)
     fit.seconds = time.perf_counter() - start
     return fit
+
+
+def _refitted(
+    problem: _Problem, settings: FitSettings, first: SviFit, in_doubt, initial: list
+) -> SviFit:
+    """The better of ``first`` (from a MAP start, in doubt) and a refit from Pyro's start, the
+    model's modules left as the kept fit's. A first fit stopped early because it left its start
+    behind is run to its end, from its start again, where the refit's final ELBO is not above
+    the stopped fit's: the early stop only saves time where the refit wins."""
+    modules = problem.modules
+    first_state = [copy.deepcopy(m.state_dict()) for m in modules]
+    _load(modules, initial)
+    retry = _fit_once(_refitting(problem), settings.replace(init="prior"))
+    if in_doubt.left_at is not None and not higher_elbo(retry, first):
+        retry_state = [copy.deepcopy(m.state_dict()) for m in modules]
+        _load(modules, initial)
+        first = _fit_once(problem, settings, leave_start=False)
+        first_state = [copy.deepcopy(m.state_dict()) for m in modules]
+        _load(modules, retry_state)
+        in_doubt = doubt(first) or in_doubt
+    kept = better_of(first, retry, in_doubt)
+    if kept is not retry:
+        _load(modules, first_state)
+    return kept
 
 
 @dataclass(frozen=True)
@@ -322,8 +349,9 @@ def _note_point_estimates(fit: SviFit) -> None:
     )
 
 
-def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
-    """One fit from the start ``settings.init``: build the guide, train, average."""
+def _fit_once(problem: _Problem, settings: FitSettings, leave_start: bool = True) -> SviFit:
+    """One fit from the start ``settings.init``: build the guide, train, average; stopped
+    where it leaves a Laplace start behind (unless ``leave_start`` is false)."""
     model, guide_name, data = problem.fit_model, problem.guide_name, problem.data
     hooks, context, device, dtype = problem.hooks, problem.context, problem.device, problem.dtype
     start = time.perf_counter()
@@ -353,7 +381,16 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
     optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
     decay = (settings.lr_final / settings.lr) ** (1.0 / settings.steps)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
-    recorder = _Recorder(params, settings, hooks, scheduler, fitted, context, minibatched)
+    recorder = _Recorder(
+        params,
+        settings,
+        hooks,
+        scheduler,
+        fitted,
+        context,
+        minibatched,
+        start_elbo if leave_start else None,
+    )
     validation = contextlib.nullcontext() if settings.validate else pyro.validation_enabled(False)
     with validation, context.lost_ranks_reported():
         result = train(
@@ -396,6 +433,7 @@ def _fit_once(problem: _Problem, settings: FitSettings) -> SviFit:
             "stopped_early": result.stopped_early,
             "averaged_steps": recorder.count,
             "start_elbo": start_elbo,
+            "left_start": recorder.left_start,
         },
         vectorization=vectorization,
         discrete=problem.discrete,
@@ -626,13 +664,24 @@ def _objective(problem: _Problem, guide, settings: FitSettings, vectorization: s
 class _Recorder:
     """The loop's ``on_step``: records every loss (the ranks' mean under ``torchrun``), sums
     the iterates of the averaging window, logs, applies the convergence rule when asked to stop
-    early, and calls the caller's hooks."""
+    early, stops a fit from a Laplace start as soon as a window's ELBO has left the start's
+    behind (:func:`~ppl_models.vi.restart.left_its_start`: the restart guard will refit it
+    from Pyro's start, so its remaining steps would be wasted), and calls the caller's hooks."""
 
     def __init__(
-        self, params, settings: FitSettings, hooks: FitHooks, scheduler, guide, context, subsampled
+        self,
+        params,
+        settings: FitSettings,
+        hooks: FitHooks,
+        scheduler,
+        guide,
+        context,
+        subsampled,
+        start_elbo=None,
     ):
         self.params, self.settings, self.hooks = params, settings, hooks
-        self.subsampled = subsampled
+        self.subsampled, self.start_elbo = subsampled, start_elbo
+        self.left_start: dict | None = None  # the step and gain where the fit left its start
         self.scheduler, self.guide, self.context = scheduler, guide, context
         self.first = int(settings.steps * (1 - settings.average_window))
         self.sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
@@ -659,6 +708,9 @@ class _Recorder:
                     np.array(self.losses), s.eval_every, s.tolerance, subsampled=self.subsampled
                 )
                 stop = report["held"]
+            gain = gain_over_start(self.losses, self.start_elbo, s.eval_every)
+            if step + 1 < s.steps and left_its_start(gain):
+                self.left_start, stop = {"step": step + 1, "gain": list(gain)}, True
         on_log = self.hooks.on_log
         if on_log is not None and (
             step % self.hooks.log_every == 0 or window_end or step + 1 == s.steps

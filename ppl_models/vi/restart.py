@@ -17,6 +17,11 @@ fit with the higher final ELBO
 
 estimated from the same number :math:`S` of draws for both (:func:`final_elbo`), so that the
 package's fit is never worse than the one plain Pyro would have made.
+
+The gain is watched window by window during the fit (:func:`left_its_start`), so a fit that has
+left its start behind is stopped there: its remaining steps would only be refitted. Where the
+refit's final ELBO does not beat the stopped fit's, the fit from the MAP start is run again to
+its end, and the two final fits decide as above.
 """
 
 from __future__ import annotations
@@ -42,11 +47,13 @@ START_ELBO_DRAWS = 256  # draws of the Laplace start's ELBO (16 steps' worth at 
 @dataclass(frozen=True)
 class Doubt:
     """Why a fit from a MAP start is fitted again from Pyro's start: the bounded coordinates
-    it ran towards their bounds, or its failure to converge."""
+    it ran towards their bounds, its failure to converge, or its rise above its start (by the
+    step ``left_at`` where it was stopped for it, or by its end)."""
 
     collapsed: list[tuple[str, str]]
     converged: bool
     gain: tuple[float, float] | None = None  # ELBO gained over the start, its standard error
+    left_at: int | None = None  # the step where the fit was stopped for its gain
 
     def words(self) -> str:
         if self.collapsed:
@@ -57,16 +64,17 @@ class Doubt:
                 f"ran {names}{more} towards {their} bound (a collapsing scale, as in a "
                 "funnel's neck)"
             )
-        if not self.converged:
+        if self.gain is not None:
+            gain, se = self.gain
+            by = "" if self.left_at is None else f" by step {self.left_at}, where it was stopped,"
             return (
-                "did not meet its convergence rule (the Laplace approximation at the mode was a "
-                "poor start, as at the mode of a funnel's neck)"
+                f"rose {gain:.3g} ± {se:.2g} nats above the ELBO of the Laplace approximation it "
+                f"started from{by} (more than {START_GAIN_NATS:g}: the mode is not where the "
+                "posterior's mass is, as at the mode of a funnel's neck)"
             )
-        gain, se = self.gain
         return (
-            f"rose {gain:.3g} ± {se:.2g} nats above the ELBO of the Laplace approximation it "
-            f"started from (more than {START_GAIN_NATS:g}: the mode is not where the "
-            "posterior's mass is, as at the mode of a funnel's neck)"
+            "did not meet its convergence rule (the Laplace approximation at the mode was a "
+            "poor start, as at the mode of a funnel's neck)"
         )
 
 
@@ -75,36 +83,54 @@ def doubt(fit: SviFit) -> Doubt | None:
     fitted location lies more than e^5 times nearer their bound than the feasible point the MAP
     search began from (more than 5 outwards in the unconstrained space), as a group scale
     collapses to zero in a funnel's neck; a convergence rule that failed; or an ELBO gain over
-    the start beyond :data:`START_GAIN_NATS` (:func:`start_gain`). Fits from other starts began
-    at Pyro's start already: there is nothing else to try."""
+    the start beyond :data:`START_GAIN_NATS` (:func:`start_gain`), which stops the fit as soon
+    as a window shows it (``fit.extras["left_start"]``: the step and the gain). Fits from other
+    starts began at Pyro's start already: there is nothing else to try."""
     start = getattr(fit.guide, "start", None)
     if start is None or start.method != "laplace":
         return None
     origin = start.origin if start.origin is not None else start.loc
     loc = fit.guide.unconstrained_mean().to(origin)
     collapsed = ran_to_boundary(origin, loc, fit.guide.coordinates())
+    left = fit.extras.get("left_start")
+    if left is not None and not collapsed:  # stopped early for its gain: the rest was not run
+        return Doubt([], False, tuple(left["gain"]), left["step"])
     assessed = len(fit.convergence.get("window_means", ())) >= 2  # a rule that could not be
     if collapsed or (assessed and not fit.converged):  # applied (too few steps) accuses nothing
         return Doubt(collapsed, fit.converged)
     gain = start_gain(fit)
-    if gain is not None and gain[0] - 2 * gain[1] > START_GAIN_NATS:
+    if left_its_start(gain):
         return Doubt([], True, gain)
     return None
 
 
 def start_gain(fit: SviFit) -> tuple[float, float] | None:
-    r"""The ELBO the fit gained over its Laplace start, with its standard error: the mean of
-    the last ``eval_every`` recorded ELBO estimates less the start's own
-    (``fit.extras["start_elbo"]``, :data:`START_ELBO_DRAWS` draws of the start before the first
-    step), :math:`\bar L_{\rm end} - \hat L_0`, standard error
+    """The ELBO the fit gained over its Laplace start by its last step, with its standard error
+    (:func:`gain_over_start` of its recorded losses)."""
+    return gain_over_start(
+        fit.losses, fit.extras.get("start_elbo"), fit.convergence.get("eval_every", 0)
+    )
+
+
+def gain_over_start(losses, start, window: int) -> tuple[float, float] | None:
+    r"""The ELBO gained over a Laplace start, with its standard error: the mean of the last
+    ``window`` ELBO estimates (negated ``losses``) less the start's own ``start`` (mean and
+    standard error of :data:`START_ELBO_DRAWS` draws of the start before the first step),
+    :math:`\bar L_{\rm end} - \hat L_0`, standard error
     :math:`\sqrt{s_{\rm end}^2 / n + se_0^2}`. None without a start's ELBO or enough finite
     losses."""
-    start, window = fit.extras.get("start_elbo"), fit.convergence.get("eval_every", 0)
-    last = -np.asarray(fit.losses[-window:], dtype=np.float64) if window else np.empty(0)
+    last = -np.asarray(losses[-window:], dtype=np.float64) if window else np.empty(0)
     if start is None or len(last) < 2 or not np.isfinite(last).all():
         return None
     se = math.hypot(last.std(ddof=1) / math.sqrt(len(last)), start[1])
     return float(last.mean() - start[0]), float(se)
+
+
+def left_its_start(gain: tuple[float, float] | None) -> bool:
+    """Whether a gain over the Laplace start (:func:`gain_over_start`) exceeds
+    :data:`START_GAIN_NATS` by more than two standard errors: the start was not where the
+    posterior's mass is."""
+    return gain is not None and gain[0] - 2 * gain[1] > START_GAIN_NATS
 
 
 def better_of(first: SviFit, retry: SviFit, doubt: Doubt) -> SviFit:
@@ -128,11 +154,17 @@ def better_of(first: SviFit, retry: SviFit, doubt: Doubt) -> SviFit:
         "collapsed": [name for name, _ in doubt.collapsed],
         "converged_from_map": doubt.converged,
         "start_gain": None if doubt.gain is None else list(doubt.gain),
+        "stopped_at_step": doubt.left_at,
         "elbo_map_start": [m0, se0],
         "elbo_pyro_start": [m1, se1],
         "kept": "pyro-start" if keep else "map-start",
     }
     return kept
+
+
+def higher_elbo(fit: SviFit, other: SviFit) -> bool:
+    """Whether ``fit``'s final ELBO estimate (:func:`final_elbo`) is above ``other``'s."""
+    return final_elbo(fit)[0] > final_elbo(other)[0]
 
 
 def final_elbo(fit: SviFit, draws: int = 0, seed: int = 0) -> tuple[float, float]:
