@@ -38,7 +38,7 @@ from ppl_models.vi import ladder as vl
 from ppl_models.vi.answers import mcmc_verdict
 from ppl_models.vi.fitting import fit_svi
 from ppl_models.vi.ladder import fit_auto
-from ppl_models.vi.neutra import mcmc_checks, run_nuts
+from ppl_models.vi.neutra import RETRY_TARGETS, mcmc_checks, run_nuts
 from ppl_models.vi.nuts import NutsRun, VectorizedNuts, compiled_potential
 from ppl_models.vi.references import Reference
 from ppl_models.vi.reparam import noncentred
@@ -345,6 +345,28 @@ def test_nuts_rung_runs_again_from_the_best_gaussian_where_the_flows_run_fails(m
 
 
 # ----------------------------------------------------------------------------- the NUTS sampler
+
+
+def test_nuts_warms_up_again_towards_095_then_099_while_it_diverges():
+    # Neal's funnel (y ~ N(0, 3), x ~ N(0, e^{y/2})) preconditioned by a diagonal Gaussian:
+    # no step size suits both the neck and the mouth, so the chains diverge at 0.8 and again
+    # at 0.95; each time they are warmed up again towards a higher acceptance (Stan's advice),
+    # and a run that still diverges at 0.99 fails its checks
+    def funnel():
+        y = pyro.sample("y", dist.Normal(0.0, 3.0))
+        pyro.sample("x", dist.Normal(0.0, torch.exp(y / 2)))
+
+    fit = fit_svi(funnel, "auto-normal", {}, steps=300, device="cpu", dtype=F64)
+    settings = NutsLadderSettings(warmup=150, draws=100, max_draws=100)
+    draws = run_nuts(fit, settings, seed=0)
+    checks = draws.checks
+    assert RETRY_TARGETS == (0.95, 0.99) and checks["target_accept"] == 0.99
+    before = checks["divergences_before_retry"]
+    assert len(before) == 2 and min(before) > 0
+    retries = [n for n in draws.notes if "warmed up again" in n]
+    assert "towards 0.95" in retries[0] and "towards 0.99" in retries[1]
+    if checks["divergences"]:
+        assert not checks["passed"]
 
 
 def test_vectorized_nuts_samples_a_correlated_gaussian_and_a_student_t():

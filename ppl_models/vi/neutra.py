@@ -20,7 +20,9 @@ doubles the kept draws until the checks hold or the draws or the time run out:
 - every element's rank-normalised split R-hat at most 1.01 (Vehtari et al. 2021);
 - every element's bulk and tail ESS at least 400;
 - no divergent transition after warm-up (a divergence means a region the integrator cannot
-  follow, and its absence from the draws a bias).
+  follow, and its absence from the draws a bias). After divergences the chains are warmed up
+  again towards a higher target acceptance, 0.95 and then 0.99 (shorter steps: Stan's advice
+  of raising ``adapt_delta``), and their draws made again.
 
 Each element's squared deviations from its mean have a Pareto tail :math:`\hat k`
 (:func:`ppl_models.pareto.squared_deviation_khat`), twice the :math:`\hat k` of its own tails.
@@ -60,7 +62,7 @@ from .traces import per_draw_value
 from .unconstrained import evaluate_draws, guide_layout
 from .vmapped import LOOP, PLATE, VMAP, log_joint_fn
 
-RETRY_TARGET = 0.95  # the target acceptance of the second warm-up after divergences
+RETRY_TARGETS = (0.95, 0.99)  # the target acceptances of the warm-ups after divergences
 MAX_R_HAT = 1.01
 MIN_ESS = 400.0
 SD_TAIL_KHAT = 0.5  # at and above it an sd's estimator has no finite variance (module docstring)
@@ -368,7 +370,7 @@ def _run_nuts(fit, settings: NutsLadderSettings, seed: int, deadline: float | No
         target_accept=settings.target_accept,
     )
     warmup_seconds = sampling_seconds = 0.0
-    retried = None
+    retried: list[int] = []  # the divergences of each run before a retry
     while True:
         t = time.perf_counter()
         finished = sampler.warmup(settings.warmup, deadline)
@@ -381,14 +383,15 @@ def _run_nuts(fit, settings: NutsLadderSettings, seed: int, deadline: float | No
         # divergences in a region the adapted step is too long for (a banana's or a funnel's
         # tails): warm up once more towards a higher acceptance, with shorter steps, and redraw
         diverged = checks.get("divergences") if finished and not stopped_early else 0
-        if diverged and retried is None and sampler.target < RETRY_TARGET:
-            retried = diverged
+        higher = [t for t in RETRY_TARGETS if t > sampler.target]
+        if diverged and higher:
+            retried.append(diverged)
             notes.append(
                 f"{diverged} transition(s) diverged at target acceptance {sampler.target:g}: "
-                f"the chains were warmed up again towards {RETRY_TARGET:g} (shorter steps) and "
-                "their draws made again; only the second run's draws are kept."
+                f"the chains were warmed up again towards {higher[0]:g} (shorter steps) and "
+                "their draws made again; only the last run's draws are kept."
             )
-            sampler.target = RETRY_TARGET
+            sampler.target = higher[0]
             sampler.discard()
             continue
         break
@@ -408,7 +411,7 @@ def _run_nuts(fit, settings: NutsLadderSettings, seed: int, deadline: float | No
     checks.update(
         rounds=rounds,
         target_accept=sampler.target,
-        divergences_before_retry=retried,
+        divergences_before_retry=retried or None,
         warmup_seconds=warmup_seconds,
         sampling_seconds=run.sampling_seconds,
         compiled=compiled.how,
