@@ -3,9 +3,10 @@ closed form; a constant element against a constant reference."""
 
 import arviz as az
 import numpy as np
+import pytest
 from scipy import stats
 
-from ppl_models.vi.compare import compare, hdi
+from ppl_models.vi.compare import compare, hdi, ks_and_wasserstein
 from ppl_models.vi.references import Reference
 from ppl_models.vi.verdict import VerdictRules, reference_checks
 
@@ -38,3 +39,19 @@ def test_an_element_constant_in_both_q_and_the_reference_agrees_and_is_not_stand
     assert abs(varying["std_mean_error"]) < 0.3 and varying["sd_ratio"] > 0.8
     off = fixed | {"mean": constant + 1e-3}
     assert not reference_checks(off, 20_000, VerdictRules())["certified"]
+
+
+def test_ks_and_wasserstein_are_scipys_statistics():
+    # one sort of each sample gives scipy's two-sample KS statistic and 1-Wasserstein distance,
+    # ties (rounded draws) and samples of different sizes and tails included
+    rng = np.random.default_rng(3)
+    pairs = [
+        (rng.normal(size=20_000), rng.standard_t(3, size=4_000)),
+        (rng.normal(size=50), rng.normal(0.3, 2.0, size=70)),
+        (np.round(rng.normal(size=1_000), 1), np.round(rng.normal(size=800), 1)),
+        (rng.exponential(size=(300, 2)), rng.exponential(size=(2, 250))),
+    ]
+    for a, b in pairs:
+        ks, w1 = ks_and_wasserstein(a, b)
+        assert ks == pytest.approx(stats.ks_2samp(a.ravel(), b.ravel()).statistic, abs=1e-12)
+        assert w1 == pytest.approx(stats.wasserstein_distance(a.ravel(), b.ravel()), abs=1e-12)

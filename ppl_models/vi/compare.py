@@ -8,8 +8,9 @@ For every scalar element (``beta[1]`` style, 1-based) of every latent and determ
   weights) and their Monte Carlo standard errors;
 - against a reference with draws :math:`y` (mean :math:`m_r`, sd :math:`s_r`): the
   standardised mean error :math:`(m_q - m_r)/s_r`, the sd ratio :math:`s_q/s_r`,
-  :math:`W_1(q, r)/s_r` (``scipy.stats.wasserstein_distance`` on the draws, so for any support)
-  and the two-sample Kolmogorov-Smirnov distance (``scipy.stats.ks_2samp``); the reference's
+  :math:`W_1(q, r)/s_r` (on the draws, so for any support) and the two-sample
+  Kolmogorov-Smirnov distance, both from one sort of each sample (:func:`ks_and_wasserstein`,
+  the statistics of ``scipy.stats.wasserstein_distance`` and ``ks_2samp``); the reference's
   own Monte Carlo errors (ArviZ's ``mcse_mean``/``mcse_sd`` and ESS, which account for its
   chains' autocorrelation) and its rank-normalised split R-hat are kept so that the verdict
   can allow for them, and refuse a reference whose chains disagree.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 from .. import diagnostics
 from ..importance import WeightedMoments
@@ -69,6 +69,20 @@ def hdi(draws: np.ndarray, prob: float = HDI_PROB) -> tuple[np.ndarray, np.ndarr
     start = np.argmin(widths, axis=0)
     columns = np.arange(ordered.shape[1])
     return ordered[start, columns], ordered[start + inside, columns]
+
+
+def ks_and_wasserstein(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    r"""The two-sample Kolmogorov-Smirnov statistic :math:`\sup_x |F_a(x) - F_b(x)|` and the
+    1-Wasserstein distance :math:`\int |F_a(x) - F_b(x)|\,dx` of the empirical CDFs of ``a``
+    and ``b``, from one sort of each (``scipy.stats.ks_2samp`` and
+    ``scipy.stats.wasserstein_distance`` each sort both samples again)."""
+    a, b = np.sort(a.ravel()), np.sort(b.ravel())
+    pooled = np.sort(np.concatenate([a, b]))
+    gap = np.abs(
+        np.searchsorted(a, pooled, side="right") / len(a)
+        - np.searchsorted(b, pooled, side="right") / len(b)
+    )
+    return float(gap.max()), float(np.sum(gap[:-1] * np.diff(pooled)))
 
 
 def compare(
@@ -167,6 +181,7 @@ def compare(
             else:
                 ref_mean, ref_sd = float(np.mean(flat_ref)), float(np.std(flat_ref))
             ess = [e for e in (rs["ess_bulk"], rs["ess_tail"]) if math.isfinite(e)]
+            ks, w1 = ks_and_wasserstein(draws_j, flat_ref)
             row.update(
                 ref_mean=ref_mean,
                 ref_sd=ref_sd,
@@ -174,14 +189,14 @@ def compare(
                 ref_mcse_sd=_finite(rs["mcse_sd"]),
                 ref_ess=min(ess) if ess else None,
                 ref_r_hat=_finite(rs["r_hat"]),
-                ks=float(stats.ks_2samp(draws_j, flat_ref).statistic),
+                ks=ks,
                 ks_draws=kept,
             )
             if ref_sd > 0:
                 row.update(
                     std_mean_error=(mean - ref_mean) / ref_sd,
                     sd_ratio=sd / ref_sd,
-                    w1_over_sd=float(stats.wasserstein_distance(draws_j, flat_ref)) / ref_sd,
+                    w1_over_sd=w1 / ref_sd,
                 )
         rows.append(row)
     return rows
