@@ -21,8 +21,10 @@ doubles the kept draws until the checks hold or the draws or the time run out:
 - every element's bulk and tail ESS at least 400;
 - no divergent transition after warm-up (a divergence means a region the integrator cannot
   follow, and its absence from the draws a bias). After divergences the chains are warmed up
-  again towards a higher target acceptance, 0.95 and then 0.99 (shorter steps: Stan's advice
-  of raising ``adapt_delta``), and their draws made again.
+  again towards a target acceptance of 0.95 (shorter steps: Stan's advice of raising
+  ``adapt_delta``), and their draws made again; and once more towards 0.99 where at most 1% of
+  the transitions still diverge (:func:`retry_target`). Many divergences at 0.95 are the
+  geometry (a funnel's neck), which no step size cures: a reparameterization does.
 
 Each element's squared deviations from its mean have a Pareto tail :math:`\hat k`
 (:func:`ppl_models.pareto.squared_deviation_khat`), twice the :math:`\hat k` of its own tails.
@@ -63,6 +65,7 @@ from .unconstrained import evaluate_draws, guide_layout
 from .vmapped import LOOP, PLATE, VMAP, log_joint_fn
 
 RETRY_TARGETS = (0.95, 0.99)  # the target acceptances of the warm-ups after divergences
+FEW_DIVERGENCES = 0.01  # at most this share of transitions diverging: a step size can cure it
 MAX_R_HAT = 1.01
 MIN_ESS = 400.0
 SD_TAIL_KHAT = 0.5  # at and above it an sd's estimator has no finite variance (module docstring)
@@ -383,15 +386,16 @@ def _run_nuts(fit, settings: NutsLadderSettings, seed: int, deadline: float | No
         # divergences in a region the adapted step is too long for (a banana's or a funnel's
         # tails): warm up once more towards a higher acceptance, with shorter steps, and redraw
         diverged = checks.get("divergences") if finished and not stopped_early else 0
-        higher = [t for t in RETRY_TARGETS if t > sampler.target]
-        if diverged and higher:
+        transitions = c * (rounds[-1] if rounds else 0)
+        target = retry_target(sampler.target, diverged, transitions) if diverged else None
+        if target is not None:
             retried.append(diverged)
             notes.append(
                 f"{diverged} transition(s) diverged at target acceptance {sampler.target:g}: "
-                f"the chains were warmed up again towards {higher[0]:g} (shorter steps) and "
+                f"the chains were warmed up again towards {target:g} (shorter steps) and "
                 "their draws made again; only the last run's draws are kept."
             )
-            sampler.target = higher[0]
+            sampler.target = target
             sampler.discard()
             continue
         break
@@ -435,6 +439,19 @@ def _run_nuts(fit, settings: NutsLadderSettings, seed: int, deadline: float | No
         seconds=time.perf_counter() - start,
         notes=notes,
     )
+
+
+def retry_target(target: float, divergences: int, transitions: int) -> float | None:
+    """The target acceptance of the next warm-up after ``divergences`` of ``transitions``
+    diverged at ``target``: the next of :data:`RETRY_TARGETS` above it, the first always and
+    the later ones only where at most :data:`FEW_DIVERGENCES` of the transitions diverged;
+    None where there is none to try."""
+    higher = [t for t in RETRY_TARGETS if t > target]
+    if not higher or (
+        len(higher) < len(RETRY_TARGETS) and divergences > FEW_DIVERGENCES * transitions
+    ):
+        return None
+    return higher[0]
 
 
 def _rounds(sampler, fit, move, settings, finished, deadline):
