@@ -218,3 +218,25 @@ def test_a_stopped_fit_is_run_to_its_end_where_the_refit_is_no_better(monkeypatc
     (m0, _), (m1, _) = restart["elbo_map_start"], restart["elbo_pyro_start"]
     assert restart["kept"] == ("pyro-start" if m1 > m0 else "map-start")
     assert "where it was stopped" not in fit.notes[0]
+
+
+def test_lbfgs_asked_by_a_stop_rule_still_runs_to_the_minimum():
+    # Rosenbrock's valley (minimum at (1, 1)) beside four coordinates whose curvatures span
+    # 1e-4 to 1e4: the strong-Wolfe line search takes several evaluations an iteration, so
+    # the rounds between two questions to the stop rule end on their evaluation budget; such a
+    # round is not a convergence, and the search goes on to the minimum it reaches without
+    # the rule
+    from ppl_models.vi.initialization import lbfgs_minimum
+
+    def potential(z):
+        stiff = torch.logspace(-4, 4, 4, dtype=z.dtype)
+        valley = 100 * (z[1] - z[0] ** 2) ** 2 + (1 - z[0]) ** 2
+        return valley + 0.5 * (stiff * z[2:] ** 2).sum()
+
+    start = torch.tensor([-1.5, 2.0, 3.0, -2.0, 1.0, 0.5], dtype=torch.float64)
+    plain = lbfgs_minimum(potential, start, 100)
+    asked = lbfgs_minimum(potential, start, 100, stop=lambda z: False)
+    for found in (plain, asked):
+        assert found.converged and not found.stopped
+        torch.testing.assert_close(found.point[:2], torch.ones(2, dtype=torch.float64))
+    assert asked.iterations == plain.iterations

@@ -213,3 +213,24 @@ def test_a_missed_mode_is_judged_by_what_it_does_to_the_moments(search, label):
     )
     assert v.label == label
     assert any("never visits" in r for r in v.reasons)
+
+
+def test_a_traced_potential_is_used_only_where_it_agrees_with_the_model():
+    # a smooth potential is compiled (its value and gradient those of the eager one at fresh
+    # points); one whose Python branches on a value is traced down one branch, disagrees at a
+    # point on the other side, and is kept eager
+    def smooth(z):
+        return (z**2).sum() / 2 + torch.logsumexp(z, 0)
+
+    def branching(z):
+        return (z**2).sum() if float(z[0]) > 0 else (z**4).sum()
+
+    points = [torch.tensor(p, dtype=torch.float64) for p in ([0.3, -1.0], [1.5, 2.0], [-0.7, 0.4])]
+    fast = modes.traced(smooth, points)
+    assert fast is not smooth
+    z = torch.tensor([-2.5, 0.25], dtype=torch.float64, requires_grad=True)
+    value, grad = modes._value_and_grad(fast, z)
+    assert value == pytest.approx(float(smooth(z)), rel=1e-12)
+    expected = (z + torch.softmax(z, 0)).detach().numpy()  # the gradient in closed form
+    np.testing.assert_allclose(grad, expected, rtol=1e-12)
+    assert modes.traced(branching, points) is branching

@@ -310,15 +310,20 @@ def lbfgs_minimum(
         path.append(z.detach().clone())
         return value
 
-    failure, stopped, k = None, False, 0
+    failure, stopped, k, evals = None, False, 0, 0
+    max_eval, total_evals = optimizer.defaults["max_eval"], iterations * 5 // 4
     try:
         with torch.enable_grad():
-            while k < iterations:
+            while k < iterations and evals < total_evals:
                 optimizer.step(closure)
-                before, k = k, int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
-                if k == before or k < before + rounds:  # converged within the round
+                state = optimizer.state[optimizer._params[0]]
+                before, k = k, int(state.get("n_iter", 0))
+                spent, evals = int(state.get("func_evals", 0)) - evals, int(state["func_evals"])
+                # one call without a stop rule; with one, a round that ended before its
+                # iterations and its evaluations ran out ended on a tolerance: converged
+                if stop is None or k == before or (k < before + rounds and spent < max_eval):
                     break
-                if stop is not None and stop(z.detach()):
+                if stop(z.detach()):
                     stopped = True
                     break
     except Exception as err:  # noqa: BLE001 - the model failed at an extreme point

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -61,6 +62,7 @@ INIT_RADIUS = 2.0  # Stan's uniform(-2, 2) initial values in the unconstrained s
 ELLIPSOID_LEVEL = 0.99
 MIN_VISITED = 0.01
 MODE_ITERATIONS = 100  # a mode of a 2-20-parameter model takes 10-50; a funnel has none
+TRACE_CHECKS = 3  # starting points where a traced potential must agree with the model
 MIN_STARTS = 2  # starts made whatever the budget ...
 ALL_STARTS_UP_TO = 50  # ... and all of them up to this dimension: a small search is cheap, and
 # its result must not depend on how busy the machine is
@@ -171,6 +173,43 @@ def potential(
     return energy
 
 
+def traced(
+    energy: Callable[[torch.Tensor], torch.Tensor], points: list[torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``energy`` compiled by ``torch.jit.trace`` at ``points[0]``, where the trace gives the
+    eager function's value and gradient (relative and absolute 1e-7) at every other point: the
+    model's Python and Pyro's handlers then run once, not at every L-BFGS evaluation. Otherwise
+    (a model whose code branches on values, or one that cannot be traced) ``energy`` itself."""
+    example, *others = points
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn = torch.jit.trace(
+                energy, (example.detach().clone().requires_grad_(True),), check_trace=False
+            )
+        for z in others:
+            (u0, g0), (u1, g1) = _value_and_grad(energy, z), _value_and_grad(fn, z)
+            if not (math.isfinite(u0) and math.isfinite(u1)):
+                if math.isfinite(u0) != math.isfinite(u1):
+                    return energy
+                continue
+            if not (np.isclose(u0, u1, rtol=1e-7, atol=1e-7) and np.allclose(g0, g1, 1e-7, 1e-7)):
+                return energy
+    except Exception:  # noqa: BLE001 - any failure to trace or to run the trace: stay eager
+        return energy
+    return fn
+
+
+def _value_and_grad(fn: Callable, z: torch.Tensor) -> tuple[float, np.ndarray | None]:
+    z = z.detach().clone().to(torch.float64).requires_grad_(True)
+    with torch.enable_grad():
+        value = fn(z)
+        if not bool(torch.isfinite(value)):
+            return math.inf, None
+        (grad,) = torch.autograd.grad(value, z)
+    return float(value.detach()), grad.numpy()
+
+
 def _prior_starts(model: Callable, data: dict, lw: LogWeights, n: int) -> list[torch.Tensor]:
     """Up to ``n`` prior draws mapped to the unconstrained space (none when a prior cannot be
     sampled, as a flat prior cannot)."""
@@ -273,12 +312,13 @@ def search_modes(
 
         always = len(points) if d <= ALL_STARTS_UP_TO else MIN_STARTS
         share, least = rank_starts(len(points), always, ctx.rank, ctx.world_size)
+        fast = traced(energy, [q_mean, *points[:TRACE_CHECKS]])
         mine = []
         for i in share:
             spent = time.perf_counter() - began
             if budget is not None and len(mine) >= least and spent > budget:
                 break
-            mine.append(_portable(lbfgs_minimum(energy, points[i], iterations, stop=in_q)))
+            mine.append(_portable(lbfgs_minimum(fast, points[i], iterations, stop=in_q)))
     parts = ctx.gather(mine)
     if parts is None:
         return None
