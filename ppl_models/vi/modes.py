@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,6 +54,7 @@ from ..svi import local_params
 from .enumeration import Discrete, log_joint_at
 from .initialization import Minimum, lbfgs_minimum
 from .logweights import LogWeights
+from .nuts import compiled_potential
 from .settings import DiagnosisSettings
 from .unconstrained import evaluate, parts
 
@@ -177,37 +177,15 @@ def traced(
     energy: Callable[[torch.Tensor], torch.Tensor], points: list[torch.Tensor]
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``energy`` compiled by ``torch.jit.trace`` at ``points[0]``, where the trace gives the
-    eager function's value and gradient (relative and absolute 1e-7) at every other point: the
-    model's Python and Pyro's handlers then run once, not at every L-BFGS evaluation. Otherwise
-    (a model whose code branches on values, or one that cannot be traced) ``energy`` itself."""
-    example, *others = points
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fn = torch.jit.trace(
-                energy, (example.detach().clone().requires_grad_(True),), check_trace=False
-            )
-        for z in others:
-            (u0, g0), (u1, g1) = _value_and_grad(energy, z), _value_and_grad(fn, z)
-            if not (math.isfinite(u0) and math.isfinite(u1)):
-                if math.isfinite(u0) != math.isfinite(u1):
-                    return energy
-                continue
-            if not (np.isclose(u0, u1, rtol=1e-7, atol=1e-7) and np.allclose(g0, g1, 1e-7, 1e-7)):
-                return energy
-    except Exception:  # noqa: BLE001 - any failure to trace or to run the trace: stay eager
+    eager function's value and gradient at every other point
+    (:func:`~ppl_models.vi.nuts.compiled_potential`, on batches of one point): the model's
+    Python and Pyro's handlers then run once, not at every L-BFGS evaluation. Otherwise (a
+    model whose code branches on values, or one that cannot be traced) ``energy`` itself."""
+    example, *others = (p.detach().to(torch.float64).unsqueeze(0) for p in points)
+    compiled = compiled_potential(lambda v: energy(v[0]).reshape(1), example, others)
+    if compiled.traced is None:
         return energy
-    return fn
-
-
-def _value_and_grad(fn: Callable, z: torch.Tensor) -> tuple[float, np.ndarray | None]:
-    z = z.detach().clone().to(torch.float64).requires_grad_(True)
-    with torch.enable_grad():
-        value = fn(z)
-        if not bool(torch.isfinite(value)):
-            return math.inf, None
-        (grad,) = torch.autograd.grad(value, z)
-    return float(value.detach()), grad.numpy()
+    return lambda z: compiled.traced(z.unsqueeze(0))[0]
 
 
 def _prior_starts(model: Callable, data: dict, lw: LogWeights, n: int) -> list[torch.Tensor]:

@@ -71,11 +71,13 @@ def potential_and_grad(potential: Callable[[torch.Tensor], torch.Tensor], dtype)
 @dataclass
 class Compiled:
     """A potential ready for the sampler: ``fn`` and how it was made (``"jit"`` or
-    ``"eager"``, and why not jit)."""
+    ``"eager"``, and why not jit); ``traced``, the torch function ``torch.jit.trace`` made and
+    the checks accepted (None when eager)."""
 
     fn: PotentialGrad
     how: str
     note: str = ""
+    traced: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def compiled_potential(
@@ -132,7 +134,7 @@ def compiled_potential(
                 "the traced potential disagreed with the model at fresh points (its Python code "
                 "branches on values), so the model runs eagerly",
             )
-    return Compiled(compiled, "jit")
+    return Compiled(compiled, "jit", traced=traced)
 
 
 @contextlib.contextmanager
