@@ -56,8 +56,8 @@ from .restart import (
     better_of,
     doubt,
     elbo_estimate,
+    final_elbos,
     gain_over_start,
-    higher_elbo,
     left_its_start,
 )
 from .script import model_data
@@ -283,14 +283,17 @@ def _refitted(
     first_state = [copy.deepcopy(m.state_dict()) for m in modules]
     _load(modules, initial)
     retry = _fit_once(_refitting(problem), settings.replace(init="prior"))
-    if in_doubt.left_at is not None and not higher_elbo(retry, first):
+    scored = final_elbos(first, retry)
+    (stopped, _), (refit, _) = scored[1]
+    if in_doubt.left_at is not None and not refit > stopped:
         retry_state = [copy.deepcopy(m.state_dict()) for m in modules]
         _load(modules, initial)
         first = _fit_once(problem, settings, leave_start=False)
         first_state = [copy.deepcopy(m.state_dict()) for m in modules]
         _load(modules, retry_state)
         in_doubt = doubt(first) or in_doubt
-    kept = better_of(first, retry, in_doubt)
+        scored = final_elbos(first, retry)
+    kept = better_of(first, retry, in_doubt, scored)
     if kept is not retry:
         _load(modules, first_state)
     return kept

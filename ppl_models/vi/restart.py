@@ -133,11 +133,23 @@ def left_its_start(gain: tuple[float, float] | None) -> bool:
     return gain is not None and gain[0] - 2 * gain[1] > START_GAIN_NATS
 
 
-def better_of(first: SviFit, retry: SviFit, doubt: Doubt) -> SviFit:
-    """The fit with the higher final ELBO (estimated from the same number of guide draws, with
-    its standard error), with a note on both."""
+def final_elbos(first: SviFit, retry: SviFit) -> tuple[int, list[tuple[float, float]]]:
+    """The number of guide draws (:data:`FINAL_ELBO_DRAWS`, an eighth of it for a model run
+    one draw at a time) and both fits' final ELBOs from that many (:func:`final_elbo`)."""
     draws = FINAL_ELBO_DRAWS if first.vectorized else FINAL_ELBO_DRAWS // 8
-    elbos = [final_elbo(f, draws) for f in (first, retry)]
+    return draws, [final_elbo(f, draws) for f in (first, retry)]
+
+
+def better_of(
+    first: SviFit,
+    retry: SviFit,
+    doubt: Doubt,
+    scored: tuple[int, list[tuple[float, float]]] | None = None,
+) -> SviFit:
+    """The fit with the higher final ELBO (estimated from the same number of guide draws, with
+    its standard error: ``scored``, :func:`final_elbos` where the caller has them), with a note
+    on both."""
+    draws, elbos = scored or final_elbos(first, retry)
     keep = 1 if elbos[1][0] > elbos[0][0] else 0
     (m0, se0), (m1, se1) = elbos
     words = "the refit" if keep else "the fit from the MAP start"
@@ -160,11 +172,6 @@ def better_of(first: SviFit, retry: SviFit, doubt: Doubt) -> SviFit:
         "kept": "pyro-start" if keep else "map-start",
     }
     return kept
-
-
-def higher_elbo(fit: SviFit, other: SviFit) -> bool:
-    """Whether ``fit``'s final ELBO estimate (:func:`final_elbo`) is above ``other``'s."""
-    return final_elbo(fit)[0] > final_elbo(other)[0]
 
 
 def final_elbo(fit: SviFit, draws: int = 0, seed: int = 0) -> tuple[float, float]:
