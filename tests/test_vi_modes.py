@@ -96,7 +96,9 @@ def test_a_unimodal_posterior_has_no_missed_mode():
     fit = FakeFit(model, normal_guide(m, torch.full_like(m, s)), data, max_plate_nesting=2)
     summary = diagnose(fit, None, draws=DRAWS, progress=False).summary
     search = summary["mode_search"]
-    assert search["modes_found"] == 1 and search["missed"] == []
+    # every start ends at the one mode or is stopped on its way there, inside q's region
+    assert search["missed"] == [] and search["modes_found"] <= 1
+    assert search["minima"] + search["stopped_in_q"] == search["run"] == search["starts"]
     assert all(c["mean_shift"] == 0.0 for c in search["coordinates"])
     assert summary["verdict"] == TRUSTWORTHY
 
@@ -136,7 +138,7 @@ def _split_search(out: Path) -> None:
         def broken(*args, **kwargs):
             raise RuntimeError("rank 1's start broke")
 
-        modes.lbfgs_minimum = broken  # in this process only
+        modes.lbfgsb_minimum = broken  # in this process only
         with pytest.raises(RuntimeError, match="rank 1's start broke"):
             search_modes(fit.model, fit.data, lw, starts=2, context=ctx)
 
@@ -157,8 +159,12 @@ def test_two_ranks_split_the_starts_and_find_the_modes_of_one_process(tmp_path, 
         assert a.visited == b.visited
     assert split.shares() == pytest.approx(whole.shares(), rel=1e-8)
     # both modes, where the closed form puts them
+    # the mode q misses, where the closed form puts it; starts towards q's own mode stop
+    # inside q's region, or reach that mode where q's region is left behind
     found = sorted(float(m.loc[0]) for m in whole.modes)
-    assert found == pytest.approx([_sign_mode(-1.0)[0], _sign_mode(1.0)[0]], abs=1e-4)
+    assert found[0] == pytest.approx(_sign_mode(-1.0)[0], abs=1e-4)
+    assert found[1:] == pytest.approx([_sign_mode(1.0)[0]] * len(found[1:]), abs=1e-4)
+    assert whole.in_q + whole.minima == whole.run
 
     summary = saved["summary"]
     search = summary["mode_search"]

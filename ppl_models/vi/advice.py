@@ -311,7 +311,8 @@ def _funnels(findings: list[Finding], summary: dict) -> list[tuple[str, list[str
     collapsed = set(start.get("collapsed") or [])
     blamed = {n.split("[")[0] for f in findings for n in f.off}
     shape_trouble = any(f.kind in _SHAPE_KINDS for f in findings)
-    no_minimum = (summary.get("mode_search") or {}).get("minima") == 0
+    search = summary.get("mode_search") or {}
+    no_minimum = search.get("minima") == 0 and not search.get("stopped_in_q")
     out = []
     for site, parents in scales.items():
         ran = any(p in collapsed or p.split("[")[0] in collapsed for p in parents)

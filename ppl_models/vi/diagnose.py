@@ -428,13 +428,13 @@ def _diagnosis(
             )
             + (
                 ""
-                if modes.minima
+                if modes.minima or modes.in_q
                 else " No start reached a minimum (the density may have none, as in a funnel), "
                 "so the search could not look for missed modes."
             )
             + (
                 f" Starts stopped on: {'; '.join(modes.failures[:3])}."
-                if modes.failures and not modes.minima
+                if modes.failures and not (modes.minima or modes.in_q)
                 else ""
             )
         )
