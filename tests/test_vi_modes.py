@@ -138,7 +138,7 @@ def _split_search(out: Path) -> None:
         def broken(*args, **kwargs):
             raise RuntimeError("rank 1's start broke")
 
-        modes.lbfgsb_minimum = broken  # in this process only
+        modes.lbfgs_minimum = broken  # in this process only
         with pytest.raises(RuntimeError, match="rank 1's start broke"):
             search_modes(fit.model, fit.data, lw, starts=2, context=ctx)
 

@@ -23,8 +23,8 @@ feasible point, no whitening, and a guide scale of 0.1 (Pyro's ``init_scale``), 
 can move as freely as in a plain Pyro fit. The note says why: the Hessian was not positive
 definite, L-BFGS stopped short of a minimum, or a bounded site ran towards its boundary.
 
-The search for modes q never visits (:mod:`ppl_models.vi.modes`) uses :func:`lbfgsb_minimum`,
-SciPy's L-BFGS-B with a stop rule, the cheaper minimiser for many small starts.
+:func:`lbfgs_minimum` is also the minimiser of the search for modes q never visits
+(:mod:`ppl_models.vi.modes`).
 """
 
 from __future__ import annotations
@@ -34,12 +34,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger
-from scipy import optimize
 from torch.distributions import biject_to
 
 LBFGS_ITERATIONS = 200  # enough for a 20-parameter MAP in float64; a funnel stops here
@@ -273,6 +271,7 @@ def lbfgs_minimum(
     iterations: int = LBFGS_ITERATIONS,
     *,
     curvature: str = "auto",
+    stop: Callable[[torch.Tensor], bool] | None = None,
 ) -> Minimum:
     r"""Minimise :math:`U` by L-BFGS (strong-Wolfe line search, float64) from ``start``.
 
@@ -283,8 +282,10 @@ def lbfgs_minimum(
     ``curvature`` says how the Hessian is found: ``"dense"`` (``d`` Hessian-vector products),
     ``"diagonal"`` (its diagonal, estimated from :data:`DIAGONAL_PROBES` of them: enough for a
     mean-field start, and cheap at any ``d``), ``"none"``, or ``"auto"`` (dense up to
-    :data:`DENSE_CURVATURE` coordinates). Torch's L-BFGS runs on the potential's own device;
-    a search with a stop rule uses :func:`lbfgsb_minimum`.
+    :data:`DENSE_CURVATURE` coordinates). ``stop(z)``, asked at every point that lowers
+    :math:`U` below all before it (each accepted iterate, and the line search's downhill
+    trials), may end the search there (for example once it is inside a basin already known);
+    the result then says ``stopped``.
     """
     z = start.detach().clone().to(torch.float64).requires_grad_(True)
     optimizer = torch.optim.LBFGS(
@@ -298,23 +299,33 @@ def lbfgs_minimum(
         line_search_fn="strong_wolfe",
     )
     path = [z.detach().clone()]  # every finite point L-BFGS evaluated, in order
+    lowest = math.inf
 
     def closure():
+        nonlocal lowest
         optimizer.zero_grad()
         value = potential(z)
         if not bool(torch.isfinite(value)):
             raise FloatingPointError("the potential became non-finite")
         value.backward()
         path.append(z.detach().clone())
+        if stop is not None and float(value.detach()) < lowest:
+            lowest = float(value.detach())
+            if stop(path[-1]):
+                raise _Stopped
         return value
 
-    failure = None
+    failure, stopped = None, False
     try:
         with torch.enable_grad():
             optimizer.step(closure)
+    except _Stopped:
+        stopped = True
     except Exception as err:  # noqa: BLE001 - the model failed at an extreme point
-        failure = _message(err)
+        failure = f"{type(err).__name__}: {err}".splitlines()[0]
     k = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+    if stopped:
+        return Minimum(path, k, None, False, math.inf, stopped=True)  # ends where it stopped
     if failure is None and bool(torch.isfinite(z).all()):
         path.append(z.detach().clone())  # the accepted point (trial points were recorded too)
     if failure is not None:
@@ -322,68 +333,8 @@ def lbfgs_minimum(
     return with_curvature(Minimum(path, k, None, False, math.inf), potential, curvature)
 
 
-def lbfgsb_minimum(
-    potential: Callable[[torch.Tensor], torch.Tensor],
-    start: torch.Tensor,
-    iterations: int = LBFGS_ITERATIONS,
-    *,
-    stop: Callable[[torch.Tensor], bool],
-    curvature: str = "auto",
-) -> Minimum:
-    r"""Minimise :math:`U` from ``start`` by SciPy's L-BFGS-B (no bounds), asking ``stop(z)``
-    after every iteration whether to end early (for example once inside a basin already known;
-    the result then says ``stopped``).
-
-    The cheaper minimiser for a many-start search: its compiled iterations and line search
-    (More and Thuente's, mostly one evaluation an iteration) take about half the time of
-    :func:`lbfgs_minimum`'s on a small model, whose every evaluation then dominates. The
-    tolerances, evaluation budget, history and minimum test are :func:`lbfgs_minimum`'s
-    (:math:`\lvert\nabla U\rvert_\infty \le 10^{-9}`, relative change :math:`10^{-14}`).
-    Each evaluation crosses to NumPy: meant for the CPU.
-    """
-    like = start.detach().to(torch.float64)
-    failure, stopped, last = None, False, like.clone()
-
-    def value_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
-        z = torch.from_numpy(x).to(like).requires_grad_(True)
-        with torch.enable_grad():
-            value = potential(z)
-            (grad,) = torch.autograd.grad(value, z)
-        if not bool(torch.isfinite(value)):
-            raise FloatingPointError("the potential became non-finite")
-        return float(value.detach()), grad.detach().cpu().numpy()
-
-    def ask(intermediate_result: optimize.OptimizeResult) -> None:
-        nonlocal stopped, last
-        last = torch.from_numpy(intermediate_result.x.copy()).to(like)
-        if stop(last):
-            stopped = True
-            raise StopIteration
-
-    options = {"maxiter": iterations, "maxfun": iterations * 5 // 4, "maxcor": 20}
-    options |= {"gtol": 1e-9, "ftol": 1e-14}
-    k = 0
-    try:
-        found = optimize.minimize(
-            value_and_grad,
-            like.cpu().numpy(),
-            jac=True,
-            method="L-BFGS-B",
-            callback=ask,
-            options=options,
-        )
-        k, last = int(found.nit), torch.from_numpy(found.x).to(like)
-    except Exception as err:  # noqa: BLE001 - the model failed at an extreme point
-        failure = _message(err)
-    path = [like.clone(), last]  # the start and where the search ended
-    if failure is not None or stopped or not bool(torch.isfinite(last).all()):
-        return Minimum(path, k, failure, False, math.inf, stopped=stopped)
-    return with_curvature(Minimum(path, k, None, False, math.inf), potential, curvature)
-
-
-def _message(err: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    return f"{type(err).__name__}: {err}".splitlines()[0]
+class _Stopped(Exception):
+    """Raised inside L-BFGS's closure when the caller's stop rule ends the search."""
 
 
 def with_curvature(found: Minimum, potential: Callable, curvature: str = "auto") -> Minimum:
@@ -409,7 +360,8 @@ def with_curvature(found: Minimum, potential: Callable, curvature: str = "auto")
             precision, tril = None, None
             decrement = float((grad * diag).norm()) if pd else math.inf
     except Exception as err:  # noqa: BLE001
-        return dataclasses.replace(found, failure=_message(err))
+        failure = f"{type(err).__name__}: {err}".splitlines()[0]
+        return dataclasses.replace(found, failure=failure)
     return dataclasses.replace(
         found,
         converged=pd and decrement < 1e-2,

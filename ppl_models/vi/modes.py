@@ -7,7 +7,7 @@ of a multimodal posterior, :math:`\log w` is nearly constant on q's draws, so k-
 search that looks elsewhere can see it; this module runs one (as Pathfinder's multiple paths
 and Stan's dispersed initial values do):
 
-1. L-BFGS (:func:`ppl_models.vi.initialization.lbfgsb_minimum`) minimises the potential
+1. L-BFGS (:func:`ppl_models.vi.initialization.lbfgs_minimum`) minimises the potential
    :math:`U(u) = -\log p(x, T(u)) - \log\lvert\det J_T(u)\rvert` in the guide's unconstrained
    space from ``starts`` points: half uniform in :math:`(-2, 2)^D` (Stan's initial values),
    half drawn from the prior (where it can be sampled);
@@ -52,7 +52,7 @@ from scipy.special import logsumexp
 from ..distributed import Context
 from ..svi import local_params
 from .enumeration import Discrete, log_joint_at
-from .initialization import Minimum, lbfgsb_minimum
+from .initialization import Minimum, lbfgs_minimum
 from .logweights import LogWeights
 from .nuts import compiled_potential
 from .settings import DiagnosisSettings
@@ -296,7 +296,7 @@ def search_modes(
             spent = time.perf_counter() - began
             if budget is not None and len(mine) >= least and spent > budget:
                 break
-            mine.append(_portable(lbfgsb_minimum(fast, points[i], iterations, stop=in_q)))
+            mine.append(_portable(lbfgs_minimum(fast, points[i], iterations, stop=in_q)))
     parts = ctx.gather(mine)
     if parts is None:
         return None
