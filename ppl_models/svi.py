@@ -141,13 +141,16 @@ class Objective(torch.nn.Module):
                 yield value
 
 
-def make_objective(model: Callable, guide: Callable, elbo: ELBO, kind: str = "plain") -> Objective:
+def make_objective(
+    model: Callable, guide: Callable, elbo: ELBO, kind: str = "plain", *, warn: bool = True
+) -> Objective:
     """Return the negative-ELBO loss of ``model``/``guide`` as an :class:`Objective` module.
 
     ``kind`` is ``plain`` (Pyro runs model and guide under its handlers on every call) or
     ``traced`` (:class:`ppl_models.traced.TracedObjective`: the same loss, traced once per input
     signature and replayed as a graph of tensor operations, for a pair with a static structure;
-    it falls back to the plain path, with a warning, where tracing cannot be trusted).
+    it falls back to the plain path where tracing cannot be trusted, with a warning unless
+    ``warn`` is false).
 
     Call it once before building the optimizer: parameters are created on first use.
     """
@@ -156,7 +159,7 @@ def make_objective(model: Callable, guide: Callable, elbo: ELBO, kind: str = "pl
     if kind == "traced":
         from .traced import TracedObjective  # imported on demand: it loads torch.fx's tracer
 
-        return TracedObjective(model, guide, elbo)
+        return TracedObjective(model, guide, elbo, warn=warn)
     return Objective(model, guide, elbo)
 
 

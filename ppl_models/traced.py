@@ -25,11 +25,13 @@ floats, the graph as tensors.
 Operations that depend on nothing but constants (the log-scale of a ``Normal(0, 1)`` prior, the
 copies of Python numbers Pyro turns into tensors) are computed once at tracing time.
 
-The plain path stays the fallback, chosen per call, when tracing cannot be trusted: tensors in
-keyword arguments or non-hashable arguments, an effect handler around the call (``poutine.scale``,
-``condition``), or a model or guide that reads a tensor's value into Python while it runs (data-
-dependent control flow, which a graph would freeze at the traced values). A fallback is announced
-once by a warning and recorded in :attr:`TracedObjective.fallback_reason`.
+Tensor arguments, positional or keyword (a model script's data), are inputs of the graph; the
+other arguments are part of its signature. The plain path stays the fallback, chosen per call,
+when tracing cannot be trusted: non-hashable arguments, an effect handler around the call
+(``poutine.scale``, ``condition``), or a model or guide that reads a tensor's value into Python
+while it runs (data-dependent control flow, which a graph would freeze at the traced values). A
+fallback is recorded in :attr:`TracedObjective.fallback_reason` and announced once by a warning
+(unless the caller reports it itself: ``warn=False``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class TracedObjective(Objective):
     builds) can be traced; the model and guide must have a static structure.
     """
 
-    def __init__(self, model: Callable, guide: Callable, elbo: ELBO):
+    def __init__(self, model: Callable, guide: Callable, elbo: ELBO, *, warn: bool = True):
         if type(elbo) not in TRACEABLE_ELBOS:
             raise ValueError(
                 f"a traced objective needs Trace_ELBO or TraceMeanField_ELBO, got "
@@ -98,6 +100,7 @@ class TracedObjective(Objective):
         super().__init__(model, guide, elbo)
         self._graphs: dict = {}
         self.fallback_reason: str | None = None
+        self.warn = warn
 
     def reset(self) -> None:
         """Forget every traced graph; the next call traces again."""
@@ -122,16 +125,17 @@ class TracedObjective(Objective):
         if isinstance(graph, str):
             return self._plain(graph, args, kwargs)
         gm, inputs = graph
-        return gm(*inputs, *(a for a in args if isinstance(a, torch.Tensor)))
+        return gm(*inputs, *_tensors(args, kwargs))
 
     # ------------------------------------------------------------------ the fallback
 
     def _plain(self, reason: str, args, kwargs) -> torch.Tensor:
         if self.fallback_reason is None:
             self.fallback_reason = reason
-            warnings.warn(
-                f"traced objective: using the plain Trace_ELBO path ({reason})", stacklevel=3
-            )
+            if self.warn:
+                warnings.warn(
+                    f"traced objective: using the plain Trace_ELBO path ({reason})", stacklevel=3
+                )
         return super().forward(*args, **kwargs)
 
     # ------------------------------------------------------------------ tracing
@@ -140,15 +144,12 @@ class TracedObjective(Objective):
         if _PYRO_STACK:
             raise _Untraceable("the call runs under a Pyro effect handler")
         parts = [self.training]
-        for name, value in sorted(kwargs.items()):
+        for name, value in [*enumerate(args), *sorted(kwargs.items())]:
             if isinstance(value, torch.Tensor):
-                raise _Untraceable(f"keyword argument {name!r} is a tensor")
-            parts.append((name, _hashable(value)))
-        for value in args:
-            if isinstance(value, torch.Tensor):
-                parts.append((tuple(value.shape), value.dtype, value.device, value.requires_grad))
+                parts.append((name, tuple(value.shape), value.dtype, value.device))
+                parts.append(value.requires_grad)
             else:
-                parts.append(_hashable(value))
+                parts.append((name, _hashable(value)))
         return tuple(parts)
 
     def _trace(self, args, kwargs) -> tuple[torch.fx.GraphModule, tuple[torch.Tensor, ...]]:
@@ -165,12 +166,16 @@ class TracedObjective(Objective):
             super().forward(*args, **kwargs)
         inputs = (*self.parameters(), *self.elbo.buffers())
         positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        names = [k for k, v in sorted(kwargs.items()) if isinstance(v, torch.Tensor)]
 
         def loss(*tensors):
-            call_args = list(args)
-            for i, tensor in zip(positions, tensors[len(inputs) :], strict=True):
-                call_args[i] = tensor
-            return _negative_elbo(self.elbo, tuple(call_args), kwargs)
+            call_args, call_kwargs = list(args), dict(kwargs)
+            given = iter(tensors[len(inputs) :])
+            for i in positions:
+                call_args[i] = next(given)
+            for name in names:
+                call_kwargs[name] = next(given)
+            return _negative_elbo(self.elbo, tuple(call_args), call_kwargs)
 
         with (
             torch.random.fork_rng(devices=devices),
@@ -179,7 +184,7 @@ class TracedObjective(Objective):
         ):
             warnings.simplefilter("ignore")  # tracer notes on constants and aliasing
             try:
-                gm = make_fx(loss, pre_dispatch=True)(*inputs, *(args[i] for i in positions))
+                gm = make_fx(loss, pre_dispatch=True)(*inputs, *_tensors(args, kwargs))
             except RuntimeError as err:
                 # make_fx refuses to read a traced tensor's value into Python (data-dependent
                 # control flow); the plain evaluation above has shown the model itself runs
@@ -200,6 +205,12 @@ class TracedObjective(Objective):
             _fold_constants(gm)
             _drop_identities(gm)
         return gm, inputs
+
+
+def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensor arguments in the graph's order: positional, then keyword by name."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return tensors + [v for _, v in sorted(kwargs.items()) if isinstance(v, torch.Tensor)]
 
 
 def _hashable(value) -> tuple:

@@ -189,6 +189,39 @@ def test_score_function_surrogate_matches():
             assert plain_grad != 0
 
 
+def regression_model(x, y, prior_scale=10.0):
+    w = pyro.sample("w", dist.Normal(0.0, prior_scale).expand([x.shape[-1]]).to_event(1))
+    sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+    with pyro.plate("data", len(y)):
+        mean = (w.unsqueeze(-2) * x).sum(-1)  # broadcasts over vectorized particles
+        pyro.sample("y", dist.Normal(mean, sigma[..., None]), obs=y)
+
+
+def test_tensor_keyword_arguments_are_inputs_of_the_graph():
+    # a model script's data comes as keywords: tensors become graph inputs (in name order),
+    # other values part of the signature; new data of the same shape replays the same graph
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 3), torch.randn(30)
+    with pyro.get_param_store().scope():
+        guide = pyro.infer.autoguide.AutoNormal(regression_model)
+        plain = make_objective(regression_model, guide, make_elbo("trace", particles=4))
+        traced = make_objective(regression_model, guide, make_elbo("trace", particles=4), "traced")
+        plain(x=x, y=y)  # creates the guide's parameters
+        params = list(plain.parameters())
+        calls = [{"x": x, "y": y}, {"y": -y, "x": 2 * x}, {"x": x, "y": y, "prior_scale": 2.0}]
+        for kwargs in calls:
+            torch.manual_seed(3)
+            expected = plain(**kwargs)
+            want = torch.autograd.grad(expected, params)
+            for _ in range(2):  # the tracing call, then a replay
+                torch.manual_seed(3)
+                loss = traced(**kwargs)
+                torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
+                for mine, theirs in zip(torch.autograd.grad(loss, params), want, strict=True):
+                    torch.testing.assert_close(mine, theirs, rtol=1e-8, atol=1e-10)
+    assert traced.fallback_reason is None and len(traced._graphs) == 2  # prior_scale: another
+
+
 # ----------------------------------------------------------------------------- the fallback
 
 
@@ -216,6 +249,14 @@ def test_data_dependent_control_flow_falls_back_to_the_plain_path():
             expected = plain(value)
             torch.manual_seed(0)
             torch.testing.assert_close(traced(value), expected)
+
+
+def test_a_fallback_can_be_left_to_the_caller_to_report(recwarn):
+    with pyro.get_param_store().scope():
+        traced = make_objective(branching_model, mu_guide, make_elbo("trace"), "traced", warn=False)
+        traced(torch.tensor([1.0, 2.0]))
+    assert "cannot be traced" in traced.fallback_reason
+    assert not [w for w in recwarn if "plain Trace_ELBO path" in str(w.message)]
 
 
 def test_a_tensor_that_requires_grad_outside_the_parameters_falls_back():

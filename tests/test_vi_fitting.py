@@ -106,6 +106,43 @@ def test_linear_regression_matches_the_closed_form(name):
         assert (q_corr - corr).abs().max() < 0.05
 
 
+def test_a_full_data_fit_is_traced_and_gives_the_plain_fit_to_the_last_digit(monkeypatch):
+    # the traced objective replays the plain Trace_ELBO's tensor operations on the same draws:
+    # the same seeded fit ends at the same parameters; forced plain, the fit says so
+    data = regression_data()
+    traced = fit_svi(regression, "auto-mvn", data, steps=150, device="cpu")
+    assert traced.extras["objective"] == "traced"
+    from ppl_models.vi import fitting
+
+    plain_kind = fitting.make_objective
+    monkeypatch.setattr(
+        fitting, "make_objective", lambda m, g, e, kind, **kw: plain_kind(m, g, e, "plain", **kw)
+    )
+    plain = fit_svi(regression, "auto-mvn", data, steps=150, device="cpu")
+    assert plain.extras["objective"] == "plain"
+    for (name, mine), (_, theirs) in zip(
+        traced.guide.named_parameters(), plain.guide.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-12, msg=name)
+    np.testing.assert_allclose(traced.losses, plain.losses, rtol=1e-12)
+
+
+def branching_normal_mean(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    if float(x.sum()) > 0:  # reads a value into Python: a trace would freeze the branch
+        with pyro.plate("obs", len(x)):
+            pyro.sample("x", dist.Normal(mu, 0.8), obs=x)
+
+
+def test_a_model_that_cannot_be_traced_is_fitted_plainly_without_a_warning(recwarn):
+    fit = fit_svi(branching_normal_mean, "auto-normal", {"x": X_OBS}, steps=300, device="cpu")
+    assert fit.extras["objective"].startswith("plain (the loss cannot be traced")
+    assert not [w for w in recwarn if "traced objective" in str(w.message)]
+    m, s = normal_mean_posterior(X_OBS)
+    mean, cov = q_moments(fit)
+    assert abs(float(mean[0]) - m) / s < 0.1
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_whitening_fits_a_posterior_with_tiny_sds(dtype):
     """Posterior sd 1e-3 around 1 (the sblri-blr trap): the mean within 0.1 posterior sd."""

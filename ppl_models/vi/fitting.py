@@ -1,7 +1,8 @@
 r"""Fit any Pyro model by SVI: :func:`fit_svi` returns an :class:`SviFit`.
 
 The machinery is the exponential-normal fit's (:mod:`ppl_models.svi`): the negative ELBO as a
-module (:func:`~ppl_models.svi.make_objective`), Adam, a step size decaying geometrically from
+module (:func:`~ppl_models.svi.make_objective`; traced, :class:`~ppl_models.traced.TracedObjective`,
+where every step sees all the data and the model allows it), Adam, a step size decaying geometrically from
 ``lr`` to ``lr_final``, the shared loop :func:`~ppl_models.svi.train`, and suffix averaging of
 the iterates: the fitted parameters are the mean of the iterates
 :math:`\theta_s,\ s \ge \lfloor (1 - w) T \rfloor` over the last fraction :math:`w` of the
@@ -364,7 +365,8 @@ def _fit_once(problem: _Problem, settings: FitSettings, leave_start: bool = True
     plate = problem.plate
     init_seconds = time.perf_counter() - start
     vectorization = _vectorization(problem, fitted, nesting, settings, notes)
-    loss_fn = _objective(problem, fitted, settings, vectorization, nesting)
+    full_data = not _subsamples(plate, settings, context) and not context.parallel
+    loss_fn = _objective(problem, fitted, settings, vectorization, nesting, traced=full_data)
     step_loss, batches = _step_losses(
         context.wrap(loss_fn),
         data,
@@ -437,6 +439,7 @@ def _fit_once(problem: _Problem, settings: FitSettings, leave_start: bool = True
             "averaged_steps": recorder.count,
             "start_elbo": start_elbo,
             "left_start": recorder.left_start,
+            "objective": _objective_record(loss_fn),
         },
         vectorization=vectorization,
         discrete=problem.discrete,
@@ -638,8 +641,23 @@ def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, not
     return LOOP
 
 
-def _objective(problem: _Problem, guide, settings: FitSettings, vectorization: str, nesting):
-    """The negative ELBO as a module whose parameters all exist (one warm-up call)."""
+def _objective(
+    problem: _Problem,
+    guide,
+    settings: FitSettings,
+    vectorization: str,
+    nesting: int,
+    *,
+    traced: bool = False,
+):
+    """The negative ELBO as a module whose parameters all exist (one warm-up call).
+
+    With ``traced`` (every step sees all the data, in one process) a ``Trace_ELBO`` or
+    ``TraceMeanField_ELBO`` objective is :class:`~ppl_models.traced.TracedObjective`: Pyro's
+    handlers run once, and each step replays their tensor operations, the same loss and
+    gradients to float rounding at a fraction of the Python work of a small model's step. A
+    model it cannot trace (values read into Python, parameters outside the objective) runs
+    Pyro's handlers at every step as before (:func:`_objective_record` says which)."""
     model, data = problem.fit_model, problem.data
     if vectorization == VMAP and isinstance(guide, LocalLatentGuide):
         loss_fn = LocalVmappedElbo(model, guide, settings.particles, problem.modules)
@@ -657,11 +675,19 @@ def _objective(problem: _Problem, guide, settings: FitSettings, vectorization: s
             vectorize_particles=vectorization == PLATE and settings.particles > 1,
             max_plate_nesting=nesting,
         )
-        loss_fn = make_objective(model, guide, estimator)
+        kind = "traced" if traced and not problem.discrete else "plain"
+        loss_fn = make_objective(model, guide, estimator, kind, warn=False)
     loss_fn(**data)  # builds every parameter (pyro.param sites too) before the optimizer
     if not list(loss_fn.parameters()):
         raise ValueError("the guide has no parameters to fit")
     return loss_fn
+
+
+def _objective_record(loss_fn) -> str:
+    """How the fit's steps evaluated the loss: ``traced``, or ``plain`` (and why not traced)."""
+    if getattr(loss_fn, "fallback_reason", None):
+        return f"plain ({loss_fn.fallback_reason})"
+    return "traced" if hasattr(loss_fn, "fallback_reason") else "plain"
 
 
 class _Recorder:
