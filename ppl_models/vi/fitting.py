@@ -1,12 +1,13 @@
 r"""Fit any Pyro model by SVI: :func:`fit_svi` returns an :class:`SviFit`.
 
 The machinery is the exponential-normal fit's (:mod:`ppl_models.svi`): the negative ELBO as a
-module (:func:`~ppl_models.svi.make_objective`; traced, :class:`~ppl_models.traced.TracedObjective`,
-where every step sees all the data and the model allows it), Adam, a step size decaying geometrically from
-``lr`` to ``lr_final``, the shared loop :func:`~ppl_models.svi.train`, and suffix averaging of
-the iterates: the fitted parameters are the mean of the iterates
-:math:`\theta_s,\ s \ge \lfloor (1 - w) T \rfloor` over the last fraction :math:`w` of the
-:math:`T` steps, which cancels the gradient noise left in the last iterate.
+module (:func:`~ppl_models.svi.make_objective`, traced by
+:class:`~ppl_models.traced.TracedObjective` where every step sees all the data and the model
+allows it), Adam, a step size decaying geometrically from ``lr`` to ``lr_final``, the shared
+loop :func:`~ppl_models.svi.train`, and suffix averaging of the iterates: the fitted parameters
+are the mean of the iterates :math:`\theta_s,\ s \ge \lfloor (1 - w) T \rfloor` over the
+last fraction :math:`w` of the :math:`T` steps, which cancels the gradient noise left in the
+last iterate.
 
 The model and guide are checked before the fit (:mod:`ppl_models.vi.checks`), the fit is
 checked as it runs by the convergence rule (:mod:`ppl_models.vi.convergence`), particles are
