@@ -127,6 +127,9 @@ def test_bad_inputs_end_in_one_line_and_exit_2(tmp_path, capsys):
     )
     cases.append((["fit", str(good), "--set", "lr=-1"], r"lr must be a positive number"))
     cases.append((["fit", str(good), "--set", "bogus=1"], r"unknown config key 'bogus'"))
+    cases.append(
+        (["fit", str(good), "--set", "objective=jit"], r"objective must be one of plain, traced")
+    )
     for args, pattern in cases:
         code, _, err = run_cli([*args, "--out", str(tmp_path / "out-never"), "--quiet"], capsys)
         assert_one_line_error(code, err, pattern)

@@ -366,8 +366,9 @@ def _fit_once(problem: _Problem, settings: FitSettings, leave_start: bool = True
     plate = problem.plate
     init_seconds = time.perf_counter() - start
     vectorization = _vectorization(problem, fitted, nesting, settings, notes)
-    full_data = not _subsamples(plate, settings, context) and not context.parallel
-    loss_fn = _objective(problem, fitted, settings, vectorization, nesting, traced=full_data)
+    traced = settings.objective == "traced" and not context.parallel
+    traced = traced and not _subsamples(plate, settings, context)  # the full data at every step
+    loss_fn = _objective(problem, fitted, settings, vectorization, nesting, traced=traced)
     step_loss, batches = _step_losses(
         context.wrap(loss_fn),
         data,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import require, require_svi_schedule
-from ..options import DEVICES, ELBO_KINDS
+from ..options import DEVICES, ELBO_KINDS, OBJECTIVE_KINDS
 
 GUIDES = ("auto-normal", "auto-mvn", "auto-lowrank", "auto-iaf")  # the package's autoguides
 CUSTOM = "custom"  # the model script's own guide(**data)
@@ -61,6 +61,11 @@ class FitSettings:
         ``stop_early`` stops once it holds.
     elbo
         ``trace`` (Monte Carlo) or ``meanfield`` (the analytic KL where one is registered).
+    objective
+        ``traced`` (where every step sees all the data, Pyro's handlers run once and each step
+        replays the loss's tensor operations: :class:`~ppl_models.traced.TracedObjective`) or
+        ``plain`` (Pyro's handlers at every step: for a model that reads state a trace cannot
+        see, such as NumPy's random generator).
     guide_options
         For the guide class: ``rank``, ``hidden_dims``, ``num_transforms``, ``iterations``.
     validate
@@ -86,6 +91,7 @@ class FitSettings:
     tolerance: float = 0.01  # Stan ADVI's tol_rel_obj
     stop_early: bool = False
     elbo: str = "trace"
+    objective: str = "traced"
     guide_options: Mapping[str, Any] = field(default_factory=dict)
     validate: bool = False
     threads: int | None = None
@@ -113,6 +119,7 @@ class FitSettings:
             "two numbers in [0, 1)",
         )
         _one_of("elbo", self.elbo, ELBO_KINDS)
+        _one_of("objective", self.objective, OBJECTIVE_KINDS)
         _one_of("init", self.init, INITS)
         _one_of("dtype", self.dtype, DTYPES)
         require(

@@ -57,6 +57,7 @@ class FitConfig:
     dtype: str = _FIT.dtype
     draws: int = _DIAGNOSIS.draws
     eval_every: int = _FIT.eval_every
+    objective: str = _FIT.objective
     nuts_warmup: int = _NUTS.warmup
     nuts_draws: int = _NUTS.draws
     nuts_chains: int = _NUTS.chains
@@ -123,6 +124,7 @@ class FitConfig:
             dtype=self.dtype,
             init=self.init,
             eval_every=self.eval_every,
+            objective=self.objective,
             guide_options={"rank": self.rank} if lowrank else {},
             data_plate=data_plate,
             batch_size=self.batch_size,
