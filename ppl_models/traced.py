@@ -28,10 +28,12 @@ copies of Python numbers Pyro turns into tensors) are computed once at tracing t
 Tensor arguments, positional or keyword (a model script's data), are inputs of the graph; the
 other arguments are part of its signature. The plain path stays the fallback, chosen per call,
 when tracing cannot be trusted: non-hashable arguments, an effect handler around the call
-(``poutine.scale``, ``condition``), or a model or guide that reads a tensor's value into Python
-while it runs (data-dependent control flow, which a graph would freeze at the traced values). A
-fallback is recorded in :attr:`TracedObjective.fallback_reason` and announced once by a warning
-(unless the caller reports it itself: ``warn=False``).
+(``poutine.scale``, ``condition``), a model or guide that reads a tensor's value into Python
+while it runs (data-dependent control flow, which a graph would freeze at the traced values),
+or a graph that does not give the plain path's loss and gradients on the same draws (checked
+once per signature: Pyro's ``OrderedLogistic`` computes its logits in a way the tracer
+records as a constant). A fallback is recorded in :attr:`TracedObjective.fallback_reason` and
+announced once by a warning (unless the caller reports it itself: ``warn=False``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ from .errors import one_line
 from .svi import Objective
 
 TRACEABLE_ELBOS = (Trace_ELBO, TraceMeanField_ELBO)
+# a graph must give the plain path's loss and gradients to this fraction of each one's largest
+# magnitude: float rounding (float32 sums, bf16 autocast) stays far below it, an operation a
+# trace got wrong (a value frozen at tracing time, a dropped dependency) far above
+CHECK_TOLERANCE = 1e-3
 
 _ATEN = torch.ops.aten
 # factories whose only tensor argument gives dtype, device (and for *_like, shape), all of which a
@@ -204,7 +210,46 @@ class TracedObjective(Objective):
         with torch.no_grad():
             _fold_constants(gm)
             _drop_identities(gm)
+        self._check(gm, inputs, args, kwargs, devices)
         return gm, inputs
+
+    def _check(self, gm, inputs: tuple, args, kwargs, devices: list[int]) -> None:
+        """Compare the graph with the plain objective on the same draws (each from the same
+        random state, which is then restored, so the check draws nothing): their losses and
+        the gradients of every input that requires grad must agree to
+        :data:`CHECK_TOLERANCE` of each one's largest magnitude. A graph that does not (an
+        operation a trace got wrong) is not used."""
+        wrt = [t for t in inputs if t.requires_grad]
+        results = []
+        for evaluate in (
+            lambda: super(TracedObjective, self).forward(*args, **kwargs),
+            lambda: gm(*inputs, *_tensors(args, kwargs)),
+        ):
+            with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+                loss = evaluate()
+                grads = torch.autograd.grad(loss, wrt, allow_unused=True) if wrt else ()
+            results.append([loss.detach(), *(g for g in grads if g is not None)])
+        plain, traced = results
+        if len(plain) != len(traced) or not all(
+            _agrees(t, p) for t, p in zip(traced, plain, strict=True)
+        ):
+            raise _Untraceable("the traced loss or its gradients disagreed with the plain path's")
+
+
+def _agrees(traced: torch.Tensor, plain: torch.Tensor) -> bool:
+    """Whether ``traced`` is ``plain`` within :data:`CHECK_TOLERANCE` of its largest
+    magnitude (NaN where the plain path has NaN)."""
+    if traced.shape != plain.shape:
+        return False
+    scale = (
+        float(plain.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max())
+        if plain.numel()
+        else 0.0
+    )
+    tolerance = CHECK_TOLERANCE * max(scale, 1e-12)
+    return bool(
+        torch.allclose(traced.float(), plain.float(), rtol=0.0, atol=tolerance, equal_nan=True)
+    )
 
 
 def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:

@@ -251,6 +251,37 @@ def test_data_dependent_control_flow_falls_back_to_the_plain_path():
             torch.testing.assert_close(traced(value), expected)
 
 
+def ordinal_model(x, y):
+    beta = pyro.sample("beta", dist.Normal(0.0, 2.0))
+    cut = dist.TransformedDistribution(
+        dist.Normal(0.0, 3.0).expand([3]).to_event(1), [dist.transforms.OrderedTransform()]
+    )
+    cutpoints = pyro.sample("cutpoints", cut)
+    with pyro.plate("obs", x.shape[-1]):
+        logistic = dist.OrderedLogistic(beta[..., None] * x, cutpoints.unsqueeze(-2))
+        pyro.sample("y", logistic, obs=y)
+
+
+def test_a_graph_that_disagrees_with_the_plain_path_is_not_used():
+    # OrderedLogistic's logits come out of make_fx as a constant of the graph (its loss was NaN
+    # on replay): the check on the same draws catches it, and the plain path is used
+    x = torch.linspace(-2, 2, 40, dtype=torch.float64)
+    y = (x > 0).to(torch.float64) + (x > 1)
+    with pyro.get_param_store().scope():
+        guide = pyro.infer.autoguide.AutoNormal(ordinal_model)
+        plain = make_objective(ordinal_model, guide, make_elbo("trace", particles=4))
+        traced = make_objective(ordinal_model, guide, make_elbo("trace", particles=4), "traced")
+        plain(x, y)
+        with pytest.warns(UserWarning, match="disagreed with the plain path"):
+            traced(x, y)
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            expected = plain(x, y)
+            torch.manual_seed(seed)
+            torch.testing.assert_close(traced(x, y), expected)
+    assert torch.isfinite(expected)
+
+
 def test_a_fallback_can_be_left_to_the_caller_to_report(recwarn):
     with pyro.get_param_store().scope():
         traced = make_objective(branching_model, mu_guide, make_elbo("trace"), "traced", warn=False)
