@@ -162,8 +162,8 @@ class TracedObjective(Objective):
         devices = sorted(
             {
                 t.device.index or 0
-                for t in (*self.parameters(), *args)
-                if isinstance(t, torch.Tensor) and t.device.type == "cuda"
+                for t in (*self.parameters(), *_tensors(args, kwargs))
+                if t.device.type == "cuda"
             }
         )
         # one plain evaluation that draws nothing: it validates the model (when Pyro's
@@ -191,9 +191,10 @@ class TracedObjective(Objective):
             warnings.simplefilter("ignore")  # tracer notes on constants and aliasing
             try:
                 gm = make_fx(loss, pre_dispatch=True)(*inputs, *_tensors(args, kwargs))
-            except RuntimeError as err:
+            except Exception as err:  # noqa: BLE001 - any failure of the tracer, not the model's
                 # make_fx refuses to read a traced tensor's value into Python (data-dependent
-                # control flow); the plain evaluation above has shown the model itself runs
+                # control flow), or meets an operation it cannot record; the plain evaluation
+                # above has shown the model itself runs
                 first = one_line(str(err)) or type(err).__name__
                 raise _Untraceable(f"the loss cannot be traced: {first}") from None
         frozen = [
@@ -207,10 +208,16 @@ class TracedObjective(Objective):
                 f"the loss uses {len(frozen)} tensor(s) that require grad but are not parameters "
                 "of the model, guide or param store"
             )
-        with torch.no_grad():
-            _fold_constants(gm)
-            _drop_identities(gm)
-        self._check(gm, inputs, args, kwargs, devices)
+        try:
+            with torch.no_grad():
+                _fold_constants(gm)
+                _drop_identities(gm)
+            self._check(gm, inputs, args, kwargs, devices)
+        except _Untraceable:
+            raise
+        except Exception as err:  # noqa: BLE001 - the graph, not the model, failed
+            first = one_line(str(err)) or type(err).__name__
+            raise _Untraceable(f"the traced loss failed: {first}") from None
         return gm, inputs
 
     def _check(self, gm, inputs: tuple, args, kwargs, devices: list[int]) -> None:

@@ -282,6 +282,40 @@ def test_a_graph_that_disagrees_with_the_plain_path_is_not_used():
     assert torch.isfinite(expected)
 
 
+def mean_model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+
+def failing_model(x):
+    raise ValueError("the model's own error")
+
+
+@pytest.mark.parametrize("where", ["make_fx", "_fold_constants"])
+def test_any_failure_of_the_tracer_falls_back_and_a_models_own_error_does_not(where, monkeypatch):
+    # the tracer's failure (whatever its type) is not the model's: the plain path is used; an
+    # error of the model itself still reaches the caller
+    from ppl_models import traced as traced_module
+
+    def broken(*args, **kwargs):
+        raise TypeError("an operation the tracer cannot record")
+
+    monkeypatch.setattr(traced_module, where, broken)
+    x = torch.tensor([1.0, 2.0])
+    with pyro.get_param_store().scope():
+        plain = make_objective(mean_model, mu_guide, make_elbo("trace"))
+        traced = make_objective(mean_model, mu_guide, make_elbo("trace"), "traced", warn=False)
+        torch.manual_seed(0)
+        expected = plain(x)
+        torch.manual_seed(0)
+        torch.testing.assert_close(traced(x), expected)
+        assert "an operation the tracer cannot record" in traced.fallback_reason
+        failing = make_objective(failing_model, mu_guide, make_elbo("trace"), "traced")
+        with pytest.raises(ValueError, match="the model's own error"):
+            failing(x)
+
+
 def test_a_fallback_can_be_left_to_the_caller_to_report(recwarn):
     with pyro.get_param_store().scope():
         traced = make_objective(branching_model, mu_guide, make_elbo("trace"), "traced", warn=False)
