@@ -213,8 +213,8 @@ def test_a_stopped_fit_is_run_to_its_end_where_the_refit_is_no_better(monkeypatc
 
     real, calls = fitting.final_elbos, []
 
-    def refit_lost(first, retry):  # the first comparison says so; every later one is real
-        draws, elbos = real(first, retry)
+    def refit_lost(first, retry, before=()):  # the first comparison says so; later ones real
+        draws, elbos = real(first, retry, before)
         calls.append(draws)
         if len(calls) == 1:
             elbos[1] = (elbos[0][0] - 1.0, elbos[1][1])
@@ -227,6 +227,50 @@ def test_a_stopped_fit_is_run_to_its_end_where_the_refit_is_no_better(monkeypatc
     (m0, _), (m1, _) = restart["elbo_map_start"], restart["elbo_pyro_start"]
     assert restart["kept"] == ("pyro-start" if m1 > m0 else "map-start")
     assert "where it was stopped" not in fit.notes[0]
+
+
+def funnel_with_a_point_estimate(obs):
+    y = pyro.sample("y", dist.Normal(0.0, 3.0))
+    pyro.sample("x", dist.Normal(0.0, torch.exp(y / 2)))
+    shift = pyro.param("shift", torch.tensor(0.0, dtype=obs.dtype))  # type-II ML: mean(obs)
+    with pyro.plate("obs", len(obs)):
+        pyro.sample("o", dist.Normal(shift, 1.0), obs=obs)
+
+
+def test_the_refit_starts_the_models_own_parameters_afresh_and_the_kept_fit_keeps_its_own(
+    monkeypatch,
+):
+    # the funnel's seed 1 is refitted from Pyro's start: the refit starts the model's
+    # pyro.param where its code does (0, not the first fit's value), each fit is scored with its
+    # own value, and the store ends with the kept fit's (the ML estimate, mean(obs) = 3)
+    from ppl_models.vi import fitting
+
+    real, after_each, first_steps = fitting._fit_once, [], []
+
+    def recording(*args, **kwargs):
+        fit = real(*args, **kwargs)
+        after_each.append(float(pyro.get_param_store()["shift"].detach()))
+        return fit
+
+    def on_step(step, loss, guide):
+        if step == 0:
+            first_steps.append(float(pyro.get_param_store()["shift"].detach()))
+
+    monkeypatch.setattr(fitting, "_fit_once", recording)
+    obs = [2.5, 3.5, 3.0, 2.0, 4.0]
+    with pyro.get_param_store().scope():
+        fit = fitting.fit_svi(
+            funnel_with_a_point_estimate, "auto-normal", {"obs": obs}, seed=1, on_step=on_step
+        )
+        kept_value = float(pyro.get_param_store()["shift"].detach())
+    restart = fit.extras["restart"]
+    assert len(after_each) == len(first_steps) == 2  # the MAP-start fit and the refit
+    assert first_steps[1] == pytest.approx(first_steps[0])  # both from 0, one Adam step
+    assert abs(first_steps[1]) < 0.5 < abs(after_each[0])
+    kept = after_each[1] if restart["kept"] == "pyro-start" else after_each[0]
+    other = after_each[0] if restart["kept"] == "pyro-start" else after_each[1]
+    assert kept_value == pytest.approx(kept, abs=1e-9) and abs(kept_value - other) > 1e-6
+    assert fit.extras["point_estimates"]["shift"] == pytest.approx(3.0, abs=0.01)
 
 
 def test_a_stop_rule_that_never_fires_changes_nothing_and_one_that_fires_ends_the_search():

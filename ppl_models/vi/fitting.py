@@ -278,27 +278,58 @@ def _refitted(
     problem: _Problem, settings: FitSettings, first: SviFit, in_doubt, initial: list
 ) -> SviFit:
     """The better of ``first`` (from a MAP start, in doubt) and a refit from Pyro's start, the
-    model's modules left as the kept fit's. A first fit stopped early because it left its start
-    behind is run to its end, from its start again, where the refit's final ELBO is not above
-    the stopped fit's: the early stop only saves time where the refit wins."""
-    modules = problem.modules
-    first_state = [copy.deepcopy(m.state_dict()) for m in modules]
-    _load(modules, initial)
+    model's point estimates (its modules' parameters, its own ``pyro.param`` sites) left as the
+    kept fit's. Each fit starts them where the model's code does and is scored with its own. A
+    first fit stopped early because it left its start behind is run to its end, from its start
+    again, where the refit's final ELBO is not above the stopped fit's: the early stop only
+    saves time where the refit wins."""
+    estimates = _PointEstimates(
+        problem.modules, list(point_estimates(first.model, first.guide, first.data))
+    )
+    first_state, start = estimates.state(), (initial, {})
+    estimates.load(start)
     retry = _fit_once(_refitting(problem), settings.replace(init="prior"))
-    scored = final_elbos(first, retry)
+    retry_state = estimates.state()
+    scored = final_elbos(first, retry, before=estimates.loaders(first_state, retry_state))
     (stopped, _), (refit, _) = scored[1]
     if in_doubt.left_at is not None and not refit > stopped:
-        retry_state = [copy.deepcopy(m.state_dict()) for m in modules]
-        _load(modules, initial)
+        estimates.load(start)
         first = _fit_once(problem, settings, leave_start=False)
-        first_state = [copy.deepcopy(m.state_dict()) for m in modules]
-        _load(modules, retry_state)
+        first_state = estimates.state()
         in_doubt = doubt(first) or in_doubt
-        scored = final_elbos(first, retry)
+        scored = final_elbos(first, retry, before=estimates.loaders(first_state, retry_state))
     kept = better_of(first, retry, in_doubt, scored)
-    if kept is not retry:
-        _load(modules, first_state)
+    estimates.load(retry_state if kept is retry else first_state)
     return kept
+
+
+class _PointEstimates:
+    """A model's point estimates, saved and restored between the restart guard's fits: its
+    modules' states and its own ``pyro.param`` sites in Pyro's global store (``names``; absent
+    from a state, a site is removed, and the model's next run creates it at its initial
+    value)."""
+
+    def __init__(self, modules: list, names: list[str]):
+        self.modules, self.names = modules, names
+
+    def state(self) -> tuple[list, dict]:
+        store = pyro.get_param_store()
+        params = {n: store[n].detach().clone() for n in self.names if n in store}
+        return [copy.deepcopy(m.state_dict()) for m in self.modules], params
+
+    def load(self, state: tuple[list, dict]) -> None:
+        modules, params = state
+        _load(self.modules, modules)
+        store = pyro.get_param_store()
+        for name in self.names:
+            if name in params:
+                store[name] = params[name]
+            elif name in store:
+                del store[name]
+
+    def loaders(self, *states: tuple[list, dict]) -> tuple[Callable[[], None], ...]:
+        """A loader of each state, to score each fit with its own point estimates."""
+        return tuple(lambda state=state: self.load(state) for state in states)
 
 
 @dataclass(frozen=True)

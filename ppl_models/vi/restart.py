@@ -27,6 +27,7 @@ its end, and the two final fits decide as above.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -133,11 +134,19 @@ def left_its_start(gain: tuple[float, float] | None) -> bool:
     return gain is not None and gain[0] - 2 * gain[1] > START_GAIN_NATS
 
 
-def final_elbos(first: SviFit, retry: SviFit) -> tuple[int, list[tuple[float, float]]]:
+def final_elbos(
+    first: SviFit, retry: SviFit, before: tuple[Callable[[], None], ...] = ()
+) -> tuple[int, list[tuple[float, float]]]:
     """The number of guide draws (:data:`FINAL_ELBO_DRAWS`, an eighth of it for a model run
-    one draw at a time) and both fits' final ELBOs from that many (:func:`final_elbo`)."""
+    one draw at a time) and both fits' final ELBOs from that many (:func:`final_elbo`);
+    ``before``, one call for each fit, puts its own point estimates back in the model first."""
     draws = FINAL_ELBO_DRAWS if first.vectorized else FINAL_ELBO_DRAWS // 8
-    return draws, [final_elbo(f, draws) for f in (first, retry)]
+    elbos = []
+    for i, fit in enumerate((first, retry)):
+        if before:
+            before[i]()
+        elbos.append(final_elbo(fit, draws))
+    return draws, elbos
 
 
 def better_of(
