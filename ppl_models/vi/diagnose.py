@@ -414,6 +414,7 @@ def _diagnosis(
         split, each = (
             (f", split across {modes.ranks} processes", " on each") if modes.ranks > 1 else ("", "")
         )
+        looked = modes.minima or modes.in_q  # some start reached a minimum or q's own region
         notes.append(
             f"Mode search: {modes.run} of {modes.starts} L-BFGS starts (half uniform in (-2, 2) "
             f"in the unconstrained space, half from the prior{split}) in {modes.seconds:.1f} s "
@@ -428,13 +429,13 @@ def _diagnosis(
             )
             + (
                 ""
-                if modes.minima or modes.in_q
+                if looked
                 else " No start reached a minimum (the density may have none, as in a funnel), "
                 "so the search could not look for missed modes."
             )
             + (
                 f" Starts stopped on: {'; '.join(modes.failures[:3])}."
-                if modes.failures and not (modes.minima or modes.in_q)
+                if modes.failures and not looked
                 else ""
             )
         )

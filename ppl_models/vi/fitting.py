@@ -397,8 +397,8 @@ def _fit_once(problem: _Problem, settings: FitSettings, leave_start: bool = True
     plate = problem.plate
     init_seconds = time.perf_counter() - start
     vectorization = _vectorization(problem, fitted, nesting, settings, notes)
-    traced = settings.objective == "traced" and not context.parallel
-    traced = traced and not _subsamples(plate, settings, context)  # the full data at every step
+    # traced where every step sees all the data (several processes always take subsamples)
+    traced = settings.objective == "traced" and not _subsamples(plate, settings, context)
     loss_fn = _objective(problem, fitted, settings, vectorization, nesting, traced=traced)
     step_loss, batches = _step_losses(
         context.wrap(loss_fn),

@@ -309,8 +309,9 @@ def lbfgs_minimum(
             raise FloatingPointError("the potential became non-finite")
         value.backward()
         path.append(z.detach().clone())
-        if stop is not None and float(value.detach()) < lowest:
-            lowest = float(value.detach())
+        level = float(value.detach())
+        if stop is not None and level < lowest:
+            lowest = level
             if stop(path[-1]):
                 raise _Stopped
         return value
