@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+from . import allocator
 from .errors import one_line
 from .runs import STATUS_COMPLETE, read_json
 
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{err.prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     args.argv = argv  # a launcher (--nproc) starts its workers with the same command line
+    allocator.tune()  # the process's, set by the command and never by importing the package
     try:
         return int(args.handler(args) or 0)
     # FloatingPointError: svi.NonFiniteLossError, ConnectionError: distributed.RankFailure, caught

@@ -64,6 +64,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .. import allocator
+
 SCRIPT = "hierarchical_logistic.py"
 DEFAULT_GROUPS = "100,1000"
 DEFAULT_PER_GROUP = "20"
@@ -791,7 +793,10 @@ def _json_default(value):
 
 
 def worker_main(argv: list[str]) -> int:
-    """``python -m ppl_models.bench.fit_scaling SPEC.json RESULT.json``: measure one size."""
+    """``python -m ppl_models.bench.fit_scaling SPEC.json RESULT.json``: measure one size, with
+    the allocator the command sets (:func:`ppl_models.allocator.tune`), for every timing of the
+    process alike."""
+    allocator.tune()
     spec_path, result_path = (Path(a) for a in argv)
     spec = json.loads(spec_path.read_text())
     measure(spec, partial=result_path)
