@@ -310,3 +310,28 @@ def test_a_search_with_a_stop_rule_reports_a_model_that_fails_as_a_failure():
     found = lbfgs_minimum(potential, torch.zeros(1, dtype=torch.float64), 50, stop=lambda z: False)
     assert found.failure == "ValueError: outside the model's support"
     assert not found.converged and not found.stopped
+
+
+def test_a_map_search_that_runs_down_a_funnel_ends_once_it_has_run_there():
+    # a group scale exp(s) and 20 group effects a_j ~ N(0, exp(s)^2) with a N(0, 3^2) prior on
+    # s and no data: U falls without bound as s -> -inf with every a_j -> 0. The whole search
+    # (its 200 iterations) ends beyond the boundary rule too; stopped where the rule first
+    # holds, it calls the potential a fraction as often and reaches the same decision
+    from ppl_models.vi.initialization import BOUNDARY_RUN, LBFGS_ITERATIONS, laplace_start
+
+    calls = []
+
+    def potential(z):
+        calls.append(1)
+        s, a = z[0], z[1:]
+        return len(a) * s + 0.5 * (a**2).sum() * torch.exp(-2 * s) + s**2 / 18
+
+    start = torch.cat([torch.zeros(1), torch.linspace(-1, 1, 20)]).to(torch.float64)
+    coordinates = [("sigma", "lower")] + [(f"a[{j}]", "") for j in range(20)]
+    whole = lbfgs_minimum(potential, start, LBFGS_ITERATIONS, curvature="none")
+    whole_calls, calls[:] = len(calls), []
+    assert float(whole.point[0]) < -BOUNDARY_RUN  # the whole search ran there as well
+    found = laplace_start(potential, start, coordinates=coordinates)
+    assert found.method == "prior"
+    assert "sigma runs towards its lower bound" in found.notes[0]
+    assert len(calls) < whole_calls / 2, (len(calls), whole_calls)

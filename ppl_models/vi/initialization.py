@@ -436,9 +436,16 @@ def laplace_start(
     -------
     LaplaceStart
     """
-    found = lbfgs_minimum(potential, start, iterations, curvature="none")
+    coordinates = coordinates or []
+    found = lbfgs_minimum(
+        potential,
+        start,
+        iterations,
+        curvature="none",
+        stop=(lambda z: bool(ran_to_boundary(start, z, coordinates))) if coordinates else None,
+    )
     k = found.iterations
-    ran = ran_to_boundary(start, found.point, coordinates or [])
+    ran = ran_to_boundary(start, found.point, coordinates)
     if not ran:  # a funnel needs no Hessian to be told apart
         found = with_curvature(found, potential, curvature)
     if found.converged:
