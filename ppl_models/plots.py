@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from .runs import atomic_save
 
@@ -29,8 +30,11 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as a PNG at ``path``, atomically; returns the path."""
-    atomic_save(
-        Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    )
+    """Write ``fig`` as a PNG at ``path``, atomically; returns the path. A figure laid out by
+    matplotlib's constrained layout already fits its labels, so only the others are cropped to
+    their drawn extent (``bbox_inches="tight"``, which draws the figure once more to measure
+    it)."""
+    constrained = isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+    bbox = None if constrained else "tight"
+    atomic_save(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches=bbox))
     return Path(path)
