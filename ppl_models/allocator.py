@@ -11,7 +11,7 @@ step took 14 ms in that state and 10 ms with the thresholds below (``docs/benchm
 :func:`tune` sets both thresholds for the whole process, so only the command line and the
 benchmarks' own processes call it, at their start; importing the package changes nothing. A
 user who has set any ``MALLOC_*`` variable keeps their own choice, and a library user can set
-the same two variables (``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728``).
+the same two variables (``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=67108864``).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import sys
 M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 2**20  # the largest glibc accepts on 64 bits (half its heap's maximum)
-TRIM_THRESHOLD = 128 * 2**20  # free memory the heap keeps before giving its top back
+TRIM_THRESHOLD = 64 * 2**20  # freed heap kept before its top goes back (128 MiB: a higher peak)
 
 
 def tune() -> bool:
     """Set glibc's mmap threshold to :data:`MMAP_THRESHOLD` and its trim threshold to
     :data:`TRIM_THRESHOLD` for this process (blocks below 32 MiB reused from the heap, up to
-    128 MiB of freed heap kept). Returns whether both were set: False off glibc, or where the
+    64 MiB of freed heap kept). Returns whether both were set: False off glibc, or where the
     environment already sets the allocator (any ``MALLOC_*`` variable)."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
