@@ -542,7 +542,8 @@ class Drawer:
             yield log_joint, log_q, values, unconstrained
 
     def log_weights(self, parts: list, seconds: float, notes: list[str]) -> LogWeights:
-        """The draws of ``parts`` (chunks of :meth:`chunks`) as :class:`LogWeights`."""
+        """The draws of ``parts`` (chunks of :meth:`chunks`) as :class:`LogWeights`; the
+        chunks' site arrays are taken out of them as they are joined (:func:`_joined`)."""
         if self.dropped:
             total = self.dropped + sum(len(p[0]) for p in parts)
             notes = [
@@ -557,10 +558,8 @@ class Drawer:
             self.layout(),
             log_joint=np.concatenate([p[0] for p in parts]),
             log_q=np.concatenate([p[1] for p in parts]),
-            values={s.name: np.concatenate([p[2][s.name] for p in parts]) for s in self.sites},
-            unconstrained={
-                name: np.concatenate([p[3][name] for p in parts]) for name in self.latent_sites
-            },
+            values=_joined(parts, 2, [s.name for s in self.sites]),
+            unconstrained=_joined(parts, 3, self.latent_sites),
             seconds=seconds,
             notes=notes,
         )
@@ -582,6 +581,13 @@ class Drawer:
             transforms={s.name: s.transform for s in latent},
             bijections={s.name: s.bijection for s in latent},
         )
+
+
+def _joined(parts: list, index: int, names: list[str]) -> dict[str, np.ndarray]:
+    """Each site's draws, its pieces in the chunks ``parts`` (their dicts at ``index``) joined
+    in order and taken out of the chunks as they are, so that a site's pieces are released
+    once joined: the pieces and the whole are held together for one site at a time."""
+    return {name: np.concatenate([p[index].pop(name) for p in parts]) for name in names}
 
 
 def draw_log_weights(

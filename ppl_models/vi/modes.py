@@ -283,7 +283,9 @@ def search_modes(
     level = stats.chi2.ppf(ELLIPSOID_LEVEL, d)
     began = time.perf_counter()
     with local_params(), torch.random.fork_rng():
-        points, q_mean, q_sd = ctx.on_main(lambda: _starting_points(model, data, lw, starts, seed))
+        points, q_mean, q_sd = ctx.on_main(
+            lambda: _starting_points(model, data, lw, u, starts, seed)
+        )
 
         def in_q(z: torch.Tensor) -> bool:
             return float((((z - q_mean) / q_sd) ** 2).sum()) <= level
@@ -355,11 +357,11 @@ def _whitened(mode: Mode, x: np.ndarray) -> np.ndarray:
 
 
 def _starting_points(
-    model: Callable, data: dict, lw: LogWeights, n: int, seed: int
+    model: Callable, data: dict, lw: LogWeights, u: np.ndarray, n: int, seed: int
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """The ``n`` starting points (prior draws and uniform ones in turns, seeded by ``seed``)
-    and q's means and sds in the unconstrained space: what every rank's starts need."""
-    u, _ = lw.unconstrained_matrix()
+    and q's means and sds in the unconstrained space (from ``u``, q's draws there): what every
+    rank's starts need."""
     torch.manual_seed(seed)
     prior = _prior_starts(model, data, lw, n // 2)
     uniform = (torch.rand(n - len(prior), u.shape[1], dtype=torch.float64) * 2 - 1) * INIT_RADIUS

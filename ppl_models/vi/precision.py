@@ -165,6 +165,7 @@ def draw_by_precision(
             target = min(cap, 2 * target)
     if parallel and not context.is_main:
         return drawer.layout()
+    mine = parts = part = None  # the last round's chunks: what is kept of them is in kept
     seconds = time.perf_counter() - start
     lw = drawer.log_weights(kept, seconds, notes)
     return dataclasses.replace(
