@@ -157,13 +157,32 @@ class MomentStream:
         self._plain += np.stack([powers[1].sum(0), powers[2].sum(0)])
         self._a += np.stack([w @ powers[k] for k in range(3)])
         self._b += np.stack([(w * w) @ powers[k] for k in range(5)])
-        both = np.concatenate([self._tail_logw, log_w])
-        rows = np.concatenate([self._tail_f, f])
-        if len(both) > self._tail_capacity:
-            keep = np.argpartition(both, len(both) - self._tail_capacity)[-self._tail_capacity :]
-            both, rows = both[keep], rows[keep]
-        self._tail_logw, self._tail_f = both, rows
+        self._add_to_tail(log_w, f)
         self._add_function_tails(log_w, g)
+
+    def _add_to_tail(self, log_w: np.ndarray, f: np.ndarray) -> None:
+        """Keep the :math:`M + 1` draws of largest weight. Once that many are kept, only the
+        chunk's draws above the smallest kept weight enter, each in the place of one of the
+        smallest: no copy of the kept rows per chunk."""
+        capacity, kept = self._tail_capacity, len(self._tail_logw)
+        if kept < capacity:
+            both = np.concatenate([self._tail_logw, log_w])
+            rows = np.concatenate([self._tail_f, f])
+            if len(both) > capacity:
+                keep = np.argpartition(both, len(both) - capacity)[-capacity:]
+                both, rows = both[keep], rows[keep]
+            self._tail_logw, self._tail_f = both, rows
+            return
+        entering = np.flatnonzero(log_w > self._tail_logw.min())
+        if not len(entering):
+            return
+        both = np.concatenate([self._tail_logw, log_w[entering]])
+        dropped = np.argpartition(both, len(entering) - 1)[: len(entering)]  # the smallest
+        slots = dropped[dropped < capacity]  # kept draws that leave
+        stays = np.ones(len(entering), dtype=bool)
+        stays[dropped[dropped >= capacity] - capacity] = False
+        self._tail_logw[slots] = log_w[entering[stays]]
+        self._tail_f[slots] = f[entering[stays]]
 
     def _add_function_tails(self, log_w: np.ndarray, g: np.ndarray) -> None:
         r"""Keep, per element, the largest values of :math:`\log w + \log h` for the three
