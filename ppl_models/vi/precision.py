@@ -17,8 +17,9 @@ k` is stable.
 
 The draws stream through :class:`~ppl_models.vi.stream.MomentStream`, which keeps every element's
 exact moments and the PSIS tail; only the first ``keep`` draws are kept whole (for the HDI, ESS,
-KS distances, figures and ``posterior.nc``). Memory stays :math:`O(d(\text{keep} + M +
-\text{chunk}))` whatever :math:`S`.
+KS distances, figures and ``posterior.nc``), and each chunk is streamed as it is drawn. Memory
+stays :math:`O(d(\text{keep} + M + \text{chunk}))` whatever :math:`S` (under ``--nproc``, each
+rank sends rank 0 its whole share of a round, so a round's draws are held there at once).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from .logweights import Drawer, LogWeights
 from .stream import MomentStream
 
 KHAT_STABLE = 0.05  # k-hat's change between rounds below which it is taken as settled
-KEEP_NUMBERS = 2**25  # the numbers of whole draws kept: keep = clamp(this / d, 1,000, 20,000)
+# The numbers of whole draws kept: keep = clamp(this / d, 1,000, 20,000). 64 MiB of float64 a
+# copy, of which the diagnosis holds a few (values, unconstrained, their matrix, ArviZ's copy)
+KEEP_NUMBERS = 2**23
 
 
 def keep_size(dimension: int, cap: int) -> int:
@@ -140,8 +143,9 @@ def draw_by_precision(
         while True:
             need = target - stream.count
             share = len(range(need)[context.share(need)]) if parallel else need
-            mine = list(drawer.chunks(share))
-            parts = (context.gather(mine) if parallel else [mine]) or []
+            # one process takes each chunk as it is drawn; ranks send rank 0 their whole share
+            mine = drawer.chunks(share)
+            parts = (context.gather(list(mine)) if parallel else [mine]) or []
             for part in (p for rank_parts in parts for p in rank_parts):
                 if keep is None:
                     dimension = sum(v[0].size for v in part[2].values())
