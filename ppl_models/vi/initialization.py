@@ -502,18 +502,20 @@ def ran_to_boundary(
     start: torch.Tensor, stop: torch.Tensor, coordinates: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
     """The coordinates of bounded sites that moved more than :data:`BOUNDARY_RUN` (in the
-    unconstrained space, where a bound lies at infinity) outwards, with the bound they ran to."""
+    unconstrained space, where a bound lies at infinity) outwards, with the bound they ran to.
+    The distances are compared as tensors, and only the coordinates that moved that far are
+    looked at one by one: the MAP search asks this at every downhill point."""
+    n = min(len(coordinates), len(stop))
+    a, b = start[:n].detach(), stop[:n].detach()
+    outward = torch.isfinite(b) & (b.abs() > a.abs() + BOUNDARY_RUN)
     ran = []
-    for j, (name, bound) in enumerate(coordinates):
-        if j >= len(stop) or not bound:
-            continue
-        a, b = float(start[j]), float(stop[j])
-        if not math.isfinite(b) or abs(b) <= abs(a) + BOUNDARY_RUN:
-            continue
-        if bound == "lower" and b < a:
+    for j in torch.nonzero(outward).flatten().tolist():
+        name, bound = coordinates[j]
+        down = bool(b[j] < a[j])
+        if bound == "lower" and down:
             ran.append((name, "its lower bound"))
-        elif bound == "upper" and b < a:
+        elif bound == "upper" and down:
             ran.append((name, "its upper bound"))
         elif bound == "both":
-            ran.append((name, "its lower bound" if b < a else "its upper bound"))
+            ran.append((name, "its lower bound" if down else "its upper bound"))
     return ran
