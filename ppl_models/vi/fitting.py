@@ -398,7 +398,7 @@ def _fit_once(problem: _Problem, settings: FitSettings, leave_start: bool = True
     init_seconds = time.perf_counter() - start
     vectorization = _vectorization(problem, fitted, nesting, settings, notes)
     # traced where every step sees all the data (several processes always take subsamples)
-    traced = settings.objective == "traced" and not _subsamples(plate, settings, context)
+    traced = settings.objective == "traced" and not _subsamples(plate, settings.batch_size, context)
     loss_fn = _objective(problem, fitted, settings, vectorization, nesting, traced=traced)
     step_loss, batches = _step_losses(
         context.wrap(loss_fn),
@@ -409,7 +409,7 @@ def _fit_once(problem: _Problem, settings: FitSettings, leave_start: bool = True
         seed=settings.seed,
         context=context,
     )
-    if _subsamples(plate, settings, context):
+    if _subsamples(plate, settings.batch_size, context):
         notes.append(_plate_note(plate, settings.batch_size, context))
     minibatched = plate is not None and 0 < settings.batch_size < plate.size
     if context.parallel:  # the same start on every rank (DDP broadcast it), own noise each
@@ -570,7 +570,11 @@ def _built_guide(problem: _Problem, settings: FitSettings):
             "The custom guide was fitted as given (no initialisation by the package)."
         ]
     plate = problem.plate
-    if plate is not None and plate.latents and _subsamples(plate, settings, problem.context):
+    if (
+        plate is not None
+        and plate.latents
+        and _subsamples(plate, settings.batch_size, problem.context)
+    ):
         refusal = local_guide_refusal(problem.discrete, problem.dynamic, problem.guide_name, plate)
         if refusal:
             raise ValueError(refusal)
@@ -627,10 +631,10 @@ def _discrete_note(discrete: Discrete) -> str:
     )
 
 
-def _subsamples(plate: DataPlate | None, settings: FitSettings, context: Context) -> bool:
+def _subsamples(plate: DataPlate | None, batch_size: int, context: Context) -> bool:
     """Whether the fit takes subsamples of the data plate (a batch size, or several
     processes); otherwise every step sees all the data."""
-    return plate is not None and bool(settings.batch_size or context.parallel)
+    return plate is not None and bool(batch_size or context.parallel)
 
 
 def _vectorization(problem: _Problem, guide, nesting, settings: FitSettings, notes) -> str:
@@ -806,7 +810,7 @@ def _step_losses(
     data plate is to be subsampled (a ``batch_size``, or several processes); then a batch of
     observation indices per step, given to the plate
     (:func:`ppl_models.batches.index_batches`)."""
-    if plate is None or (batch_size == 0 and not context.parallel):  # all the data every step
+    if not _subsamples(plate, batch_size, context):  # all the data every step
         return (lambda: loss_fn(**data)), [()] * steps
 
     def step_loss(indices: torch.Tensor) -> torch.Tensor:
