@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from ppl_models.vi.precision import draws_for_khat
@@ -52,3 +53,45 @@ def test_one_process_streams_a_round_a_chunk_at_a_time(monkeypatch):
     )
     assert lw.draws == 8000 and len(lw.values["mu"]) == 1000
     assert most[0] <= 1000 // 100 + 2, most[0]  # the 10 chunks kept whole, and one streaming
+
+
+def _shifted_normal(shift: float):
+    """p = N(0, 1) and q = N(shift, 1): log w = -shift z - shift^2 / 2 for z ~ q is normal with
+    variance shift^2, so ESS / S tends to 1 / E_q[w^2] = exp(-shift^2) (w lognormal)."""
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    def model():
+        pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+
+    def guide():
+        pyro.sample("z", dist.Normal(torch.tensor(shift, dtype=torch.float64), 1.0))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("shift", [3.0, 0.3])
+def test_the_rounds_stop_once_the_importance_ess_share_falls_short_twice(monkeypatch, shift):
+    # ESS / S does not grow with S: once short of the verdict's 1% in two rounds, the fit cannot
+    # certify itself at the cap either. k-hat is kept from settling, so that only this rule or
+    # the cap ends the rounds
+    from ppl_models.importance import importance_ess
+    from ppl_models.vi import precision
+    from ppl_models.vi.precision import draw_by_precision
+
+    monkeypatch.setattr(precision, "KHAT_STABLE", -1.0)
+    model, guide = _shifted_normal(shift)
+    common = dict(draws=32_000, min_draws=1000, precision=0.025, loop_draws=32_000, seed=0)
+    with_floor = draw_by_precision(model, guide, {}, ess_floor=(100.0, 0.01), **common)
+    at_cap = draw_by_precision(model, guide, {}, ess_floor=None, **common)
+    assert at_cap.draws == 32_000
+    share = importance_ess(at_cap.log_joint - at_cap.log_q) / at_cap.draws
+    if math.exp(-(shift**2)) < 0.01:  # the share's limit is below the verdict's 1%
+        assert 4000 <= with_floor.draws < 32_000, with_floor.draws_reason
+        assert "importance ESS" in with_floor.draws_reason
+        stopped = importance_ess(with_floor.log_joint - with_floor.log_q) / with_floor.draws
+        assert stopped < 0.01 and share < 0.01  # short at the stop, and at the cap too
+    else:  # an ESS share near 1: the rule never fires, and the draws are the cap's
+        assert share > 0.5 and with_floor.draws == 32_000
+        np.testing.assert_array_equal(with_floor.log_joint, at_cap.log_joint)

@@ -308,6 +308,11 @@ def _diagnosis(
 ) -> Diagnosis | None:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    rules = rules or VerdictRules()
+    # without a reference the fit must certify itself, and needs the importance ESS to
+    self_certifying = reference is None or (
+        isinstance(reference, str) and reference.lower() == "none"
+    )
     lw = draw_by_precision(
         fit.model,
         fit.guide,
@@ -316,6 +321,7 @@ def _diagnosis(
         min_draws=min(min_draws, draws),
         precision=precision,
         loop_draws=loop_draws,
+        ess_floor=(rules.min_ess, rules.min_ess_fraction) if self_certifying else None,
         context=context,
         seed=seed,
         vectorized=bool(getattr(fit, "vectorized", True)),

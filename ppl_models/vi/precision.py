@@ -15,6 +15,16 @@ small :math:`S`) -- or until the cap ``draws``. Where :math:`\hat k` is above th
 threshold, the moments cannot be resolved by more draws, and the rounds stop once :math:`\hat
 k` is stable.
 
+Without a reference the verdict also needs an importance ESS of at least
+:math:`\max(\mathrm{ESS}_{min}, f S)` (``ess_floor`` = :math:`(\mathrm{ESS}_{min}, f)`, from
+:class:`~ppl_models.vi.verdict.VerdictRules`). More draws raise the ESS towards its absolute
+floor, but not its fraction :math:`\mathrm{ESS}/S`: its estimate does not grow with :math:`S` in
+expectation (small samples miss the largest weights), and its limit is :math:`1/E_q[w^2]`
+(:math:`E_q[w] = 1`), zero where the weights' variance is infinite. So once the fraction falls
+short of :math:`f` in two rounds in a row, more draws would only confirm that the fit cannot
+certify itself, and the rounds stop there: the verdict is ``not-trustworthy`` at this :math:`S`,
+as it would be at the cap.
+
 The draws stream through :class:`~ppl_models.vi.stream.MomentStream`, which keeps every element's
 exact moments and the PSIS tail; only the first ``keep`` draws are kept whole (for the HDI, ESS,
 KS distances, figures and ``posterior.nc``), and each chunk is streamed as it is drawn. Memory
@@ -30,7 +40,7 @@ import time
 
 import numpy as np
 
-from .. import diagnostics
+from .. import diagnostics, importance
 from ..distributed import rank_seed
 from .logweights import Drawer, LogWeights
 from .stream import MomentStream
@@ -61,15 +71,20 @@ def draws_for_khat(khat: float) -> float:
     return 10.0**exponent if exponent <= 308 else math.inf
 
 
-def resolution(stream: MomentStream, previous_khat: float | None, precision: float) -> dict:
+def resolution(
+    stream: MomentStream,
+    previous: dict | None,
+    precision: float,
+    ess_floor: tuple[float, float] | None = None,
+) -> dict:
     """Whether the draws so far resolve the verdict's quantities (module docstring), and the
-    numbers that say so."""
+    numbers that say so; ``previous`` is the last round's answer (None in the first)."""
     log_w = stream.all_log_w
     s = len(log_w)
     smoothed, khat = diagnostics.psis_smooth(log_w)
     threshold = diagnostics.khat_threshold(s)
-    stable = previous_khat is not None and (
-        abs(khat - previous_khat) <= KHAT_STABLE or not (math.isfinite(khat))
+    stable = previous is not None and (
+        abs(khat - previous["khat"]) <= KHAT_STABLE or not (math.isfinite(khat))
     )
     psis = stream.psis_moments(smoothed)
     _, q_sd = stream.q_moments()
@@ -79,7 +94,14 @@ def resolution(stream: MomentStream, previous_khat: float | None, precision: flo
         sd_error = np.where(psis.sd > 0, 2 * psis.mcse_sd / psis.sd, 0.0)
     worst = float(max(np.nanmax(mean_error, initial=0.0), np.nanmax(sd_error, initial=0.0)))
     needed = draws_for_khat(khat)
-    if not khat <= threshold:  # PSIS is not reliable here: more draws only settle k-hat
+    ess = importance.importance_ess(log_w)
+    # the fraction alone: more draws can bring the ESS to its absolute floor, not to f S
+    min_ess = max(ess_floor[0], ess_floor[1] * s) if ess_floor is not None else None
+    ess_short = ess_floor is not None and not ess >= ess_floor[1] * s  # NaN falls short too
+    ess_futile = ess_short and previous is not None and previous["ess_short"]
+    if ess_futile:  # the fit cannot certify itself, whatever k-hat and the moments say
+        done = True
+    elif not khat <= threshold:  # PSIS is not reliable here: more draws only settle k-hat
         done = stable
     else:
         done = stable and worst <= precision and s >= needed
@@ -91,6 +113,10 @@ def resolution(stream: MomentStream, previous_khat: float | None, precision: flo
         "khat_stable": bool(stable),
         "worst_mcse": worst,
         "needed_for_khat": needed,
+        "ess": ess,
+        "min_ess": min_ess,
+        "ess_short": bool(ess_short),
+        "ess_futile": bool(ess_futile),
         "resolved": bool(done),
     }
 
@@ -104,12 +130,14 @@ def draw_by_precision(
     min_draws: int,
     precision: float,
     loop_draws: int,
+    ess_floor: tuple[float, float] | None = None,
     context=None,
     seed: int = 0,
     **drawer_options,
 ) -> LogWeights:
     """Draw in rounds until the verdict's quantities are resolved or ``draws`` are made
-    (module docstring); ``loop_draws`` caps a model run one draw at a time.
+    (module docstring); ``loop_draws`` caps a model run one draw at a time, and ``ess_floor``
+    (None where a reference judges the fit) is the importance ESS the verdict requires.
 
     Returns :class:`~ppl_models.vi.logweights.LogWeights` whose ``log_joint``/``log_q`` hold
     every draw, ``values``/``unconstrained`` the kept ones, ``moments`` the stream of all of
@@ -159,8 +187,7 @@ def draw_by_precision(
                     kept_count += min(room, len(part[0]))
             stop = None
             if not parallel or context.is_main:
-                state = resolution(stream, previous, precision)
-                previous = state["khat"]
+                state = previous = resolution(stream, previous, precision, ess_floor)
                 stop = state["resolved"] or stream.count >= cap or state["draws"] == 0
             if parallel:
                 stop = context.broadcast(stop)
@@ -198,6 +225,13 @@ def _reason(state: dict, cap: int, precision: float) -> str:
     khat = f"k-hat {state['khat']:.2f}" + (
         " (settled between rounds)" if state["khat_stable"] else ""
     )
+    if state["ess_futile"]:
+        return (
+            f"S = {s:,}: the importance ESS ({state['ess']:.0f}) is below the verdict's minimum "
+            f"({state['min_ess']:.0f}), and below that share of S for the second round in a row; "
+            f"the share does not grow with more draws, so the fit cannot certify itself however "
+            f"many are made ({khat})."
+        )
     if state["resolved"] and not state["reliable"]:
         return (
             f"S = {s:,}: {khat}, above its threshold {state['khat_threshold']:.2f}, so PSIS "
