@@ -309,7 +309,8 @@ def _diagnosis(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     rules = rules or VerdictRules()
-    # without a reference the fit must certify itself, and needs the importance ESS to
+    fit_settings = getattr(fit, "settings", None) or {}
+    # without a reference the fit certifies itself, and needs its importance ESS to
     self_certifying = reference is None or (
         isinstance(reference, str) and reference.lower() == "none"
     )
@@ -330,7 +331,8 @@ def _diagnosis(
         max_plate_nesting=int(getattr(fit, "max_plate_nesting", 1) or 0),
         chunk=chunk,
         device=getattr(fit, "device", None),
-        data_plate=(getattr(fit, "settings", None) or {}).get("data_plate"),
+        data_plate=fit_settings.get("data_plate"),
+        validate=fit_settings.get("validate", True),  # a fit without Pyro's checks: none here
     )
     timings["draws"] = time.perf_counter() - t0
 

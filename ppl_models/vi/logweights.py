@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -442,7 +443,8 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 class Drawer:
     """Makes guide draws with their log densities, a chunk at a time, without touching the
     caller's random state: the context of :func:`draw_log_weights` (whose parameters it takes),
-    for callers that consume the draws as they come (:mod:`ppl_models.vi.precision`)."""
+    for callers that consume the draws as they come (:mod:`ppl_models.vi.precision`).
+    ``validate=False`` turns Pyro's validation off while drawing, as a fit without it ran."""
 
     def __init__(
         self,
@@ -458,8 +460,10 @@ class Drawer:
         seed: int = 0,
         device: torch.device | str | None = None,
         data_plate: str | None = None,
+        validate: bool = True,
     ):
         self.model, self.guide, self.data = model, guide, data
+        self.validate = validate
         self.data_plate = data_plate
         self.slices: tuple[int, int] | None = None  # (plate size, slice) when sliced
         self.vectorized, self.unconstrained = vectorized, unconstrained
@@ -477,6 +481,8 @@ class Drawer:
         stack = self._stack
         stack.enter_context(local_params())
         stack.enter_context(torch.no_grad())
+        if not self.validate:  # as the fit ran: Pyro's checks of every value and argument off
+            stack.enter_context(pyro.validation_enabled(False))
         stack.enter_context(torch.random.fork_rng(devices=self._devices))
         torch.manual_seed(self._seed)
         model_trace, guide_trace = _traces(self.model, self.guide, self.data)
