@@ -230,7 +230,7 @@ def _reason(state: dict, cap: int, precision: float) -> str:
             f"S = {s:,}: the importance ESS ({state['ess']:.0f}) is below the verdict's minimum "
             f"({state['min_ess']:.0f}), and below that share of S for the second round in a row; "
             f"the share does not grow with more draws, so the fit cannot certify itself however "
-            f"many are made ({khat})."
+            f"many are made; {khat}."
         )
     if state["resolved"] and not state["reliable"]:
         return (
