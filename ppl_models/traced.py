@@ -212,6 +212,7 @@ class TracedObjective(Objective):
             with torch.no_grad():
                 _fold_constants(gm)
                 _drop_identities(gm)
+                _sink_negations(gm)
             self._check(gm, inputs, args, kwargs, devices)
         except _Untraceable:
             raise
@@ -465,6 +466,31 @@ def _drop_identities(gm: torch.fx.GraphModule) -> None:
     used = {node.target for node in graph.nodes if node.op == "get_attr"}
     for name in [name for name in gm._buffers if name not in used]:
         del gm._buffers[name]  # constants whose every use was folded or dropped
+    gm.recompile()
+
+
+def _sink_negations(gm: torch.fx.GraphModule) -> None:
+    """Move a negation below the sum that is its only use: ``sum(-x)`` becomes ``-sum(x)``.
+
+    Pyro's Bernoulli, Binomial and Categorical log densities are negated cross-entropies, which
+    the ELBO sums at once: the rewrite saves a pass over the summed tensor forward, and its
+    gradient's backward. The numbers are the same exactly: negation is exact and the sum adds
+    the same terms in the same order."""
+    graph = gm.graph
+    sums = (_ATEN.sum.default, _ATEN.sum.dim_IntList)
+    for node in list(graph.nodes):
+        if not _is_op(node, _ATEN.neg.default) or len(node.users) != 1:
+            continue
+        (total,) = node.users
+        if not any(_is_op(total, op) for op in sums) or total.args[0] is not node:
+            continue
+        with graph.inserting_after(total):
+            negated = graph.call_function(_ATEN.neg.default, (total,))
+        negated.meta = dict(total.meta)
+        total.replace_all_uses_with(negated)
+        negated.args = (total,)  # its own argument, which the line above replaced too
+        total.replace_input_with(node, node.args[0])
+        graph.erase_node(node)
     gm.recompile()
 
 

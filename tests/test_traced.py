@@ -222,6 +222,43 @@ def test_tensor_keyword_arguments_are_inputs_of_the_graph():
     assert traced.fallback_reason is None and len(traced._graphs) == 2  # prior_scale: another
 
 
+def logistic_model(x, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[-1], dtype=x.dtype), 1.0).to_event(1))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Bernoulli(logits=(w.unsqueeze(-2) * x).sum(-1)), obs=y)
+
+
+def test_a_summed_negation_is_replayed_as_the_negated_sum_with_the_same_numbers():
+    # Pyro's Bernoulli log density is a negated cross-entropy, summed at once: the graph sums
+    # first and negates the sum (one pass over the data's terms fewer, forward and backward),
+    # and gives the plain path's loss and gradients in float64 to the last bits
+    torch.manual_seed(0)
+    x = torch.randn(200, 3, dtype=torch.float64)
+    y = (torch.rand(200, dtype=torch.float64) < 0.5).to(x.dtype)
+    with pyro.get_param_store().scope():
+        guide = pyro.infer.autoguide.AutoNormal(logistic_model)
+        plain = make_objective(logistic_model, guide, make_elbo("trace", particles=8))
+        traced = make_objective(logistic_model, guide, make_elbo("trace", particles=8), "traced")
+        plain(x, y)  # creates the guide's parameters
+        params = list(plain.parameters())
+        results = []
+        for loss_fn in (plain, traced, traced):  # the tracing call, then a replay
+            torch.manual_seed(3)
+            loss = loss_fn(x, y)
+            results.append((loss.detach(), torch.autograd.grad(loss, params)))
+    ((gm, _),) = traced._graphs.values()
+    aten = torch.ops.aten
+    cross_entropy = aten.binary_cross_entropy_with_logits.default
+    (bce,) = [n for n in gm.graph.nodes if n.target is cross_entropy]
+    assert [u.target for u in bce.users] == [aten.sum.default]
+    (total,) = bce.users
+    assert [u.target for u in total.users] == [aten.neg.default]
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], rtol=1e-13, atol=0)
+        for mine, theirs in zip(grads, results[0][1], strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)
+
+
 # ----------------------------------------------------------------------------- the fallback
 
 
