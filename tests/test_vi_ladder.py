@@ -108,6 +108,49 @@ def test_a_rung_whose_loss_became_nan_is_fitted_again_at_a_tenth_of_the_step(mon
     assert abs(row["mean"] - mean) < 0.05 * sd and abs(row["sd"] / sd - 1) < 0.05
 
 
+OFFSET = torch.nn.Linear(1, 1, bias=False, dtype=F64)  # a module the model script builds
+torch.nn.init.constant_(OFFSET.weight, 0.5)
+
+
+def _normal_mean_with_estimates(x):
+    # point estimates of two kinds: a pyro.param site and a module's parameter
+    noise = pyro.param("noise", torch.tensor(1.0, dtype=F64), constraint=dist.constraints.positive)
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("obs", len(x)):
+        pyro.sample("x", dist.Normal(mu + OFFSET.weight[0, 0], noise), obs=x)
+
+
+def test_a_second_attempt_starts_the_models_point_estimates_where_the_first_did(monkeypatch):
+    # the first attempt leaves NaNs in the model's parameters (and a site of its own) when its
+    # loss becomes NaN; the retry starts from the model's initial values, not from those
+    from ppl_models.svi import NonFiniteLossError
+    from ppl_models.vi import fitting
+
+    real, starts = fitting.fit_svi, []
+
+    def nan_then_fit(model, guide, data, settings, **kw):
+        store = pyro.get_param_store()
+        starts.append((sorted(store.keys()), float(OFFSET.weight.detach())))
+        if len(starts) == 1:
+            store["noise"] = torch.tensor(float("nan"), dtype=F64)
+            store["left_behind"] = torch.tensor(3.0, dtype=F64)
+            with torch.no_grad():
+                OFFSET.weight.fill_(float("nan"))
+            raise NonFiniteLossError("loss became nan at step 7")
+        return real(model, guide, data, settings, **kw)
+
+    monkeypatch.setattr(fitting, "fit_svi", nan_then_fit)
+    with pyro.get_param_store().scope():
+        ladder = fit_auto(
+            _normal_mean_with_estimates, {"x": NORMAL_X}, ladder=FAST, steps=200, budget=60
+        )
+        noise = float(pyro.param("noise").detach())
+    assert starts[0] == starts[1] == ([], 0.5)  # as the model's code starts them
+    first = ladder.rungs[0]
+    assert first.status == "done" and "a tenth of the step size" in first.facts["retried"]
+    assert math.isfinite(noise) and math.isfinite(float(OFFSET.weight.detach()))
+
+
 def _correlated_regression(rho: float = 0.5, n: int = 20, seed: int = 0):
     """beta ~ N(0, 10^2 I), y ~ N(X beta, 1) with X's columns correlated rho: the posterior is
     N(m, S), S = (X'X + I/100)^-1, m = S X'y, with correlation -rho (closed form)."""

@@ -310,7 +310,8 @@ def _diagnosis(
     t0 = time.perf_counter()
     rules = rules or VerdictRules()
     fit_settings = getattr(fit, "settings", None) or {}
-    # without a reference the fit certifies itself, and needs its importance ESS to
+    # without a reference the fit must certify itself: the draws stop early where the
+    # importance ESS cannot reach the verdict's minimum
     self_certifying = reference is None or (
         isinstance(reference, str) and reference.lower() == "none"
     )

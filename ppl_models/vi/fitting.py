@@ -367,6 +367,24 @@ def _refitting(problem: _Problem) -> _Problem:
     return dataclasses.replace(problem, hooks=hooks)
 
 
+def saved_point_estimates(model: Callable, guide) -> Callable[[], None]:
+    """A function that puts the point estimates of ``model`` (and of a custom ``guide``) back to
+    what they are now: their modules' parameters, and Pyro's global parameter store, from which
+    the sites a later fit creates are removed. A second attempt at a failed fit starts where the
+    first did, not from the NaNs the first left."""
+    modules = model_modules(model) + ([] if isinstance(guide, str) else model_modules(guide))
+    store = pyro.get_param_store()
+    with local_params():
+        adopt_local_params(modules)
+        saved = _PointEstimates(modules, list(store.keys())).state()
+
+    def restore() -> None:
+        with local_params():
+            _PointEstimates(modules, list(store.keys())).load(saved)
+
+    return restore
+
+
 def _load(modules: list, states: list) -> None:
     for module, state in zip(modules, states, strict=True):
         module.load_state_dict(state)

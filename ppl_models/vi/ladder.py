@@ -478,7 +478,7 @@ def _vi_rung(
     (:class:`_GainWatch`)."""
     from ..svi import NonFiniteLossError
     from .diagnose import diagnose
-    from .fitting import fit_svi
+    from .fitting import fit_svi, saved_point_estimates
 
     guide_name = guide if isinstance(guide, str) else "custom"
     rung = Rung(name, method or guide_name, model=model_label)
@@ -504,11 +504,13 @@ def _vi_rung(
 
     retried = None
     try:
+        restore = saved_point_estimates(model, guide)
         try:
             fit = fitted(settings)
         except NonFiniteLossError as err:  # a second attempt at a tenth of the step size
             if time.perf_counter() > climb.deadline:
                 raise
+            restore()  # from where the first attempt started, not from its non-finite values
             settings = settings.replace(
                 lr=settings.lr / RETRY_LR_DIVISOR, lr_final=settings.lr_final / RETRY_LR_DIVISOR
             )

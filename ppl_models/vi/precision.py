@@ -115,6 +115,7 @@ def resolution(
         "needed_for_khat": needed,
         "ess": ess,
         "min_ess": min_ess,
+        "ess_fraction": ess_floor[1] if ess_floor is not None else None,
         "ess_short": bool(ess_short),
         "ess_futile": bool(ess_futile),
         "resolved": bool(done),
@@ -228,9 +229,9 @@ def _reason(state: dict, cap: int, precision: float) -> str:
     if state["ess_futile"]:
         return (
             f"S = {s:,}: the importance ESS ({state['ess']:.0f}) is below the verdict's minimum "
-            f"({state['min_ess']:.0f}), and below that share of S for the second round in a row; "
-            f"the share does not grow with more draws, so the fit cannot certify itself however "
-            f"many are made; {khat}."
+            f"({state['min_ess']:.0f}), and below {state['ess_fraction']:.0%} of S for the second "
+            "round in a row; that share does not grow with more draws, so the fit cannot certify "
+            f"itself however many are made; {khat}."
         )
     if state["resolved"] and not state["reliable"]:
         return (
