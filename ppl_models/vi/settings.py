@@ -69,7 +69,7 @@ class FitSettings:
     guide_options
         For the guide class: ``rank``, ``hidden_dims``, ``num_transforms``, ``iterations``.
     validate
-        Keep Pyro's validation on inside the training loop (slower).
+        Keep Pyro's validation on inside the training loop and the diagnosis's draws (slower).
     threads
         CPU threads during the fit (None: one for small models, else torch's setting).
     data_plate, batch_size
