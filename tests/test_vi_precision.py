@@ -79,12 +79,13 @@ def test_the_rounds_stop_once_the_importance_ess_share_falls_short_twice(monkeyp
     from ppl_models.importance import importance_ess
     from ppl_models.vi import precision
     from ppl_models.vi.precision import draw_by_precision
+    from ppl_models.vi.verdict import VerdictRules
 
     monkeypatch.setattr(precision, "KHAT_STABLE", -1.0)
     model, guide = _shifted_normal(shift)
     common = dict(draws=32_000, min_draws=1000, precision=0.025, loop_draws=32_000, seed=0)
-    with_floor = draw_by_precision(model, guide, {}, ess_floor=(100.0, 0.01), **common)
-    at_cap = draw_by_precision(model, guide, {}, ess_floor=None, **common)
+    with_floor = draw_by_precision(model, guide, {}, ess_rules=VerdictRules(), **common)
+    at_cap = draw_by_precision(model, guide, {}, ess_rules=None, **common)
     assert at_cap.draws == 32_000
     share = importance_ess(at_cap.log_joint - at_cap.log_q) / at_cap.draws
     if math.exp(-(shift**2)) < 0.01:  # the share's limit is below the verdict's 1%

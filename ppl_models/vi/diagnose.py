@@ -323,7 +323,7 @@ def _diagnosis(
         min_draws=min(min_draws, draws),
         precision=precision,
         loop_draws=loop_draws,
-        ess_floor=(rules.min_ess, rules.min_ess_fraction) if self_certifying else None,
+        ess_rules=rules if self_certifying else None,
         context=context,
         seed=seed,
         vectorized=bool(getattr(fit, "vectorized", True)),

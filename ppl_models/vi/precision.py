@@ -16,7 +16,7 @@ threshold, the moments cannot be resolved by more draws, and the rounds stop onc
 k` is stable.
 
 Without a reference the verdict also needs an importance ESS of at least
-:math:`\max(\mathrm{ESS}_{min}, f S)` (``ess_floor`` = :math:`(\mathrm{ESS}_{min}, f)`, from
+:math:`\max(\mathrm{ESS}_{min}, f S)` (``ess_rules``, the verdict's
 :class:`~ppl_models.vi.verdict.VerdictRules`). More draws raise the ESS towards its absolute
 floor, but not its fraction :math:`\mathrm{ESS}/S`: its estimate does not grow with :math:`S` in
 expectation (small samples miss the largest weights), and its limit is :math:`1/E_q[w^2]`
@@ -44,6 +44,7 @@ from .. import diagnostics, importance
 from ..distributed import rank_seed
 from .logweights import Drawer, LogWeights
 from .stream import MomentStream
+from .verdict import VerdictRules
 
 KHAT_STABLE = 0.05  # k-hat's change between rounds below which it is taken as settled
 # The numbers of whole draws kept: keep = clamp(this / d, 1,000, 20,000). 64 MiB of float64 a
@@ -75,7 +76,7 @@ def resolution(
     stream: MomentStream,
     previous: dict | None,
     precision: float,
-    ess_floor: tuple[float, float] | None = None,
+    ess_rules: VerdictRules | None = None,
 ) -> dict:
     """Whether the draws so far resolve the verdict's quantities (module docstring), and the
     numbers that say so; ``previous`` is the last round's answer (None in the first)."""
@@ -95,9 +96,10 @@ def resolution(
     worst = float(max(np.nanmax(mean_error, initial=0.0), np.nanmax(sd_error, initial=0.0)))
     needed = draws_for_khat(khat)
     ess = importance.importance_ess(log_w)
+    fraction = ess_rules.min_ess_fraction if ess_rules is not None else None
+    min_ess = ess_rules.min_importance_ess(s) if ess_rules is not None else None
     # the fraction alone: more draws can bring the ESS to its absolute floor, not to f S
-    min_ess = max(ess_floor[0], ess_floor[1] * s) if ess_floor is not None else None
-    ess_short = ess_floor is not None and not ess >= ess_floor[1] * s  # NaN falls short too
+    ess_short = fraction is not None and not ess >= fraction * s  # NaN falls short too
     ess_futile = ess_short and previous is not None and previous["ess_short"]
     if ess_futile:  # the fit cannot certify itself, whatever k-hat and the moments say
         done = True
@@ -115,7 +117,7 @@ def resolution(
         "needed_for_khat": needed,
         "ess": ess,
         "min_ess": min_ess,
-        "ess_fraction": ess_floor[1] if ess_floor is not None else None,
+        "ess_fraction": fraction,
         "ess_short": bool(ess_short),
         "ess_futile": bool(ess_futile),
         "resolved": bool(done),
@@ -131,14 +133,14 @@ def draw_by_precision(
     min_draws: int,
     precision: float,
     loop_draws: int,
-    ess_floor: tuple[float, float] | None = None,
+    ess_rules: VerdictRules | None = None,
     context=None,
     seed: int = 0,
     **drawer_options,
 ) -> LogWeights:
     """Draw in rounds until the verdict's quantities are resolved or ``draws`` are made
-    (module docstring); ``loop_draws`` caps a model run one draw at a time, and ``ess_floor``
-    (None where a reference judges the fit) is the importance ESS the verdict requires.
+    (module docstring); ``loop_draws`` caps a model run one draw at a time, and ``ess_rules``
+    (None where a reference judges the fit) say the importance ESS the verdict requires.
 
     Returns :class:`~ppl_models.vi.logweights.LogWeights` whose ``log_joint``/``log_q`` hold
     every draw, ``values``/``unconstrained`` the kept ones, ``moments`` the stream of all of
@@ -188,7 +190,7 @@ def draw_by_precision(
                     kept_count += min(room, len(part[0]))
             stop = None
             if not parallel or context.is_main:
-                state = previous = resolution(stream, previous, precision, ess_floor)
+                state = previous = resolution(stream, previous, precision, ess_rules)
                 stop = state["resolved"] or stream.count >= cap or state["draws"] == 0
             if parallel:
                 stop = context.broadcast(stop)

@@ -318,7 +318,7 @@ def key_numbers(s: dict) -> list[KeyNumber]:
             "PSIS k-hat", Num(k, digits=2), f"threshold {thr:.2g}", f"#{WEIGHTS_FIGURE}", level
         )
     draws, ess = s["draws"], s["importance_ess"]
-    min_ess = max(VerdictRules().min_ess, VerdictRules().min_ess_fraction * draws)
+    min_ess = VerdictRules().min_importance_ess(draws)
     ess_number = KeyNumber(
         "Importance ESS",
         f"{ess:,.0f}",

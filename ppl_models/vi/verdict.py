@@ -82,6 +82,11 @@ class VerdictRules:
     min_ess_fraction: float = 0.01
     max_r_hat: float = 1.01
 
+    def min_importance_ess(self, draws: int) -> float:
+        """The importance ESS self-certification needs from ``draws`` draws: at least
+        ``min_ess``, and at least ``min_ess_fraction`` of them."""
+        return max(self.min_ess, self.min_ess_fraction * draws)
+
     def describe(self) -> list[str]:
         """The rules in words, for the report."""
         return verdict_text.describe_rules(self)
@@ -334,7 +339,7 @@ def _self_findings(
     tolerances. Elements *measured* off are off; elements merely not settled are not
     certified, which the findings say, but are not called off."""
     checks: dict = {}
-    min_ess = max(rules.min_ess, rules.min_ess_fraction * draws)
+    min_ess = rules.min_importance_ess(draws)
     if khat is None or math.isnan(khat) or khat > khat_threshold:
         facts = {"khat": khat, "limit": khat_threshold}
         return [Finding("self_khat", NOT_TRUSTWORTHY, (), facts)], checks
