@@ -53,6 +53,7 @@ from torch.distributions import kl_divergence
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .errors import one_line
+from .gathered import gather_along
 from .svi import Objective
 
 TRACEABLE_ELBOS = (Trace_ELBO, TraceMeanField_ELBO)
@@ -213,6 +214,7 @@ class TracedObjective(Objective):
                 _fold_constants(gm)
                 _drop_identities(gm)
                 _sink_negations(gm)
+                _gather_indexing(gm)
             self._check(gm, inputs, args, kwargs, devices)
         except _Untraceable:
             raise
@@ -490,6 +492,38 @@ def _sink_negations(gm: torch.fx.GraphModule) -> None:
         total.replace_all_uses_with(negated)
         negated.args = (total,)  # its own argument, which the line above replaced too
         total.replace_input_with(node, node.args[0])
+        graph.erase_node(node)
+    gm.recompile()
+
+
+def _gather_indexing(gm: torch.fx.GraphModule) -> None:
+    """Replay ``x[..., i]``, one int64 vector ``i`` indexing one dimension of ``x`` on the CPU,
+    as :func:`~ppl_models.gathered.gather_along`: the same loss and gradients to the bit, about
+    a third of the time of ``index`` and its accumulating backward. A folded constant ``i``
+    with no negative number is not wrapped at each replay."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if not _is_op(node, _ATEN.index.Tensor) or "val" not in node.meta:
+            continue
+        source, indices = node.args
+        tensors = [(k, i) for k, i in enumerate(indices) if i is not None]
+        if len(tensors) != 1:
+            continue
+        ((dim, index),) = tensors
+        constant = getattr(gm, index.target) if index.op == "get_attr" else None
+        example = index.meta.get("val", constant)
+        if (
+            not isinstance(example, torch.Tensor)
+            or example.dtype != torch.int64
+            or example.dim() != 1
+            or node.meta["val"].device.type != "cpu"
+        ):
+            continue
+        wrap = constant is None or bool((constant < 0).any())
+        with graph.inserting_before(node):
+            gathered = graph.call_function(gather_along, (source, dim, index), {"wrap": wrap})
+        gathered.meta = dict(node.meta)
+        node.replace_all_uses_with(gathered)
         graph.erase_node(node)
     gm.recompile()
 

@@ -11,6 +11,7 @@ from pyro import poutine
 from pyro.infer import JitTrace_ELBO
 from pyro.nn import PyroModule, PyroParam
 
+from ppl_models.gathered import gather_along
 from ppl_models.svi import local_params, make_elbo, make_objective, train
 from ppl_models.vae.model import build_vae, observations
 from ppl_models.vae.networks import build_networks
@@ -257,6 +258,43 @@ def test_a_summed_negation_is_replayed_as_the_negated_sum_with_the_same_numbers(
         torch.testing.assert_close(loss, results[0][0], rtol=1e-13, atol=0)
         for mine, theirs in zip(grads, results[0][1], strict=True):
             torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)
+
+
+def grouped_model(group, y):
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=y.dtype), 1.0))
+    with pyro.plate("groups", 5):
+        alpha = pyro.sample("alpha", dist.Normal(mu, 1.0))
+    with pyro.plate("data", len(y)) as i:
+        pyro.sample("y", dist.Bernoulli(logits=alpha[..., group[i]]), obs=y[i])
+
+
+def test_a_group_effect_indexed_by_the_data_is_gathered_with_the_same_numbers():
+    # alpha[..., group] and its accumulating backward are replayed as gather and scatter_add,
+    # which copy and add the same numbers in the same order: loss and gradients to the last
+    # bits, negative indices (counted from the end) included, and for new data of the same shape
+    torch.manual_seed(0)
+    group = torch.randint(-5, 5, (300,))
+    y = (torch.rand(300, dtype=torch.float64) < 0.5).to(torch.float64)
+    with pyro.get_param_store().scope():
+        guide = pyro.infer.autoguide.AutoNormal(grouped_model)
+        plain = make_objective(grouped_model, guide, make_elbo("trace", particles=8))
+        traced = make_objective(grouped_model, guide, make_elbo("trace", particles=8), "traced")
+        plain(group, y)  # creates the guide's parameters
+        params = list(plain.parameters())
+        for data in [(group, y), (group.flip(0), y)]:  # the tracing call's data, then other data
+            results = []
+            for loss_fn in (plain, traced, traced):  # the tracing call, then a replay
+                torch.manual_seed(3)
+                loss = loss_fn(*data)
+                results.append((loss.detach(), torch.autograd.grad(loss, params)))
+            for loss, grads in results[1:]:
+                torch.testing.assert_close(loss, results[0][0], rtol=1e-13, atol=0)
+                for mine, theirs in zip(grads, results[0][1], strict=True):
+                    torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    ((gm, _),) = traced._graphs.values()
+    targets = {n.target for n in gm.graph.nodes}
+    assert gather_along in targets
+    assert torch.ops.aten.index.Tensor not in targets
 
 
 # ----------------------------------------------------------------------------- the fallback
