@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from .runs import atomic_save
 
@@ -29,12 +28,27 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7
     return fig, fig.subplots(nrows, ncols)
 
 
+def fixed_layout(
+    fig: Figure, nrows: int, ncols: int, *, left, right, bottom, top, wspace, hspace
+) -> None:
+    """Place a grid of ``nrows`` x ``ncols`` panels with margins and gaps given in inches, so
+    that labels of a known size fit at any size of the grid without a layout engine (which
+    draws a many-panel figure more than once to measure it)."""
+    width, height = fig.get_size_inches()
+    panel_w = (width - left - right - (ncols - 1) * wspace) / ncols
+    panel_h = (height - bottom - top - (nrows - 1) * hspace) / nrows
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wspace / panel_w,
+        hspace=hspace / panel_h,
+    )
+
+
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as a PNG at ``path``, atomically; returns the path. A figure laid out by
-    matplotlib's constrained layout already fits its labels, so only the others are cropped to
-    their drawn extent (``bbox_inches="tight"``, which draws the figure once more to measure
-    it)."""
-    constrained = isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
-    bbox = None if constrained else "tight"
-    atomic_save(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches=bbox))
+    """Write ``fig`` as a PNG at ``path``, atomically; returns the path. The figure is saved as
+    laid out (by matplotlib's constrained layout or :func:`fixed_layout`), drawn once."""
+    atomic_save(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     return Path(path)

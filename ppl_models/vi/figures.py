@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure as MplFigure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 from scipy.special import logsumexp
 
-from ..plots import new_figure, save_figure
+from ..plots import fixed_layout, new_figure, save_figure
 from .logweights import element_names
 
 Q_COLOR, REF_COLOR, PSIS_COLOR = "tab:blue", "black", "tab:orange"
@@ -124,7 +124,9 @@ def marginals(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | No
     nrows = math.ceil(n / ncols)
     # a fixed layout: constrained layout doubles the drawing time of a many-panel figure
     fig = MplFigure(figsize=(3.1 * ncols, 2.4 * nrows))
-    fig.subplots_adjust(left=0.03, right=0.98, bottom=0.06, top=0.93, wspace=0.12, hspace=0.45)
+    fixed_layout(
+        fig, nrows, ncols, left=0.2, right=0.2, bottom=0.3, top=0.3, wspace=0.35, hspace=0.6
+    )
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     off = set(summary.get("verdict_off", []))
     for ax, row in zip(axes, order, strict=False):
@@ -300,7 +302,9 @@ def pairs(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
     ncols = min(3, k)
     nrows = math.ceil(k / ncols)
     fig = MplFigure(figsize=(3.6 * ncols, 3.3 * nrows))
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.14, top=0.9, wspace=0.35, hspace=0.45)
+    fixed_layout(
+        fig, nrows, ncols, left=0.75, right=0.15, bottom=0.5, top=0.4, wspace=0.8, hspace=0.6
+    )
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for ax, (x, y) in zip(axes, chosen, strict=False):
         ax.tick_params(labelsize=7)
@@ -321,6 +325,9 @@ def pairs(fig_dir: Path, summary: dict, idata) -> tuple[str, Path, str] | None:
                 )  # fmt: skip
         if _positive(q[y], other.get(y) if r_idx is not None else q[y]) and funnel:
             ax.set_yscale("log")  # a scale near zero is where the funnel's neck is
+            for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis_formatter(LogFormatter())  # 1.2, not 1.2 x 10^0
+            ax.tick_params(which="both", labelsize=7)
         ax.set_xlabel(x, fontsize=8)
         ax.set_ylabel(y + (" (log axis)" if ax.get_yscale() == "log" else ""), fontsize=8)
     for ax in axes[k:]:
