@@ -167,7 +167,9 @@ def draw_by_precision(
     stream = MomentStream(cap)
     kept: list = []
     kept_count, keep = 0, None
-    log_joint, log_q = [], []
+    # every draw's log densities, in arrays made once: small arrays kept per chunk would pin
+    # the heap's free blocks between a chunk's temporaries (and it grows by chunks' sizes)
+    log_joint, log_q = np.empty(cap), np.empty(cap)
     target = min(max(min_draws, 10), cap)
     previous, state = None, None
     with drawer:
@@ -181,8 +183,8 @@ def draw_by_precision(
                 if keep is None:
                     dimension = sum(v[0].size for v in part[2].values())
                     keep = keep_size(dimension + sum(v[0].size for v in part[3].values()), cap)
-                log_joint.append(part[0])
-                log_q.append(part[1])
+                at, n = stream.count, len(part[0])
+                log_joint[at : at + n], log_q[at : at + n] = part[0], part[1]
                 stream.add(part[0] - part[1], elements(part[2], list(part[2])))
                 if kept_count < keep:
                     room = keep - kept_count
@@ -204,8 +206,8 @@ def draw_by_precision(
     lw = drawer.log_weights(kept, seconds, notes)
     return dataclasses.replace(
         lw,
-        log_joint=np.concatenate(log_joint),
-        log_q=np.concatenate(log_q),
+        log_joint=log_joint[: stream.count].copy(),
+        log_q=log_q[: stream.count].copy(),
         moments=stream,
         draws_reason=_reason(state, cap, precision),
     )
