@@ -75,7 +75,7 @@ _METADATA_FACTORIES = {
 }
 
 
-class _Untraceable(Exception):
+class Untraceable(Exception):
     """Tracing this call would not reproduce the plain objective; the message says why."""
 
 
@@ -121,13 +121,13 @@ class TracedObjective(Objective):
     def forward(self, *args, **kwargs) -> torch.Tensor:
         try:
             key = self._signature(args, kwargs)
-        except _Untraceable as why:
+        except Untraceable as why:
             return self._plain(str(why), args, kwargs)
         graph = self._graphs.get(key)
         if graph is None:
             try:
                 graph = self._graphs[key] = self._trace(args, kwargs)
-            except _Untraceable as why:
+            except Untraceable as why:
                 graph = self._graphs[key] = str(why)
         if isinstance(graph, str):
             return self._plain(graph, args, kwargs)
@@ -149,7 +149,7 @@ class TracedObjective(Objective):
 
     def _signature(self, args, kwargs) -> tuple:
         if _PYRO_STACK:
-            raise _Untraceable("the call runs under a Pyro effect handler")
+            raise Untraceable("the call runs under a Pyro effect handler")
         parts = [self.training]
         for name, value in [*enumerate(args), *sorted(kwargs.items())]:
             if isinstance(value, torch.Tensor):
@@ -184,20 +184,7 @@ class TracedObjective(Objective):
                 call_kwargs[name] = next(given)
             return _negative_elbo(self.elbo, tuple(call_args), call_kwargs)
 
-        with (
-            torch.random.fork_rng(devices=devices),
-            pyro.validation_enabled(False),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore")  # tracer notes on constants and aliasing
-            try:
-                gm = make_fx(loss, pre_dispatch=True)(*inputs, *_tensors(args, kwargs))
-            except Exception as err:  # noqa: BLE001 - any failure of the tracer, not the model's
-                # make_fx refuses to read a traced tensor's value into Python (data-dependent
-                # control flow), or meets an operation it cannot record; the plain evaluation
-                # above has shown the model itself runs
-                first = one_line(str(err)) or type(err).__name__
-                raise _Untraceable(f"the loss cannot be traced: {first}") from None
+        gm = trace_graph(loss, (*inputs, *_tensors(args, kwargs)), devices)
         frozen = [
             node.target
             for node in gm.graph.nodes
@@ -205,22 +192,18 @@ class TracedObjective(Objective):
         ]
         if frozen:
             # a graph would hold them as constants: their training would stop
-            raise _Untraceable(
+            raise Untraceable(
                 f"the loss uses {len(frozen)} tensor(s) that require grad but are not parameters "
                 "of the model, guide or param store"
             )
         try:
-            with torch.no_grad():
-                _fold_constants(gm)
-                _drop_identities(gm)
-                _sink_negations(gm)
-                _gather_indexing(gm)
+            simplify(gm)
             self._check(gm, inputs, args, kwargs, devices)
-        except _Untraceable:
+        except Untraceable:
             raise
         except Exception as err:  # noqa: BLE001 - the graph, not the model, failed
             first = one_line(str(err)) or type(err).__name__
-            raise _Untraceable(f"the traced loss failed: {first}") from None
+            raise Untraceable(f"the traced loss failed: {first}") from None
         return gm, inputs
 
     def _check(self, gm, inputs: tuple, args, kwargs, devices: list[int]) -> None:
@@ -243,7 +226,40 @@ class TracedObjective(Objective):
         if len(plain) != len(traced) or not all(
             _agrees(t, p) for t, p in zip(traced, plain, strict=True)
         ):
-            raise _Untraceable("the traced loss or its gradients disagreed with the plain path's")
+            raise Untraceable("the traced loss or its gradients disagreed with the plain path's")
+
+
+def trace_graph(
+    fn: Callable, inputs: tuple, devices: list[int], what: str = "the loss"
+) -> torch.fx.GraphModule:
+    """``fn(*inputs)`` recorded by ``make_fx`` as a graph of ATen operations, drawing nothing
+    (the random state is restored) and with Pyro's validation off. Tensors ``fn`` reads that
+    are not among ``inputs`` become constants of the graph. Raises :class:`Untraceable`, naming
+    ``what`` with the tracer's first line, where it fails: it refuses to read a traced tensor's
+    value into Python (data-dependent control flow), or meets an operation it cannot record."""
+    with (
+        torch.random.fork_rng(devices=devices),
+        pyro.validation_enabled(False),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")  # tracer notes on constants and aliasing
+        try:
+            # a plain function of the tensors: make_fx counts a bound method's self
+            return make_fx(lambda *tensors: fn(*tensors), pre_dispatch=True)(*inputs)
+        except Exception as err:  # noqa: BLE001 - any failure of the tracer, not the model's
+            first = one_line(str(err)) or type(err).__name__
+            raise Untraceable(f"{what} cannot be traced: {first}") from None
+
+
+def simplify(gm: torch.fx.GraphModule) -> None:
+    """The rewrites of a traced graph, each exact (the same numbers as the graph traced):
+    constants folded, identities dropped, negations moved below their sums, and a vector
+    indexing one dimension replayed as a gather."""
+    with torch.no_grad():
+        _fold_constants(gm)
+        _drop_identities(gm)
+        _sink_negations(gm)
+        _gather_indexing(gm)
 
 
 def _agrees(traced: torch.Tensor, plain: torch.Tensor) -> bool:
@@ -272,7 +288,7 @@ def _hashable(value) -> tuple:
     try:
         hash(value)
     except TypeError:
-        raise _Untraceable(f"argument {value!r} cannot be hashed") from None
+        raise Untraceable(f"argument {value!r} cannot be hashed") from None
     return (type(value), value)
 
 

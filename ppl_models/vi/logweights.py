@@ -45,6 +45,7 @@ from .enumeration import (
     log_joint_at,
     marginal_log_joint,
 )
+from .replayed import ReplayedChunks
 from .settings import DiagnosisSettings
 from .traces import log_prob_per_draw, per_draw_value, sum_per_draw, under_plate
 from .vmapped import log_joint_fn, split
@@ -477,6 +478,7 @@ class Drawer:
         self.sites: list[_Site] = []
         self.size = 1
         self.dropped = 0
+        self._replayed: ReplayedChunks | None = None
 
     def __enter__(self) -> Drawer:
         stack = self._stack
@@ -491,13 +493,17 @@ class Drawer:
         guide_trace.compute_log_prob()
         self.sites = _model_sites(model_trace, skip=self.discrete.sites if self.discrete else ())
         self.size = _chunk_size(model_trace, guide_trace, self._chunk) if self.vectorized else 1
-        if self.vectorized and not self.unconstrained and not self.discrete and self._chunk is None:
-            self.slices = _data_slices(model_trace, guide_trace, self.data_plate)
-            if self.slices is not None:
-                self.size = SLICED_DRAWS
+        if self.vectorized and not self.unconstrained and not self.discrete:
+            if self._chunk is None:
+                self.slices = _data_slices(model_trace, guide_trace, self.data_plate)
+                if self.slices is not None:
+                    self.size = SLICED_DRAWS
+            if self.slices is None:  # a long request's chunks are replayed from a graph
+                self._replayed = ReplayedChunks(self._pyro_chunk, self.size, self._devices)
         return self
 
     def __exit__(self, *exc) -> None:
+        self._replayed = None  # its graph holds the parameters and the data
         self._stack.close()
 
     @property
@@ -512,6 +518,8 @@ class Drawer:
         """``total`` draws as chunks of at most :attr:`size`: ``(log_joint, log_q, values,
         unconstrained)`` in float64 NumPy, draws with a non-finite log density dropped (and
         counted in :attr:`dropped`)."""
+        if self._replayed is not None:
+            self._replayed.prepare(total)
         done = 0
         while done < total:
             n = min(self.size, total - done)
@@ -520,6 +528,8 @@ class Drawer:
                 part = _unconstrained_chunk(
                     self.model, self.guide, self.data, n, self.sites, self.unconstrained
                 )
+            elif self._replayed is not None and self._replayed.serves(n):
+                part = self._replayed()
             else:
                 with GatherIndexing():  # alpha[..., group]: the same numbers, faster
                     part = self._pyro_chunk(n)
