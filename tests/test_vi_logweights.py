@@ -124,6 +124,30 @@ def test_a_big_data_plate_is_scored_in_slices_exactly(monkeypatch):
     np.testing.assert_allclose(log_joint, exact, rtol=1e-10)
 
 
+@pytest.mark.parametrize(("budget", "sliced"), [(2**16, False), (2**15, True)])
+def test_a_data_plate_is_sliced_only_where_four_draws_exceed_the_budget(
+    monkeypatch, budget, sliced
+):
+    # one draw holds y and its log density over 2,000 observations and mu's four numbers:
+    # 4,004 numbers, so four draws (with a factor 4 for the model's arithmetic) need 64,064
+    from ppl_models.vi import logweights
+
+    monkeypatch.setattr(logweights, "_CHUNK_ELEMENTS", budget)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 10.0))
+        with pyro.plate("obs", len(x)) as i:
+            pyro.sample("x", dist.Normal(mu, 0.8), obs=x[i])
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(torch.tensor(2.0, dtype=torch.float64), 0.1))
+
+    x = torch.zeros(2000, dtype=torch.float64)
+    with logweights.Drawer(model, guide, {"x": x}, data_plate="obs") as drawer:
+        assert (drawer.slices is not None) is sliced
+        assert drawer.size == (logweights.SLICED_DRAWS if sliced else budget // (4 * 4004))
+
+
 def test_draws_without_validation_are_the_same_draws_and_leave_the_callers_setting():
     # a fit run without Pyro's validation is diagnosed without it: the checks cost some 13% of
     # the draws at J = 1,000 and change no number

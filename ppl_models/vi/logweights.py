@@ -242,12 +242,17 @@ def _chunk_size(model_trace, guide_trace, requested: int | None) -> int:
 
 
 SLICED_DRAWS = 16  # draws per chunk when the data plate is evaluated in slices
+# the fewest draws a chunk over the whole data plate must hold, else the plate is sliced: a
+# chunk of 4 draws scores a draw faster than 16 draws in slices (4.0 against 6.2 ms at
+# J = 10,000, N = 200,000), one draw does not (28 against 15 ms at N = 10^6: the model's own
+# indexing of the data, x[i], runs again for every draw)
+VECTORIZED_DRAWS = 4
 
 
 def _data_slices(model_trace, guide_trace, plate: str | None) -> tuple[int, int] | None:
-    """``(N, b)`` when one draw's tensors over the data plate ``plate`` (of ``N``
-    observations) exceed the chunk's budget and the plate holds observations only: its
-    log-likelihood is then evaluated ``b`` observations at a time; None otherwise."""
+    """``(N, b)`` when :data:`VECTORIZED_DRAWS` draws' tensors over the data plate ``plate``
+    (of ``N`` observations) exceed the chunk's budget and the plate holds observations only:
+    its log-likelihood is then evaluated ``b`` observations at a time; None otherwise."""
     if plate is None:
         return None
     size, in_plate, per_draw = None, 0, 0
@@ -263,7 +268,7 @@ def _data_slices(model_trace, guide_trace, plate: str | None) -> tuple[int, int]
             if trace is guide_trace or not site["is_observed"] or _is_deterministic(site):
                 return None  # a latent or a derived quantity in the plate: not sliced
             size, in_plate = frame.size, in_plate + elements
-    if size is None or 4 * SLICED_DRAWS * per_draw <= _CHUNK_ELEMENTS:
+    if size is None or 4 * VECTORIZED_DRAWS * per_draw <= _CHUNK_ELEMENTS:
         return None
     per_observation = in_plate / size
     slice_size = int(_CHUNK_ELEMENTS // (4 * SLICED_DRAWS * per_observation))

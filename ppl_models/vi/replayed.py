@@ -10,9 +10,9 @@ fixed for the whole diagnosis, a chunk is a function of the random generator alo
 
     \big(\log p(x, z_s),\ \log q(z_s),\ z_s,\ T^{-1}(z_s)\big)_{s=1..n}, \qquad z_s \sim q,
 
-so it is recorded once as the list of ATen operations it performs (:func:`~ppl_models.traced.
-trace_graph`), everything that depends on the parameters and the data alone computed at
-tracing time, and replayed: the same operations on the same random numbers, taken from the
+so it is recorded once as the list of ATen operations it performs
+(:func:`~ppl_models.traced.trace_graph`), everything that depends on the parameters and the
+data alone computed at tracing time (:func:`~ppl_models.traced.simplify`), and replayed: the same operations on the same random numbers, taken from the
 generator in the same order. A replayed chunk is used only after a check: its numbers are the
 plain chunk's, exactly, on the same random state. Where tracing fails or the check does not hold
 (a model that reads its draws' values into Python), the plain chunks go on.
@@ -32,6 +32,7 @@ from ..traced import Untraceable, simplify, trace_graph
 
 # full chunks in one request before a graph is traced: tracing costs some 35 plain chunks and
 # a replay saves about a quarter of one, so a graph pays for itself after some 140 chunks
+# (the requests of draws by precision double, so a graph traced for one serves the next too)
 REPLAY_AFTER = 128
 
 Chunk = tuple[torch.Tensor, torch.Tensor, dict, dict]
