@@ -12,10 +12,11 @@ fixed for the whole diagnosis, a chunk is a function of the random generator alo
 
 so it is recorded once as the list of ATen operations it performs
 (:func:`~ppl_models.traced.trace_graph`), everything that depends on the parameters and the
-data alone computed at tracing time (:func:`~ppl_models.traced.simplify`), and replayed: the same operations on the same random numbers, taken from the
-generator in the same order. A replayed chunk is used only after a check: its numbers are the
-plain chunk's, exactly, on the same random state. Where tracing fails or the check does not hold
-(a model that reads its draws' values into Python), the plain chunks go on.
+data alone computed at tracing time (:func:`~ppl_models.traced.simplify`), and replayed: the
+same operations on the same random numbers, taken from the generator in the same order. A
+replayed chunk is used only after a check: its numbers are the plain chunk's, exactly, on the
+same random state. Where tracing fails or the check does not hold (a model that reads its
+draws' values into Python), the plain chunks go on.
 
 Tracing costs what some tens of plain chunks cost (0.5 s, about 35 chunks of 46 draws of the
 :math:`J = 1{,}000` hierarchical logistic regression) and a replay saves a quarter of a chunk,
