@@ -606,7 +606,11 @@ def _joined(parts: list, index: int, names: list[str]) -> dict[str, np.ndarray]:
     """Each site's draws, its pieces in the chunks ``parts`` (their dicts at ``index``) joined
     in order and taken out of the chunks as they are, so that a site's pieces are released
     once joined: the pieces and the whole are held together for one site at a time."""
-    return {name: np.concatenate([p[index].pop(name) for p in parts]) for name in names}
+    joined = {}
+    for name in names:
+        pieces = [p[index].pop(name) for p in parts]
+        joined[name] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    return joined
 
 
 def draw_log_weights(

@@ -165,8 +165,7 @@ def draw_by_precision(
             f"made one at a time (instead of up to {draws:,})."
         )
     stream = MomentStream(cap)
-    kept: list = []
-    kept_count, keep = 0, None
+    kept = None
     # every draw's log densities, in arrays made once: small arrays kept per chunk would pin
     # the heap's free blocks between a chunk's temporaries (and it grows by chunks' sizes)
     log_joint, log_q = np.empty(cap), np.empty(cap)
@@ -180,16 +179,14 @@ def draw_by_precision(
             mine = drawer.chunks(share)
             parts = (context.gather(list(mine)) if parallel else [mine]) or []
             for part in (p for rank_parts in parts for p in rank_parts):
-                if keep is None:
+                if kept is None:
                     dimension = sum(v[0].size for v in part[2].values())
-                    keep = keep_size(dimension + sum(v[0].size for v in part[3].values()), cap)
+                    numbers = dimension + sum(v[0].size for v in part[3].values())
+                    kept = _KeptDraws(part, keep_size(numbers, cap))
                 at, n = stream.count, len(part[0])
                 log_joint[at : at + n], log_q[at : at + n] = part[0], part[1]
                 stream.add(part[0] - part[1], elements(part[2], list(part[2])))
-                if kept_count < keep:
-                    room = keep - kept_count
-                    kept.append(_head(part, room))
-                    kept_count += min(room, len(part[0]))
+                kept.add(part)
             stop = None
             if not parallel or context.is_main:
                 state = previous = resolution(stream, previous, precision, ess_rules)
@@ -203,7 +200,7 @@ def draw_by_precision(
         return drawer.layout()
     mine = parts = part = None  # the last round's chunks: what is kept of them is in kept
     seconds = time.perf_counter() - start
-    lw = drawer.log_weights(kept, seconds, notes)
+    lw = drawer.log_weights([kept.draws()] if kept is not None else [], seconds, notes)
     return dataclasses.replace(
         lw,
         log_joint=log_joint[: stream.count].copy(),
@@ -213,15 +210,47 @@ def draw_by_precision(
     )
 
 
-def _head(part, n: int):
-    """The first ``n`` draws of a chunk."""
-    log_joint, log_q, values, unconstrained = part
-    return (
-        log_joint[:n],
-        log_q[:n],
-        {k: v[:n] for k, v in values.items()},
-        {k: v[:n] for k, v in unconstrained.items()},
-    )
+class _KeptDraws:
+    """The first ``keep`` draws whole, copied into arrays made once at the first chunk ``part``:
+    each chunk's small arrays, kept between the next chunks' temporaries, would split the
+    heap's free blocks and make it grow by the temporaries' size."""
+
+    def __init__(self, part, keep: int):
+        def like(array):
+            return np.empty((keep, *array.shape[1:]), dtype=array.dtype)
+
+        log_joint, log_q, values, unconstrained = part
+        self.count, self.keep = 0, keep
+        self.arrays = (
+            like(log_joint),
+            like(log_q),
+            {k: like(v) for k, v in values.items()},
+            {k: like(v) for k, v in unconstrained.items()},
+        )
+
+    def add(self, part) -> None:
+        """Copy the draws of ``part`` that are still wanted."""
+        n = min(self.keep - self.count, len(part[0]))
+        if n <= 0:
+            return
+        at = slice(self.count, self.count + n)
+        for mine, theirs in zip(self.arrays[:2], part[:2], strict=True):
+            mine[at] = theirs[:n]
+        for mine, theirs in zip(self.arrays[2:], part[2:], strict=True):
+            for name, array in mine.items():
+                array[at] = theirs[name][:n]
+        self.count += n
+
+    def draws(self):
+        """The kept draws as one chunk of :meth:`~ppl_models.vi.logweights.Drawer.chunks`."""
+        first = slice(0, self.count)
+        log_joint, log_q, values, unconstrained = self.arrays
+        return (
+            log_joint[first],
+            log_q[first],
+            {k: v[first] for k, v in values.items()},
+            {k: v[first] for k, v in unconstrained.items()},
+        )
 
 
 def _reason(state: dict, cap: int, precision: float) -> str:
