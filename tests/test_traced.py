@@ -229,6 +229,27 @@ def logistic_model(x, y):
         pyro.sample("y", dist.Bernoulli(logits=(w.unsqueeze(-2) * x).sum(-1)), obs=y)
 
 
+def plain_then_traced(model, datasets: list[tuple]):
+    """An auto-normal guide's loss and gradients on each of ``datasets``, from the plain
+    objective, the traced one's tracing call and its replay, each on the same draws: the traced
+    objective, and per dataset ``[(loss, grads)] * 3``."""
+    with pyro.get_param_store().scope():
+        guide = pyro.infer.autoguide.AutoNormal(model)
+        plain = make_objective(model, guide, make_elbo("trace", particles=8))
+        traced = make_objective(model, guide, make_elbo("trace", particles=8), "traced")
+        plain(*datasets[0])  # creates the guide's parameters
+        params = list(plain.parameters())
+        runs = []
+        for data in datasets:
+            results = []
+            for loss_fn in (plain, traced, traced):
+                torch.manual_seed(3)
+                loss = loss_fn(*data)
+                results.append((loss.detach(), torch.autograd.grad(loss, params)))
+            runs.append(results)
+    return traced, runs
+
+
 def test_a_summed_negation_is_replayed_as_the_negated_sum_with_the_same_numbers():
     # Pyro's Bernoulli log density is a negated cross-entropy, summed at once: the graph sums
     # first and negates the sum (one pass over the data's terms fewer, forward and backward),
@@ -236,17 +257,7 @@ def test_a_summed_negation_is_replayed_as_the_negated_sum_with_the_same_numbers(
     torch.manual_seed(0)
     x = torch.randn(200, 3, dtype=torch.float64)
     y = (torch.rand(200, dtype=torch.float64) < 0.5).to(x.dtype)
-    with pyro.get_param_store().scope():
-        guide = pyro.infer.autoguide.AutoNormal(logistic_model)
-        plain = make_objective(logistic_model, guide, make_elbo("trace", particles=8))
-        traced = make_objective(logistic_model, guide, make_elbo("trace", particles=8), "traced")
-        plain(x, y)  # creates the guide's parameters
-        params = list(plain.parameters())
-        results = []
-        for loss_fn in (plain, traced, traced):  # the tracing call, then a replay
-            torch.manual_seed(3)
-            loss = loss_fn(x, y)
-            results.append((loss.detach(), torch.autograd.grad(loss, params)))
+    traced, (results,) = plain_then_traced(logistic_model, [(x, y)])
     ((gm, _),) = traced._graphs.values()
     aten = torch.ops.aten
     cross_entropy = aten.binary_cross_entropy_with_logits.default
@@ -275,22 +286,13 @@ def test_a_group_effect_indexed_by_the_data_is_gathered_with_the_same_numbers():
     torch.manual_seed(0)
     group = torch.randint(-5, 5, (300,))
     y = (torch.rand(300, dtype=torch.float64) < 0.5).to(torch.float64)
-    with pyro.get_param_store().scope():
-        guide = pyro.infer.autoguide.AutoNormal(grouped_model)
-        plain = make_objective(grouped_model, guide, make_elbo("trace", particles=8))
-        traced = make_objective(grouped_model, guide, make_elbo("trace", particles=8), "traced")
-        plain(group, y)  # creates the guide's parameters
-        params = list(plain.parameters())
-        for data in [(group, y), (group.flip(0), y)]:  # the tracing call's data, then other data
-            results = []
-            for loss_fn in (plain, traced, traced):  # the tracing call, then a replay
-                torch.manual_seed(3)
-                loss = loss_fn(*data)
-                results.append((loss.detach(), torch.autograd.grad(loss, params)))
-            for loss, grads in results[1:]:
-                torch.testing.assert_close(loss, results[0][0], rtol=1e-13, atol=0)
-                for mine, theirs in zip(grads, results[0][1], strict=True):
-                    torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    # the tracing call's data, then other data of the same shapes
+    traced, runs = plain_then_traced(grouped_model, [(group, y), (group.flip(0), y)])
+    for results in runs:
+        for loss, grads in results[1:]:
+            torch.testing.assert_close(loss, results[0][0], rtol=1e-13, atol=0)
+            for mine, theirs in zip(grads, results[0][1], strict=True):
+                torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
     ((gm, _),) = traced._graphs.values()
     targets = {n.target for n in gm.graph.nodes}
     assert gather_along in targets
