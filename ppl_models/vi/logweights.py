@@ -535,9 +535,11 @@ class Drawer:
                 )
             elif self._replayed is not None and self._replayed.serves(n):
                 part = self._replayed()
-            else:
-                with GatherIndexing():  # alpha[..., group]: the same numbers, faster
+            elif self.vectorized:
+                with GatherIndexing():  # alpha[..., group] over the draws: the same numbers
                     part = self._pyro_chunk(n)
+            else:  # one draw at a time: the mode's dispatch would cost more than it saves
+                part = self._pyro_chunk(n)
             log_joint, log_q = _numpy(part[0]), _numpy(part[1])
             values = {k: _numpy(v) for k, v in part[2].items()}
             unconstrained = {k: _numpy(v) for k, v in part[3].items()}
