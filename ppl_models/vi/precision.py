@@ -200,7 +200,8 @@ def draw_by_precision(
         return drawer.layout()
     mine = parts = part = None  # the last round's chunks: what is kept of them is in kept
     seconds = time.perf_counter() - start
-    lw = drawer.log_weights([kept.draws()] if kept is not None else [], seconds, notes)
+    parts = [kept.draws(log_joint, log_q)] if kept is not None else []
+    lw = drawer.log_weights(parts, seconds, notes)
     return dataclasses.replace(
         lw,
         log_joint=log_joint[: stream.count].copy(),
@@ -211,21 +212,16 @@ def draw_by_precision(
 
 
 class _KeptDraws:
-    """The first ``keep`` draws whole, copied into arrays made once at the first chunk ``part``:
-    each chunk's small arrays, kept between the next chunks' temporaries, would split the
-    heap's free blocks and make it grow by the temporaries' size."""
+    """The sites' values of the first ``keep`` draws, copied into arrays made once at the first
+    chunk ``part`` (their log densities are the first of every draw's): each chunk's small
+    arrays, kept between the next chunks' temporaries, would split the heap's free blocks and
+    make it grow by the temporaries' size."""
 
     def __init__(self, part, keep: int):
-        def like(array):
-            return np.empty((keep, *array.shape[1:]), dtype=array.dtype)
-
-        log_joint, log_q, values, unconstrained = part
         self.count, self.keep = 0, keep
-        self.arrays = (
-            like(log_joint),
-            like(log_q),
-            {k: like(v) for k, v in values.items()},
-            {k: like(v) for k, v in unconstrained.items()},
+        self.sites = tuple(
+            {k: np.empty((keep, *v.shape[1:]), dtype=v.dtype) for k, v in arrays.items()}
+            for arrays in part[2:]
         )
 
     def add(self, part) -> None:
@@ -234,23 +230,17 @@ class _KeptDraws:
         if n <= 0:
             return
         at = slice(self.count, self.count + n)
-        for mine, theirs in zip(self.arrays[:2], part[:2], strict=True):
-            mine[at] = theirs[:n]
-        for mine, theirs in zip(self.arrays[2:], part[2:], strict=True):
+        for mine, theirs in zip(self.sites, part[2:], strict=True):
             for name, array in mine.items():
                 array[at] = theirs[name][:n]
         self.count += n
 
-    def draws(self):
-        """The kept draws as one chunk of :meth:`~ppl_models.vi.logweights.Drawer.chunks`."""
+    def draws(self, log_joint: np.ndarray, log_q: np.ndarray):
+        """The kept draws as one chunk of :meth:`~ppl_models.vi.logweights.Drawer.chunks`,
+        with their log densities from every draw's ``log_joint`` and ``log_q``."""
         first = slice(0, self.count)
-        log_joint, log_q, values, unconstrained = self.arrays
-        return (
-            log_joint[first],
-            log_q[first],
-            {k: v[first] for k, v in values.items()},
-            {k: v[first] for k, v in unconstrained.items()},
-        )
+        values, unconstrained = ({k: v[first] for k, v in d.items()} for d in self.sites)
+        return log_joint[first], log_q[first], values, unconstrained
 
 
 def _reason(state: dict, cap: int, precision: float) -> str:
